@@ -1,0 +1,56 @@
+//! Data-movement operations on host `Vec<f32>` buffers, shared by the CPU and reference backends: they involve no
+//! arithmetic beyond one add, so the oracle and the fast path can use the same (obviously correct) code.
+
+use super::PatchShape;
+
+/// Copies each `patch × patch` tile of every channel into one row, in the conv kernel's (channel, y, x) order.
+pub fn im2col(out: &mut [f32], pixels: &[f32], s: PatchShape) {
+    let (grid, p, size) = (s.grid(), s.patch, s.image_size);
+    let patch_dim = s.patch_dim();
+    for b in 0..s.batch {
+        let image = &pixels[b * s.channels * size * size..];
+        for gy in 0..grid {
+            for gx in 0..grid {
+                let row = &mut out[((b * grid + gy) * grid + gx) * patch_dim..][..patch_dim];
+                for c in 0..s.channels {
+                    for y in 0..p {
+                        let src = &image[(c * size + gy * p + y) * size + gx * p..][..p];
+                        row[(c * p + y) * p..][..p].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Prepends the class embedding and adds position embeddings: `out[b, t] = (t == 0 ? class : patches[b, t−1]) + pos[t]`.
+pub fn vision_embed(out: &mut [f32], patches: &[f32], class: &[f32], pos: &[f32], batch: usize, seq: usize, dim: usize) {
+    for b in 0..batch {
+        for t in 0..seq {
+            let src = if t == 0 { &class[..dim] } else { &patches[(b * (seq - 1) + t - 1) * dim..][..dim] };
+            let dst = &mut out[(b * seq + t) * dim..][..dim];
+            for ((d, s), p) in dst.iter_mut().zip(src).zip(&pos[t * dim..][..dim]) {
+                *d = s + p;
+            }
+        }
+    }
+}
+
+/// Token plus position embedding for each id of `[batch, seq]` ids.
+pub fn text_embed(out: &mut [f32], ids: &[u32], token: &[f32], pos: &[f32], seq: usize, dim: usize) {
+    for (i, &id) in ids.iter().enumerate() {
+        let t = i % seq;
+        let dst = &mut out[i * dim..][..dim];
+        let tok = &token[id as usize * dim..][..dim];
+        for ((d, a), p) in dst.iter_mut().zip(tok).zip(&pos[t * dim..][..dim]) {
+            *d = a + p;
+        }
+    }
+}
+
+/// `out[i] = x[rows[i]]`.
+pub fn gather_rows(out: &mut [f32], x: &[f32], rows: &[usize], dim: usize) {
+    for (i, &r) in rows.iter().enumerate() {
+        out[i * dim..][..dim].copy_from_slice(&x[r * dim..][..dim]);
+    }
+}

@@ -1,0 +1,282 @@
+//! The backend contract: the handful of operations a CLIP forward pass needs, each writing into a caller-owned
+//! buffer. The model code (src/model) is written once against this trait; `CpuBackend` runs it fast, and
+//! `ReferenceBackend` runs it with plain loops and f64 accumulation as the test oracle.
+//!
+//! Shapes are validated here, once, by the free functions (`gemm`, `layernorm`, …) that the model calls; a backend's
+//! `*_unchecked` methods may assume valid shapes.
+
+pub mod host;
+pub mod reference;
+
+pub use crate::config::Activation;
+use crate::error::{Error, Result};
+
+impl Activation {
+    /// The activation in f32 (the CPU path).
+    #[inline]
+    pub fn apply_f32(self, x: f32) -> f32 {
+        match self {
+            // x·σ(1.702x), written as x / (1 + e^(−1.702x)) to stay finite for large |x|.
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+        }
+    }
+
+    /// The activation in f64 (the reference path).
+    pub fn apply_f64(self, x: f64) -> f64 {
+        match self {
+            Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+        }
+    }
+}
+
+/// What a GEMM does with its product `x·Wᵀ + b` (b only if the linear layer has a bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// out = x·Wᵀ + b
+    Store,
+    /// out = act(x·Wᵀ + b): the MLP's first layer.
+    Activation(Activation),
+    /// out += x·Wᵀ + b: a residual connection fused into the GEMM.
+    Accumulate,
+}
+
+/// `out[m, n] = x[m, k] · W[n, k]ᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Multi-head self-attention over packed `[q | k | v]` rows: `qkv[batch·seq, 3·heads·head_dim]` →
+/// `out[batch·seq, heads·head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Mask keys after the query (text tower).
+    pub causal: bool,
+}
+
+impl AttnShape {
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// Patch extraction: `pixels[batch, channels, size, size]` → `patches[batch·grid², channels·patch²]`, each row in
+/// the conv kernel's (channel, y, x) order so the patch embedding is a plain GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub image_size: usize,
+    pub patch: usize,
+}
+
+impl PatchShape {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+    pub fn patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+    pub fn patch_dim(&self) -> usize {
+        self.channels * self.patch * self.patch
+    }
+}
+
+/// A compute backend. Buffers are flat f32 arrays owned by the caller; weights are prepared once per backend.
+pub trait Backend: Send + Sync {
+    /// An activation buffer.
+    type Buf: Send + Sync;
+    /// A linear layer's weight (and optional bias), in the backend's preferred layout.
+    type Linear: Send + Sync;
+
+    fn name(&self) -> &'static str;
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Prepares a linear layer from HF layout `w[out, in]` and an optional bias `[out]`.
+    fn linear(&self, w: &[f32], out_features: usize, in_features: usize, bias: Option<&[f32]>) -> Result<Self::Linear>;
+    /// `(out_features, in_features, has_bias)` of a prepared layer.
+    fn linear_dims(&self, lin: &Self::Linear) -> (usize, usize, bool);
+
+    fn gemm_unchecked(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Linear, s: GemmShape, ep: Epilogue) -> Result<()>;
+    /// Row-wise LayerNorm over `rows × dim` with f32 statistics.
+    fn layernorm_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    fn attention_unchecked(&self, out: &mut Self::Buf, qkv: &Self::Buf, s: AttnShape) -> Result<()>;
+    fn im2col_unchecked(&self, out: &mut Self::Buf, pixels: &Self::Buf, s: PatchShape) -> Result<()>;
+    /// `out[b, 0] = class + pos[0]`, `out[b, 1 + p] = patches[b, p] + pos[1 + p]` for a `[batch, seq, dim]` output.
+    fn vision_embed_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        patches: &Self::Buf,
+        class: &Self::Buf,
+        pos: &Self::Buf,
+        batch: usize,
+        seq: usize,
+        dim: usize,
+    ) -> Result<()>;
+    /// `out[b, t] = token[ids[b, t]] + pos[t]` for `ids[batch, seq]`.
+    fn text_embed_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        ids: &[u32],
+        token: &Self::Buf,
+        pos: &Self::Buf,
+        seq: usize,
+        dim: usize,
+    ) -> Result<()>;
+    /// `out[i] = x[rows[i]]` for rows of width `dim`.
+    fn gather_rows_unchecked(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], dim: usize) -> Result<()>;
+}
+
+/// Checks a weight matrix `[n, k]` and bias `[n]` before a backend prepares them.
+pub(crate) fn check_linear(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<()> {
+    if w.len() != n * k {
+        return Err(Error::Shape(format!("linear weight has {} values, expected {n}×{k}", w.len())));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(Error::Shape(format!("linear bias has {} values, expected {n}", b.len())));
+        }
+    }
+    Ok(())
+}
+
+fn need<B: Backend>(b: &B, buf: &B::Buf, len: usize, what: &str) -> Result<()> {
+    let have = b.len(buf);
+    if have < len {
+        return Err(Error::Shape(format!("{what} holds {have} values, needs {len}")));
+    }
+    Ok(())
+}
+
+/// Checked GEMM with epilogue; see [`Epilogue`].
+pub fn gemm<B: Backend>(b: &B, out: &mut B::Buf, x: &B::Buf, w: &B::Linear, s: GemmShape, ep: Epilogue) -> Result<()> {
+    let (n, k, _) = b.linear_dims(w);
+    if (n, k) != (s.n, s.k) {
+        return Err(Error::Shape(format!("gemm {s:?} with a [{n}, {k}] weight")));
+    }
+    need(b, x, s.m * s.k, "gemm input")?;
+    need(b, out, s.m * s.n, "gemm output")?;
+    if s.m == 0 || s.n == 0 {
+        return Ok(());
+    }
+    b.gemm_unchecked(out, x, w, s, ep)
+}
+
+/// Checked LayerNorm.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    x: &B::Buf,
+    gamma: &B::Buf,
+    beta: &B::Buf,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<()> {
+    need(b, x, rows * dim, "layernorm input")?;
+    need(b, out, rows * dim, "layernorm output")?;
+    need(b, gamma, dim, "layernorm gamma")?;
+    need(b, beta, dim, "layernorm beta")?;
+    if rows == 0 || dim == 0 {
+        return Ok(());
+    }
+    b.layernorm_unchecked(out, x, gamma, beta, rows, dim, eps)
+}
+
+/// Checked attention.
+pub fn attention<B: Backend>(b: &B, out: &mut B::Buf, qkv: &B::Buf, s: AttnShape) -> Result<()> {
+    let rows = s.batch * s.seq;
+    need(b, qkv, rows * 3 * s.width(), "attention qkv")?;
+    need(b, out, rows * s.width(), "attention output")?;
+    if rows == 0 || s.width() == 0 {
+        return Ok(());
+    }
+    b.attention_unchecked(out, qkv, s)
+}
+
+/// Checked patch extraction.
+pub fn im2col<B: Backend>(b: &B, out: &mut B::Buf, pixels: &B::Buf, s: PatchShape) -> Result<()> {
+    if s.patch == 0 || s.grid() == 0 {
+        return Err(Error::Shape(format!("{s:?} has no whole patch")));
+    }
+    need(b, pixels, s.batch * s.channels * s.image_size * s.image_size, "pixels")?;
+    need(b, out, s.batch * s.patches() * s.patch_dim(), "patches")?;
+    if s.batch == 0 {
+        return Ok(());
+    }
+    b.im2col_unchecked(out, pixels, s)
+}
+
+/// Checked vision embedding assembly.
+#[allow(clippy::too_many_arguments)]
+pub fn vision_embed<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    patches: &B::Buf,
+    class: &B::Buf,
+    pos: &B::Buf,
+    batch: usize,
+    seq: usize,
+    dim: usize,
+) -> Result<()> {
+    if seq == 0 {
+        return Err(Error::Shape("vision sequence is empty".into()));
+    }
+    need(b, patches, batch * (seq - 1) * dim, "patch embeddings")?;
+    need(b, class, dim, "class embedding")?;
+    need(b, pos, seq * dim, "position embedding")?;
+    need(b, out, batch * seq * dim, "vision embeddings")?;
+    b.vision_embed_unchecked(out, patches, class, pos, batch, seq, dim)
+}
+
+/// Checked text embedding; ids must be inside the token table.
+pub fn text_embed<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    ids: &[u32],
+    token: &B::Buf,
+    pos: &B::Buf,
+    seq: usize,
+    dim: usize,
+) -> Result<()> {
+    if seq == 0 || ids.len() % seq != 0 {
+        return Err(Error::Shape(format!("{} ids are not whole rows of {seq}", ids.len())));
+    }
+    let vocab = if dim == 0 { 0 } else { b.len(token) / dim };
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Shape(format!("token id {bad} outside a vocabulary of {vocab}")));
+    }
+    need(b, pos, seq * dim, "position embedding")?;
+    need(b, out, ids.len() * dim, "text embeddings")?;
+    b.text_embed_unchecked(out, ids, token, pos, seq, dim)
+}
+
+/// Checked row gather.
+pub fn gather_rows<B: Backend>(b: &B, out: &mut B::Buf, x: &B::Buf, rows: &[usize], dim: usize) -> Result<()> {
+    let have = if dim == 0 { 0 } else { b.len(x) / dim };
+    if let Some(bad) = rows.iter().find(|&&r| r >= have) {
+        return Err(Error::Shape(format!("row {bad} outside {have} rows")));
+    }
+    need(b, out, rows.len() * dim, "gathered rows")?;
+    b.gather_rows_unchecked(out, x, rows, dim)
+}

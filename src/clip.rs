@@ -1,0 +1,322 @@
+//! The public entry point: a loaded CLIP model with its tokenizer and preprocessing, on a device.
+
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+use rayon::prelude::*;
+
+use crate::backend::reference::ReferenceBackend;
+use crate::config::ClipConfig;
+use crate::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::model::ClipModel;
+use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
+use crate::similarity;
+use crate::tokenizer::{ClipTokenizer, TextBatch};
+use crate::weights::{Checkpoint, ClipWeights};
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    /// f32 on the CPU, all cores (the rayon pool).
+    #[default]
+    Cpu,
+    /// The scalar f64-accumulating oracle: slow, for checking results.
+    Reference,
+    /// CUDA GPU `n` (not in this build yet: gives [`Error::DeviceUnavailable`]).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    /// Parses `cpu`, `reference`, `cuda` or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "reference" => Ok(Device::Reference),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| Error::InvalidArgument(format!("unknown device {s:?} (cpu, reference, cuda, cuda:N)"))),
+        }
+    }
+}
+
+enum Engine {
+    Cpu(ClipModel<CpuBackend>),
+    Reference(ClipModel<ReferenceBackend>),
+}
+
+impl Engine {
+    fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        match self {
+            Engine::Cpu(m) => m.encode_images(pixels, batch),
+            Engine::Reference(m) => m.encode_images(pixels, batch),
+        }
+    }
+    fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
+        match self {
+            Engine::Cpu(m) => m.encode_texts(batch),
+            Engine::Reference(m) => m.encode_texts(batch),
+        }
+    }
+}
+
+/// A batch of embeddings, row-major `[rows, dim]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    pub rows: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Embeddings {
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// A copy with every row scaled to unit L2 norm.
+    pub fn normalized(&self) -> Embeddings {
+        let mut data = self.data.clone();
+        similarity::normalize_rows(&mut data, self.dim);
+        Embeddings { data, ..*self }
+    }
+}
+
+/// Images per forward pass when embedding many: bounds activation memory, keeps GEMMs large.
+const IMAGE_CHUNK: usize = 32;
+/// Texts per forward pass.
+const TEXT_CHUNK: usize = 256;
+
+/// A loaded CLIP model.
+///
+/// ```no_run
+/// use cliprt::{Clip, Device};
+/// let clip = Clip::load("models/clip-vit-base-patch32", Device::Cpu)?;
+/// let images = clip.embed_image_files(&["cat.png"])?;
+/// let texts = clip.embed_texts(&["a photo of a cat", "a photo of a dog"])?;
+/// let logits = clip.logits(&images, &texts)?; // [1, 2], scaled cosine similarities
+/// let ranked = clip.zero_shot(&["cat.png"], &["cat", "dog"], "a photo of a {}.")?;
+/// println!("{} {:.3}", ranked[0][0].0, ranked[0][0].1);
+/// # Ok::<(), cliprt::Error>(())
+/// ```
+pub struct Clip {
+    dir: PathBuf,
+    config: ClipConfig,
+    tokenizer: ClipTokenizer,
+    preprocess: PreprocessConfig,
+    engine: Engine,
+    logit_scale: f32,
+    stored_dtype: String,
+}
+
+impl Clip {
+    /// Loads an HF-format CLIP folder: `config.json`, `model.safetensors` (or sharded, with
+    /// `model.safetensors.index.json`), `tokenizer.json`, and optionally `preprocessor_config.json`.
+    pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Clip> {
+        let dir = dir.as_ref();
+        if let Device::Cuda(n) = device {
+            return Err(Error::DeviceUnavailable(format!(
+                "cuda:{n}: this build of cliprt has no CUDA backend yet; use the cpu device"
+            )));
+        }
+        if !dir.exists() {
+            return Err(Error::NotFound(dir.to_path_buf()));
+        }
+        if !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!("{}: not a folder", dir.display())));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::MissingFile {
+                dir: dir.to_path_buf(),
+                file: "config.json",
+                hint: "",
+            });
+        }
+        let config = ClipConfig::from_file(&config_path)?;
+        let tokenizer = ClipTokenizer::from_file(&dir.join("tokenizer.json"), config.text.max_position_embeddings)?;
+        let pre_path = dir.join("preprocessor_config.json");
+        let preprocess = if pre_path.is_file() {
+            PreprocessConfig::from_file(&pre_path, config.vision.image_size)?
+        } else {
+            PreprocessConfig::openai(config.vision.image_size)
+        };
+        let ckpt = Checkpoint::open(dir)?;
+        let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
+        let engine = match device {
+            Device::Reference => Engine::Reference(ClipModel::new(ReferenceBackend, &config, &weights)?),
+            _ => Engine::Cpu(ClipModel::new(CpuBackend, &config, &weights)?),
+        };
+        Ok(Clip {
+            dir: dir.to_path_buf(),
+            logit_scale: weights.logit_scale_log.exp(),
+            stored_dtype: weights.stored_dtype,
+            config,
+            tokenizer,
+            preprocess,
+            engine,
+        })
+    }
+
+    /// The folder the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The architecture.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+    /// The image preprocessing in use.
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+    /// Chooses how transparent images become RGB (HF composites onto white; OpenAI drops alpha).
+    pub fn set_alpha_mode(&mut self, alpha: AlphaMode) {
+        self.preprocess.alpha = alpha;
+    }
+    /// exp(logit_scale) from the weights: the factor on cosine similarities.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+    /// The dtype the checkpoint stores its weights in (computation is f32 regardless).
+    pub fn stored_dtype(&self) -> &str {
+        &self.stored_dtype
+    }
+
+    /// Token ids of each text, as the model sees them (SOT … EOT, truncated to the context length).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        self.tokenizer.encode_batch(texts)
+    }
+
+    /// The `[3, H, W]` pixel tensor of an image file.
+    pub fn preprocess_file(&self, path: impl AsRef<Path>) -> Result<Vec<f32>> {
+        let rgb = preprocess::load_rgb(path.as_ref(), self.preprocess.alpha)?;
+        self.pixels_of(&rgb)
+    }
+
+    /// The `[3, H, W]` pixel tensor of a decoded image.
+    pub fn preprocess_image(&self, img: &DynamicImage) -> Result<Vec<f32>> {
+        let rgb = preprocess::to_rgb_like_pil(img.clone(), self.preprocess.alpha);
+        self.pixels_of(&rgb)
+    }
+
+    fn pixels_of(&self, rgb: &RgbImage) -> Result<Vec<f32>> {
+        let size = self.config.vision.image_size;
+        let (h, w) = self.preprocess.output_size(rgb.width, rgb.height);
+        if (h, w) != (size, size) {
+            return Err(Error::Shape(format!(
+                "preprocessing gives {h}x{w} pixels but the model takes {size}x{size} \
+                 (check size/crop_size in preprocessor_config.json)"
+            )));
+        }
+        self.preprocess.apply(rgb)
+    }
+
+    /// Projected image embeddings of image files (decoded and preprocessed in parallel). Not normalized.
+    pub fn embed_image_files<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Embeddings> {
+        if paths.is_empty() {
+            return Err(Error::EmptyInput("no images given"));
+        }
+        let mut data = Vec::new();
+        for chunk in paths.chunks(IMAGE_CHUNK) {
+            let pixels: Vec<Vec<f32>> = chunk.par_iter().map(|p| self.preprocess_file(p)).collect::<Result<_>>()?;
+            data.extend(self.engine.encode_images(&pixels.concat(), chunk.len())?);
+        }
+        Ok(self.embeddings(data, paths.len()))
+    }
+
+    /// Projected image embeddings of decoded images. Not normalized.
+    pub fn embed_images(&self, images: &[DynamicImage]) -> Result<Embeddings> {
+        if images.is_empty() {
+            return Err(Error::EmptyInput("no images given"));
+        }
+        let pixels: Vec<Vec<f32>> = images.par_iter().map(|i| self.preprocess_image(i)).collect::<Result<_>>()?;
+        self.embed_pixels(&pixels.concat(), images.len())
+    }
+
+    /// Projected image embeddings of already preprocessed pixels `[batch, 3, H, W]`. Not normalized.
+    pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Embeddings> {
+        if batch == 0 {
+            return Err(Error::EmptyInput("no images given"));
+        }
+        let per_image = pixels.len() / batch;
+        if per_image * batch != pixels.len() {
+            return Err(Error::Shape(format!("{} pixel values are not {batch} equal images", pixels.len())));
+        }
+        let mut data = Vec::with_capacity(batch * self.config.projection_dim);
+        for chunk in pixels.chunks(per_image.max(1) * IMAGE_CHUNK) {
+            data.extend(self.engine.encode_images(chunk, chunk.len() / per_image.max(1))?);
+        }
+        Ok(self.embeddings(data, batch))
+    }
+
+    /// Projected text embeddings. Not normalized.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Embeddings> {
+        let ids = self.tokenize(texts)?;
+        self.embed_token_ids(&ids)
+    }
+
+    /// Projected text embeddings of token id rows (each SOT … EOT, at most the context length). Not normalized.
+    pub fn embed_token_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        if ids.is_empty() {
+            return Err(Error::EmptyInput("no texts given"));
+        }
+        let mut data = Vec::with_capacity(ids.len() * self.config.projection_dim);
+        for chunk in ids.chunks(TEXT_CHUNK) {
+            let batch = TextBatch::new(chunk, &self.config.text)?;
+            data.extend(self.engine.encode_texts(&batch)?);
+        }
+        Ok(self.embeddings(data, ids.len()))
+    }
+
+    fn embeddings(&self, data: Vec<f32>, rows: usize) -> Embeddings {
+        Embeddings {
+            rows,
+            dim: self.config.projection_dim,
+            data,
+        }
+    }
+
+    /// Scaled cosine similarities `[images.rows, texts.rows]` (CLIP's `logits_per_image`).
+    pub fn logits(&self, images: &Embeddings, texts: &Embeddings) -> Result<Vec<f32>> {
+        if images.dim != texts.dim {
+            return Err(Error::Shape(format!("embedding widths differ: {} vs {}", images.dim, texts.dim)));
+        }
+        similarity::scaled_cosine(&images.data, images.rows, &texts.data, texts.rows, images.dim, self.logit_scale)
+    }
+
+    /// Zero-shot classification: for each image, every label with its softmax probability, most likely first.
+    /// Each label is put into `template` at `{}` (use `"{}"` for the bare label).
+    pub fn zero_shot<P: AsRef<Path> + Sync, S: AsRef<str>>(
+        &self,
+        images: &[P],
+        labels: &[S],
+        template: &str,
+    ) -> Result<Vec<Vec<(String, f32)>>> {
+        if labels.is_empty() {
+            return Err(Error::EmptyInput("no labels given"));
+        }
+        if !template.contains("{}") {
+            return Err(Error::InvalidArgument(format!("template {template:?} has no {{}} for the label")));
+        }
+        let prompts: Vec<String> = labels.iter().map(|l| template.replacen("{}", l.as_ref(), 1)).collect();
+        let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let text = self.embed_texts(&prompt_refs)?;
+        let img = self.embed_image_files(images)?;
+        let logits = self.logits(&img, &text)?;
+        let probs = similarity::softmax_rows(&logits, labels.len());
+        Ok(probs
+            .chunks_exact(labels.len())
+            .map(|row| {
+                let mut ranked: Vec<(String, f32)> =
+                    labels.iter().zip(row).map(|(l, &p)| (l.as_ref().to_string(), p)).collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                ranked
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,32 @@
+//! # cliprt
+//!
+//! A from-scratch CLIP inference runtime: loads HF-format CLIP checkpoints (config.json, model.safetensors in
+//! f32/f16/bf16, tokenizer.json, preprocessor_config.json), tokenizes and preprocesses exactly like HF transformers +
+//! PIL, and runs both towers on the CPU in f32 (a CUDA backend is planned).
+//!
+//! ```no_run
+//! use cliprt::{Clip, Device};
+//! let clip = Clip::load("clip-vit-base-patch32", Device::Cpu)?;
+//! let probs = clip.zero_shot(&["cat.png"], &["cat", "dog", "car"], "a photo of a {}.")?;
+//! for (label, p) in &probs[0] {
+//!     println!("{label}: {p:.3}");
+//! }
+//! # Ok::<(), cliprt::Error>(())
+//! ```
+
+pub mod backend;
+pub mod clip;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod model;
+pub mod npy;
+pub mod preprocess;
+pub mod similarity;
+pub mod tokenizer;
+pub mod weights;
+
+pub use clip::{Clip, Device, Embeddings};
+pub use config::{Activation, ClipConfig};
+pub use error::{Error, Result};
+pub use preprocess::AlphaMode;

@@ -1,0 +1,285 @@
+//! The `cliprt` command line: embed, zero-shot, tokenize, preprocess, info.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use cliprt::{npy, AlphaMode, Clip, Device, Error, Result};
+
+#[derive(Parser)]
+#[command(name = "cliprt", version, about = "CLIP inference runtime: embeddings, zero-shot classification, diagnostics")]
+struct Cli {
+    /// Worker threads (default: all cores; RAYON_NUM_THREADS is respected too).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// HF-format CLIP folder (config.json, model.safetensors, tokenizer.json, [preprocessor_config.json]).
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu, reference (slow f64 oracle), cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Drop the alpha channel (OpenAI's transform) instead of compositing onto white (HF's).
+    #[arg(long)]
+    drop_alpha: bool,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Clip> {
+        let device: Device = self.device.parse()?;
+        let mut clip = Clip::load(&self.model, device)?;
+        if self.drop_alpha {
+            clip.set_alpha_mode(AlphaMode::Drop);
+        }
+        Ok(clip)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed images and/or texts and write them as f32 .npy arrays [N, D] (L2-normalized unless --no-normalize).
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        /// A UTF-8 file with one text per line (blank lines are skipped).
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        #[arg(long)]
+        out_image: Option<PathBuf>,
+        #[arg(long)]
+        out_text: Option<PathBuf>,
+        /// Write the projected embeddings before L2 normalization.
+        #[arg(long)]
+        no_normalize: bool,
+    },
+    /// Rank labels for each image by CLIP's softmax probability.
+    ZeroShot {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long = "image", required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long = "label", required = true)]
+        labels: Vec<String>,
+        /// Prompt template; `{}` is replaced by the label.
+        #[arg(long, default_value = "a photo of a {}.")]
+        template: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print token ids as the model sees them.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long = "text", required = true)]
+        texts: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the preprocessed [3, H, W] f32 pixel tensor of an image as .npy.
+    Preprocess {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Describe a model folder.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: cannot set {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_text_file(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        Error::InvalidText {
+            path: path.to_path_buf(),
+            line,
+        }
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Embed {
+            model,
+            images,
+            mut texts,
+            text_file,
+            out_image,
+            out_text,
+            no_normalize,
+        } => {
+            if let Some(f) = &text_file {
+                texts.extend(read_text_file(f)?);
+            }
+            if images.is_empty() && texts.is_empty() {
+                return Err(Error::EmptyInput("give --image, --text or --text-file"));
+            }
+            if text_file.is_some() && texts.is_empty() {
+                return Err(Error::EmptyInput("the text file holds no texts"));
+            }
+            let clip = model.load()?;
+            let finish = |e: cliprt::Embeddings| if no_normalize { e } else { e.normalized() };
+            // Compute everything before writing anything: a failure leaves no output behind.
+            let img = if images.is_empty() { None } else { Some(finish(clip.embed_image_files(&images)?)) };
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let txt = if texts.is_empty() { None } else { Some(finish(clip.embed_texts(&refs)?)) };
+            for (emb, out, what) in [(img, out_image, "image"), (txt, out_text, "text")] {
+                let Some(emb) = emb else { continue };
+                match out {
+                    Some(path) => {
+                        npy::write_npy(&path, &emb.data, &[emb.rows, emb.dim])?;
+                        println!("wrote {what} embeddings [{}, {}] to {}", emb.rows, emb.dim, path.display());
+                    }
+                    None => {
+                        for i in 0..emb.rows {
+                            let row: Vec<String> = emb.row(i).iter().map(|v| format!("{v:.6}")).collect();
+                            println!("{what}[{i}] [{}]", row.join(", "));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::ZeroShot {
+            model,
+            images,
+            labels,
+            template,
+            json,
+        } => {
+            let clip = model.load()?;
+            let ranked = clip.zero_shot(&images, &labels, &template)?;
+            if json {
+                let out: Vec<serde_json::Value> = images
+                    .iter()
+                    .zip(&ranked)
+                    .map(|(path, r)| {
+                        serde_json::json!({
+                            "image": path.display().to_string(),
+                            "labels": r.iter().map(|(l, p)| serde_json::json!({"label": l, "prob": p})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+            } else {
+                for (path, r) in images.iter().zip(&ranked) {
+                    println!("{}", path.display());
+                    for (rank, (label, p)) in r.iter().enumerate() {
+                        println!("  {:>2}. {:>7.3}%  {label}", rank + 1, 100.0 * p);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Tokenize { model, texts, json } => {
+            let config = model.model.join("config.json");
+            let cfg = cliprt::ClipConfig::from_file(&config)?;
+            let tok = cliprt::tokenizer::ClipTokenizer::from_file(
+                &model.model.join("tokenizer.json"),
+                cfg.text.max_position_embeddings,
+            )?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let ids = tok.encode_batch(&refs)?;
+            if json {
+                let out: Vec<serde_json::Value> = texts
+                    .iter()
+                    .zip(&ids)
+                    .map(|(t, ids)| {
+                        let pool = cliprt::tokenizer::pooling_position(ids, cfg.text.eos_token_id);
+                        serde_json::json!({"text": t, "ids": ids, "pool": pool})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(out));
+            } else {
+                for (t, ids) in texts.iter().zip(&ids) {
+                    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+                    println!("{t:?}: [{}]", list.join(", "));
+                }
+            }
+            Ok(())
+        }
+        Command::Preprocess { model, image, out } => {
+            let clip = model.load()?;
+            let pixels = clip.preprocess_file(&image)?;
+            let size = clip.config().vision.image_size;
+            npy::write_npy(&out, &pixels, &[3, size, size])?;
+            println!("wrote pixels [3, {size}, {size}] to {}", out.display());
+            Ok(())
+        }
+        Command::Info { model } => {
+            let clip = model.load()?;
+            let c = clip.config();
+            let (t, v) = (&c.text, &c.vision);
+            println!("model:            {}", clip.dir().display());
+            println!("parameters:       {}", c.parameter_count());
+            println!("stored dtype:     {} (computed in f32)", clip.stored_dtype());
+            println!("embedding dim:    {}", c.projection_dim);
+            println!("logit scale:      {:.4}", clip.logit_scale());
+            println!(
+                "vision:           {} layers, width {}, {} heads (head dim {}), mlp {}, {}, eps {:e}",
+                v.encoder.num_layers,
+                v.encoder.hidden_size,
+                v.encoder.num_heads,
+                v.encoder.head_dim(),
+                v.encoder.intermediate_size,
+                v.encoder.activation.name(),
+                v.encoder.layer_norm_eps
+            );
+            println!("image size:       {} (patch {}, {} tokens)", v.image_size, v.patch_size, v.seq_len());
+            println!(
+                "text:             {} layers, width {}, {} heads (head dim {}), mlp {}, {}, eps {:e}",
+                t.encoder.num_layers,
+                t.encoder.hidden_size,
+                t.encoder.num_heads,
+                t.encoder.head_dim(),
+                t.encoder.intermediate_size,
+                t.encoder.activation.name(),
+                t.encoder.layer_norm_eps
+            );
+            println!("context length:   {} (vocab {}, eos id {})", t.max_position_embeddings, t.vocab_size, t.eos_token_id);
+            println!("preprocessing:    {:?}", clip.preprocess_config());
+            Ok(())
+        }
+    }
+}

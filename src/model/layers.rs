@@ -1,0 +1,95 @@
+//! The pre-LN transformer encoder layer shared by both towers, and the activation workspace it runs in.
+
+use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
+use crate::config::EncoderConfig;
+use crate::error::Result;
+use crate::weights::LayerWeights;
+
+/// One encoder layer's weights, prepared for backend `B`.
+pub struct EncoderLayer<B: Backend> {
+    ln1_g: B::Buf,
+    ln1_b: B::Buf,
+    qkv: B::Linear,
+    out: B::Linear,
+    ln2_g: B::Buf,
+    ln2_b: B::Buf,
+    fc1: B::Linear,
+    fc2: B::Linear,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig) -> Result<Self> {
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        Ok(EncoderLayer {
+            ln1_g: b.upload(&w.ln1_g)?,
+            ln1_b: b.upload(&w.ln1_b)?,
+            qkv: b.linear(&w.qkv_w, 3 * d, d, Some(&w.qkv_b))?,
+            out: b.linear(&w.out_w, d, d, Some(&w.out_b))?,
+            ln2_g: b.upload(&w.ln2_g)?,
+            ln2_b: b.upload(&w.ln2_b)?,
+            fc1: b.linear(&w.fc1_w, i, d, Some(&w.fc1_b))?,
+            fc2: b.linear(&w.fc2_w, d, i, Some(&w.fc2_b))?,
+        })
+    }
+}
+
+/// Activation buffers for one forward pass of a tower, sized once for `rows = batch · seq` and reused by every
+/// layer (no allocation inside the layer loop).
+pub struct Workspace<B: Backend> {
+    /// The residual stream `[rows, D]`.
+    pub x: B::Buf,
+    /// LayerNorm output `[rows, D]`.
+    norm: B::Buf,
+    /// Packed q|k|v `[rows, 3D]`.
+    qkv: B::Buf,
+    /// Attention output `[rows, D]`.
+    attn: B::Buf,
+    /// MLP hidden `[rows, I]`.
+    mlp: B::Buf,
+}
+
+impl<B: Backend> Workspace<B> {
+    pub fn new(b: &B, rows: usize, c: &EncoderConfig) -> Result<Self> {
+        let d = c.hidden_size;
+        Ok(Workspace {
+            x: b.alloc(rows * d)?,
+            norm: b.alloc(rows * d)?,
+            qkv: b.alloc(rows * 3 * d)?,
+            attn: b.alloc(rows * d)?,
+            mlp: b.alloc(rows * c.intermediate_size)?,
+        })
+    }
+}
+
+/// Runs `layers` over the residual stream `ws.x` (`batch × seq` rows):
+/// x += out_proj(attention(LN1(x)));  x += fc2(act(fc1(LN2(x)))).
+pub fn run_encoder<B: Backend>(
+    b: &B,
+    layers: &[EncoderLayer<B>],
+    c: &EncoderConfig,
+    ws: &mut Workspace<B>,
+    batch: usize,
+    seq: usize,
+    causal: bool,
+) -> Result<()> {
+    let rows = batch * seq;
+    let (d, i) = (c.hidden_size, c.intermediate_size);
+    let attn = AttnShape {
+        batch,
+        seq,
+        heads: c.num_heads,
+        head_dim: c.head_dim(),
+        causal,
+    };
+    for l in layers {
+        backend::layernorm(b, &mut ws.norm, &ws.x, &l.ln1_g, &l.ln1_b, rows, d, c.layer_norm_eps)?;
+        backend::gemm(b, &mut ws.qkv, &ws.norm, &l.qkv, GemmShape { m: rows, n: 3 * d, k: d }, Epilogue::Store)?;
+        backend::attention(b, &mut ws.attn, &ws.qkv, attn)?;
+        backend::gemm(b, &mut ws.x, &ws.attn, &l.out, GemmShape { m: rows, n: d, k: d }, Epilogue::Accumulate)?;
+        backend::layernorm(b, &mut ws.norm, &ws.x, &l.ln2_g, &l.ln2_b, rows, d, c.layer_norm_eps)?;
+        let act = Epilogue::Activation(c.activation);
+        backend::gemm(b, &mut ws.mlp, &ws.norm, &l.fc1, GemmShape { m: rows, n: i, k: d }, act)?;
+        backend::gemm(b, &mut ws.x, &ws.mlp, &l.fc2, GemmShape { m: rows, n: d, k: i }, Epilogue::Accumulate)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The image tower: patch embedding (im2col + GEMM, no bias), class token, position embedding, pre-LN, encoder,
+//! post-LN on the class token only, projection without bias.
+
+use crate::backend::{self, Backend, Epilogue, GemmShape, PatchShape};
+use crate::config::VisionConfig;
+use crate::error::{Error, Result};
+use crate::model::layers::{run_encoder, EncoderLayer, Workspace};
+use crate::weights::VisionWeights;
+
+/// The image tower prepared for backend `B`.
+pub struct VisionTower<B: Backend> {
+    config: VisionConfig,
+    patch_embedding: B::Linear,
+    class_embedding: B::Buf,
+    position_embedding: B::Buf,
+    pre_ln: (B::Buf, B::Buf),
+    layers: Vec<EncoderLayer<B>>,
+    post_ln: (B::Buf, B::Buf),
+    projection: B::Linear,
+    projection_dim: usize,
+}
+
+impl<B: Backend> VisionTower<B> {
+    pub fn new(b: &B, w: &VisionWeights, config: &VisionConfig, projection_dim: usize) -> Result<Self> {
+        let d = config.encoder.hidden_size;
+        Ok(VisionTower {
+            config: config.clone(),
+            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows.
+            patch_embedding: b.linear(&w.patch_embedding, d, config.patch_dim(), None)?,
+            class_embedding: b.upload(&w.class_embedding)?,
+            position_embedding: b.upload(&w.position_embedding)?,
+            pre_ln: (b.upload(&w.pre_ln_g)?, b.upload(&w.pre_ln_b)?),
+            layers: w
+                .layers
+                .iter()
+                .map(|l| EncoderLayer::new(b, l, &config.encoder))
+                .collect::<Result<_>>()?,
+            post_ln: (b.upload(&w.post_ln_g)?, b.upload(&w.post_ln_b)?),
+            projection: b.linear(&w.projection, projection_dim, d, None)?,
+            projection_dim,
+        })
+    }
+
+    /// Projected (not normalized) embeddings `[batch, projection_dim]` of `pixels[batch, C, size, size]`.
+    pub fn forward(&self, b: &B, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let size = c.image_size;
+        let per_image = c.num_channels * size * size;
+        if batch == 0 {
+            return Err(Error::EmptyInput("no images given"));
+        }
+        if pixels.len() != batch * per_image {
+            return Err(Error::Shape(format!(
+                "pixel tensor has {} values; {batch} images of {}×{size}×{size} need {}",
+                pixels.len(),
+                c.num_channels,
+                batch * per_image
+            )));
+        }
+        let d = c.encoder.hidden_size;
+        let ps = PatchShape {
+            batch,
+            channels: c.num_channels,
+            image_size: size,
+            patch: c.patch_size,
+        };
+        let (np, seq) = (ps.patches(), c.seq_len());
+        let pix = b.upload(pixels)?;
+        let mut cols = b.alloc(batch * np * ps.patch_dim())?;
+        backend::im2col(b, &mut cols, &pix, ps)?;
+        let mut patches = b.alloc(batch * np * d)?;
+        let g = GemmShape { m: batch * np, n: d, k: ps.patch_dim() };
+        backend::gemm(b, &mut patches, &cols, &self.patch_embedding, g, Epilogue::Store)?;
+        let mut emb = b.alloc(batch * seq * d)?;
+        backend::vision_embed(b, &mut emb, &patches, &self.class_embedding, &self.position_embedding, batch, seq, d)?;
+
+        let mut ws = Workspace::new(b, batch * seq, &c.encoder)?;
+        let eps = c.encoder.layer_norm_eps;
+        backend::layernorm(b, &mut ws.x, &emb, &self.pre_ln.0, &self.pre_ln.1, batch * seq, d, eps)?;
+        run_encoder(b, &self.layers, &c.encoder, &mut ws, batch, seq, false)?;
+
+        let class_rows: Vec<usize> = (0..batch).map(|i| i * seq).collect();
+        let mut pooled = b.alloc(batch * d)?;
+        backend::gather_rows(b, &mut pooled, &ws.x, &class_rows, d)?;
+        let mut normed = b.alloc(batch * d)?;
+        backend::layernorm(b, &mut normed, &pooled, &self.post_ln.0, &self.post_ln.1, batch, d, eps)?;
+        let mut out = b.alloc(batch * self.projection_dim)?;
+        let g = GemmShape { m: batch, n: self.projection_dim, k: d };
+        backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
+        b.download(&out)
+    }
+}

@@ -1,0 +1,51 @@
+//! L2 normalization, scaled cosine logits and softmax over texts (zero-shot), on host f32 embeddings.
+
+use crate::error::{Error, Result};
+
+/// L2-normalizes each row of `[rows, dim]` in place (sum of squares in f64). An all-zero row stays zero.
+pub fn normalize_rows(data: &mut [f32], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    for row in data.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            let inv = (1.0 / norm) as f32;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+/// `scale · normalize(a) · normalize(b)ᵀ`: `[rows_a, rows_b]` logits, the way CLIP scores image–text pairs.
+pub fn scaled_cosine(a: &[f32], rows_a: usize, b: &[f32], rows_b: usize, dim: usize, scale: f32) -> Result<Vec<f32>> {
+    if a.len() != rows_a * dim || b.len() != rows_b * dim {
+        return Err(Error::Shape(format!(
+            "similarity of [{rows_a}, {dim}] and [{rows_b}, {dim}] given {} and {} values",
+            a.len(),
+            b.len()
+        )));
+    }
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    normalize_rows(&mut a, dim);
+    normalize_rows(&mut b, dim);
+    let mut out = Vec::with_capacity(rows_a * rows_b);
+    for ra in a.chunks_exact(dim.max(1)).take(rows_a) {
+        for rb in b.chunks_exact(dim.max(1)).take(rows_b) {
+            let dot: f64 = ra.iter().zip(rb).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+            out.push(scale * dot as f32);
+        }
+    }
+    Ok(out)
+}
+
+/// Softmax of each row of `[rows, cols]`, in f64 with the row maximum subtracted.
+pub fn softmax_rows(data: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len());
+    for row in data.chunks_exact(cols.max(1)) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let exps: Vec<f64> = row.iter().map(|&v| f64::from(v - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        out.extend(exps.iter().map(|e| (e / sum) as f32));
+    }
+    out
+}
