@@ -22,6 +22,7 @@ pub mod error;
 pub mod model;
 pub mod npy;
 pub mod preprocess;
+pub mod resample;
 pub mod similarity;
 pub mod tokenizer;
 pub mod weights;

@@ -7,7 +7,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use fast_image_resize::{images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{images::Image as FirImage, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageReader, Limits};
 use serde_json::Value;
 
@@ -63,19 +63,6 @@ impl Resample {
             5 => Resample::Hamming,
             _ => return None,
         })
-    }
-
-    fn algorithm(self) -> ResizeAlg {
-        match self {
-            // PIL's NEAREST picks pixel floor((x + 0.5) · scale); fir's Nearest uses the same centre rule.
-            Resample::Nearest => ResizeAlg::Nearest,
-            Resample::Lanczos => ResizeAlg::Convolution(FilterType::Lanczos3),
-            Resample::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-            // PIL's bicubic is the cubic convolution with a = −0.5, i.e. Catmull-Rom.
-            Resample::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
-            Resample::Box => ResizeAlg::Convolution(FilterType::Box),
-            Resample::Hamming => ResizeAlg::Convolution(FilterType::Hamming),
-        }
     }
 }
 
@@ -401,41 +388,26 @@ fn composite_on_white(rgb: [u8; 3], a: u8) -> [u8; 3] {
     })
 }
 
-/// Resizes like PIL's `Image.resize` (no reducing_gap): two separable 1-D convolution passes with an 8-bit
-/// rounded/clipped intermediate. Pillow 13 runs the vertical pass first when the height shrinks by more than twice
-/// what the width shrinks, the horizontal pass first otherwise; the order changes pixels, so it is kept.
+/// Resizes like PIL's `Image.resize` (no reducing_gap). The convolution filters are reimplemented bit-exactly in
+/// [`crate::resample`]; NEAREST goes through fast_image_resize, which uses PIL's pixel-centre rule.
 pub fn resize_like_pil(img: &RgbImage, width: usize, height: usize, filter: Resample) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::InvalidArgument(format!("cannot resize to {width}x{height}")));
     }
-    let shrink_h = img.height as i64 - height as i64;
-    let shrink_w = img.width as i64 - width as i64;
-    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
-    let mut resizer = Resizer::new();
-    let options = ResizeOptions::new().resize_alg(filter.algorithm());
-    let mut pass = |src: &RgbImage, w: usize, h: usize| -> Result<RgbImage> {
-        if (w, h) == (src.width, src.height) {
-            return Ok(src.clone());
-        }
-        let fir_err = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("resize failed: {e}"));
-        let src_img = FirImage::from_vec_u8(src.width as u32, src.height as u32, src.data.clone(), PixelType::U8x3)
-            .map_err(|e| fir_err(&e))?;
-        let mut dst = FirImage::new(w as u32, h as u32, PixelType::U8x3);
-        resizer.resize(&src_img, &mut dst, &options).map_err(|e| fir_err(&e))?;
-        Ok(RgbImage {
-            width: w,
-            height: h,
-            data: dst.into_vec(),
-        })
-    };
-    let out = if vertical_first {
-        let tmp = pass(img, img.width, height)?;
-        pass(&tmp, width, height)?
-    } else {
-        let tmp = pass(img, width, img.height)?;
-        pass(&tmp, width, height)?
-    };
-    Ok(out)
+    if filter != Resample::Nearest {
+        return Ok(crate::resample::resize_convolution(img, width, height, filter));
+    }
+    let fir_err = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("resize failed: {e}"));
+    let src = FirImage::from_vec_u8(img.width as u32, img.height as u32, img.data.clone(), PixelType::U8x3)
+        .map_err(|e| fir_err(&e))?;
+    let mut dst = FirImage::new(width as u32, height as u32, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest);
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| fir_err(&e))?;
+    Ok(RgbImage {
+        width,
+        height,
+        data: dst.into_vec(),
+    })
 }
 
 #[cfg(test)]

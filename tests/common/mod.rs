@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests: fixture paths, reference files, tolerance checks.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// The reference outputs written by tools/make_fixtures.py for one model folder.
+pub struct Reference {
+    pub images: Vec<String>,
+    pub texts: Vec<String>,
+    pub ids: Vec<Vec<u32>>,
+    pub logit_scale: f32,
+    pub pixels: Vec<f32>,
+    pub image_embeds: Vec<f32>,
+    pub text_embeds: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+pub fn reference(model: &str) -> Reference {
+    let dir = fixture(model).join("reference");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let strings = |k: &str| -> Vec<String> {
+        manifest[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    };
+    let npy = |f: &str| cliprt::npy::read_npy(&dir.join(f)).unwrap().0;
+    Reference {
+        images: strings("images"),
+        texts: strings("texts"),
+        ids: manifest["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+            .collect(),
+        logit_scale: manifest["logit_scale"].as_f64().unwrap() as f32,
+        pixels: npy("pixels.npy"),
+        image_embeds: npy("image_embeds.npy"),
+        text_embeds: npy("text_embeds.npy"),
+        logits: npy("logits.npy"),
+    }
+}
+
+/// Asserts |got − want| ≤ atol + rtol·|want| elementwise; reports the worst error and the first failing index.
+pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = (0.0f32, 0usize);
+    let mut first_bad = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        if !(err <= atol + rtol * w.abs()) && first_bad.is_none() {
+            first_bad = Some(i);
+        }
+        if err > worst.0 || err.is_nan() {
+            worst = (err, i);
+        }
+    }
+    if let Some(i) = first_bad {
+        panic!(
+            "{what}: max abs err {:e} at {}; first failure at {i}: got {} want {} (atol {atol:e}, rtol {rtol:e})",
+            worst.0, worst.1, got[i], want[i]
+        );
+    }
+}
+
+/// Cosine similarity of two vectors, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Checks each row: cosine ≥ `min_cos` and max-abs of the L2-normalized rows ≤ `max_abs`. Returns the worst
+/// (cosine, max-abs) seen.
+pub fn assert_rows_match(got: &[f32], want: &[f32], dim: usize, min_cos: f64, max_abs: f32, what: &str) -> (f64, f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = (1.0f64, 0.0f32);
+    for (r, (g, w)) in got.chunks_exact(dim).zip(want.chunks_exact(dim)).enumerate() {
+        let c = cosine(g, w);
+        let (mut gn, mut wn) = (g.to_vec(), w.to_vec());
+        cliprt::similarity::normalize_rows(&mut gn, dim);
+        cliprt::similarity::normalize_rows(&mut wn, dim);
+        let abs = gn.iter().zip(&wn).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(c >= min_cos && abs <= max_abs, "{what} row {r}: cosine {c:.9}, max abs {abs:e}");
+        worst = (worst.0.min(c), worst.1.max(abs));
+    }
+    worst
+}
+
+/// Deterministic pseudo-random f32s in [-scale, scale) (xorshift), for op tests with fresh inputs per seed.
+pub fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

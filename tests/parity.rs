@@ -1,0 +1,156 @@
+//! Parity with HF transformers (float64) + PIL on the committed fixtures: token ids, pixels, embeddings, logits.
+
+mod common;
+
+use cliprt::{Clip, Device};
+use common::*;
+
+const MODELS: &[&str] = &["tiny-openai", "exotic", "tiny-openai-f16", "exotic-bf16"];
+
+fn load(name: &str, device: Device) -> Clip {
+    Clip::load(fixture(name), device).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn token_ids_match_python() {
+    for name in MODELS {
+        let clip = load(name, Device::Cpu);
+        let r = reference(name);
+        assert!(r.texts.len() >= 12);
+        for (text, want) in r.texts.iter().zip(&r.ids) {
+            let got = clip.tokenize(&[text.as_str()]).unwrap().remove(0);
+            assert_eq!(&got, want, "{name}: ids of {text:?}");
+        }
+    }
+}
+
+#[test]
+fn pixels_within_one_lsb_of_pil() {
+    for name in ["tiny-openai", "exotic"] {
+        let clip = load(name, Device::Cpu);
+        let r = reference(name);
+        let (_, std) = clip.preprocess_config().mean_std.unwrap();
+        let lsb = 1.0 / 255.0 / std.iter().cloned().fold(f32::INFINITY, f32::min);
+        let per = r.pixels.len() / r.images.len();
+        for (i, img) in r.images.iter().enumerate() {
+            let got = clip.preprocess_file(fixture("images").join(img)).unwrap();
+            assert_close(&got, &r.pixels[i * per..(i + 1) * per], lsb * 1.001, 0.0, &format!("{name} {img}"));
+        }
+    }
+}
+
+#[test]
+fn pixels_at_224_within_one_lsb_of_pil() {
+    let dir = fixture("preprocess224");
+    let cfg = cliprt::preprocess::PreprocessConfig::from_file(&dir.join("preprocessor_config.json"), 224).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let (want, _) = cliprt::npy::read_npy(&dir.join("pixels_u8.npy")).unwrap();
+    let (mean, std) = cfg.mean_std.unwrap();
+    let per = 3 * 224 * 224;
+    let mut total_off = 0usize;
+    for (i, img) in manifest["images"].as_array().unwrap().iter().enumerate() {
+        let rgb = cliprt::preprocess::load_rgb(&fixture("images").join(img.as_str().unwrap()), Default::default()).unwrap();
+        let got = cfg.apply(&rgb).unwrap();
+        // Back to the u8 values PIL produced.
+        let got_u8: Vec<f32> = got
+            .iter()
+            .enumerate()
+            .map(|(j, v)| ((v * std[j / (224 * 224)] + mean[j / (224 * 224)]) * 255.0).round())
+            .collect();
+        let want = &want[i * per..(i + 1) * per];
+        assert_close(&got_u8, want, 1.0, 0.0, &format!("224 {img}"));
+        total_off += got_u8.iter().zip(want).filter(|(a, b)| a != b).count();
+    }
+    eprintln!("pixels differing by 1 LSB at 224: {total_off} of {}", 3 * per);
+}
+
+fn check_embeddings(name: &str, device: Device, min_cos: f64, max_abs: f32) {
+    let clip = load(name, device);
+    let r = reference(name);
+    let dim = clip.config().projection_dim;
+    let n = r.images.len();
+    let img = clip.embed_pixels(&r.pixels, n).unwrap();
+    let wi = assert_rows_match(&img.data, &r.image_embeds, dim, min_cos, max_abs, &format!("{name} image"));
+    let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+    let txt = clip.embed_texts(&texts).unwrap();
+    let wt = assert_rows_match(&txt.data, &r.text_embeds, dim, min_cos, max_abs, &format!("{name} text"));
+    let logits = clip.logits(&img, &txt).unwrap();
+    assert_close(&logits, &r.logits, 1e-3, 1e-4, &format!("{name} logits"));
+    assert!((clip.logit_scale() - r.logit_scale).abs() < 1e-4 * r.logit_scale);
+    eprintln!("{name} on {device:?}: worst image cos {:.9} abs {:e}; text cos {:.9} abs {:e}", wi.0, wi.1, wt.0, wt.1);
+}
+
+#[test]
+fn embeddings_match_hf_float64_cpu() {
+    for name in MODELS {
+        check_embeddings(name, Device::Cpu, 0.999_999, 1e-4);
+    }
+}
+
+#[test]
+fn embeddings_match_hf_float64_reference_backend() {
+    for name in ["tiny-openai", "exotic"] {
+        check_embeddings(name, Device::Reference, 0.999_999_9, 2e-5);
+    }
+}
+
+#[test]
+fn end_to_end_from_image_files() {
+    // Our own decode + preprocessing feeding the model: at most 1-LSB pixel differences remain.
+    for name in ["tiny-openai", "exotic"] {
+        let clip = load(name, Device::Cpu);
+        let r = reference(name);
+        let paths: Vec<_> = r.images.iter().map(|i| fixture("images").join(i)).collect();
+        let img = clip.embed_image_files(&paths).unwrap();
+        assert_rows_match(&img.data, &r.image_embeds, clip.config().projection_dim, 0.9999, 1e-2, name);
+    }
+}
+
+#[test]
+fn text_batch_cut_equals_padding_to_context() {
+    use cliprt::backend::reference::ReferenceBackend;
+    use cliprt::cpu::CpuBackend;
+    use cliprt::model::ClipModel;
+    use cliprt::tokenizer::TextBatch;
+    use cliprt::weights::{Checkpoint, ClipWeights};
+
+    let dir = fixture("exotic");
+    let config = cliprt::ClipConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = ClipWeights::from_checkpoint(&Checkpoint::open(&dir).unwrap(), &config).unwrap();
+    let clip = load("exotic", Device::Cpu);
+    let ids = clip.tokenize(&["a cat", "a photo of a dog on a sofa", "x"]).unwrap();
+    let cut = TextBatch::new(&ids, &config.text).unwrap();
+    assert_eq!(cut.seq_len, ids.iter().map(Vec::len).max().unwrap());
+    let ctx = config.text.max_position_embeddings;
+    let mut padded = cut.clone();
+    padded.seq_len = ctx;
+    padded.ids = ids
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat(config.text.eos_token_id)).take(ctx))
+        .collect();
+    let reference = ClipModel::new(ReferenceBackend, &config, &weights).unwrap();
+    assert_eq!(reference.encode_texts(&cut).unwrap(), reference.encode_texts(&padded).unwrap());
+    let cpu = ClipModel::new(CpuBackend, &config, &weights).unwrap();
+    let (a, b) = (cpu.encode_texts(&cut).unwrap(), cpu.encode_texts(&padded).unwrap());
+    assert_close(&a, &b, 1e-5, 1e-5, "cpu cut vs padded");
+}
+
+#[test]
+fn zero_shot_probabilities_sum_to_one_and_rank() {
+    let clip = load("tiny-openai", Device::Cpu);
+    let img = fixture("images").join("square.png");
+    let labels = ["cat", "dog", "car", "tree"];
+    let ranked = clip.zero_shot(&[&img], &labels, "a photo of a {}.").unwrap();
+    let probs: Vec<f32> = ranked[0].iter().map(|(_, p)| *p).collect();
+    assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]));
+    // Same numbers as softmax over the logits computed by hand.
+    let t = clip.embed_texts(&["a photo of a cat.", "a photo of a dog.", "a photo of a car.", "a photo of a tree."]).unwrap();
+    let i = clip.embed_image_files(&[&img]).unwrap();
+    let p = cliprt::similarity::softmax_rows(&clip.logits(&i, &t).unwrap(), 4);
+    for (label, prob) in &ranked[0] {
+        let k = labels.iter().position(|l| l == label).unwrap();
+        assert!((p[k] - prob).abs() < 1e-6);
+    }
+}
