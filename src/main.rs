@@ -1,6 +1,6 @@
 //! The `cliprt` command line: embed, zero-shot, tokenize, preprocess, info.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -118,26 +118,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_text_file(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        Error::InvalidText {
-            path: path.to_path_buf(),
-            line,
-        }
-    })?;
-    Ok(text
-        .lines()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect())
-}
-
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Embed {
@@ -150,7 +130,7 @@ fn run(command: Command) -> Result<()> {
             no_normalize,
         } => {
             if let Some(f) = &text_file {
-                texts.extend(read_text_file(f)?);
+                texts.extend(cliprt::tokenizer::read_text_file(f)?);
             }
             if images.is_empty() && texts.is_empty() {
                 return Err(Error::EmptyInput("give --image, --text or --text-file"));

@@ -65,6 +65,24 @@ impl ClipTokenizer {
     }
 }
 
+/// Reads a UTF-8 file with one text per line; blank lines are skipped, a trailing `\r` is dropped.
+pub fn read_text_file(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        Error::InvalidText {
+            path: path.to_path_buf(),
+            line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
+        }
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 fn short(text: &str) -> String {
     text.chars().take(40).collect()
 }
