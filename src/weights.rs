@@ -286,3 +286,72 @@ impl ClipWeights {
         })
     }
 }
+
+/// Deterministic pseudo-random numbers (xorshift64*), for synthetic weights.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.next() * scale).collect()
+    }
+}
+
+impl ClipWeights {
+    /// Seeded random weights at `config`'s shapes (uniform, scaled by 1/√fan_in), for benchmarks that need real
+    /// shapes but no download. The embeddings are meaningless; the work is the real model's.
+    pub fn random(config: &ClipConfig, seed: u64) -> Self {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut layer = |e: &EncoderConfig| {
+            let (d, i) = (e.hidden_size, e.intermediate_size);
+            let (sd, si) = (1.0 / (d as f32).sqrt(), 1.0 / (i as f32).sqrt());
+            LayerWeights {
+                qkv_w: rng.vec(3 * d * d, sd),
+                qkv_b: rng.vec(3 * d, 0.1),
+                out_w: rng.vec(d * d, sd),
+                out_b: rng.vec(d, 0.1),
+                ln1_g: vec![1.0; d],
+                ln1_b: vec![0.0; d],
+                ln2_g: vec![1.0; d],
+                ln2_b: vec![0.0; d],
+                fc1_w: rng.vec(i * d, sd),
+                fc1_b: rng.vec(i, 0.1),
+                fc2_w: rng.vec(d * i, si),
+                fc2_b: rng.vec(d, 0.1),
+            }
+        };
+        let (t, v) = (&config.text, &config.vision);
+        let (td, vd, p) = (t.encoder.hidden_size, v.encoder.hidden_size, config.projection_dim);
+        let text_layers = (0..t.encoder.num_layers).map(|_| layer(&t.encoder)).collect();
+        let vision_layers = (0..v.encoder.num_layers).map(|_| layer(&v.encoder)).collect();
+        ClipWeights {
+            text: TextWeights {
+                token_embedding: rng.vec(t.vocab_size * td, 0.5),
+                position_embedding: rng.vec(t.max_position_embeddings * td, 0.5),
+                layers: text_layers,
+                final_ln_g: vec![1.0; td],
+                final_ln_b: vec![0.0; td],
+                projection: rng.vec(p * td, 1.0 / (td as f32).sqrt()),
+            },
+            vision: VisionWeights {
+                patch_embedding: rng.vec(vd * v.patch_dim(), 1.0 / (v.patch_dim() as f32).sqrt()),
+                class_embedding: rng.vec(vd, 0.5),
+                position_embedding: rng.vec(v.seq_len() * vd, 0.5),
+                pre_ln_g: vec![1.0; vd],
+                pre_ln_b: vec![0.0; vd],
+                layers: vision_layers,
+                post_ln_g: vec![1.0; vd],
+                post_ln_b: vec![0.0; vd],
+                projection: rng.vec(p * vd, 1.0 / (vd as f32).sqrt()),
+            },
+            logit_scale_log: (100.0f32).ln(),
+            stored_dtype: "F32".into(),
+        }
+    }
+}
