@@ -39,7 +39,11 @@ impl std::str::FromStr for Device {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
-                .ok_or_else(|| Error::InvalidArgument(format!("unknown device {s:?} (cpu, reference, cuda, cuda:N)"))),
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "unknown device {s:?} (cpu, reference, cuda, cuda:N)"
+                    ))
+                }),
         }
     }
 }
@@ -127,7 +131,10 @@ impl Clip {
             return Err(Error::NotFound(dir.to_path_buf()));
         }
         if !dir.is_dir() {
-            return Err(Error::InvalidArgument(format!("{}: not a folder", dir.display())));
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a folder",
+                dir.display()
+            )));
         }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
@@ -138,7 +145,10 @@ impl Clip {
             });
         }
         let config = ClipConfig::from_file(&config_path)?;
-        let tokenizer = ClipTokenizer::from_file(&dir.join("tokenizer.json"), config.text.max_position_embeddings)?;
+        let tokenizer = ClipTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            config.text.max_position_embeddings,
+        )?;
         let pre_path = dir.join("preprocessor_config.json");
         let preprocess = if pre_path.is_file() {
             PreprocessConfig::from_file(&pre_path, config.vision.image_size)?
@@ -148,7 +158,9 @@ impl Clip {
         let ckpt = Checkpoint::open(dir)?;
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
         let engine = match device {
-            Device::Reference => Engine::Reference(ClipModel::new(ReferenceBackend, &config, &weights)?),
+            Device::Reference => {
+                Engine::Reference(ClipModel::new(ReferenceBackend, &config, &weights)?)
+            }
             _ => Engine::Cpu(ClipModel::new(CpuBackend, &config, &weights)?),
         };
         Ok(Clip {
@@ -223,7 +235,10 @@ impl Clip {
         }
         let mut data = Vec::new();
         for chunk in paths.chunks(IMAGE_CHUNK) {
-            let pixels: Vec<Vec<f32>> = chunk.par_iter().map(|p| self.preprocess_file(p)).collect::<Result<_>>()?;
+            let pixels: Vec<Vec<f32>> = chunk
+                .par_iter()
+                .map(|p| self.preprocess_file(p))
+                .collect::<Result<_>>()?;
             data.extend(self.engine.encode_images(&pixels.concat(), chunk.len())?);
         }
         Ok(self.embeddings(data, paths.len()))
@@ -234,7 +249,10 @@ impl Clip {
         if images.is_empty() {
             return Err(Error::EmptyInput("no images given"));
         }
-        let pixels: Vec<Vec<f32>> = images.par_iter().map(|i| self.preprocess_image(i)).collect::<Result<_>>()?;
+        let pixels: Vec<Vec<f32>> = images
+            .par_iter()
+            .map(|i| self.preprocess_image(i))
+            .collect::<Result<_>>()?;
         self.embed_pixels(&pixels.concat(), images.len())
     }
 
@@ -245,11 +263,17 @@ impl Clip {
         }
         let per_image = pixels.len() / batch;
         if per_image * batch != pixels.len() {
-            return Err(Error::Shape(format!("{} pixel values are not {batch} equal images", pixels.len())));
+            return Err(Error::Shape(format!(
+                "{} pixel values are not {batch} equal images",
+                pixels.len()
+            )));
         }
         let mut data = Vec::with_capacity(batch * self.config.projection_dim);
         for chunk in pixels.chunks(per_image.max(1) * IMAGE_CHUNK) {
-            data.extend(self.engine.encode_images(chunk, chunk.len() / per_image.max(1))?);
+            data.extend(
+                self.engine
+                    .encode_images(chunk, chunk.len() / per_image.max(1))?,
+            );
         }
         Ok(self.embeddings(data, batch))
     }
@@ -284,9 +308,19 @@ impl Clip {
     /// Scaled cosine similarities `[images.rows, texts.rows]` (CLIP's `logits_per_image`).
     pub fn logits(&self, images: &Embeddings, texts: &Embeddings) -> Result<Vec<f32>> {
         if images.dim != texts.dim {
-            return Err(Error::Shape(format!("embedding widths differ: {} vs {}", images.dim, texts.dim)));
+            return Err(Error::Shape(format!(
+                "embedding widths differ: {} vs {}",
+                images.dim, texts.dim
+            )));
         }
-        similarity::scaled_cosine(&images.data, images.rows, &texts.data, texts.rows, images.dim, self.logit_scale)
+        similarity::scaled_cosine(
+            &images.data,
+            images.rows,
+            &texts.data,
+            texts.rows,
+            images.dim,
+            self.logit_scale,
+        )
     }
 
     /// Zero-shot classification: for each image, every label with its softmax probability, most likely first.
@@ -301,9 +335,14 @@ impl Clip {
             return Err(Error::EmptyInput("no labels given"));
         }
         if !template.contains("{}") {
-            return Err(Error::InvalidArgument(format!("template {template:?} has no {{}} for the label")));
+            return Err(Error::InvalidArgument(format!(
+                "template {template:?} has no {{}} for the label"
+            )));
         }
-        let prompts: Vec<String> = labels.iter().map(|l| template.replacen("{}", l.as_ref(), 1)).collect();
+        let prompts: Vec<String> = labels
+            .iter()
+            .map(|l| template.replacen("{}", l.as_ref(), 1))
+            .collect();
         let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let text = self.embed_texts(&prompt_refs)?;
         let img = self.embed_image_files(images)?;
@@ -312,8 +351,11 @@ impl Clip {
         Ok(probs
             .chunks_exact(labels.len())
             .map(|row| {
-                let mut ranked: Vec<(String, f32)> =
-                    labels.iter().zip(row).map(|(l, &p)| (l.as_ref().to_string(), p)).collect();
+                let mut ranked: Vec<(String, f32)> = labels
+                    .iter()
+                    .zip(row)
+                    .map(|(l, &p)| (l.as_ref().to_string(), p))
+                    .collect();
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
                 ranked
             })

@@ -114,7 +114,8 @@ impl ClipConfig {
 
     /// Parses the text of an HF CLIP `config.json`.
     fn from_json_str(text: &str) -> std::result::Result<Self, ConfigError> {
-        let root: Value = serde_json::from_str(text).map_err(|e| ConfigError::Invalid(format!("not valid JSON: {e}")))?;
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("not valid JSON: {e}")))?;
         let root = root
             .as_object()
             .ok_or_else(|| ConfigError::Invalid("top level is not a JSON object".into()))?;
@@ -160,7 +161,10 @@ impl ClipConfig {
 
     /// Checks the relations between sizes that the model code relies on.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        for (name, e) in [("text_config", &self.text.encoder), ("vision_config", &self.vision.encoder)] {
+        for (name, e) in [
+            ("text_config", &self.text.encoder),
+            ("vision_config", &self.vision.encoder),
+        ] {
             if e.hidden_size == 0 || e.num_heads == 0 || e.hidden_size % e.num_heads != 0 {
                 return Err(format!(
                     "{name}: hidden_size {} is not a positive multiple of num_attention_heads {}",
@@ -168,7 +172,9 @@ impl ClipConfig {
                 ));
             }
             if e.intermediate_size == 0 || e.num_layers == 0 {
-                return Err(format!("{name}: intermediate_size and num_hidden_layers must be positive"));
+                return Err(format!(
+                    "{name}: intermediate_size and num_hidden_layers must be positive"
+                ));
             }
             if !(e.layer_norm_eps.is_finite() && e.layer_norm_eps > 0.0) {
                 return Err(format!("{name}: layer_norm_eps must be positive"));
@@ -181,8 +187,14 @@ impl ClipConfig {
                 v.image_size, v.patch_size
             ));
         }
-        if self.text.vocab_size == 0 || self.text.max_position_embeddings < 2 || self.projection_dim == 0 {
-            return Err("vocab_size, projection_dim must be positive and max_position_embeddings ≥ 2".into());
+        if self.text.vocab_size == 0
+            || self.text.max_position_embeddings < 2
+            || self.projection_dim == 0
+        {
+            return Err(
+                "vocab_size, projection_dim must be positive and max_position_embeddings ≥ 2"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -197,8 +209,12 @@ impl ClipConfig {
         let (t, v) = (&self.text, &self.vision);
         let td = t.encoder.hidden_size;
         let vd = v.encoder.hidden_size;
-        let text = t.vocab_size * td + t.max_position_embeddings * td + encoder_params(&t.encoder) + 2 * td;
-        let vision = vd * v.patch_dim() + vd + v.seq_len() * vd + 4 * vd + encoder_params(&v.encoder);
+        let text = t.vocab_size * td
+            + t.max_position_embeddings * td
+            + encoder_params(&t.encoder)
+            + 2 * td;
+        let vision =
+            vd * v.patch_dim() + vd + v.seq_len() * vd + 4 * vd + encoder_params(&v.encoder);
         text + vision + self.projection_dim * (td + vd) + 1
     }
 }
@@ -212,10 +228,16 @@ fn encoder(m: &Map<String, Value>, ctx: &str) -> std::result::Result<EncoderConf
     let act_name = match m.get("hidden_act") {
         None | Some(Value::Null) => "quick_gelu", // transformers' default for both CLIP towers
         Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(ConfigError::Invalid(format!("{ctx}.hidden_act is not a string"))),
+        Some(_) => {
+            return Err(ConfigError::Invalid(format!(
+                "{ctx}.hidden_act is not a string"
+            )))
+        }
     };
     let activation = Activation::parse(act_name).ok_or_else(|| {
-        ConfigError::Unsupported(format!("{ctx}.hidden_act \"{act_name}\" (cliprt supports quick_gelu and gelu)"))
+        ConfigError::Unsupported(format!(
+            "{ctx}.hidden_act \"{act_name}\" (cliprt supports quick_gelu and gelu)"
+        ))
     })?;
     let eps = match m.get("layer_norm_eps") {
         None | Some(Value::Null) => 1e-5,
@@ -233,14 +255,26 @@ fn encoder(m: &Map<String, Value>, ctx: &str) -> std::result::Result<EncoderConf
     })
 }
 
-fn req_usize(m: &Map<String, Value>, ctx: &str, key: &str) -> std::result::Result<usize, ConfigError> {
+fn req_usize(
+    m: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+) -> std::result::Result<usize, ConfigError> {
     match m.get(key) {
-        None | Some(Value::Null) => Err(ConfigError::Invalid(format!("missing field `{}`", dotted(ctx, key)))),
+        None | Some(Value::Null) => Err(ConfigError::Invalid(format!(
+            "missing field `{}`",
+            dotted(ctx, key)
+        ))),
         Some(v) => as_usize(v, ctx, key),
     }
 }
 
-fn opt_usize(m: &Map<String, Value>, ctx: &str, key: &str, default: usize) -> std::result::Result<usize, ConfigError> {
+fn opt_usize(
+    m: &Map<String, Value>,
+    ctx: &str,
+    key: &str,
+    default: usize,
+) -> std::result::Result<usize, ConfigError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => as_usize(v, ctx, key),
@@ -250,7 +284,12 @@ fn opt_usize(m: &Map<String, Value>, ctx: &str, key: &str, default: usize) -> st
 fn as_usize(v: &Value, ctx: &str, key: &str) -> std::result::Result<usize, ConfigError> {
     v.as_u64()
         .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| ConfigError::Invalid(format!("field `{}` is not a non-negative integer: {v}", dotted(ctx, key))))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "field `{}` is not a non-negative integer: {v}",
+                dotted(ctx, key)
+            ))
+        })
 }
 
 fn dotted(ctx: &str, key: &str) -> String {
@@ -276,7 +315,14 @@ pub mod presets {
         }
     }
 
-    fn clip(text_width: usize, text_heads: usize, vision: (usize, usize, usize), image: usize, patch: usize, proj: usize) -> ClipConfig {
+    fn clip(
+        text_width: usize,
+        text_heads: usize,
+        vision: (usize, usize, usize),
+        image: usize,
+        patch: usize,
+        proj: usize,
+    ) -> ClipConfig {
         ClipConfig {
             text: TextConfig {
                 encoder: enc(text_width, 12, text_heads, Activation::QuickGelu),
@@ -320,7 +366,10 @@ mod tests {
             c.validate().unwrap();
         }
         // openai/clip-vit-base-patch32 has 151,277,313 parameters.
-        assert_eq!(presets::by_name("vit-b-32").unwrap().parameter_count(), 151_277_313);
+        assert_eq!(
+            presets::by_name("vit-b-32").unwrap().parameter_count(),
+            151_277_313
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub enum Error {
     #[error("{path}: cannot decode image: {msg}")]
     Image { path: PathBuf, msg: String },
     /// An image is larger than cliprt accepts (checked from the header, before decoding).
-    #[error("{path}: image is {width}x{height}, over the limit of {limit} (decompression-bomb guard)")]
+    #[error(
+        "{path}: image is {width}x{height}, over the limit of {limit} (decompression-bomb guard)"
+    )]
     ImageTooLarge {
         path: PathBuf,
         width: u32,

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use cliprt::{npy, AlphaMode, Clip, Device, Error, Result};
 
 #[derive(Parser)]
-#[command(name = "cliprt", version, about = "CLIP inference runtime: embeddings, zero-shot classification, diagnostics")]
+#[command(
+    name = "cliprt",
+    version,
+    about = "CLIP inference runtime: embeddings, zero-shot classification, diagnostics"
+)]
 struct Cli {
     /// Worker threads (default: all cores; RAYON_NUM_THREADS is respected too).
     #[arg(long, global = true)]
@@ -104,7 +108,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
             eprintln!("error: cannot set {n} threads: {e}");
             return ExitCode::FAILURE;
         }
@@ -116,6 +123,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn describe(e: &cliprt::config::EncoderConfig) -> String {
+    format!(
+        "{} layers, width {}, {} heads (head dim {}), mlp {}, {}, eps {:e}",
+        e.num_layers,
+        e.hidden_size,
+        e.num_heads,
+        e.head_dim(),
+        e.intermediate_size,
+        e.activation.name(),
+        e.layer_norm_eps
+    )
 }
 
 fn run(command: Command) -> Result<()> {
@@ -141,19 +161,33 @@ fn run(command: Command) -> Result<()> {
             let clip = model.load()?;
             let finish = |e: cliprt::Embeddings| if no_normalize { e } else { e.normalized() };
             // Compute everything before writing anything: a failure leaves no output behind.
-            let img = if images.is_empty() { None } else { Some(finish(clip.embed_image_files(&images)?)) };
+            let img = if images.is_empty() {
+                None
+            } else {
+                Some(finish(clip.embed_image_files(&images)?))
+            };
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let txt = if texts.is_empty() { None } else { Some(finish(clip.embed_texts(&refs)?)) };
+            let txt = if texts.is_empty() {
+                None
+            } else {
+                Some(finish(clip.embed_texts(&refs)?))
+            };
             for (emb, out, what) in [(img, out_image, "image"), (txt, out_text, "text")] {
                 let Some(emb) = emb else { continue };
                 match out {
                     Some(path) => {
                         npy::write_npy(&path, &emb.data, &[emb.rows, emb.dim])?;
-                        println!("wrote {what} embeddings [{}, {}] to {}", emb.rows, emb.dim, path.display());
+                        println!(
+                            "wrote {what} embeddings [{}, {}] to {}",
+                            emb.rows,
+                            emb.dim,
+                            path.display()
+                        );
                     }
                     None => {
                         for i in 0..emb.rows {
-                            let row: Vec<String> = emb.row(i).iter().map(|v| format!("{v:.6}")).collect();
+                            let row: Vec<String> =
+                                emb.row(i).iter().map(|v| format!("{v:.6}")).collect();
                             println!("{what}[{i}] [{}]", row.join(", "));
                         }
                     }
@@ -233,31 +267,24 @@ fn run(command: Command) -> Result<()> {
             let (t, v) = (&c.text, &c.vision);
             println!("model:            {}", clip.dir().display());
             println!("parameters:       {}", c.parameter_count());
-            println!("stored dtype:     {} (computed in f32)", clip.stored_dtype());
+            println!(
+                "stored dtype:     {} (computed in f32)",
+                clip.stored_dtype()
+            );
             println!("embedding dim:    {}", c.projection_dim);
             println!("logit scale:      {:.4}", clip.logit_scale());
+            println!("vision:           {}", describe(&v.encoder));
             println!(
-                "vision:           {} layers, width {}, {} heads (head dim {}), mlp {}, {}, eps {:e}",
-                v.encoder.num_layers,
-                v.encoder.hidden_size,
-                v.encoder.num_heads,
-                v.encoder.head_dim(),
-                v.encoder.intermediate_size,
-                v.encoder.activation.name(),
-                v.encoder.layer_norm_eps
+                "image size:       {} (patch {}, {} tokens)",
+                v.image_size,
+                v.patch_size,
+                v.seq_len()
             );
-            println!("image size:       {} (patch {}, {} tokens)", v.image_size, v.patch_size, v.seq_len());
+            println!("text:             {}", describe(&t.encoder));
             println!(
-                "text:             {} layers, width {}, {} heads (head dim {}), mlp {}, {}, eps {:e}",
-                t.encoder.num_layers,
-                t.encoder.hidden_size,
-                t.encoder.num_heads,
-                t.encoder.head_dim(),
-                t.encoder.intermediate_size,
-                t.encoder.activation.name(),
-                t.encoder.layer_norm_eps
+                "context length:   {} (vocab {}, eos id {})",
+                t.max_position_embeddings, t.vocab_size, t.eos_token_id
             );
-            println!("context length:   {} (vocab {}, eos id {})", t.max_position_embeddings, t.vocab_size, t.eos_token_id);
             println!("preprocessing:    {:?}", clip.preprocess_config());
             Ok(())
         }

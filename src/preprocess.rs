@@ -97,7 +97,8 @@ impl PreprocessConfig {
     /// Reads `preprocessor_config.json`; fields it lacks take the OpenAI defaults at `image_size`.
     pub fn from_file(path: &Path, image_size: usize) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         let m = json
             .as_object()
             .ok_or_else(|| Error::config(path, "top level is not a JSON object"))?;
@@ -122,15 +123,27 @@ impl PreprocessConfig {
             match m.get("size") {
                 None | Some(Value::Null) => cfg.resize,
                 Some(v @ Value::Number(_)) => Some(ResizeTarget::ShortestEdge(dim(v, "size")?)),
-                Some(Value::Object(s)) => match (s.get("shortest_edge"), s.get("height"), s.get("width")) {
-                    (Some(e), _, _) => Some(ResizeTarget::ShortestEdge(dim(e, "size.shortest_edge")?)),
-                    (None, Some(h), Some(w)) => Some(ResizeTarget::Exact {
-                        height: dim(h, "size.height")?,
-                        width: dim(w, "size.width")?,
-                    }),
-                    _ => return Err(bad("`size` needs `shortest_edge` or `height` and `width`".into())),
-                },
-                Some(v) => return Err(bad(format!("`size` is neither a number nor an object: {v}"))),
+                Some(Value::Object(s)) => {
+                    match (s.get("shortest_edge"), s.get("height"), s.get("width")) {
+                        (Some(e), _, _) => {
+                            Some(ResizeTarget::ShortestEdge(dim(e, "size.shortest_edge")?))
+                        }
+                        (None, Some(h), Some(w)) => Some(ResizeTarget::Exact {
+                            height: dim(h, "size.height")?,
+                            width: dim(w, "size.width")?,
+                        }),
+                        _ => {
+                            return Err(bad(
+                                "`size` needs `shortest_edge` or `height` and `width`".into()
+                            ))
+                        }
+                    }
+                }
+                Some(v) => {
+                    return Err(bad(format!(
+                        "`size` is neither a number nor an object: {v}"
+                    )))
+                }
             }
         };
         cfg.crop = if !flag("do_center_crop")? {
@@ -143,10 +156,16 @@ impl PreprocessConfig {
                     Some((n, n))
                 }
                 Some(Value::Object(s)) => match (s.get("height"), s.get("width")) {
-                    (Some(h), Some(w)) => Some((dim(h, "crop_size.height")?, dim(w, "crop_size.width")?)),
+                    (Some(h), Some(w)) => {
+                        Some((dim(h, "crop_size.height")?, dim(w, "crop_size.width")?))
+                    }
                     _ => return Err(bad("`crop_size` needs `height` and `width`".into())),
                 },
-                Some(v) => return Err(bad(format!("`crop_size` is neither a number nor an object: {v}"))),
+                Some(v) => {
+                    return Err(bad(format!(
+                        "`crop_size` is neither a number nor an object: {v}"
+                    )))
+                }
             }
         };
         if let Some(v) = m.get("resample").filter(|v| !v.is_null()) {
@@ -160,7 +179,11 @@ impl PreprocessConfig {
         } else {
             match m.get("rescale_factor") {
                 None | Some(Value::Null) => cfg.rescale_factor,
-                Some(v) => Some(v.as_f64().ok_or_else(|| bad(format!("`rescale_factor` is not a number: {v}")))? as f32),
+                Some(v) => Some(
+                    v.as_f64()
+                        .ok_or_else(|| bad(format!("`rescale_factor` is not a number: {v}")))?
+                        as f32,
+                ),
             }
         };
         if !flag("do_normalize")? {
@@ -173,7 +196,10 @@ impl PreprocessConfig {
                     Some(Value::Array(a)) if a.len() == 3 => {
                         let mut out = [0.0; 3];
                         for (o, v) in out.iter_mut().zip(a) {
-                            *o = v.as_f64().ok_or_else(|| bad(format!("`{key}` has a non-number: {v}")))? as f32;
+                            *o = v
+                                .as_f64()
+                                .ok_or_else(|| bad(format!("`{key}` has a non-number: {v}")))?
+                                as f32;
                         }
                         Ok(out)
                     }
@@ -182,8 +208,12 @@ impl PreprocessConfig {
             };
             let mean = triple("image_mean", OPENAI_MEAN)?;
             let std = triple("image_std", OPENAI_STD)?;
-            if std.iter().any(|s| !s.is_finite() || *s == 0.0) || mean.iter().any(|m| !m.is_finite()) {
-                return Err(bad("`image_mean`/`image_std` must be finite and std non-zero".into()));
+            if std.iter().any(|s| !s.is_finite() || *s == 0.0)
+                || mean.iter().any(|m| !m.is_finite())
+            {
+                return Err(bad(
+                    "`image_mean`/`image_std` must be finite and std non-zero".into(),
+                ));
             }
             cfg.mean_std = Some((mean, std));
         }
@@ -192,7 +222,9 @@ impl PreprocessConfig {
 
     /// The `(height, width)` of the tensor this config produces from an image of `width × height`.
     pub fn output_size(&self, width: usize, height: usize) -> (usize, usize) {
-        let (w, h) = self.resize.map_or((width, height), |t| resized_size(t, width, height));
+        let (w, h) = self
+            .resize
+            .map_or((width, height), |t| resized_size(t, width, height));
         self.crop.unwrap_or((h, w))
     }
 
@@ -238,7 +270,11 @@ fn resized_size(target: ResizeTarget, width: usize, height: usize) -> (usize, us
     match target {
         ResizeTarget::Exact { height, width } => (width, height),
         ResizeTarget::ShortestEdge(n) => {
-            let (short, long) = if width <= height { (width, height) } else { (height, width) };
+            let (short, long) = if width <= height {
+                (width, height)
+            } else {
+                (height, width)
+            };
             // int(n · long / short), computed exactly in integers (Python truncates the float quotient).
             let new_long = (n * long) / short;
             if width <= height {
@@ -311,18 +347,24 @@ fn decode_rgb(bytes: &[u8], alpha: AlphaMode) -> std::result::Result<RgbImage, D
         return Err(DecodeError::Invalid("not a recognized image format".into()));
     }
     // The header alone gives the size: refuse bombs before allocating anything for pixels.
-    let (w, h) = probe.into_dimensions().map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let (w, h) = probe
+        .into_dimensions()
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
         return Err(DecodeError::TooLarge(w, h));
     }
     if w == 0 || h == 0 {
-        return Err(DecodeError::Invalid("image has zero width or height".into()));
+        return Err(DecodeError::Invalid(
+            "image has zero width or height".into(),
+        ));
     }
     let mut decoder = reader()?;
     let mut limits = Limits::default();
     limits.max_alloc = Some(4 << 30);
     decoder.limits(limits);
-    let img = decoder.decode().map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let img = decoder
+        .decode()
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     Ok(to_rgb_like_pil(img, alpha))
 }
 
@@ -341,10 +383,25 @@ pub fn to_rgb_like_pil(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
         data.extend_from_slice(&px);
     };
     match img {
-        DynamicImage::ImageRgb8(b) => return RgbImage { width, height, data: b.into_raw() },
-        DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().for_each(|v| push_rgba(v, v, v, 255)),
-        DynamicImage::ImageLumaA8(b) => b.into_raw().chunks_exact(2).for_each(|p| push_rgba(p[0], p[0], p[0], p[1])),
-        DynamicImage::ImageRgba8(b) => b.into_raw().chunks_exact(4).for_each(|p| push_rgba(p[0], p[1], p[2], p[3])),
+        DynamicImage::ImageRgb8(b) => {
+            return RgbImage {
+                width,
+                height,
+                data: b.into_raw(),
+            }
+        }
+        DynamicImage::ImageLuma8(b) => b
+            .into_raw()
+            .into_iter()
+            .for_each(|v| push_rgba(v, v, v, 255)),
+        DynamicImage::ImageLumaA8(b) => b
+            .into_raw()
+            .chunks_exact(2)
+            .for_each(|p| push_rgba(p[0], p[0], p[0], p[1])),
+        DynamicImage::ImageRgba8(b) => b
+            .into_raw()
+            .chunks_exact(4)
+            .for_each(|p| push_rgba(p[0], p[1], p[2], p[3])),
         DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().for_each(|v| {
             let v = v.min(255) as u8;
             push_rgba(v, v, v, 255)
@@ -358,7 +415,12 @@ pub fn to_rgb_like_pil(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
             .chunks_exact(3)
             .for_each(|p| push_rgba((p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8, 255)),
         DynamicImage::ImageRgba16(b) => b.into_raw().chunks_exact(4).for_each(|p| {
-            push_rgba((p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8, (p[3] >> 8) as u8)
+            push_rgba(
+                (p[0] >> 8) as u8,
+                (p[1] >> 8) as u8,
+                (p[2] >> 8) as u8,
+                (p[3] >> 8) as u8,
+            )
         }),
         other => other
             .to_rgba8()
@@ -366,7 +428,11 @@ pub fn to_rgb_like_pil(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
             .chunks_exact(4)
             .for_each(|p| push_rgba(p[0], p[1], p[2], p[3])),
     }
-    RgbImage { width, height, data }
+    RgbImage {
+        width,
+        height,
+        data,
+    }
 }
 
 /// PIL's `alpha_composite(white, src)` in its own integer arithmetic (7 fractional bits, rounded /255), so
@@ -390,19 +456,35 @@ fn composite_on_white(rgb: [u8; 3], a: u8) -> [u8; 3] {
 
 /// Resizes like PIL's `Image.resize` (no reducing_gap). The convolution filters are reimplemented bit-exactly in
 /// [`crate::resample`]; NEAREST goes through fast_image_resize, which uses PIL's pixel-centre rule.
-pub fn resize_like_pil(img: &RgbImage, width: usize, height: usize, filter: Resample) -> Result<RgbImage> {
+pub fn resize_like_pil(
+    img: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> Result<RgbImage> {
     if width == 0 || height == 0 {
-        return Err(Error::InvalidArgument(format!("cannot resize to {width}x{height}")));
+        return Err(Error::InvalidArgument(format!(
+            "cannot resize to {width}x{height}"
+        )));
     }
     if filter != Resample::Nearest {
-        return Ok(crate::resample::resize_convolution(img, width, height, filter));
+        return Ok(crate::resample::resize_convolution(
+            img, width, height, filter,
+        ));
     }
     let fir_err = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("resize failed: {e}"));
-    let src = FirImage::from_vec_u8(img.width as u32, img.height as u32, img.data.clone(), PixelType::U8x3)
-        .map_err(|e| fir_err(&e))?;
+    let src = FirImage::from_vec_u8(
+        img.width as u32,
+        img.height as u32,
+        img.data.clone(),
+        PixelType::U8x3,
+    )
+    .map_err(|e| fir_err(&e))?;
     let mut dst = FirImage::new(width as u32, height as u32, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest);
-    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| fir_err(&e))?;
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| fir_err(&e))?;
     Ok(RgbImage {
         width,
         height,
@@ -425,7 +507,10 @@ mod tests {
     #[test]
     fn crop_offsets_floor_and_pad() {
         let f = crop_window(7, 4); // floor(3/2) = 1
-        assert_eq!((0..4).map(&f).collect::<Vec<_>>(), vec![Some(1), Some(2), Some(3), Some(4)]);
+        assert_eq!(
+            (0..4).map(&f).collect::<Vec<_>>(),
+            vec![Some(1), Some(2), Some(3), Some(4)]
+        );
         let g = crop_window(2, 5); // padded: ceil(3/2) = 2 zeros before
         assert_eq!(
             (0..5).map(&g).collect::<Vec<_>>(),

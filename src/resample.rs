@@ -97,7 +97,9 @@ fn taps(in_size: usize, out_size: usize, filter: Resample) -> Taps {
         let center = (o as f64 + 0.5) * scale;
         // PIL rounds the window ends with a C cast (truncation toward zero) of x + 0.5, then clamps.
         let lo = ((center - support + 0.5) as i64).max(0) as usize;
-        let hi = ((center + support + 0.5) as i64).min(in_size as i64).max(lo as i64) as usize;
+        let hi = ((center + support + 0.5) as i64)
+            .min(in_size as i64)
+            .max(lo as i64) as usize;
         let mut w: Vec<f64> = (lo..hi)
             .map(|x| f((x as f64 - center + 0.5) * inv_filter_scale))
             .collect();
@@ -107,7 +109,17 @@ fn taps(in_size: usize, out_size: usize, filter: Resample) -> Taps {
         }
         let one = f64::from(1u32 << PRECISION_BITS);
         // Round half away from zero, as PIL's (int)(±0.5 + w·2^22).
-        weights.push(w.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i32 } else { (0.5 + v * one) as i32 }).collect());
+        weights.push(
+            w.iter()
+                .map(|&v| {
+                    if v < 0.0 {
+                        (-0.5 + v * one) as i32
+                    } else {
+                        (0.5 + v * one) as i32
+                    }
+                })
+                .collect(),
+        );
         first.push(lo);
     }
     Taps { first, weights }
@@ -122,22 +134,28 @@ fn clip8(acc: i32) -> u8 {
 fn horizontal(img: &RgbImage, width: usize, filter: Resample) -> RgbImage {
     let t = taps(img.width, width, filter);
     let mut data = vec![0u8; width * img.height * 3];
-    data.par_chunks_mut(width * 3).enumerate().for_each(|(y, out)| {
-        let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
-        for (x, px) in out.chunks_exact_mut(3).enumerate() {
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (i, &w) in t.weights[x].iter().enumerate() {
-                let src = &row[(t.first[x] + i) * 3..][..3];
+    data.par_chunks_mut(width * 3)
+        .enumerate()
+        .for_each(|(y, out)| {
+            let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+            for (x, px) in out.chunks_exact_mut(3).enumerate() {
+                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+                for (i, &w) in t.weights[x].iter().enumerate() {
+                    let src = &row[(t.first[x] + i) * 3..][..3];
+                    for c in 0..3 {
+                        acc[c] += i32::from(src[c]) * w;
+                    }
+                }
                 for c in 0..3 {
-                    acc[c] += i32::from(src[c]) * w;
+                    px[c] = clip8(acc[c]);
                 }
             }
-            for c in 0..3 {
-                px[c] = clip8(acc[c]);
-            }
-        }
-    });
-    RgbImage { width, height: img.height, data }
+        });
+    RgbImage {
+        width,
+        height: img.height,
+        data,
+    }
 }
 
 /// Resamples the columns (vertical pass) to `height`.
@@ -145,21 +163,34 @@ fn vertical(img: &RgbImage, height: usize, filter: Resample) -> RgbImage {
     let t = taps(img.height, height, filter);
     let stride = img.width * 3;
     let mut data = vec![0u8; stride * height];
-    data.par_chunks_mut(stride).enumerate().for_each(|(y, out)| {
-        let mut acc = vec![1i32 << (PRECISION_BITS - 1); stride];
-        for (i, &w) in t.weights[y].iter().enumerate() {
-            let src = &img.data[(t.first[y] + i) * stride..][..stride];
-            acc.iter_mut().zip(src).for_each(|(a, &s)| *a += i32::from(s) * w);
-        }
-        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = clip8(a));
-    });
-    RgbImage { width: img.width, height, data }
+    data.par_chunks_mut(stride)
+        .enumerate()
+        .for_each(|(y, out)| {
+            let mut acc = vec![1i32 << (PRECISION_BITS - 1); stride];
+            for (i, &w) in t.weights[y].iter().enumerate() {
+                let src = &img.data[(t.first[y] + i) * stride..][..stride];
+                acc.iter_mut()
+                    .zip(src)
+                    .for_each(|(a, &s)| *a += i32::from(s) * w);
+            }
+            out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = clip8(a));
+        });
+    RgbImage {
+        width: img.width,
+        height,
+        data,
+    }
 }
 
 /// Resizes with a PIL convolution filter, in Pillow 13's pass order: vertical first when the height shrinks by
 /// more than twice what the width shrinks, horizontal first otherwise. An axis whose size is unchanged is not
 /// resampled at all (as in PIL).
-pub fn resize_convolution(img: &RgbImage, width: usize, height: usize, filter: Resample) -> RgbImage {
+pub fn resize_convolution(
+    img: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> RgbImage {
     let shrink_h = img.height as i64 - height as i64;
     let shrink_w = img.width as i64 - width as i64;
     let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;

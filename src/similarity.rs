@@ -8,7 +8,11 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) {
         return;
     }
     for row in data.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         if norm > 0.0 {
             let inv = (1.0 / norm) as f32;
             row.iter_mut().for_each(|v| *v *= inv);
@@ -17,7 +21,14 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) {
 }
 
 /// `scale · normalize(a) · normalize(b)ᵀ`: `[rows_a, rows_b]` logits, the way CLIP scores image–text pairs.
-pub fn scaled_cosine(a: &[f32], rows_a: usize, b: &[f32], rows_b: usize, dim: usize, scale: f32) -> Result<Vec<f32>> {
+pub fn scaled_cosine(
+    a: &[f32],
+    rows_a: usize,
+    b: &[f32],
+    rows_b: usize,
+    dim: usize,
+    scale: f32,
+) -> Result<Vec<f32>> {
     if a.len() != rows_a * dim || b.len() != rows_b * dim {
         return Err(Error::Shape(format!(
             "similarity of [{rows_a}, {dim}] and [{rows_b}, {dim}] given {} and {} values",
@@ -31,7 +42,11 @@ pub fn scaled_cosine(a: &[f32], rows_a: usize, b: &[f32], rows_b: usize, dim: us
     let mut out = Vec::with_capacity(rows_a * rows_b);
     for ra in a.chunks_exact(dim.max(1)).take(rows_a) {
         for rb in b.chunks_exact(dim.max(1)).take(rows_b) {
-            let dot: f64 = ra.iter().zip(rb).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+            let dot: f64 = ra
+                .iter()
+                .zip(rb)
+                .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                .sum();
             out.push(scale * dot as f32);
         }
     }

@@ -19,9 +19,13 @@ impl ClipTokenizer {
     /// Loads `tokenizer.json` and sets truncation to `context_length` tokens (special tokens included).
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::Tokenizer(format!("{}: no such file", path.display())));
+            return Err(Error::Tokenizer(format!(
+                "{}: no such file",
+                path.display()
+            )));
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         // The tokenizer truncates before its post-processor adds <|startoftext|>/<|endoftext|>, leaving room for
         // them: an over-long text becomes SOT + the first (context − 2) tokens + EOT, exactly as HF truncation=True.
         inner
@@ -33,7 +37,10 @@ impl ClipTokenizer {
             }))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         inner.with_padding(None);
-        Ok(ClipTokenizer { inner, context_length })
+        Ok(ClipTokenizer {
+            inner,
+            context_length,
+        })
     }
 
     /// The context length texts are truncated to.

@@ -128,14 +128,19 @@ impl Checkpoint {
 
     /// Reads tensor `name` as f32, checking that its shape is `expected`. Returns its stored dtype too.
     pub fn read(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Dtype)> {
-        let &file = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let &file = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (path, mmap) = &self.files[file];
         // Deserializing again only parses the (already validated) JSON header; tensor data stays in the map.
         let st = SafeTensors::deserialize(mmap).map_err(|e| Error::Safetensors {
             path: path.clone(),
             msg: e.to_string(),
         })?;
-        let view = st.tensor(name).map_err(|_| Error::MissingTensor(name.to_string()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| Error::MissingTensor(name.to_string()))?;
         if view.shape() != expected {
             return Err(Error::TensorShape {
                 name: name.to_string(),
@@ -147,8 +152,14 @@ impl Checkpoint {
         // pod_collect_to_vec copies, so unaligned data in arbitrary files is fine.
         let data = match view.dtype() {
             Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(bytes),
-            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(bytes).into_iter().map(f16::to_f32).collect(),
-            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(bytes).into_iter().map(bf16::to_f32).collect(),
+            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(bytes)
+                .into_iter()
+                .map(f16::to_f32)
+                .collect(),
+            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, bf16>(bytes)
+                .into_iter()
+                .map(bf16::to_f32)
+                .collect(),
             other => {
                 return Err(Error::UnsupportedDtype {
                     name: name.to_string(),
@@ -162,20 +173,23 @@ impl Checkpoint {
 
 fn shard_paths(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::config(index_path, format!("not valid JSON: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(index_path, format!("not valid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(serde_json::Value::as_object)
         .ok_or_else(|| Error::config(index_path, "missing object `weight_map`"))?;
     let mut shards = BTreeSet::new();
     for (key, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| Error::config(index_path, format!("weight_map[{key}] is not a file name")))?;
+        let file = file.as_str().ok_or_else(|| {
+            Error::config(index_path, format!("weight_map[{key}] is not a file name"))
+        })?;
         // A shard must be a plain file name inside the model folder.
         if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(Error::config(index_path, format!("shard name {file:?} is not a plain file name")));
+            return Err(Error::config(
+                index_path,
+                format!("shard name {file:?} is not a plain file name"),
+            ));
         }
         shards.insert(file.to_string());
     }
@@ -240,7 +254,10 @@ impl ClipWeights {
         let t = &config.text;
         let td = t.encoder.hidden_size;
         let text = TextWeights {
-            token_embedding: r.get("text_model.embeddings.token_embedding.weight", &[t.vocab_size, td])?,
+            token_embedding: r.get(
+                "text_model.embeddings.token_embedding.weight",
+                &[t.vocab_size, td],
+            )?,
             position_embedding: r.get(
                 "text_model.embeddings.position_embedding.weight",
                 &[t.max_position_embeddings, td],
@@ -258,7 +275,10 @@ impl ClipWeights {
                 &[vd, v.num_channels, v.patch_size, v.patch_size],
             )?,
             class_embedding: r.get("vision_model.embeddings.class_embedding", &[vd])?,
-            position_embedding: r.get("vision_model.embeddings.position_embedding.weight", &[v.seq_len(), vd])?,
+            position_embedding: r.get(
+                "vision_model.embeddings.position_embedding.weight",
+                &[v.seq_len(), vd],
+            )?,
             // HF spells the pre-LayerNorm key "pre_layrnorm".
             pre_ln_g: r.get("vision_model.pre_layrnorm.weight", &[vd])?,
             pre_ln_b: r.get("vision_model.pre_layrnorm.bias", &[vd])?,
@@ -327,9 +347,17 @@ impl ClipWeights {
             }
         };
         let (t, v) = (&config.text, &config.vision);
-        let (td, vd, p) = (t.encoder.hidden_size, v.encoder.hidden_size, config.projection_dim);
-        let text_layers = (0..t.encoder.num_layers).map(|_| layer(&t.encoder)).collect();
-        let vision_layers = (0..v.encoder.num_layers).map(|_| layer(&v.encoder)).collect();
+        let (td, vd, p) = (
+            t.encoder.hidden_size,
+            v.encoder.hidden_size,
+            config.projection_dim,
+        );
+        let text_layers = (0..t.encoder.num_layers)
+            .map(|_| layer(&t.encoder))
+            .collect();
+        let vision_layers = (0..v.encoder.num_layers)
+            .map(|_| layer(&v.encoder))
+            .collect();
         ClipWeights {
             text: TextWeights {
                 token_embedding: rng.vec(t.vocab_size * td, 0.5),

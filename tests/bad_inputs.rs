@@ -29,11 +29,15 @@ fn load_err(dir: &Path) -> Error {
 }
 
 /// Rewrites model.safetensors in `dir` through `edit`, which may drop, replace or add tensors.
-fn rewrite_weights(dir: &Path, edit: impl Fn(&str, TensorView<'_>) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>) {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl Fn(&str, TensorView<'_>) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>,
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st.iter().filter_map(|(n, v)| edit(n, v)).collect();
+    let owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+        st.iter().filter_map(|(n, v)| edit(n, v)).collect();
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
@@ -42,18 +46,32 @@ fn rewrite_weights(dir: &Path, edit: impl Fn(&str, TensorView<'_>) -> Option<(St
 }
 
 fn keep(n: &str, v: TensorView<'_>) -> (String, Dtype, Vec<usize>, Vec<u8>) {
-    (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())
+    (
+        n.to_string(),
+        v.dtype(),
+        v.shape().to_vec(),
+        v.data().to_vec(),
+    )
 }
 
 #[test]
 fn missing_path() {
-    assert!(matches!(load_err(Path::new("/definitely/not/here")), Error::NotFound(_)));
+    assert!(matches!(
+        load_err(Path::new("/definitely/not/here")),
+        Error::NotFound(_)
+    ));
 }
 
 #[test]
 fn folder_without_config() {
     let tmp = tempfile::tempdir().unwrap();
-    assert!(matches!(load_err(tmp.path()), Error::MissingFile { file: "config.json", .. }));
+    assert!(matches!(
+        load_err(tmp.path()),
+        Error::MissingFile {
+            file: "config.json",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -68,11 +86,23 @@ fn malformed_config_missing_field_unsupported_type() {
         Error::Config { msg, .. } => assert!(msg.contains("num_hidden_layers"), "{msg}"),
         e => panic!("{e:?}"),
     }
-    std::fs::write(&cfg, original.replace("\"model_type\": \"clip\"", "\"model_type\": \"siglip\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        original.replace("\"model_type\": \"clip\"", "\"model_type\": \"siglip\""),
+    )
+    .unwrap();
     assert!(matches!(load_err(tmp.path()), Error::UnsupportedModel(_)));
-    std::fs::write(&cfg, original.replace("\"hidden_act\": \"quick_gelu\"", "\"hidden_act\": \"relu\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        original.replace("\"hidden_act\": \"quick_gelu\"", "\"hidden_act\": \"relu\""),
+    )
+    .unwrap();
     assert!(matches!(load_err(tmp.path()), Error::UnsupportedModel(_)));
-    std::fs::write(&cfg, original.replace("\"num_attention_heads\": 3", "\"num_attention_heads\": 5")).unwrap();
+    std::fs::write(
+        &cfg,
+        original.replace("\"num_attention_heads\": 3", "\"num_attention_heads\": 5"),
+    )
+    .unwrap();
     assert!(matches!(load_err(tmp.path()), Error::Config { .. }));
 }
 
@@ -132,31 +162,53 @@ fn extra_tensors_are_ignored_and_shards_load() {
     let bytes = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut all: Vec<_> = st.iter().map(|(n, v)| keep(n, v)).collect();
-    all.push(("text_model.embeddings.position_ids".into(), Dtype::I64, vec![1, 40], vec![0u8; 320]));
+    all.push((
+        "text_model.embeddings.position_ids".into(),
+        Dtype::I64,
+        vec![1, 40],
+        vec![0u8; 320],
+    ));
     let (a, b) = all.split_at(all.len() / 2);
     let mut map = serde_json::Map::new();
     for (i, part) in [a, b].iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, TensorView<'_>)> =
-            part.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
-        std::fs::write(tmp.path().join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        let views: Vec<(String, TensorView<'_>)> = part
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(
+            tmp.path().join(&file),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
         for (n, ..) in part.iter() {
             map.insert(n.clone(), file.clone().into());
         }
     }
     std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let sharded = Clip::load(tmp.path(), Device::Cpu).unwrap();
     let single = Clip::load(fixture("exotic"), Device::Cpu).unwrap();
     let t = ["a photo of a cat"];
-    assert_eq!(sharded.embed_texts(&t).unwrap(), single.embed_texts(&t).unwrap());
+    assert_eq!(
+        sharded.embed_texts(&t).unwrap(),
+        single.embed_texts(&t).unwrap()
+    );
 }
 
 #[test]
 fn pytorch_bin_only_says_convert() {
     let tmp = copy_model("tiny-openai");
-    std::fs::rename(tmp.path().join("model.safetensors"), tmp.path().join("pytorch_model.bin")).unwrap();
+    std::fs::rename(
+        tmp.path().join("model.safetensors"),
+        tmp.path().join("pytorch_model.bin"),
+    )
+    .unwrap();
     let e = load_err(tmp.path());
     assert!(matches!(e, Error::MissingFile { .. }));
     assert!(e.to_string().contains("convert"), "{e}");
@@ -178,7 +230,10 @@ fn cuda_without_backend_is_a_clear_error() {
         Err(Error::DeviceUnavailable(msg)) => assert!(msg.contains("cuda")),
         other => panic!("{:?}", other.err()),
     }
-    assert!(matches!("gpu".parse::<Device>(), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        "gpu".parse::<Device>(),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 /// CRC-32 (PNG's polynomial), to build PNG headers by hand.
@@ -187,7 +242,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -203,7 +262,10 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
     png.extend_from_slice(&ihdr);
     png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
     // An IDAT with a few bytes so header readers find image data, then IEND.
-    for (kind, data) in [(&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0x00][..]), (&b"IEND"[..], &[][..])] {
+    for (kind, data) in [
+        (&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0x00][..]),
+        (&b"IEND"[..], &[][..]),
+    ] {
         let mut chunk = kind.to_vec();
         chunk.extend_from_slice(data);
         png.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -222,27 +284,47 @@ fn bad_images() {
         std::fs::write(&p, bytes).unwrap();
         p
     };
-    assert!(matches!(clip.preprocess_file(tmp.path().join("nope.png")), Err(Error::NotFound(_))));
-    assert!(matches!(clip.preprocess_file(write("empty.png", b"")), Err(Error::Image { .. })));
+    assert!(matches!(
+        clip.preprocess_file(tmp.path().join("nope.png")),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        clip.preprocess_file(write("empty.png", b"")),
+        Err(Error::Image { .. })
+    ));
     let good = std::fs::read(fixture("images").join("square.png")).unwrap();
     let truncated = write("truncated.png", &good[..good.len() / 2]);
-    assert!(matches!(clip.preprocess_file(&truncated), Err(Error::Image { .. })));
+    assert!(matches!(
+        clip.preprocess_file(&truncated),
+        Err(Error::Image { .. })
+    ));
     let text = write("notes.png", b"this is plain text, not an image at all");
-    assert!(matches!(clip.preprocess_file(&text), Err(Error::Image { .. })));
+    assert!(matches!(
+        clip.preprocess_file(&text),
+        Err(Error::Image { .. })
+    ));
     // 20000 × 20000 = 4e8 pixels: refused from the header, before any pixel buffer exists.
     let bomb = write("bomb.png", &png_header(20_000, 20_000));
     let r = clip.preprocess_file(&bomb);
-    assert!(matches!(r, Err(Error::ImageTooLarge { width: 20_000, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::ImageTooLarge { width: 20_000, .. })),
+        "{r:?}"
+    );
     // A failing image in a batch fails the batch with that image's error.
     let ok = fixture("images").join("square.png");
-    assert!(matches!(clip.embed_image_files(&[ok, truncated]), Err(Error::Image { .. })));
+    assert!(matches!(
+        clip.embed_image_files(&[ok, truncated]),
+        Err(Error::Image { .. })
+    ));
 }
 
 #[test]
 fn other_formats_decode() {
     let clip = Clip::load(fixture("tiny-openai"), Device::Cpu).unwrap();
     for f in ["photo.jpg", "photo.webp", "photo.bmp", "photo.gif"] {
-        let px = clip.preprocess_file(fixture("images").join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let px = clip
+            .preprocess_file(fixture("images").join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(px.len(), 3 * 32 * 32);
     }
 }
@@ -253,9 +335,18 @@ fn empty_batches() {
     let none: [&str; 0] = [];
     assert!(matches!(clip.embed_texts(&none), Err(Error::EmptyInput(_))));
     let no_paths: [PathBuf; 0] = [];
-    assert!(matches!(clip.embed_image_files(&no_paths), Err(Error::EmptyInput(_))));
-    assert!(matches!(clip.embed_pixels(&[], 0), Err(Error::EmptyInput(_))));
-    assert!(matches!(clip.zero_shot(&[fixture("images").join("square.png")], &none, "{}"), Err(Error::EmptyInput(_))));
+    assert!(matches!(
+        clip.embed_image_files(&no_paths),
+        Err(Error::EmptyInput(_))
+    ));
+    assert!(matches!(
+        clip.embed_pixels(&[], 0),
+        Err(Error::EmptyInput(_))
+    ));
+    assert!(matches!(
+        clip.zero_shot(&[fixture("images").join("square.png")], &none, "{}"),
+        Err(Error::EmptyInput(_))
+    ));
 }
 
 #[test]
@@ -274,15 +365,27 @@ fn non_utf8_text_file() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("texts.txt");
     std::fs::write(&p, b"fine line\nsecond \xff\xfe line\n").unwrap();
-    assert!(matches!(cliprt::tokenizer::read_text_file(&p), Err(Error::InvalidText { line: 2, .. })));
+    assert!(matches!(
+        cliprt::tokenizer::read_text_file(&p),
+        Err(Error::InvalidText { line: 2, .. })
+    ));
     std::fs::write(&p, "one\r\n\n  \ntwo\n").unwrap();
-    assert_eq!(cliprt::tokenizer::read_text_file(&p).unwrap(), vec!["one", "two"]);
+    assert_eq!(
+        cliprt::tokenizer::read_text_file(&p).unwrap(),
+        vec!["one", "two"]
+    );
 }
 
 #[test]
 fn wrong_pixel_tensor_shape() {
     let clip = Clip::load(fixture("tiny-openai"), Device::Cpu).unwrap();
-    assert!(matches!(clip.embed_pixels(&vec![0.0; 3 * 31 * 31], 1), Err(Error::Shape(_))));
+    assert!(matches!(
+        clip.embed_pixels(&vec![0.0; 3 * 31 * 31], 1),
+        Err(Error::Shape(_))
+    ));
     let bad_ids = vec![vec![49406, 60_000, 49407]];
-    assert!(matches!(clip.embed_token_ids(&bad_ids), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        clip.embed_token_ids(&bad_ids),
+        Err(Error::InvalidArgument(_))
+    ));
 }

@@ -8,8 +8,15 @@ use cliprt::{Clip, Device};
 use common::*;
 
 fn cliprt(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cliprt")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_cliprt"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -21,9 +28,20 @@ fn embed_writes_normalized_and_raw_npy() {
     std::fs::write(&texts, "a dog\n\nthird text\n").unwrap();
     let (oi, ot) = (tmp.path().join("i.npy"), tmp.path().join("t.npy"));
     let args = |extra: &[&str]| {
-        let mut a = vec!["embed", "--model", model.to_str().unwrap(), "--image", img.to_str().unwrap()];
+        let mut a = vec![
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+        ];
         a.extend(["--text", "a cat", "--text-file", texts.to_str().unwrap()]);
-        a.extend(["--out-image", oi.to_str().unwrap(), "--out-text", ot.to_str().unwrap()]);
+        a.extend([
+            "--out-image",
+            oi.to_str().unwrap(),
+            "--out-text",
+            ot.to_str().unwrap(),
+        ]);
         a.extend_from_slice(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -38,7 +56,11 @@ fn embed_writes_normalized_and_raw_npy() {
         let (tt, st) = cliprt::npy::read_npy(&ot).unwrap();
         assert_eq!(si, vec![1, 24]);
         assert_eq!(st, vec![3, 24]);
-        let (wi, wt) = if raw { (want_i.clone(), want_t.clone()) } else { (want_i.normalized(), want_t.normalized()) };
+        let (wi, wt) = if raw {
+            (want_i.clone(), want_t.clone())
+        } else {
+            (want_i.normalized(), want_t.normalized())
+        };
         assert_close(&ti, &wi.data, 1e-6, 1e-6, "image npy");
         assert_close(&tt, &wt.data, 1e-6, 1e-6, "text npy");
     }
@@ -52,16 +74,36 @@ fn failures_exit_nonzero_and_write_nothing() {
     std::fs::write(&bad_img, b"junk").unwrap();
     let model = fixture("tiny-openai");
     let (ok, _, err) = cliprt(&[
-        "embed", "--model", model.to_str().unwrap(), "--text", "a cat", "--image", bad_img.to_str().unwrap(),
-        "--out-text", out.to_str().unwrap(),
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        "a cat",
+        "--image",
+        bad_img.to_str().unwrap(),
+        "--out-text",
+        out.to_str().unwrap(),
     ]);
     assert!(!ok);
     assert!(err.contains("cannot decode image"), "{err}");
-    assert!(!out.exists(), "no output may be written when any input fails");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary files left behind");
+    assert!(
+        !out.exists(),
+        "no output may be written when any input fails"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "no temporary files left behind"
+    );
     let (ok, _, err) = cliprt(&["info", "--model", "/no/such/model"]);
     assert!(!ok && err.contains("no such file"), "{err}");
-    let (ok, _, err) = cliprt(&["info", "--model", model.to_str().unwrap(), "--device", "cuda"]);
+    let (ok, _, err) = cliprt(&[
+        "info",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
     assert!(!ok && err.contains("device unavailable"), "{err}");
 }
 
@@ -69,35 +111,82 @@ fn failures_exit_nonzero_and_write_nothing() {
 fn tokenize_preprocess_zero_shot_info() {
     let model = fixture("exotic");
     let m = model.to_str().unwrap();
-    let (ok, out, err) = cliprt(&["tokenize", "--model", m, "--text", "a photo of a cat", "--json"]);
+    let (ok, out, err) = cliprt(&[
+        "tokenize",
+        "--model",
+        m,
+        "--text",
+        "a photo of a cat",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let r = reference("exotic");
     let want = &r.ids[0];
     assert_eq!(r.texts[0], "a photo of a cat");
-    let got: Vec<u32> = v[0]["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let got: Vec<u32> = v[0]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(&got, want);
 
     let tmp = tempfile::tempdir().unwrap();
     let px = tmp.path().join("px.npy");
     let img = fixture("images").join(&r.images[0]);
-    let (ok, _, err) = cliprt(&["preprocess", "--model", m, "--image", img.to_str().unwrap(), "--out", px.to_str().unwrap()]);
+    let (ok, _, err) = cliprt(&[
+        "preprocess",
+        "--model",
+        m,
+        "--image",
+        img.to_str().unwrap(),
+        "--out",
+        px.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let (data, shape) = cliprt::npy::read_npy(&px).unwrap();
     assert_eq!(shape, vec![3, 36, 36]);
     assert_close(&data, &r.pixels[..3 * 36 * 36], 0.02, 0.0, "preprocess npy");
 
     let (ok, out, err) = cliprt(&[
-        "zero-shot", "--model", m, "--image", img.to_str().unwrap(), "--label", "cat", "--label", "dog", "--json",
+        "zero-shot",
+        "--model",
+        m,
+        "--image",
+        img.to_str().unwrap(),
+        "--label",
+        "cat",
+        "--label",
+        "dog",
+        "--json",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let probs: f64 = v[0]["labels"].as_array().unwrap().iter().map(|l| l["prob"].as_f64().unwrap()).sum();
+    let probs: f64 = v[0]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["prob"].as_f64().unwrap())
+        .sum();
     assert!((probs - 1.0).abs() < 1e-5);
-    let (ok, out, _) = cliprt(&["zero-shot", "--model", m, "--image", img.to_str().unwrap(), "--label", "cat"]);
+    let (ok, out, _) = cliprt(&[
+        "zero-shot",
+        "--model",
+        m,
+        "--image",
+        img.to_str().unwrap(),
+        "--label",
+        "cat",
+    ]);
     assert!(ok && out.contains("100.000%  cat"), "{out}");
 
     let (ok, out, err) = cliprt(&["info", "--model", m]);
     assert!(ok, "{err}");
-    assert!(out.contains("gelu") && out.contains("context length:   40") && out.contains("image size:       36"), "{out}");
+    assert!(
+        out.contains("gelu")
+            && out.contains("context length:   40")
+            && out.contains("image size:       36"),
+        "{out}"
+    );
 }

@@ -30,14 +30,40 @@ fn gemm_with_every_epilogue() {
                     let w = random(n * k, seed, 0.5);
                     let b = random(n, seed + 1000, 0.5);
                     let x = random(m * k, seed + 2000, 1.0);
-                    let init = if ep == Epilogue::Accumulate { random(m * n, seed + 3000, 1.0) } else { poisoned(m * n) };
+                    let init = if ep == Epilogue::Accumulate {
+                        random(m * n, seed + 3000, 1.0)
+                    } else {
+                        poisoned(m * n)
+                    };
                     let bias = bias.then_some(&b[..]);
                     let s = GemmShape { m, n, k };
                     let (cpu, rf) = (CpuBackend, ReferenceBackend);
                     let (mut got, mut want) = (init.clone(), init);
-                    backend::gemm(&cpu, &mut got, &x, &cpu.linear(&w, n, k, bias).unwrap(), s, ep).unwrap();
-                    backend::gemm(&rf, &mut want, &x, &rf.linear(&w, n, k, bias).unwrap(), s, ep).unwrap();
-                    assert_close(&got, &want, 1e-5 * (k as f32).sqrt(), 1e-5, &format!("gemm {s:?} {ep:?}"));
+                    backend::gemm(
+                        &cpu,
+                        &mut got,
+                        &x,
+                        &cpu.linear(&w, n, k, bias).unwrap(),
+                        s,
+                        ep,
+                    )
+                    .unwrap();
+                    backend::gemm(
+                        &rf,
+                        &mut want,
+                        &x,
+                        &rf.linear(&w, n, k, bias).unwrap(),
+                        s,
+                        ep,
+                    )
+                    .unwrap();
+                    assert_close(
+                        &got,
+                        &want,
+                        1e-5 * (k as f32).sqrt(),
+                        1e-5,
+                        &format!("gemm {s:?} {ep:?}"),
+                    );
                 }
             }
         }
@@ -52,7 +78,15 @@ fn gemm_rejects_wrong_shapes() {
     let bad = GemmShape { m: 2, n: 2, k: 4 };
     assert!(backend::gemm(&cpu, &mut out, &vec![0.0; 8], &lin, bad, Epilogue::Store).is_err());
     let short_out = GemmShape { m: 3, n: 2, k: 3 };
-    assert!(backend::gemm(&cpu, &mut out, &vec![0.0; 9], &lin, short_out, Epilogue::Store).is_err());
+    assert!(backend::gemm(
+        &cpu,
+        &mut out,
+        &vec![0.0; 9],
+        &lin,
+        short_out,
+        Epilogue::Store
+    )
+    .is_err());
     assert!(cpu.linear(&[0.0; 5], 2, 3, None).is_err());
 }
 
@@ -62,7 +96,10 @@ fn layernorm_matches_reference() {
         for &dim in &[1usize, 7, 63, 65, 768] {
             let seed = (i * 100 + dim) as u64;
             // A large common offset checks the variance is computed without cancellation.
-            let x: Vec<f32> = random(rows * dim, seed, 3.0).iter().map(|v| v + 50.0).collect();
+            let x: Vec<f32> = random(rows * dim, seed, 3.0)
+                .iter()
+                .map(|v| v + 50.0)
+                .collect();
             let g = random(dim, seed + 1, 1.0);
             let b = random(dim, seed + 2, 1.0);
             let (mut got, mut want) = (poisoned(rows * dim), poisoned(rows * dim));
@@ -81,9 +118,18 @@ fn attention_matches_reference() {
             for causal in [false, true] {
                 for batch in [1usize, 2] {
                     seed += 1;
-                    let s = AttnShape { batch, seq, heads, head_dim, causal };
+                    let s = AttnShape {
+                        batch,
+                        seq,
+                        heads,
+                        head_dim,
+                        causal,
+                    };
                     let qkv = random(batch * seq * 3 * s.width(), seed, 2.0);
-                    let (mut got, mut want) = (poisoned(batch * seq * s.width()), poisoned(batch * seq * s.width()));
+                    let (mut got, mut want) = (
+                        poisoned(batch * seq * s.width()),
+                        poisoned(batch * seq * s.width()),
+                    );
                     backend::attention(&CpuBackend, &mut got, &qkv, s).unwrap();
                     backend::attention(&ReferenceBackend, &mut want, &qkv, s).unwrap();
                     assert_close(&got, &want, 2e-5, 1e-4, &format!("attention {s:?}"));
@@ -95,11 +141,16 @@ fn attention_matches_reference() {
 
 #[test]
 fn activations_match_f64() {
-    for &x in &[-80.0f32, -10.0, -3.3, -1.0, -0.1, 0.0, 1e-3, 0.5, 2.0, 7.5, 80.0] {
+    for &x in &[
+        -80.0f32, -10.0, -3.3, -1.0, -0.1, 0.0, 1e-3, 0.5, 2.0, 7.5, 80.0,
+    ] {
         for act in [Activation::QuickGelu, Activation::Gelu] {
             let got = act.apply_f32(x);
             let want = act.apply_f64(f64::from(x)) as f32;
-            assert!((got - want).abs() <= 1e-6 + 1e-6 * want.abs(), "{act:?}({x}) = {got}, want {want}");
+            assert!(
+                (got - want).abs() <= 1e-6 + 1e-6 * want.abs(),
+                "{act:?}({x}) = {got}, want {want}"
+            );
             assert!(got.is_finite());
         }
     }
@@ -110,7 +161,12 @@ fn activations_match_f64() {
 #[test]
 fn embeddings_and_gathers_match_reference() {
     for &grid in &[1usize, 2, 7] {
-        let s = PatchShape { batch: 2, channels: 3, image_size: grid * 5, patch: 5 };
+        let s = PatchShape {
+            batch: 2,
+            channels: 3,
+            image_size: grid * 5,
+            patch: 5,
+        };
         let px = random(2 * 3 * s.image_size * s.image_size, grid as u64, 1.0);
         let len = 2 * s.patches() * s.patch_dim();
         let (mut a, mut b) = (poisoned(len), poisoned(len));
@@ -131,7 +187,17 @@ fn embeddings_and_gathers_match_reference() {
         let seq = seq.max(2);
         let (mut a, mut b) = (poisoned(2 * seq * dim), poisoned(2 * seq * dim));
         backend::vision_embed(&CpuBackend, &mut a, &patches, &class, &pos, 2, seq, dim).unwrap();
-        backend::vision_embed(&ReferenceBackend, &mut b, &patches, &class, &pos, 2, seq, dim).unwrap();
+        backend::vision_embed(
+            &ReferenceBackend,
+            &mut b,
+            &patches,
+            &class,
+            &pos,
+            2,
+            seq,
+            dim,
+        )
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(a[seq * dim], class[0] + pos[0]);
     }

@@ -34,7 +34,13 @@ fn pixels_within_one_lsb_of_pil() {
         let per = r.pixels.len() / r.images.len();
         for (i, img) in r.images.iter().enumerate() {
             let got = clip.preprocess_file(fixture("images").join(img)).unwrap();
-            assert_close(&got, &r.pixels[i * per..(i + 1) * per], lsb * 1.001, 0.0, &format!("{name} {img}"));
+            assert_close(
+                &got,
+                &r.pixels[i * per..(i + 1) * per],
+                lsb * 1.001,
+                0.0,
+                &format!("{name} {img}"),
+            );
         }
     }
 }
@@ -42,7 +48,9 @@ fn pixels_within_one_lsb_of_pil() {
 #[test]
 fn pixels_at_224_within_one_lsb_of_pil() {
     let dir = fixture("preprocess224");
-    let cfg = cliprt::preprocess::PreprocessConfig::from_file(&dir.join("preprocessor_config.json"), 224).unwrap();
+    let cfg =
+        cliprt::preprocess::PreprocessConfig::from_file(&dir.join("preprocessor_config.json"), 224)
+            .unwrap();
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let (want, _) = cliprt::npy::read_npy(&dir.join("pixels_u8.npy")).unwrap();
@@ -50,7 +58,11 @@ fn pixels_at_224_within_one_lsb_of_pil() {
     let per = 3 * 224 * 224;
     let mut total_off = 0usize;
     for (i, img) in manifest["images"].as_array().unwrap().iter().enumerate() {
-        let rgb = cliprt::preprocess::load_rgb(&fixture("images").join(img.as_str().unwrap()), Default::default()).unwrap();
+        let rgb = cliprt::preprocess::load_rgb(
+            &fixture("images").join(img.as_str().unwrap()),
+            Default::default(),
+        )
+        .unwrap();
         let got = cfg.apply(&rgb).unwrap();
         // Back to the u8 values PIL produced.
         let got_u8: Vec<f32> = got
@@ -62,7 +74,10 @@ fn pixels_at_224_within_one_lsb_of_pil() {
         assert_close(&got_u8, want, 1.0, 0.0, &format!("224 {img}"));
         total_off += got_u8.iter().zip(want).filter(|(a, b)| a != b).count();
     }
-    eprintln!("pixels differing by 1 LSB at 224: {total_off} of {}", 3 * per);
+    eprintln!(
+        "pixels differing by 1 LSB at 224: {total_off} of {}",
+        3 * per
+    );
 }
 
 fn check_embeddings(name: &str, device: Device, min_cos: f64, max_abs: f32) {
@@ -71,14 +86,31 @@ fn check_embeddings(name: &str, device: Device, min_cos: f64, max_abs: f32) {
     let dim = clip.config().projection_dim;
     let n = r.images.len();
     let img = clip.embed_pixels(&r.pixels, n).unwrap();
-    let wi = assert_rows_match(&img.data, &r.image_embeds, dim, min_cos, max_abs, &format!("{name} image"));
+    let wi = assert_rows_match(
+        &img.data,
+        &r.image_embeds,
+        dim,
+        min_cos,
+        max_abs,
+        &format!("{name} image"),
+    );
     let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
     let txt = clip.embed_texts(&texts).unwrap();
-    let wt = assert_rows_match(&txt.data, &r.text_embeds, dim, min_cos, max_abs, &format!("{name} text"));
+    let wt = assert_rows_match(
+        &txt.data,
+        &r.text_embeds,
+        dim,
+        min_cos,
+        max_abs,
+        &format!("{name} text"),
+    );
     let logits = clip.logits(&img, &txt).unwrap();
     assert_close(&logits, &r.logits, 1e-3, 1e-4, &format!("{name} logits"));
     assert!((clip.logit_scale() - r.logit_scale).abs() < 1e-4 * r.logit_scale);
-    eprintln!("{name} on {device:?}: worst image cos {:.9} abs {:e}; text cos {:.9} abs {:e}", wi.0, wi.1, wt.0, wt.1);
+    eprintln!(
+        "{name} on {device:?}: worst image cos {:.9} abs {:e}; text cos {:.9} abs {:e}",
+        wi.0, wi.1, wt.0, wt.1
+    );
 }
 
 #[test]
@@ -103,7 +135,14 @@ fn end_to_end_from_image_files() {
         let r = reference(name);
         let paths: Vec<_> = r.images.iter().map(|i| fixture("images").join(i)).collect();
         let img = clip.embed_image_files(&paths).unwrap();
-        assert_rows_match(&img.data, &r.image_embeds, clip.config().projection_dim, 0.9999, 1e-2, name);
+        assert_rows_match(
+            &img.data,
+            &r.image_embeds,
+            clip.config().projection_dim,
+            0.9999,
+            1e-2,
+            name,
+        );
     }
 }
 
@@ -119,7 +158,9 @@ fn text_batch_cut_equals_padding_to_context() {
     let config = cliprt::ClipConfig::from_file(&dir.join("config.json")).unwrap();
     let weights = ClipWeights::from_checkpoint(&Checkpoint::open(&dir).unwrap(), &config).unwrap();
     let clip = load("exotic", Device::Cpu);
-    let ids = clip.tokenize(&["a cat", "a photo of a dog on a sofa", "x"]).unwrap();
+    let ids = clip
+        .tokenize(&["a cat", "a photo of a dog on a sofa", "x"])
+        .unwrap();
     let cut = TextBatch::new(&ids, &config.text).unwrap();
     assert_eq!(cut.seq_len, ids.iter().map(Vec::len).max().unwrap());
     let ctx = config.text.max_position_embeddings;
@@ -127,12 +168,23 @@ fn text_batch_cut_equals_padding_to_context() {
     padded.seq_len = ctx;
     padded.ids = ids
         .iter()
-        .flat_map(|r| r.iter().copied().chain(std::iter::repeat(config.text.eos_token_id)).take(ctx))
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat(config.text.eos_token_id))
+                .take(ctx)
+        })
         .collect();
     let reference = ClipModel::new(ReferenceBackend, &config, &weights).unwrap();
-    assert_eq!(reference.encode_texts(&cut).unwrap(), reference.encode_texts(&padded).unwrap());
+    assert_eq!(
+        reference.encode_texts(&cut).unwrap(),
+        reference.encode_texts(&padded).unwrap()
+    );
     let cpu = ClipModel::new(CpuBackend, &config, &weights).unwrap();
-    let (a, b) = (cpu.encode_texts(&cut).unwrap(), cpu.encode_texts(&padded).unwrap());
+    let (a, b) = (
+        cpu.encode_texts(&cut).unwrap(),
+        cpu.encode_texts(&padded).unwrap(),
+    );
     assert_close(&a, &b, 1e-5, 1e-5, "cpu cut vs padded");
 }
 
@@ -141,12 +193,21 @@ fn zero_shot_probabilities_sum_to_one_and_rank() {
     let clip = load("tiny-openai", Device::Cpu);
     let img = fixture("images").join("square.png");
     let labels = ["cat", "dog", "car", "tree"];
-    let ranked = clip.zero_shot(&[&img], &labels, "a photo of a {}.").unwrap();
+    let ranked = clip
+        .zero_shot(&[&img], &labels, "a photo of a {}.")
+        .unwrap();
     let probs: Vec<f32> = ranked[0].iter().map(|(_, p)| *p).collect();
     assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     assert!(probs.windows(2).all(|w| w[0] >= w[1]));
     // Same numbers as softmax over the logits computed by hand.
-    let t = clip.embed_texts(&["a photo of a cat.", "a photo of a dog.", "a photo of a car.", "a photo of a tree."]).unwrap();
+    let t = clip
+        .embed_texts(&[
+            "a photo of a cat.",
+            "a photo of a dog.",
+            "a photo of a car.",
+            "a photo of a tree.",
+        ])
+        .unwrap();
     let i = clip.embed_image_files(&[&img]).unwrap();
     let p = cliprt::similarity::softmax_rows(&clip.logits(&i, &t).unwrap(), 4);
     for (label, prob) in &ranked[0] {

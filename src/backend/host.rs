@@ -24,10 +24,22 @@ pub fn im2col(out: &mut [f32], pixels: &[f32], s: PatchShape) {
 }
 
 /// Prepends the class embedding and adds position embeddings: `out[b, t] = (t == 0 ? class : patches[b, t−1]) + pos[t]`.
-pub fn vision_embed(out: &mut [f32], patches: &[f32], class: &[f32], pos: &[f32], batch: usize, seq: usize, dim: usize) {
+pub fn vision_embed(
+    out: &mut [f32],
+    patches: &[f32],
+    class: &[f32],
+    pos: &[f32],
+    batch: usize,
+    seq: usize,
+    dim: usize,
+) {
     for b in 0..batch {
         for t in 0..seq {
-            let src = if t == 0 { &class[..dim] } else { &patches[(b * (seq - 1) + t - 1) * dim..][..dim] };
+            let src = if t == 0 {
+                &class[..dim]
+            } else {
+                &patches[(b * (seq - 1) + t - 1) * dim..][..dim]
+            };
             let dst = &mut out[(b * seq + t) * dim..][..dim];
             for ((d, s), p) in dst.iter_mut().zip(src).zip(&pos[t * dim..][..dim]) {
                 *d = s + p;
@@ -37,7 +49,14 @@ pub fn vision_embed(out: &mut [f32], patches: &[f32], class: &[f32], pos: &[f32]
 }
 
 /// Token plus position embedding for each id of `[batch, seq]` ids.
-pub fn text_embed(out: &mut [f32], ids: &[u32], token: &[f32], pos: &[f32], seq: usize, dim: usize) {
+pub fn text_embed(
+    out: &mut [f32],
+    ids: &[u32],
+    token: &[f32],
+    pos: &[f32],
+    seq: usize,
+    dim: usize,
+) {
     for (i, &id) in ids.iter().enumerate() {
         let t = i % seq;
         let dst = &mut out[i * dim..][..dim];
@@ -54,3 +73,67 @@ pub fn gather_rows(out: &mut [f32], x: &[f32], rows: &[usize], dim: usize) {
         out[i * dim..][..dim].copy_from_slice(&x[r * dim..][..dim]);
     }
 }
+
+/// Implements the [`Backend`](super::Backend) methods that are the same for every host-memory (`Vec<f32>`)
+/// backend: buffer management and the data-movement ops above. Used inside `impl Backend for …`.
+macro_rules! host_buffer_ops {
+    () => {
+        fn alloc(&self, len: usize) -> $crate::error::Result<Vec<f32>> {
+            Ok(vec![0.0; len])
+        }
+        fn upload(&self, data: &[f32]) -> $crate::error::Result<Vec<f32>> {
+            Ok(data.to_vec())
+        }
+        fn download(&self, buf: &Vec<f32>) -> $crate::error::Result<Vec<f32>> {
+            Ok(buf.clone())
+        }
+        fn len(&self, buf: &Vec<f32>) -> usize {
+            buf.len()
+        }
+        fn im2col_unchecked(
+            &self,
+            out: &mut Vec<f32>,
+            pixels: &Vec<f32>,
+            s: $crate::backend::PatchShape,
+        ) -> $crate::error::Result<()> {
+            $crate::backend::host::im2col(out, pixels, s);
+            Ok(())
+        }
+        fn vision_embed_unchecked(
+            &self,
+            out: &mut Vec<f32>,
+            patches: &Vec<f32>,
+            class: &Vec<f32>,
+            pos: &Vec<f32>,
+            batch: usize,
+            seq: usize,
+            dim: usize,
+        ) -> $crate::error::Result<()> {
+            $crate::backend::host::vision_embed(out, patches, class, pos, batch, seq, dim);
+            Ok(())
+        }
+        fn text_embed_unchecked(
+            &self,
+            out: &mut Vec<f32>,
+            ids: &[u32],
+            token: &Vec<f32>,
+            pos: &Vec<f32>,
+            seq: usize,
+            dim: usize,
+        ) -> $crate::error::Result<()> {
+            $crate::backend::host::text_embed(out, ids, token, pos, seq, dim);
+            Ok(())
+        }
+        fn gather_rows_unchecked(
+            &self,
+            out: &mut Vec<f32>,
+            x: &Vec<f32>,
+            rows: &[usize],
+            dim: usize,
+        ) -> $crate::error::Result<()> {
+            $crate::backend::host::gather_rows(out, x, rows, dim);
+            Ok(())
+        }
+    };
+}
+pub(crate) use host_buffer_ops;

@@ -103,11 +103,24 @@ pub trait Backend: Send + Sync {
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Prepares a linear layer from HF layout `w[out, in]` and an optional bias `[out]`.
-    fn linear(&self, w: &[f32], out_features: usize, in_features: usize, bias: Option<&[f32]>) -> Result<Self::Linear>;
+    fn linear(
+        &self,
+        w: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Self::Linear>;
     /// `(out_features, in_features, has_bias)` of a prepared layer.
     fn linear_dims(&self, lin: &Self::Linear) -> (usize, usize, bool);
 
-    fn gemm_unchecked(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Linear, s: GemmShape, ep: Epilogue) -> Result<()>;
+    fn gemm_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Linear,
+        s: GemmShape,
+        ep: Epilogue,
+    ) -> Result<()>;
     /// Row-wise LayerNorm over `rows × dim` with f32 statistics.
     fn layernorm_unchecked(
         &self,
@@ -119,8 +132,14 @@ pub trait Backend: Send + Sync {
         dim: usize,
         eps: f32,
     ) -> Result<()>;
-    fn attention_unchecked(&self, out: &mut Self::Buf, qkv: &Self::Buf, s: AttnShape) -> Result<()>;
-    fn im2col_unchecked(&self, out: &mut Self::Buf, pixels: &Self::Buf, s: PatchShape) -> Result<()>;
+    fn attention_unchecked(&self, out: &mut Self::Buf, qkv: &Self::Buf, s: AttnShape)
+        -> Result<()>;
+    fn im2col_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        pixels: &Self::Buf,
+        s: PatchShape,
+    ) -> Result<()>;
     /// `out[b, 0] = class + pos[0]`, `out[b, 1 + p] = patches[b, p] + pos[1 + p]` for a `[batch, seq, dim]` output.
     fn vision_embed_unchecked(
         &self,
@@ -143,17 +162,29 @@ pub trait Backend: Send + Sync {
         dim: usize,
     ) -> Result<()>;
     /// `out[i] = x[rows[i]]` for rows of width `dim`.
-    fn gather_rows_unchecked(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], dim: usize) -> Result<()>;
+    fn gather_rows_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        rows: &[usize],
+        dim: usize,
+    ) -> Result<()>;
 }
 
 /// Checks a weight matrix `[n, k]` and bias `[n]` before a backend prepares them.
 pub(crate) fn check_linear(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<()> {
     if w.len() != n * k {
-        return Err(Error::Shape(format!("linear weight has {} values, expected {n}×{k}", w.len())));
+        return Err(Error::Shape(format!(
+            "linear weight has {} values, expected {n}×{k}",
+            w.len()
+        )));
     }
     if let Some(b) = bias {
         if b.len() != n {
-            return Err(Error::Shape(format!("linear bias has {} values, expected {n}", b.len())));
+            return Err(Error::Shape(format!(
+                "linear bias has {} values, expected {n}",
+                b.len()
+            )));
         }
     }
     Ok(())
@@ -162,13 +193,22 @@ pub(crate) fn check_linear(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) 
 fn need<B: Backend>(b: &B, buf: &B::Buf, len: usize, what: &str) -> Result<()> {
     let have = b.len(buf);
     if have < len {
-        return Err(Error::Shape(format!("{what} holds {have} values, needs {len}")));
+        return Err(Error::Shape(format!(
+            "{what} holds {have} values, needs {len}"
+        )));
     }
     Ok(())
 }
 
 /// Checked GEMM with epilogue; see [`Epilogue`].
-pub fn gemm<B: Backend>(b: &B, out: &mut B::Buf, x: &B::Buf, w: &B::Linear, s: GemmShape, ep: Epilogue) -> Result<()> {
+pub fn gemm<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    x: &B::Buf,
+    w: &B::Linear,
+    s: GemmShape,
+    ep: Epilogue,
+) -> Result<()> {
     let (n, k, _) = b.linear_dims(w);
     if (n, k) != (s.n, s.k) {
         return Err(Error::Shape(format!("gemm {s:?} with a [{n}, {k}] weight")));
@@ -219,7 +259,12 @@ pub fn im2col<B: Backend>(b: &B, out: &mut B::Buf, pixels: &B::Buf, s: PatchShap
     if s.patch == 0 || s.grid() == 0 {
         return Err(Error::Shape(format!("{s:?} has no whole patch")));
     }
-    need(b, pixels, s.batch * s.channels * s.image_size * s.image_size, "pixels")?;
+    need(
+        b,
+        pixels,
+        s.batch * s.channels * s.image_size * s.image_size,
+        "pixels",
+    )?;
     need(b, out, s.batch * s.patches() * s.patch_dim(), "patches")?;
     if s.batch == 0 {
         return Ok(());
@@ -260,11 +305,16 @@ pub fn text_embed<B: Backend>(
     dim: usize,
 ) -> Result<()> {
     if seq == 0 || ids.len() % seq != 0 {
-        return Err(Error::Shape(format!("{} ids are not whole rows of {seq}", ids.len())));
+        return Err(Error::Shape(format!(
+            "{} ids are not whole rows of {seq}",
+            ids.len()
+        )));
     }
     let vocab = if dim == 0 { 0 } else { b.len(token) / dim };
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(Error::Shape(format!("token id {bad} outside a vocabulary of {vocab}")));
+        return Err(Error::Shape(format!(
+            "token id {bad} outside a vocabulary of {vocab}"
+        )));
     }
     need(b, pos, seq * dim, "position embedding")?;
     need(b, out, ids.len() * dim, "text embeddings")?;
@@ -272,7 +322,13 @@ pub fn text_embed<B: Backend>(
 }
 
 /// Checked row gather.
-pub fn gather_rows<B: Backend>(b: &B, out: &mut B::Buf, x: &B::Buf, rows: &[usize], dim: usize) -> Result<()> {
+pub fn gather_rows<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    x: &B::Buf,
+    rows: &[usize],
+    dim: usize,
+) -> Result<()> {
     let have = if dim == 0 { 0 } else { b.len(x) / dim };
     if let Some(bad) = rows.iter().find(|&&r| r >= have) {
         return Err(Error::Shape(format!("row {bad} outside {have} rows")));

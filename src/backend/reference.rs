@@ -1,7 +1,7 @@
 //! The scalar oracle: plain loops, f64 accumulation, weights in HF layout. Never optimized; every fast path is
 //! tested against it.
 
-use super::{host, AttnShape, Backend, Epilogue, GemmShape, PatchShape};
+use super::{host, AttnShape, Backend, Epilogue, GemmShape};
 use crate::error::Result;
 
 /// The reference backend (host memory, f64 arithmetic inside every op).
@@ -23,27 +23,29 @@ impl Backend for ReferenceBackend {
     fn name(&self) -> &'static str {
         "reference"
     }
-    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
-    }
-    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        Ok(data.to_vec())
-    }
-    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(buf.clone())
-    }
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
+    host::host_buffer_ops!();
+
     fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<RefLinear> {
         super::check_linear(w, n, k, bias)?;
-        Ok(RefLinear { w: w.to_vec(), bias: bias.map(<[f32]>::to_vec), n, k })
+        Ok(RefLinear {
+            w: w.to_vec(),
+            bias: bias.map(<[f32]>::to_vec),
+            n,
+            k,
+        })
     }
     fn linear_dims(&self, lin: &RefLinear) -> (usize, usize, bool) {
         (lin.n, lin.k, lin.bias.is_some())
     }
 
-    fn gemm_unchecked(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &RefLinear, s: GemmShape, ep: Epilogue) -> Result<()> {
+    fn gemm_unchecked(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &RefLinear,
+        s: GemmShape,
+        ep: Epilogue,
+    ) -> Result<()> {
         for i in 0..s.m {
             for j in 0..s.n {
                 let mut acc = w.bias.as_ref().map_or(0.0, |b| f64::from(b[j]));
@@ -74,11 +76,15 @@ impl Backend for ReferenceBackend {
         for r in 0..rows {
             let row = &x[r * dim..][..dim];
             let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
-            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / dim as f64;
+            let var = row
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / dim as f64;
             let inv = 1.0 / (var + f64::from(eps)).sqrt();
             for c in 0..dim {
-                out[r * dim + c] =
-                    ((f64::from(row[c]) - mean) * inv * f64::from(gamma[c]) + f64::from(beta[c])) as f32;
+                out[r * dim + c] = ((f64::from(row[c]) - mean) * inv * f64::from(gamma[c])
+                    + f64::from(beta[c])) as f32;
             }
         }
         Ok(())
@@ -87,14 +93,19 @@ impl Backend for ReferenceBackend {
     fn attention_unchecked(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, s: AttnShape) -> Result<()> {
         let (d, hd) = (s.width(), s.head_dim);
         let scale = 1.0 / (hd as f64).sqrt();
-        let at = |b: usize, t: usize, part: usize, h: usize, c: usize| f64::from(qkv[(b * s.seq + t) * 3 * d + part * d + h * hd + c]);
+        let at = |b: usize, t: usize, part: usize, h: usize, c: usize| {
+            f64::from(qkv[(b * s.seq + t) * 3 * d + part * d + h * hd + c])
+        };
         let mut p = vec![0.0f64; s.seq];
         for b in 0..s.batch {
             for h in 0..s.heads {
                 for i in 0..s.seq {
                     let keys = if s.causal { i + 1 } else { s.seq };
                     for (j, pj) in p.iter_mut().enumerate().take(keys) {
-                        *pj = (0..hd).map(|c| at(b, i, 0, h, c) * at(b, j, 1, h, c)).sum::<f64>() * scale;
+                        *pj = (0..hd)
+                            .map(|c| at(b, i, 0, h, c) * at(b, j, 1, h, c))
+                            .sum::<f64>()
+                            * scale;
                     }
                     let max = p[..keys].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let mut sum = 0.0;
@@ -109,32 +120,6 @@ impl Backend for ReferenceBackend {
                 }
             }
         }
-        Ok(())
-    }
-
-    fn im2col_unchecked(&self, out: &mut Vec<f32>, pixels: &Vec<f32>, s: PatchShape) -> Result<()> {
-        host::im2col(out, pixels, s);
-        Ok(())
-    }
-    fn vision_embed_unchecked(
-        &self,
-        out: &mut Vec<f32>,
-        patches: &Vec<f32>,
-        class: &Vec<f32>,
-        pos: &Vec<f32>,
-        batch: usize,
-        seq: usize,
-        dim: usize,
-    ) -> Result<()> {
-        host::vision_embed(out, patches, class, pos, batch, seq, dim);
-        Ok(())
-    }
-    fn text_embed_unchecked(&self, out: &mut Vec<f32>, ids: &[u32], token: &Vec<f32>, pos: &Vec<f32>, seq: usize, dim: usize) -> Result<()> {
-        host::text_embed(out, ids, token, pos, seq, dim);
-        Ok(())
-    }
-    fn gather_rows_unchecked(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &[usize], dim: usize) -> Result<()> {
-        host::gather_rows(out, x, rows, dim);
         Ok(())
     }
 }

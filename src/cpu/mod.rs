@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{check_linear, host, AttnShape, Backend, Epilogue, GemmShape, PatchShape};
+use crate::backend::{check_linear, host, AttnShape, Backend, Epilogue, GemmShape};
 use crate::error::Result;
 
 /// The multithreaded f32 CPU backend.
@@ -82,18 +82,8 @@ impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
     }
-    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
-    }
-    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        Ok(data.to_vec())
-    }
-    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(buf.clone())
-    }
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
+    host::host_buffer_ops!();
+
     fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<CpuLinear> {
         check_linear(w, n, k, bias)?;
         let mut wt = vec![0.0f32; n * k];
@@ -113,7 +103,14 @@ impl Backend for CpuBackend {
         (lin.n, lin.k, lin.bias.is_some())
     }
 
-    fn gemm_unchecked(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuLinear, s: GemmShape, ep: Epilogue) -> Result<()> {
+    fn gemm_unchecked(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuLinear,
+        s: GemmShape,
+        ep: Epilogue,
+    ) -> Result<()> {
         let out = &mut out[..s.m * s.n];
         sgemm(
             s.m,
@@ -144,14 +141,19 @@ impl Backend for CpuBackend {
                     }
                 })
             }
-            (Epilogue::Activation(a), b) => out.par_chunks_mut(s.n * ROWS_PER_TASK).for_each(|rows| {
-                for row in rows.chunks_exact_mut(s.n) {
-                    match b {
-                        Some(b) => row.iter_mut().zip(b).for_each(|(o, b)| *o = a.apply_f32(*o + b)),
-                        None => row.iter_mut().for_each(|o| *o = a.apply_f32(*o)),
+            (Epilogue::Activation(a), b) => {
+                out.par_chunks_mut(s.n * ROWS_PER_TASK).for_each(|rows| {
+                    for row in rows.chunks_exact_mut(s.n) {
+                        match b {
+                            Some(b) => row
+                                .iter_mut()
+                                .zip(b)
+                                .for_each(|(o, b)| *o = a.apply_f32(*o + b)),
+                            None => row.iter_mut().for_each(|o| *o = a.apply_f32(*o)),
+                        }
                     }
-                }
-            }),
+                })
+            }
         }
         Ok(())
     }
@@ -175,7 +177,8 @@ impl Backend for CpuBackend {
                     let mean = x.iter().sum::<f32>() / dim as f32;
                     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
                     let inv = 1.0 / (var + eps).sqrt();
-                    for (((o, &v), g), b) in o.iter_mut().zip(x).zip(gamma.iter()).zip(beta.iter()) {
+                    for (((o, &v), g), b) in o.iter_mut().zip(x).zip(gamma.iter()).zip(beta.iter())
+                    {
                         *o = (v - mean) * inv * g + b;
                     }
                 }
@@ -197,7 +200,21 @@ impl Backend for CpuBackend {
                 let v = &qkv[base + 2 * d..];
                 let mut scores = vec![0.0f32; seq * seq];
                 // scores[i, j] = Σ_c q[i, c] · k[j, c]: rhs is Kᵀ, read with swapped strides.
-                sgemm(seq, seq, hd, &mut scores, seq, false, q, 3 * d, 1, k, 1, 3 * d, gemm::Parallelism::None);
+                sgemm(
+                    seq,
+                    seq,
+                    hd,
+                    &mut scores,
+                    seq,
+                    false,
+                    q,
+                    3 * d,
+                    1,
+                    k,
+                    1,
+                    3 * d,
+                    gemm::Parallelism::None,
+                );
                 for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
                     let keys = if s.causal { i + 1 } else { seq };
                     let max = row[..keys].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -211,7 +228,21 @@ impl Backend for CpuBackend {
                     row[keys..].fill(0.0);
                 }
                 let mut o = vec![0.0f32; seq * hd];
-                sgemm(seq, hd, seq, &mut o, hd, false, &scores, seq, 1, v, 3 * d, 1, gemm::Parallelism::None);
+                sgemm(
+                    seq,
+                    hd,
+                    seq,
+                    &mut o,
+                    hd,
+                    false,
+                    &scores,
+                    seq,
+                    1,
+                    v,
+                    3 * d,
+                    1,
+                    gemm::Parallelism::None,
+                );
                 o
             })
             .collect();
@@ -221,32 +252,6 @@ impl Backend for CpuBackend {
                 out[(b * seq + i) * d + h * hd..][..hd].copy_from_slice(row);
             }
         }
-        Ok(())
-    }
-
-    fn im2col_unchecked(&self, out: &mut Vec<f32>, pixels: &Vec<f32>, s: PatchShape) -> Result<()> {
-        host::im2col(out, pixels, s);
-        Ok(())
-    }
-    fn vision_embed_unchecked(
-        &self,
-        out: &mut Vec<f32>,
-        patches: &Vec<f32>,
-        class: &Vec<f32>,
-        pos: &Vec<f32>,
-        batch: usize,
-        seq: usize,
-        dim: usize,
-    ) -> Result<()> {
-        host::vision_embed(out, patches, class, pos, batch, seq, dim);
-        Ok(())
-    }
-    fn text_embed_unchecked(&self, out: &mut Vec<f32>, ids: &[u32], token: &Vec<f32>, pos: &Vec<f32>, seq: usize, dim: usize) -> Result<()> {
-        host::text_embed(out, ids, token, pos, seq, dim);
-        Ok(())
-    }
-    fn gather_rows_unchecked(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &[usize], dim: usize) -> Result<()> {
-        host::gather_rows(out, x, rows, dim);
         Ok(())
     }
 }

@@ -82,14 +82,76 @@ pub fn run_encoder<B: Backend>(
         causal,
     };
     for l in layers {
-        backend::layernorm(b, &mut ws.norm, &ws.x, &l.ln1_g, &l.ln1_b, rows, d, c.layer_norm_eps)?;
-        backend::gemm(b, &mut ws.qkv, &ws.norm, &l.qkv, GemmShape { m: rows, n: 3 * d, k: d }, Epilogue::Store)?;
+        backend::layernorm(
+            b,
+            &mut ws.norm,
+            &ws.x,
+            &l.ln1_g,
+            &l.ln1_b,
+            rows,
+            d,
+            c.layer_norm_eps,
+        )?;
+        backend::gemm(
+            b,
+            &mut ws.qkv,
+            &ws.norm,
+            &l.qkv,
+            GemmShape {
+                m: rows,
+                n: 3 * d,
+                k: d,
+            },
+            Epilogue::Store,
+        )?;
         backend::attention(b, &mut ws.attn, &ws.qkv, attn)?;
-        backend::gemm(b, &mut ws.x, &ws.attn, &l.out, GemmShape { m: rows, n: d, k: d }, Epilogue::Accumulate)?;
-        backend::layernorm(b, &mut ws.norm, &ws.x, &l.ln2_g, &l.ln2_b, rows, d, c.layer_norm_eps)?;
+        backend::gemm(
+            b,
+            &mut ws.x,
+            &ws.attn,
+            &l.out,
+            GemmShape {
+                m: rows,
+                n: d,
+                k: d,
+            },
+            Epilogue::Accumulate,
+        )?;
+        backend::layernorm(
+            b,
+            &mut ws.norm,
+            &ws.x,
+            &l.ln2_g,
+            &l.ln2_b,
+            rows,
+            d,
+            c.layer_norm_eps,
+        )?;
         let act = Epilogue::Activation(c.activation);
-        backend::gemm(b, &mut ws.mlp, &ws.norm, &l.fc1, GemmShape { m: rows, n: i, k: d }, act)?;
-        backend::gemm(b, &mut ws.x, &ws.mlp, &l.fc2, GemmShape { m: rows, n: d, k: i }, Epilogue::Accumulate)?;
+        backend::gemm(
+            b,
+            &mut ws.mlp,
+            &ws.norm,
+            &l.fc1,
+            GemmShape {
+                m: rows,
+                n: i,
+                k: d,
+            },
+            act,
+        )?;
+        backend::gemm(
+            b,
+            &mut ws.x,
+            &ws.mlp,
+            &l.fc2,
+            GemmShape {
+                m: rows,
+                n: d,
+                k: i,
+            },
+            Epilogue::Accumulate,
+        )?;
     }
     Ok(())
 }

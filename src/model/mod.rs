@@ -28,7 +28,12 @@ impl<B: Backend> ClipModel<B> {
     pub fn new(backend: B, config: &ClipConfig, weights: &ClipWeights) -> Result<Self> {
         Ok(ClipModel {
             text: TextTower::new(&backend, &weights.text, &config.text, config.projection_dim)?,
-            vision: VisionTower::new(&backend, &weights.vision, &config.vision, config.projection_dim)?,
+            vision: VisionTower::new(
+                &backend,
+                &weights.vision,
+                &config.vision,
+                config.projection_dim,
+            )?,
             logit_scale: weights.logit_scale_log.exp(),
             config: config.clone(),
             backend,

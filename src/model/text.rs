@@ -31,7 +31,12 @@ impl<B: Backend> TextTower<B> {
                 .map(|l| EncoderLayer::new(b, l, &config.encoder))
                 .collect::<Result<_>>()?,
             final_ln: (b.upload(&w.final_ln_g)?, b.upload(&w.final_ln_b)?),
-            projection: b.linear(&w.projection, projection_dim, config.encoder.hidden_size, None)?,
+            projection: b.linear(
+                &w.projection,
+                projection_dim,
+                config.encoder.hidden_size,
+                None,
+            )?,
             projection_dim,
         })
     }
@@ -42,16 +47,42 @@ impl<B: Backend> TextTower<B> {
         let d = c.hidden_size;
         let (n, seq) = (batch.batch, batch.seq_len);
         let mut ws = Workspace::new(b, n * seq, c)?;
-        backend::text_embed(b, &mut ws.x, &batch.ids, &self.token_embedding, &self.position_embedding, seq, d)?;
+        backend::text_embed(
+            b,
+            &mut ws.x,
+            &batch.ids,
+            &self.token_embedding,
+            &self.position_embedding,
+            seq,
+            d,
+        )?;
         run_encoder(b, &self.layers, c, &mut ws, n, seq, true)?;
 
-        let rows: Vec<usize> = batch.pool.iter().enumerate().map(|(i, p)| i * seq + p).collect();
+        let rows: Vec<usize> = batch
+            .pool
+            .iter()
+            .enumerate()
+            .map(|(i, p)| i * seq + p)
+            .collect();
         let mut pooled = b.alloc(n * d)?;
         backend::gather_rows(b, &mut pooled, &ws.x, &rows, d)?;
         let mut normed = b.alloc(n * d)?;
-        backend::layernorm(b, &mut normed, &pooled, &self.final_ln.0, &self.final_ln.1, n, d, c.layer_norm_eps)?;
+        backend::layernorm(
+            b,
+            &mut normed,
+            &pooled,
+            &self.final_ln.0,
+            &self.final_ln.1,
+            n,
+            d,
+            c.layer_norm_eps,
+        )?;
         let mut out = b.alloc(n * self.projection_dim)?;
-        let g = GemmShape { m: n, n: self.projection_dim, k: d };
+        let g = GemmShape {
+            m: n,
+            n: self.projection_dim,
+            k: d,
+        };
         backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
         b.download(&out)
     }

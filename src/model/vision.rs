@@ -21,7 +21,12 @@ pub struct VisionTower<B: Backend> {
 }
 
 impl<B: Backend> VisionTower<B> {
-    pub fn new(b: &B, w: &VisionWeights, config: &VisionConfig, projection_dim: usize) -> Result<Self> {
+    pub fn new(
+        b: &B,
+        w: &VisionWeights,
+        config: &VisionConfig,
+        projection_dim: usize,
+    ) -> Result<Self> {
         let d = config.encoder.hidden_size;
         Ok(VisionTower {
             config: config.clone(),
@@ -69,23 +74,65 @@ impl<B: Backend> VisionTower<B> {
         let mut cols = b.alloc(batch * np * ps.patch_dim())?;
         backend::im2col(b, &mut cols, &pix, ps)?;
         let mut patches = b.alloc(batch * np * d)?;
-        let g = GemmShape { m: batch * np, n: d, k: ps.patch_dim() };
-        backend::gemm(b, &mut patches, &cols, &self.patch_embedding, g, Epilogue::Store)?;
+        let g = GemmShape {
+            m: batch * np,
+            n: d,
+            k: ps.patch_dim(),
+        };
+        backend::gemm(
+            b,
+            &mut patches,
+            &cols,
+            &self.patch_embedding,
+            g,
+            Epilogue::Store,
+        )?;
         let mut emb = b.alloc(batch * seq * d)?;
-        backend::vision_embed(b, &mut emb, &patches, &self.class_embedding, &self.position_embedding, batch, seq, d)?;
+        backend::vision_embed(
+            b,
+            &mut emb,
+            &patches,
+            &self.class_embedding,
+            &self.position_embedding,
+            batch,
+            seq,
+            d,
+        )?;
 
         let mut ws = Workspace::new(b, batch * seq, &c.encoder)?;
         let eps = c.encoder.layer_norm_eps;
-        backend::layernorm(b, &mut ws.x, &emb, &self.pre_ln.0, &self.pre_ln.1, batch * seq, d, eps)?;
+        backend::layernorm(
+            b,
+            &mut ws.x,
+            &emb,
+            &self.pre_ln.0,
+            &self.pre_ln.1,
+            batch * seq,
+            d,
+            eps,
+        )?;
         run_encoder(b, &self.layers, &c.encoder, &mut ws, batch, seq, false)?;
 
         let class_rows: Vec<usize> = (0..batch).map(|i| i * seq).collect();
         let mut pooled = b.alloc(batch * d)?;
         backend::gather_rows(b, &mut pooled, &ws.x, &class_rows, d)?;
         let mut normed = b.alloc(batch * d)?;
-        backend::layernorm(b, &mut normed, &pooled, &self.post_ln.0, &self.post_ln.1, batch, d, eps)?;
+        backend::layernorm(
+            b,
+            &mut normed,
+            &pooled,
+            &self.post_ln.0,
+            &self.post_ln.1,
+            batch,
+            d,
+            eps,
+        )?;
         let mut out = b.alloc(batch * self.projection_dim)?;
-        let g = GemmShape { m: batch, n: self.projection_dim, k: d };
+        let g = GemmShape {
+            m: batch,
+            n: self.projection_dim,
+            k: d,
+        };
         backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
         b.download(&out)
     }

@@ -28,7 +28,12 @@ pub fn reference(model: &str) -> Reference {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let strings = |k: &str| -> Vec<String> {
-        manifest[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        manifest[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
     };
     let npy = |f: &str| cliprt::npy::read_npy(&dir.join(f)).unwrap().0;
     Reference {
@@ -38,7 +43,13 @@ pub fn reference(model: &str) -> Reference {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect()
+            })
             .collect(),
         logit_scale: manifest["logit_scale"].as_f64().unwrap() as f32,
         pixels: npy("pixels.npy"),
@@ -72,7 +83,11 @@ pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str)
 
 /// Cosine similarity of two vectors, in f64.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
     let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -80,16 +95,34 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// Checks each row: cosine ≥ `min_cos` and max-abs of the L2-normalized rows ≤ `max_abs`. Returns the worst
 /// (cosine, max-abs) seen.
-pub fn assert_rows_match(got: &[f32], want: &[f32], dim: usize, min_cos: f64, max_abs: f32, what: &str) -> (f64, f32) {
+pub fn assert_rows_match(
+    got: &[f32],
+    want: &[f32],
+    dim: usize,
+    min_cos: f64,
+    max_abs: f32,
+    what: &str,
+) -> (f64, f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let mut worst = (1.0f64, 0.0f32);
-    for (r, (g, w)) in got.chunks_exact(dim).zip(want.chunks_exact(dim)).enumerate() {
+    for (r, (g, w)) in got
+        .chunks_exact(dim)
+        .zip(want.chunks_exact(dim))
+        .enumerate()
+    {
         let c = cosine(g, w);
         let (mut gn, mut wn) = (g.to_vec(), w.to_vec());
         cliprt::similarity::normalize_rows(&mut gn, dim);
         cliprt::similarity::normalize_rows(&mut wn, dim);
-        let abs = gn.iter().zip(&wn).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(c >= min_cos && abs <= max_abs, "{what} row {r}: cosine {c:.9}, max abs {abs:e}");
+        let abs = gn
+            .iter()
+            .zip(&wn)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            c >= min_cos && abs <= max_abs,
+            "{what} row {r}: cosine {c:.9}, max abs {abs:e}"
+        );
         worst = (worst.0.min(c), worst.1.max(abs));
     }
     worst
