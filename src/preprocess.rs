@@ -18,8 +18,10 @@ use crate::error::{Error, Result};
 pub const MAX_IMAGE_PIXELS: u64 = 2 * 89_478_485;
 const MAX_IMAGE_PIXELS_TEXT: &str = "178956970 pixels";
 
-/// OpenAI's normalization constants (per RGB channel).
+/// OpenAI's normalization constants (per RGB channel), written as published (f32 rounds them).
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// What to do with transparency when converting to RGB.

@@ -175,8 +175,8 @@ fn embeddings_and_gathers_match_reference() {
         assert_eq!(a, b);
         // Spot-check the layout against the conv definition: patch (gy, gx), channel c, offset (y, x).
         let (gy, gx, c, y, x) = (grid - 1, 0, 2, 4, 3);
-        let got = a[((1 * grid + gy) * grid + gx) * s.patch_dim() + (c * 5 + y) * 5 + x];
-        let want = px[((1 * 3 + c) * s.image_size + gy * 5 + y) * s.image_size + gx * 5 + x];
+        let got = a[((grid + gy) * grid + gx) * s.patch_dim() + (c * 5 + y) * 5 + x];
+        let want = px[((3 + c) * s.image_size + gy * 5 + y) * s.image_size + gx * 5 + x];
         assert_eq!(got, want);
     }
     for &seq in SIZES {

@@ -122,6 +122,7 @@ pub trait Backend: Send + Sync {
         ep: Epilogue,
     ) -> Result<()>;
     /// Row-wise LayerNorm over `rows × dim` with f32 statistics.
+    #[allow(clippy::too_many_arguments)]
     fn layernorm_unchecked(
         &self,
         out: &mut Self::Buf,
@@ -141,6 +142,7 @@ pub trait Backend: Send + Sync {
         s: PatchShape,
     ) -> Result<()>;
     /// `out[b, 0] = class + pos[0]`, `out[b, 1 + p] = patches[b, p] + pos[1 + p]` for a `[batch, seq, dim]` output.
+    #[allow(clippy::too_many_arguments)]
     fn vision_embed_unchecked(
         &self,
         out: &mut Self::Buf,
@@ -304,13 +306,13 @@ pub fn text_embed<B: Backend>(
     seq: usize,
     dim: usize,
 ) -> Result<()> {
-    if seq == 0 || ids.len() % seq != 0 {
+    if seq == 0 || !ids.len().is_multiple_of(seq) {
         return Err(Error::Shape(format!(
             "{} ids are not whole rows of {seq}",
             ids.len()
         )));
     }
-    let vocab = if dim == 0 { 0 } else { b.len(token) / dim };
+    let vocab = b.len(token).checked_div(dim).unwrap_or(0);
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(Error::Shape(format!(
             "token id {bad} outside a vocabulary of {vocab}"
@@ -329,7 +331,7 @@ pub fn gather_rows<B: Backend>(
     rows: &[usize],
     dim: usize,
 ) -> Result<()> {
-    let have = if dim == 0 { 0 } else { b.len(x) / dim };
+    let have = b.len(x).checked_div(dim).unwrap_or(0);
     if let Some(bad) = rows.iter().find(|&&r| r >= have) {
         return Err(Error::Shape(format!("row {bad} outside {have} rows")));
     }

@@ -66,7 +66,10 @@ pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str)
     let mut first_bad = None;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
-        if !(err <= atol + rtol * w.abs()) && first_bad.is_none() {
+        // Written negated so that NaN counts as a failure.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let bad = !(err <= atol + rtol * w.abs());
+        if bad && first_bad.is_none() {
             first_bad = Some(i);
         }
         if err > worst.0 || err.is_nan() {
