@@ -17,8 +17,12 @@ fn towers(c: &mut Criterion) {
     let arch = std::env::var("CLIPRT_BENCH_ARCH").unwrap_or_else(|_| "vit-b-32".into());
     let config = presets::by_name(&arch)
         .unwrap_or_else(|| panic!("unknown arch {arch}; one of {:?}", presets::NAMES));
-    let model = ClipModel::new(CpuBackend, &config, &ClipWeights::random(&config, 1))
-        .expect("synthetic model");
+    let model = ClipModel::new(
+        CpuBackend::default(),
+        &config,
+        ClipWeights::random(&config, 1),
+    )
+    .expect("synthetic model");
     let size = config.vision.image_size;
     let mut group = c.benchmark_group(format!("{arch}/cpu-f32"));
     group.sample_size(10);

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::backend::reference::ReferenceBackend;
 use crate::config::ClipConfig;
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, Precision};
 use crate::error::{Error, Result};
 use crate::model::ClipModel;
 use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
@@ -157,16 +157,22 @@ impl Clip {
         };
         let ckpt = Checkpoint::open(dir)?;
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
+        let (logit_scale, stored_dtype) =
+            (weights.logit_scale_log.exp(), weights.stored_dtype.clone());
         let engine = match device {
             Device::Reference => {
-                Engine::Reference(ClipModel::new(ReferenceBackend, &config, &weights)?)
+                Engine::Reference(ClipModel::new(ReferenceBackend, &config, weights)?)
             }
-            _ => Engine::Cpu(ClipModel::new(CpuBackend, &config, &weights)?),
+            _ => Engine::Cpu(ClipModel::new(
+                CpuBackend::from_env(Precision::F32)?,
+                &config,
+                weights,
+            )?),
         };
         Ok(Clip {
             dir: dir.to_path_buf(),
-            logit_scale: weights.logit_scale_log.exp(),
-            stored_dtype: weights.stored_dtype,
+            logit_scale,
+            stored_dtype,
             config,
             tokenizer,
             preprocess,

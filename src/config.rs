@@ -315,23 +315,24 @@ pub mod presets {
         }
     }
 
+    /// A CLIP at real shapes: text and vision towers as (width, layers, heads), MLP 4× wide.
     fn clip(
-        text_width: usize,
-        text_heads: usize,
+        text: (usize, usize, usize),
         vision: (usize, usize, usize),
         image: usize,
         patch: usize,
         proj: usize,
+        act: Activation,
     ) -> ClipConfig {
         ClipConfig {
             text: TextConfig {
-                encoder: enc(text_width, 12, text_heads, Activation::QuickGelu),
+                encoder: enc(text.0, text.1, text.2, act),
                 vocab_size: 49408,
                 max_position_embeddings: 77,
                 eos_token_id: 49407,
             },
             vision: VisionConfig {
-                encoder: enc(vision.0, vision.1, vision.2, Activation::QuickGelu),
+                encoder: enc(vision.0, vision.1, vision.2, act),
                 image_size: image,
                 patch_size: patch,
                 num_channels: 3,
@@ -341,15 +342,24 @@ pub mod presets {
     }
 
     /// The preset names, in the order `by_name` accepts them.
-    pub const NAMES: &[&str] = &["vit-b-32", "vit-b-16", "vit-l-14", "vit-l-14-336"];
+    pub const NAMES: &[&str] = &[
+        "vit-b-32",
+        "vit-b-16",
+        "vit-l-14",
+        "vit-l-14-336",
+        "vit-h-14",
+    ];
 
-    /// Looks a preset up by name (`vit-b-32`, `vit-b-16`, `vit-l-14`, `vit-l-14-336`).
+    /// Looks a preset up by name: OpenAI's ViT-B/32, B/16, L/14 and L/14@336 (quick_gelu), and LAION's ViT-H/14
+    /// (gelu, head dim 80).
     pub fn by_name(name: &str) -> Option<ClipConfig> {
+        use Activation::{Gelu, QuickGelu};
         Some(match name {
-            "vit-b-32" => clip(512, 8, (768, 12, 12), 224, 32, 512),
-            "vit-b-16" => clip(512, 8, (768, 12, 12), 224, 16, 512),
-            "vit-l-14" => clip(768, 12, (1024, 24, 16), 224, 14, 768),
-            "vit-l-14-336" => clip(768, 12, (1024, 24, 16), 336, 14, 768),
+            "vit-b-32" => clip((512, 12, 8), (768, 12, 12), 224, 32, 512, QuickGelu),
+            "vit-b-16" => clip((512, 12, 8), (768, 12, 12), 224, 16, 512, QuickGelu),
+            "vit-l-14" => clip((768, 12, 12), (1024, 24, 16), 224, 14, 768, QuickGelu),
+            "vit-l-14-336" => clip((768, 12, 12), (1024, 24, 16), 336, 14, 768, QuickGelu),
+            "vit-h-14" => clip((1024, 24, 16), (1280, 32, 16), 224, 14, 1024, Gelu),
             _ => return None,
         })
     }

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod cpu;
@@ -29,5 +30,6 @@ pub mod weights;
 
 pub use clip::{Clip, Device, Embeddings};
 pub use config::{Activation, ClipConfig};
+pub use cpu::Precision;
 pub use error::{Error, Result};
 pub use preprocess::AlphaMode;

@@ -37,7 +37,7 @@ fn gemm_with_every_epilogue() {
                     };
                     let bias = bias.then_some(&b[..]);
                     let s = GemmShape { m, n, k };
-                    let (cpu, rf) = (CpuBackend, ReferenceBackend);
+                    let (cpu, rf) = (CpuBackend::default(), ReferenceBackend);
                     let (mut got, mut want) = (init.clone(), init);
                     backend::gemm(
                         &cpu,
@@ -72,7 +72,7 @@ fn gemm_with_every_epilogue() {
 
 #[test]
 fn gemm_rejects_wrong_shapes() {
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::default();
     let lin = cpu.linear(&random(6, 1, 1.0), 2, 3, None).unwrap();
     let mut out = vec![0.0; 4];
     let bad = GemmShape { m: 2, n: 2, k: 4 };
@@ -103,7 +103,17 @@ fn layernorm_matches_reference() {
             let g = random(dim, seed + 1, 1.0);
             let b = random(dim, seed + 2, 1.0);
             let (mut got, mut want) = (poisoned(rows * dim), poisoned(rows * dim));
-            backend::layernorm(&CpuBackend, &mut got, &x, &g, &b, rows, dim, 1e-5).unwrap();
+            backend::layernorm(
+                &CpuBackend::default(),
+                &mut got,
+                &x,
+                &g,
+                &b,
+                rows,
+                dim,
+                1e-5,
+            )
+            .unwrap();
             backend::layernorm(&ReferenceBackend, &mut want, &x, &g, &b, rows, dim, 1e-5).unwrap();
             assert_close(&got, &want, 2e-4, 1e-4, &format!("layernorm {rows}x{dim}"));
         }
@@ -130,7 +140,7 @@ fn attention_matches_reference() {
                         poisoned(batch * seq * s.width()),
                         poisoned(batch * seq * s.width()),
                     );
-                    backend::attention(&CpuBackend, &mut got, &qkv, s).unwrap();
+                    backend::attention(&CpuBackend::default(), &mut got, &qkv, s).unwrap();
                     backend::attention(&ReferenceBackend, &mut want, &qkv, s).unwrap();
                     assert_close(&got, &want, 2e-5, 1e-4, &format!("attention {s:?}"));
                 }
@@ -170,7 +180,7 @@ fn embeddings_and_gathers_match_reference() {
         let px = random(2 * 3 * s.image_size * s.image_size, grid as u64, 1.0);
         let len = 2 * s.patches() * s.patch_dim();
         let (mut a, mut b) = (poisoned(len), poisoned(len));
-        backend::im2col(&CpuBackend, &mut a, &px, s).unwrap();
+        backend::im2col(&CpuBackend::default(), &mut a, &px, s).unwrap();
         backend::im2col(&ReferenceBackend, &mut b, &px, s).unwrap();
         assert_eq!(a, b);
         // Spot-check the layout against the conv definition: patch (gy, gx), channel c, offset (y, x).
@@ -186,7 +196,17 @@ fn embeddings_and_gathers_match_reference() {
         let pos = random(seq.max(2) * dim, 5, 1.0);
         let seq = seq.max(2);
         let (mut a, mut b) = (poisoned(2 * seq * dim), poisoned(2 * seq * dim));
-        backend::vision_embed(&CpuBackend, &mut a, &patches, &class, &pos, 2, seq, dim).unwrap();
+        backend::vision_embed(
+            &CpuBackend::default(),
+            &mut a,
+            &patches,
+            &class,
+            &pos,
+            2,
+            seq,
+            dim,
+        )
+        .unwrap();
         backend::vision_embed(
             &ReferenceBackend,
             &mut b,
@@ -205,12 +225,14 @@ fn embeddings_and_gathers_match_reference() {
     let pos = random(3 * 4, 7, 1.0);
     let ids = [10u32, 0, 5, 1, 1, 1];
     let (mut a, mut b) = (poisoned(24), poisoned(24));
-    backend::text_embed(&CpuBackend, &mut a, &ids, &token, &pos, 3, 4).unwrap();
+    backend::text_embed(&CpuBackend::default(), &mut a, &ids, &token, &pos, 3, 4).unwrap();
     backend::text_embed(&ReferenceBackend, &mut b, &ids, &token, &pos, 3, 4).unwrap();
     assert_eq!(a, b);
-    assert!(backend::text_embed(&CpuBackend, &mut a, &[11], &token, &pos, 1, 4).is_err());
+    assert!(
+        backend::text_embed(&CpuBackend::default(), &mut a, &[11], &token, &pos, 1, 4).is_err()
+    );
     let mut g = poisoned(8);
-    backend::gather_rows(&CpuBackend, &mut g, &token, &[10, 0], 4).unwrap();
+    backend::gather_rows(&CpuBackend::default(), &mut g, &token, &[10, 0], 4).unwrap();
     assert_eq!(&g[..4], &token[40..44]);
-    assert!(backend::gather_rows(&CpuBackend, &mut g, &token, &[11], 4).is_err());
+    assert!(backend::gather_rows(&CpuBackend::default(), &mut g, &token, &[11], 4).is_err());
 }

@@ -175,12 +175,12 @@ fn text_batch_cut_equals_padding_to_context() {
                 .take(ctx)
         })
         .collect();
-    let reference = ClipModel::new(ReferenceBackend, &config, &weights).unwrap();
+    let reference = ClipModel::new(ReferenceBackend, &config, weights.clone()).unwrap();
     assert_eq!(
         reference.encode_texts(&cut).unwrap(),
         reference.encode_texts(&padded).unwrap()
     );
-    let cpu = ClipModel::new(CpuBackend, &config, &weights).unwrap();
+    let cpu = ClipModel::new(CpuBackend::default(), &config, weights).unwrap();
     let (a, b) = (
         cpu.encode_texts(&cut).unwrap(),
         cpu.encode_texts(&padded).unwrap(),

@@ -24,17 +24,19 @@ pub struct ClipModel<B: Backend> {
 }
 
 impl<B: Backend> ClipModel<B> {
-    /// Prepares `weights` for `backend`.
-    pub fn new(backend: B, config: &ClipConfig, weights: &ClipWeights) -> Result<Self> {
+    /// Prepares `weights` for `backend`, consuming them layer by layer (so the raw and the prepared copies never
+    /// both exist in full).
+    pub fn new(backend: B, config: &ClipConfig, weights: ClipWeights) -> Result<Self> {
+        let logit_scale = weights.logit_scale_log.exp();
         Ok(ClipModel {
-            text: TextTower::new(&backend, &weights.text, &config.text, config.projection_dim)?,
+            text: TextTower::new(&backend, weights.text, &config.text, config.projection_dim)?,
             vision: VisionTower::new(
                 &backend,
-                &weights.vision,
+                weights.vision,
                 &config.vision,
                 config.projection_dim,
             )?,
-            logit_scale: weights.logit_scale_log.exp(),
+            logit_scale,
             config: config.clone(),
             backend,
         })

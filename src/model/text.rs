@@ -20,15 +20,16 @@ pub struct TextTower<B: Backend> {
 }
 
 impl<B: Backend> TextTower<B> {
-    pub fn new(b: &B, w: &TextWeights, config: &TextConfig, projection_dim: usize) -> Result<Self> {
+    pub fn new(b: &B, w: TextWeights, config: &TextConfig, projection_dim: usize) -> Result<Self> {
         Ok(TextTower {
             config: config.clone(),
             token_embedding: b.upload(&w.token_embedding)?,
             position_embedding: b.upload(&w.position_embedding)?,
             layers: w
                 .layers
-                .iter()
-                .map(|l| EncoderLayer::new(b, l, &config.encoder))
+                .into_iter()
+                // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
+                .map(|l| EncoderLayer::new(b, &l, &config.encoder))
                 .collect::<Result<_>>()?,
             final_ln: (b.upload(&w.final_ln_g)?, b.upload(&w.final_ln_b)?),
             projection: b.linear(

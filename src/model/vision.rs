@@ -23,7 +23,7 @@ pub struct VisionTower<B: Backend> {
 impl<B: Backend> VisionTower<B> {
     pub fn new(
         b: &B,
-        w: &VisionWeights,
+        w: VisionWeights,
         config: &VisionConfig,
         projection_dim: usize,
     ) -> Result<Self> {
@@ -37,8 +37,9 @@ impl<B: Backend> VisionTower<B> {
             pre_ln: (b.upload(&w.pre_ln_g)?, b.upload(&w.pre_ln_b)?),
             layers: w
                 .layers
-                .iter()
-                .map(|l| EncoderLayer::new(b, l, &config.encoder))
+                .into_iter()
+                // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
+                .map(|l| EncoderLayer::new(b, &l, &config.encoder))
                 .collect::<Result<_>>()?,
             post_ln: (b.upload(&w.post_ln_g)?, b.upload(&w.post_ln_b)?),
             projection: b.linear(&w.projection, projection_dim, d, None)?,

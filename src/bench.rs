@@ -1,0 +1,651 @@
+//! Throughput measurement behind `cliprt bench`: synthetic models at real shapes (seeded random weights, no
+//! download) or a real checkpoint, the image tower, the text tower and zero-shot similarity, timed with warm-up and
+//! repetitions and reported with FLOP rates against the machine's measured peak.
+//!
+//! FLOPs are counted from the shapes, 2 per multiply–add, for the work cliprt actually does: every GEMM, both
+//! attention products (the causal text attention is counted in full, as it is computed), and the projections.
+//! Element-wise work (layernorm, softmax, activations) is not counted.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::reference::ReferenceBackend;
+use crate::backend::Backend;
+use crate::clip::Device;
+use crate::config::{presets, ClipConfig, EncoderConfig};
+use crate::cpu::{CpuBackend, Isa, Precision};
+use crate::error::{Error, Result};
+use crate::model::ClipModel;
+use crate::tokenizer::{ClipTokenizer, TextBatch};
+use crate::weights::{Checkpoint, ClipWeights};
+
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// The image tower on `[batch, 3, size, size]` pixels.
+    Image,
+    /// The text tower on `batch` prompts.
+    Text,
+    /// Zero-shot scoring: `batch` image embeddings against [`SIMILARITY_CLASSES`] text embeddings (L2 normalize,
+    /// scaled cosine, softmax).
+    Similarity,
+}
+
+/// Classes in the similarity workload (ImageNet's 1000).
+pub const SIMILARITY_CLASSES: usize = 1000;
+
+impl std::str::FromStr for Workload {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Workload> {
+        match s {
+            "image" => Ok(Workload::Image),
+            "text" => Ok(Workload::Text),
+            "similarity" => Ok(Workload::Similarity),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown workload {s:?}: image, text or similarity"
+            ))),
+        }
+    }
+}
+
+/// The real short prompts of the default text workload.
+pub const PROMPTS: [&str; 32] = [
+    "a photo of a dog.",
+    "a photo of a cat.",
+    "a photo of a car.",
+    "a photo of a airplane.",
+    "a photo of a bird.",
+    "a photo of a horse.",
+    "a photo of a ship.",
+    "a photo of a truck.",
+    "a photo of a frog.",
+    "a photo of a deer.",
+    "a photo of a person riding a bike.",
+    "a photo of a bowl of soup.",
+    "a photo of a red apple.",
+    "a photo of a city street at night.",
+    "a photo of a mountain lake.",
+    "a photo of a pizza.",
+    "a photo of a laptop on a desk.",
+    "a photo of a golden retriever.",
+    "a photo of a coffee cup.",
+    "a photo of a sunset over the ocean.",
+    "a photo of a group of people.",
+    "a photo of a traffic light.",
+    "a photo of a snowy forest.",
+    "a photo of a tabby cat sleeping.",
+    "a photo of a sailboat.",
+    "a photo of a hot air balloon.",
+    "a photo of a bowl of fruit.",
+    "a photo of a train station.",
+    "a photo of a lighthouse.",
+    "a photo of a chessboard.",
+    "a photo of a violin.",
+    "a photo of a bicycle.",
+];
+
+/// [`PROMPTS`] tokenized by OpenAI's CLIP tokenizer (the vocabulary every preset uses); a test checks them against
+/// the tokenizer. Real checkpoints tokenize the prompts with their own tokenizer.json instead.
+const PROMPT_IDS: [&[u32]; 32] = [
+    &[49406, 320, 1125, 539, 320, 1929, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 2368, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1615, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 16451, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3329, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 4558, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1158, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 4629, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 11438, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 8700, 269, 49407],
+    &[
+        49406, 320, 1125, 539, 320, 2533, 6765, 320, 3701, 269, 49407,
+    ],
+    &[49406, 320, 1125, 539, 320, 3814, 539, 7077, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 736, 3055, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1305, 2012, 536, 930, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3965, 2553, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 4474, 269, 49407],
+    &[
+        49406, 320, 1125, 539, 320, 10464, 525, 320, 6550, 269, 49407,
+    ],
+    &[49406, 320, 1125, 539, 320, 3878, 28394, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 2453, 1937, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3424, 962, 518, 4918, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1771, 539, 1047, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3399, 1395, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 14191, 4167, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 36145, 2368, 6982, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 7528, 4440, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 2069, 1922, 13634, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3814, 539, 5190, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3231, 2631, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 13717, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 27170, 1972, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 17058, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 11652, 269, 49407],
+];
+
+/// The token ids of [`PROMPTS`] under the presets' (OpenAI) vocabulary.
+pub fn prompt_ids() -> Vec<Vec<u32>> {
+    PROMPT_IDS.iter().map(|r| r.to_vec()).collect()
+}
+
+/// What `cliprt bench` runs.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// A preset name (synthetic model) …
+    pub arch: String,
+    /// … or a real checkpoint folder, which wins over `arch`.
+    pub model: Option<PathBuf>,
+    pub workloads: Vec<Workload>,
+    pub batches: Vec<usize>,
+    /// Synthetic text rows of exactly this many tokens (SOT, words, EOT) instead of the real prompts.
+    pub prompt_len: Option<usize>,
+    pub device: Device,
+    pub precision: Precision,
+    /// Untimed runs before timing.
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    pub reps: usize,
+    /// The machine's peak GFLOP/s; measured when `None`.
+    pub peak_gflops: Option<f64>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            arch: "vit-b-32".into(),
+            model: None,
+            workloads: vec![Workload::Image, Workload::Text],
+            batches: vec![1, 8, 32],
+            prompt_len: None,
+            device: Device::Cpu,
+            precision: Precision::F32,
+            warmup: 1,
+            reps: 5,
+            peak_gflops: None,
+        }
+    }
+}
+
+/// One measurement: one workload at one batch size.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub arch: String,
+    pub workload: Workload,
+    pub batch: usize,
+    /// Text length the tower ran at (the batch is cut at its longest prompt); null for images and similarity.
+    pub seq: Option<usize>,
+    pub precision: &'static str,
+    pub device: String,
+    /// SIMD tier of the CPU backend.
+    pub isa: &'static str,
+    pub threads: usize,
+    pub items_per_s: f64,
+    /// Median over the timed runs.
+    pub ms_per_batch: f64,
+    pub ms_min: f64,
+    pub ms_max: f64,
+    pub reps: usize,
+    pub gflops_per_s: f64,
+    /// `gflops_per_s / peak_gflops`.
+    pub peak_fraction: f64,
+    pub peak_gflops: f64,
+    /// Seconds to build the model (random weights or checkpoint read, plus packing).
+    pub load_s: f64,
+    /// The weights' f32 size.
+    pub weights_mb: f64,
+    /// The process's peak resident memory so far (Linux VmHWM), if known.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// FLOPs of one encoder pass over `batch` sequences of `seq` tokens.
+fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize) -> f64 {
+    let (d, i) = (e.hidden_size as f64, e.intermediate_size as f64);
+    let rows = (batch * seq) as f64;
+    let gemms = 2.0 * rows * (3.0 * d * d + d * d + 2.0 * d * i);
+    // QKᵀ and P·V: 2 · seq² · D multiply–adds per sequence.
+    let attention = 4.0 * batch as f64 * (seq * seq) as f64 * d;
+    e.num_layers as f64 * (gemms + attention)
+}
+
+/// FLOPs of the image tower for `batch` images.
+pub fn image_flops(c: &ClipConfig, batch: usize) -> f64 {
+    let v = &c.vision;
+    let d = v.encoder.hidden_size as f64;
+    let patches = (batch * v.grid() * v.grid()) as f64;
+    let embed = 2.0 * patches * v.patch_dim() as f64 * d;
+    let projection = 2.0 * batch as f64 * d * c.projection_dim as f64;
+    embed + encoder_flops(&v.encoder, batch, v.seq_len()) + projection
+}
+
+/// FLOPs of the text tower for `batch` prompts run at `seq` tokens.
+pub fn text_flops(c: &ClipConfig, batch: usize, seq: usize) -> f64 {
+    let d = c.text.encoder.hidden_size as f64;
+    encoder_flops(&c.text.encoder, batch, seq) + 2.0 * batch as f64 * d * c.projection_dim as f64
+}
+
+/// The process's peak resident set in MB (Linux; `None` elsewhere).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The machine's f32 peak on `threads` threads, measured: every thread runs independent FMA chains (24 registers
+/// deep, enough to hide the FMA latency) on the widest tier for ≈ 0.3 s, all at once so the all-core clock applies;
+/// each thread times itself, and the rates add up.
+pub fn measure_peak_gflops(threads: usize, isa: Isa) -> f64 {
+    // Sized so one run lasts ≈ 0.1 s even at 64 FLOP/cycle and 5 GHz; the best of 3 skips clock ramp-up.
+    let iters = 10_000_000usize;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(move || {
+                    (0..3)
+                        .map(|_| {
+                            let t = Instant::now();
+                            let flops = fma_chains(isa, iters);
+                            flops / t.elapsed().as_secs_f64()
+                        })
+                        .fold(0.0, f64::max)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0.0))
+            .sum::<f64>()
+            / 1e9
+    })
+}
+
+/// Runs `iters` steps of independent FMA chains on the widest tier; returns the FLOPs done.
+fn fma_chains(isa: Isa, iters: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Avx512 && isa.available() {
+            // SAFETY: AVX-512F is present; the asm touches only the registers it declares.
+            unsafe { fma_avx512(iters) };
+            return (iters * 20 * 16 * 2) as f64;
+        }
+        if isa == Isa::Avx2 && isa.available() {
+            // SAFETY: AVX2 and FMA are present; the asm touches only the registers it declares.
+            unsafe { fma_avx2(iters) };
+            return (iters * 12 * 8 * 2) as f64;
+        }
+    }
+    let mut acc = [1.0f32; 16];
+    for _ in 0..iters / 16 {
+        for a in &mut acc {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters / 16 * 16 * 2) as f64
+}
+
+// Written in asm: with intrinsics, LLVM spills some of the chains to the stack and the loop measures store
+// forwarding instead of the FMA units.
+/// 20 independent `vfmadd231ps zmm` chains per iteration (20 > latency × pipes on any current x86).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: usize) {
+    std::arch::asm!(
+        "vxorps xmm30, xmm30, xmm30",
+        "vxorps xmm31, xmm31, xmm31",
+        "2:",
+        "vfmadd231ps zmm0, zmm30, zmm31", "vfmadd231ps zmm1, zmm30, zmm31",
+        "vfmadd231ps zmm2, zmm30, zmm31", "vfmadd231ps zmm3, zmm30, zmm31",
+        "vfmadd231ps zmm4, zmm30, zmm31", "vfmadd231ps zmm5, zmm30, zmm31",
+        "vfmadd231ps zmm6, zmm30, zmm31", "vfmadd231ps zmm7, zmm30, zmm31",
+        "vfmadd231ps zmm8, zmm30, zmm31", "vfmadd231ps zmm9, zmm30, zmm31",
+        "vfmadd231ps zmm10, zmm30, zmm31", "vfmadd231ps zmm11, zmm30, zmm31",
+        "vfmadd231ps zmm12, zmm30, zmm31", "vfmadd231ps zmm13, zmm30, zmm31",
+        "vfmadd231ps zmm14, zmm30, zmm31", "vfmadd231ps zmm15, zmm30, zmm31",
+        "vfmadd231ps zmm16, zmm30, zmm31", "vfmadd231ps zmm17, zmm30, zmm31",
+        "vfmadd231ps zmm18, zmm30, zmm31", "vfmadd231ps zmm19, zmm30, zmm31",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) iters.max(1) => _,
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+        out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+        out("zmm18") _, out("zmm19") _, out("zmm30") _, out("zmm31") _,
+        options(nostack, nomem),
+    );
+}
+
+/// 12 independent `vfmadd231ps ymm` chains per iteration.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: usize) {
+    std::arch::asm!(
+        "vxorps ymm14, ymm14, ymm14",
+        "vxorps ymm15, ymm15, ymm15",
+        "2:",
+        "vfmadd231ps ymm0, ymm14, ymm15", "vfmadd231ps ymm1, ymm14, ymm15",
+        "vfmadd231ps ymm2, ymm14, ymm15", "vfmadd231ps ymm3, ymm14, ymm15",
+        "vfmadd231ps ymm4, ymm14, ymm15", "vfmadd231ps ymm5, ymm14, ymm15",
+        "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
+        "vfmadd231ps ymm8, ymm14, ymm15", "vfmadd231ps ymm9, ymm14, ymm15",
+        "vfmadd231ps ymm10, ymm14, ymm15", "vfmadd231ps ymm11, ymm14, ymm15",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) iters.max(1) => _,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+        out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+        out("ymm14") _, out("ymm15") _,
+        options(nostack, nomem),
+    );
+}
+
+/// Times `f`: `warmup` untimed runs, then `reps` timed ones; returns (median, min, max) in ms.
+fn time_runs(
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let mid = ms.len() / 2;
+    let median = if ms.len() % 2 == 1 {
+        ms[mid]
+    } else {
+        (ms[mid - 1] + ms[mid]) / 2.0
+    };
+    Ok((median, ms[0], ms[ms.len() - 1]))
+}
+
+/// Deterministic pixels in the normalized range (the content does not change the work).
+fn synthetic_pixels(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
+        .collect()
+}
+
+/// `batch` token rows: the real prompts (cycled), or synthetic rows of exactly `len` tokens.
+fn text_rows(
+    batch: usize,
+    len: Option<usize>,
+    prompts: &[Vec<u32>],
+    c: &ClipConfig,
+) -> Result<Vec<Vec<u32>>> {
+    match len {
+        Some(len) => {
+            let ctx = c.text.max_position_embeddings;
+            if len < 2 || len > ctx {
+                return Err(Error::InvalidArgument(format!(
+                    "--prompt-len {len} outside 2..={ctx} (SOT and EOT included)"
+                )));
+            }
+            let (sot, eot) = (
+                c.text.eos_token_id.saturating_sub(1) as u32,
+                c.text.eos_token_id as u32,
+            );
+            let vocab = c.text.vocab_size as u32;
+            Ok((0..batch as u32)
+                .map(|r| {
+                    std::iter::once(sot)
+                        .chain((0..len as u32 - 2).map(|j| 320 + (r * 7 + j) % (vocab - 400)))
+                        .chain(std::iter::once(eot))
+                        .collect()
+                })
+                .collect())
+        }
+        None => Ok((0..batch)
+            .map(|r| prompts[r % prompts.len()].clone())
+            .collect()),
+    }
+}
+
+/// A model under test, with what the measurements need to know about it.
+struct Subject<B: Backend> {
+    model: ClipModel<B>,
+    arch: String,
+    prompts: Vec<Vec<u32>>,
+    load_s: f64,
+}
+
+/// Runs every (workload, batch) of `cfg`, calling `report` after each measurement.
+pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
+    if cfg.batches.is_empty() || cfg.batches.contains(&0) {
+        return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
+    }
+    if cfg.workloads.is_empty() {
+        return Err(Error::InvalidArgument("no workload given".into()));
+    }
+    let threads = rayon::current_num_threads();
+    match cfg.device {
+        Device::Cpu => {
+            let backend = CpuBackend::from_env(cfg.precision)?;
+            let peak = cfg
+                .peak_gflops
+                .unwrap_or_else(|| measure_peak_gflops(threads, backend.isa()));
+            let subject = build(cfg, backend)?;
+            let (isa, precision) = (backend.isa().name(), backend.precision().name());
+            measure(
+                cfg,
+                &subject,
+                threads,
+                peak,
+                isa,
+                precision,
+                "cpu",
+                &mut report,
+            )
+        }
+        Device::Reference => {
+            let peak = cfg
+                .peak_gflops
+                .unwrap_or_else(|| measure_peak_gflops(threads, Isa::Scalar));
+            let subject = build(cfg, ReferenceBackend)?;
+            measure(
+                cfg,
+                &subject,
+                threads,
+                peak,
+                "f64",
+                "f64",
+                "reference",
+                &mut report,
+            )
+        }
+        Device::Cuda(n) => Err(Error::DeviceUnavailable(format!(
+            "cuda:{n}: this build has no CUDA backend yet"
+        ))),
+    }
+}
+
+fn build<B: Backend>(cfg: &BenchConfig, backend: B) -> Result<Subject<B>> {
+    let t = Instant::now();
+    let (config, weights, arch, prompts) = match &cfg.model {
+        Some(dir) => {
+            let config = ClipConfig::from_file(&dir.join("config.json"))?;
+            let weights = ClipWeights::from_checkpoint(&Checkpoint::open(dir)?, &config)?;
+            let tokenizer = ClipTokenizer::from_file(
+                &dir.join("tokenizer.json"),
+                config.text.max_position_embeddings,
+            )?;
+            let prompts = tokenizer.encode_batch(&PROMPTS)?;
+            let name = dir
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+            (config, weights, name, prompts)
+        }
+        None => {
+            let config = presets::by_name(&cfg.arch).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown arch {:?}: one of {}",
+                    cfg.arch,
+                    presets::NAMES.join(", ")
+                ))
+            })?;
+            let weights = ClipWeights::random(&config, 1);
+            (config, weights, cfg.arch.clone(), prompt_ids())
+        }
+    };
+    let model = ClipModel::new(backend, &config, weights)?;
+    Ok(Subject {
+        model,
+        arch,
+        prompts,
+        load_s: t.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure<B: Backend>(
+    cfg: &BenchConfig,
+    s: &Subject<B>,
+    threads: usize,
+    peak: f64,
+    isa: &'static str,
+    precision: &'static str,
+    device: &str,
+    report: &mut impl FnMut(&Measurement),
+) -> Result<()> {
+    let c = &s.model.config;
+    let weights_mb = c.parameter_count() as f64 * 4.0 / 1e6;
+    for &workload in &cfg.workloads {
+        for &batch in &cfg.batches {
+            let (seq, flops, (ms, lo, hi)) = match workload {
+                Workload::Image => {
+                    let size = c.vision.image_size;
+                    let pixels = synthetic_pixels(batch * c.vision.num_channels * size * size);
+                    let t = time_runs(cfg.warmup, cfg.reps, || {
+                        s.model.encode_images(&pixels, batch).map(drop)
+                    })?;
+                    (None, image_flops(c, batch), t)
+                }
+                Workload::Text => {
+                    let rows = text_rows(batch, cfg.prompt_len, &s.prompts, c)?;
+                    let tb = TextBatch::new(&rows, &c.text)?;
+                    let t =
+                        time_runs(cfg.warmup, cfg.reps, || s.model.encode_texts(&tb).map(drop))?;
+                    (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
+                }
+                Workload::Similarity => {
+                    let dim = c.projection_dim;
+                    let images = synthetic_pixels(batch * dim);
+                    let texts = synthetic_pixels(SIMILARITY_CLASSES * dim);
+                    let t = time_runs(cfg.warmup, cfg.reps, || {
+                        let logits = crate::similarity::scaled_cosine(
+                            &images,
+                            batch,
+                            &texts,
+                            SIMILARITY_CLASSES,
+                            dim,
+                            s.model.logit_scale,
+                        )?;
+                        std::hint::black_box(crate::similarity::softmax_rows(
+                            &logits,
+                            SIMILARITY_CLASSES,
+                        ));
+                        Ok(())
+                    })?;
+                    (None, 2.0 * (batch * SIMILARITY_CLASSES * dim) as f64, t)
+                }
+            };
+            let gflops = flops / (ms / 1e3) / 1e9;
+            report(&Measurement {
+                arch: s.arch.clone(),
+                workload,
+                batch,
+                seq,
+                precision,
+                device: device.to_string(),
+                isa,
+                threads,
+                items_per_s: batch as f64 / (ms / 1e3),
+                ms_per_batch: ms,
+                ms_min: lo,
+                ms_max: hi,
+                reps: cfg.reps.max(1),
+                gflops_per_s: gflops,
+                peak_fraction: gflops / peak,
+                peak_gflops: peak,
+                load_s: s.load_s,
+                weights_mb,
+                peak_rss_mb: peak_rss_mb(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The table header matching [`table_row`].
+pub fn table_header() -> String {
+    format!(
+        "{:<12} {:<10} {:>5} {:>4} {:>5} {:>10} {:>10} {:>17} {:>9} {:>6}",
+        "arch",
+        "workload",
+        "batch",
+        "seq",
+        "prec",
+        "items/s",
+        "ms/batch",
+        "spread (min–max)",
+        "GFLOP/s",
+        "%peak"
+    )
+}
+
+/// One measurement as a table row.
+pub fn table_row(m: &Measurement) -> String {
+    let workload = match m.workload {
+        Workload::Image => "image",
+        Workload::Text => "text",
+        Workload::Similarity => "similarity",
+    };
+    format!(
+        "{:<12} {:<10} {:>5} {:>4} {:>5} {:>10.2} {:>10.2} {:>17} {:>9.1} {:>5.1}%",
+        m.arch,
+        workload,
+        m.batch,
+        m.seq.map_or("-".into(), |s| s.to_string()),
+        m.precision,
+        m.items_per_s,
+        m.ms_per_batch,
+        format!("{:.1}–{:.1}", m.ms_min, m.ms_max),
+        m.gflops_per_s,
+        100.0 * m.peak_fraction
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vit_b_32_image_flops_match_the_known_count() {
+        // ≈ 4.4 GMAC per image: 12 layers at 50 tokens, the patch GEMM and the projection.
+        let c = presets::by_name("vit-b-32").unwrap();
+        let gflop = image_flops(&c, 1) / 1e9;
+        assert!((8.7..8.9).contains(&gflop), "{gflop}");
+        assert!((image_flops(&c, 32) / image_flops(&c, 1) - 32.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn synthetic_text_rows_have_the_asked_length() {
+        let c = presets::by_name("vit-b-32").unwrap();
+        let rows = text_rows(3, Some(9), &prompt_ids(), &c).unwrap();
+        assert!(rows
+            .iter()
+            .all(|r| r.len() == 9 && r[8] == 49407 && r[0] == 49406));
+        assert!(text_rows(1, Some(78), &prompt_ids(), &c).is_err());
+        assert!(text_rows(1, Some(1), &prompt_ids(), &c).is_err());
+    }
+}

@@ -1,0 +1,726 @@
+//! The CPU GEMM: `C[m, n] (+)= A[m, k] · W[n, k]ᵀ (+ bias, activation)` with the weight packed once at load time.
+//!
+//! On AVX-512 CPUs this is our own kernel:
+//! - **Packing.** `W` is cut into panels of [`NR`] = 32 output columns, each stored k-major (`[k][32]`, zero-padded
+//!   past `n`), so the micro-kernel streams one contiguous panel. bf16 panels store k in pairs (`[k/2][32][2]`),
+//!   the operand layout of `vdpbf16ps`.
+//! - **Micro-kernel.** A tile of up to 12 rows × 32 columns lives in 24 zmm accumulators; each k step loads two
+//!   panel vectors and broadcasts one A value per row straight from memory (an embedded-broadcast FMA operand), so
+//!   24 FMAs cost 14 loads. Zen 4 retires one 512-bit FMA per cycle with 4 cycles of latency: 24 independent chains
+//!   keep it saturated. Edges use masked loads/stores, so no padding of A or C is needed.
+//! - **Blocking.** Rows are split into tiles of near-equal height (50 rows → 5 × 10, not 4 × 12 + 2). A job owns a
+//!   block of ≈144 rows × a few panels of C; inside it, k runs in chunks of ≤ 512 so one panel chunk (64 KB) and the
+//!   A block chunk (≈ 290 KB) stay in L2 while every tile × panel pair of the block consumes them.
+//! - **Epilogue.** On the last k chunk the tile adds the bias, applies the activation, or adds into C (the residual),
+//!   before its single store: no second pass over C.
+//! - **Threads.** Jobs go to rayon; the N split is made finer when there are few row blocks, so batch 1 (50 rows)
+//!   still gives every core several jobs.
+//!
+//! Without AVX-512 (or with a lower tier forced) the `gemm` crate runs the product on the pre-transposed weight and a
+//! SIMD pass applies bias and activation.
+
+use rayon::prelude::*;
+
+use super::isa::{has_avx512_bf16, Isa};
+use super::simd;
+use crate::backend::{Activation, Epilogue};
+
+/// Columns per packed weight panel (two zmm registers).
+pub const NR: usize = 32;
+/// Most rows per micro-kernel tile (24 accumulators + 2 panel registers + scratch fit in 32 zmm).
+pub const MR: usize = 12;
+/// Tiles per row block of a job (≈ 144 rows).
+const TILES_PER_BLOCK: usize = 12;
+/// Longest k chunk (elements).
+const KC: usize = 512;
+
+/// Arithmetic of the packed product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32 weights and activations.
+    #[default]
+    F32,
+    /// bf16 weights and activations (rounded to nearest even), products summed in f32 (`vdpbf16ps`).
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Precision> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(crate::error::Error::InvalidArgument(format!(
+                "unknown precision {s:?}: f32 or bf16"
+            ))),
+        }
+    }
+}
+
+/// A weight in the layout of the kernel that will run it.
+enum Packed {
+    /// `[panel][k][NR]` f32.
+    F32(Vec<f32>),
+    /// `[panel][⌈k/2⌉][NR]` u32, each holding the bf16 pair (w[2t], w[2t+1]) low half first.
+    Bf16(Vec<u32>),
+    /// `Wᵀ[k, n]` row-major for the `gemm` crate.
+    Transposed(Vec<f32>),
+}
+
+/// A linear layer prepared for the CPU: packed weight `[n, k]` and optional bias `[n]`.
+pub struct PackedLinear {
+    w: Packed,
+    bias: Option<Vec<f32>>,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Which kernel family runs a given (tier, precision).
+fn packed_kind(isa: Isa, precision: Precision) -> (bool, Precision) {
+    let avx512 = isa == Isa::Avx512 && isa.available();
+    match precision {
+        Precision::Bf16 if avx512 && has_avx512_bf16() => (true, Precision::Bf16),
+        _ => (avx512, Precision::F32),
+    }
+}
+
+/// The precision a CPU with tier `isa` actually runs when asked for `precision` (bf16 needs AVX512_BF16).
+pub fn effective_precision(isa: Isa, precision: Precision) -> Precision {
+    packed_kind(isa, precision).1
+}
+
+/// bf16 bits of `x`, rounded to nearest even (what `vcvtne2ps2bf16` does).
+fn bf16_bits(x: f32) -> u32 {
+    u32::from(half::bf16::from_f32(x).to_bits())
+}
+
+impl PackedLinear {
+    /// Packs `w[n, k]` (HF layout) for `isa` and `precision`. Shapes are checked by the caller.
+    pub fn new(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+        precision: Precision,
+    ) -> Self {
+        let panels = n.div_ceil(NR);
+        let packed = match packed_kind(isa, precision) {
+            (true, Precision::F32) => {
+                let mut p = vec![0.0f32; panels * k * NR];
+                for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+                    let base = (col / NR) * k * NR + col % NR;
+                    for (t, &v) in row.iter().enumerate() {
+                        p[base + t * NR] = v;
+                    }
+                }
+                Packed::F32(p)
+            }
+            (true, Precision::Bf16) => {
+                let kp = k.div_ceil(2);
+                let mut p = vec![0u32; panels * kp * NR];
+                for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+                    let base = (col / NR) * kp * NR + col % NR;
+                    for (t, pair) in row.chunks(2).enumerate() {
+                        let hi = pair.get(1).map_or(0, |&v| bf16_bits(v));
+                        p[base + t * NR] = bf16_bits(pair[0]) | (hi << 16);
+                    }
+                }
+                Packed::Bf16(p)
+            }
+            (false, _) => {
+                let mut t = vec![0.0f32; n * k];
+                for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+                    for (kk, &v) in row.iter().enumerate() {
+                        t[kk * n + col] = v;
+                    }
+                }
+                Packed::Transposed(t)
+            }
+        };
+        PackedLinear {
+            w: packed,
+            bias: bias.map(<[f32]>::to_vec),
+            n,
+            k,
+        }
+    }
+
+    pub fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+
+    /// `out[m, n] (+)= a[m, k] · Wᵀ` with the epilogue `ep`. `a` holds ≥ m·k values and `out` ≥ m·n (asserted).
+    pub fn run(&self, isa: Isa, a: &[f32], m: usize, out: &mut [f32], ep: Epilogue) {
+        let (n, k) = (self.n, self.k);
+        assert!(a.len() >= m * k && out.len() >= m * n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        match &self.w {
+            #[cfg(target_arch = "x86_64")]
+            Packed::F32(p) => avx512::run_f32(a, m, k, p, n, self.bias.as_deref(), out, ep),
+            #[cfg(target_arch = "x86_64")]
+            Packed::Bf16(p) => avx512::run_bf16(a, m, k, p, n, self.bias.as_deref(), out, ep),
+            Packed::Transposed(t) => {
+                run_fallback(isa, a, m, k, t, n, self.bias.as_deref(), out, ep)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("packed layouts are only built on x86_64"),
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` through the `gemm` crate, with explicit (row, column) strides.
+///
+/// The gemm crate's contract is `dst := alpha·dst + beta·lhs·rhs` (the reverse of BLAS's naming): alpha = 1 with
+/// `read_dst` accumulates, beta = 1 scales the product by one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    threads: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // gemm leaves dst untouched for k = 0; the product is zero.
+        if !accumulate {
+            dst.chunks_mut(dst_rs)
+                .take(m)
+                .for_each(|r| r[..n].fill(0.0));
+        }
+        return;
+    }
+    // Bounds the strided accesses below, so the unsafe call cannot read or write outside the slices.
+    assert!(dst.len() >= (m - 1) * dst_rs + n);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above keep every index within the slices; dst does not alias lhs or rhs (&mut borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads,
+        );
+    }
+}
+
+/// Rows per rayon task for the bias/activation pass of the fallback path.
+const ROWS_PER_TASK: usize = 16;
+
+#[allow(clippy::too_many_arguments)]
+fn run_fallback(
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    wt: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    ep: Epilogue,
+) {
+    let out = &mut out[..m * n];
+    let acc = ep == Epilogue::Accumulate;
+    sgemm(
+        m,
+        n,
+        k,
+        out,
+        n,
+        acc,
+        a,
+        k,
+        1,
+        wt,
+        n,
+        1,
+        gemm::Parallelism::Rayon(0),
+    );
+    let act = match ep {
+        Epilogue::Activation(a) => Some(a),
+        _ => None,
+    };
+    if bias.is_some() || act.is_some() {
+        out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+            for row in rows.chunks_exact_mut(n) {
+                simd::bias_act(isa, row, bias, act);
+            }
+        });
+    }
+}
+
+/// Row `t`'s start and height when `m` rows are cut into `tiles` tiles of near-equal height.
+#[inline]
+pub(crate) fn tile_span(m: usize, tiles: usize, t: usize) -> (usize, usize) {
+    let (base, rem) = (m / tiles, m % tiles);
+    (t * base + t.min(rem), base + usize::from(t < rem))
+}
+
+/// What a tile does when it stores: add C's old value, add the bias, apply the activation (in that order).
+#[derive(Clone, Copy)]
+pub(crate) struct TileStore {
+    pub load_c: bool,
+    /// Points at the bias of the tile's first column, or null.
+    pub bias: *const f32,
+    pub act: Option<Activation>,
+}
+
+/// Job partition of an `m × n` product: row blocks × panel groups.
+struct Jobs {
+    tiles: usize,
+    row_blocks: usize,
+    panels: usize,
+    panels_per_job: usize,
+}
+
+impl Jobs {
+    fn new(m: usize, n: usize) -> Jobs {
+        let tiles = m.div_ceil(MR);
+        let row_blocks = tiles.div_ceil(TILES_PER_BLOCK);
+        let panels = n.div_ceil(NR);
+        // Aim for ≥ 4 jobs per thread so rayon can balance; at most 8 panels (256 columns) per job.
+        let want = 4 * rayon::current_num_threads();
+        let per_job = (panels * row_blocks).div_ceil(want).clamp(1, 8);
+        Jobs {
+            tiles,
+            row_blocks,
+            panels,
+            panels_per_job: per_job,
+        }
+    }
+    fn count(&self) -> usize {
+        self.row_blocks * self.panels.div_ceil(self.panels_per_job)
+    }
+    /// (first tile, tile count, first panel, panel count) of job `j`.
+    fn job(&self, j: usize) -> (usize, usize, usize, usize) {
+        let (rb, pb) = (j % self.row_blocks, j / self.row_blocks);
+        let t0 = rb * TILES_PER_BLOCK;
+        let p0 = pb * self.panels_per_job;
+        (
+            t0,
+            TILES_PER_BLOCK.min(self.tiles - t0),
+            p0,
+            self.panels_per_job.min(self.panels - p0),
+        )
+    }
+}
+
+/// k chunks of near-equal length ≤ `KC`, each a multiple of `unit` (2 for bf16 pairs) except possibly the last.
+fn k_chunks(k: usize, unit: usize) -> (usize, usize) {
+    let chunks = k.div_ceil(KC).max(1);
+    let len = k.div_ceil(chunks).next_multiple_of(unit);
+    (k.div_ceil(len).max(1), len)
+}
+
+/// A raw pointer that rayon jobs may share: every job writes a disjoint rectangle of C.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used for disjoint writes (one job per C rectangle), see `Jobs`.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::*;
+    use crate::cpu::simd::{generic, Avx512};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn mask16(cols: usize) -> __mmask16 {
+        if cols >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << cols) - 1) as __mmask16
+        }
+    }
+
+    /// Adds C / bias, applies the activation, stores the first `cols` columns of an `R × 32` accumulator tile.
+    #[inline(always)]
+    unsafe fn store_tile<const R: usize>(
+        acc: &[[__m512; 2]; R],
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+    ) {
+        let masks = [mask16(cols), mask16(cols.saturating_sub(16))];
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &m) in masks.iter().enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let p = c.add(i * ldc + 16 * j);
+                let mut v = row[j];
+                if st.load_c {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, p));
+                }
+                if !st.bias.is_null() {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, st.bias.add(16 * j)));
+                }
+                if let Some(a) = st.act {
+                    v = generic::activation::<Avx512>(v, a);
+                }
+                _mm512_mask_storeu_ps(p, m, v);
+            }
+        }
+    }
+
+    /// `C[R, cols] (+)= A[R, kc] · B[kc, cols]`, A rows at stride `lda`, B rows at stride `ldb` (cols ≤ 32, read
+    /// with masked loads so B may be any strided matrix, not only a packed panel).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_f32<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+    ) {
+        let (m0, m1) = (mask16(cols), mask16(cols.saturating_sub(16)));
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for kk in 0..kc {
+            let bp = b.add(kk * ldb);
+            let b0 = _mm512_maskz_loadu_ps(m0, bp);
+            let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i * lda + kk));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+        store_tile::<R>(&acc, c, ldc, cols, st);
+    }
+
+    /// The bf16 twin of [`tile_f32`]: A and B hold bf16 pairs along k (`kp` pairs), products summed in f32.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_bf16<const R: usize>(
+        kp: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for kk in 0..kp {
+            let bp = b.add(kk * NR) as *const __m512i;
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(1)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*a.add(i * lda + kk) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+            }
+        }
+        store_tile::<R>(&acc, c, ldc, cols, st);
+    }
+
+    /// Calls `$f::<R>` for a run-time tile height `rows` in 1..=12.
+    macro_rules! by_rows {
+        ($rows:expr, $f:ident, $($arg:expr),*) => {
+            match $rows {
+                1 => $f::<1>($($arg),*), 2 => $f::<2>($($arg),*), 3 => $f::<3>($($arg),*),
+                4 => $f::<4>($($arg),*), 5 => $f::<5>($($arg),*), 6 => $f::<6>($($arg),*),
+                7 => $f::<7>($($arg),*), 8 => $f::<8>($($arg),*), 9 => $f::<9>($($arg),*),
+                10 => $f::<10>($($arg),*), 11 => $f::<11>($($arg),*), 12 => $f::<12>($($arg),*),
+                _ => unreachable!("tile height {} outside 1..=12", $rows),
+            }
+        };
+    }
+
+    /// `C[m, cols] (+)= A[m, kc] · B[kc, cols]` for any m, in row tiles of ≤ 12 (cols ≤ 32). Used by attention.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; A, B and C must be valid for the strided extents described.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn rows_times_panel(
+        m: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+    ) {
+        let tiles = m.div_ceil(MR);
+        for t in 0..tiles {
+            let (r0, rows) = tile_span(m, tiles, t);
+            by_rows!(
+                rows,
+                tile_f32,
+                kc,
+                a.add(r0 * lda),
+                lda,
+                b,
+                ldb,
+                c.add(r0 * ldc),
+                ldc,
+                cols,
+                st
+            );
+        }
+    }
+
+    /// The store flags for k chunk `chunk` of `chunks`.
+    fn chunk_store(ep: Epilogue, chunk: usize, chunks: usize, bias: *const f32) -> TileStore {
+        let last = chunk + 1 == chunks;
+        TileStore {
+            load_c: chunk > 0 || ep == Epilogue::Accumulate,
+            bias: if last { bias } else { std::ptr::null() },
+            act: match ep {
+                Epilogue::Activation(a) if last => Some(a),
+                _ => None,
+            },
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn job_f32(
+        jobs: &Jobs,
+        j: usize,
+        a: *const f32,
+        m: usize,
+        k: usize,
+        w: *const f32,
+        n: usize,
+        bias: *const f32,
+        c: *mut f32,
+        ep: Epilogue,
+    ) {
+        let (t0, nt, p0, np) = jobs.job(j);
+        let (chunks, kc) = k_chunks(k, 1);
+        for ch in 0..chunks {
+            let k0 = ch * kc;
+            let klen = kc.min(k - k0);
+            let st = chunk_store(ep, ch, chunks, bias);
+            for p in p0..p0 + np {
+                let col = p * NR;
+                let cols = NR.min(n - col);
+                let panel = w.add(p * k * NR + k0 * NR);
+                let st = TileStore {
+                    bias: if st.bias.is_null() {
+                        st.bias
+                    } else {
+                        st.bias.add(col)
+                    },
+                    ..st
+                };
+                for t in t0..t0 + nt {
+                    let (r0, rows) = tile_span(m, jobs.tiles, t);
+                    let (ap, cp) = (a.add(r0 * k + k0), c.add(r0 * n + col));
+                    by_rows!(rows, tile_f32, klen, ap, k, panel, NR, cp, n, cols, st);
+                }
+            }
+        }
+    }
+
+    /// f32 packed product (see the module docs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_f32(
+        a: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        ep: Epilogue,
+    ) {
+        assert!(is_x86_feature_detected!("avx512f"));
+        assert!(w.len() >= n.div_ceil(NR) * k * NR && bias.is_none_or(|b| b.len() >= n));
+        if k == 0 {
+            return zero_k(out, m, n, bias, ep);
+        }
+        let jobs = Jobs::new(m, n);
+        let (ap, wp, cp) = (
+            SendPtr(a.as_ptr() as *mut f32),
+            SendPtr(w.as_ptr() as *mut f32),
+            SendPtr(out.as_mut_ptr()),
+        );
+        let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
+        (0..jobs.count()).into_par_iter().for_each(|j| {
+            let (ap, wp, cp, bp) = (ap, wp, cp, bp);
+            // SAFETY: AVX-512F asserted above; a, w, bias and out were bounds-checked for m, n, k; each job writes
+            // its own rectangle of out.
+            unsafe { job_f32(&jobs, j, ap.0, m, k, wp.0, n, bp.0, cp.0, ep) }
+        });
+    }
+
+    /// Converts rows of f32 to bf16 pairs (round to nearest even), `kp` pairs per row, zero-padding odd k.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn to_bf16_rows(src: &[f32], k: usize, dst: &mut [u32], kp: usize) {
+        for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(kp)) {
+            let mut i = 0;
+            while i < k {
+                let w = (k - i).min(32);
+                let lo = _mm512_maskz_loadu_ps(mask16(w), s.as_ptr().add(i));
+                let hi =
+                    _mm512_maskz_loadu_ps(mask16(w.saturating_sub(16)), s.as_ptr().add(i + 16));
+                // cvtne2ps2bf16 puts its second operand in the low half.
+                let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_mask_storeu_epi32(
+                    d.as_mut_ptr().add(i / 2) as *mut i32,
+                    mask16(w.div_ceil(2)),
+                    packed,
+                );
+                i += w;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn job_bf16(
+        jobs: &Jobs,
+        j: usize,
+        a: *const u32,
+        m: usize,
+        kp: usize,
+        w: *const u32,
+        n: usize,
+        bias: *const f32,
+        c: *mut f32,
+        ep: Epilogue,
+    ) {
+        let (t0, nt, p0, np) = jobs.job(j);
+        let (chunks, kc) = k_chunks(kp, 1);
+        for ch in 0..chunks {
+            let k0 = ch * kc;
+            let klen = kc.min(kp - k0);
+            let st = chunk_store(ep, ch, chunks, bias);
+            for p in p0..p0 + np {
+                let col = p * NR;
+                let cols = NR.min(n - col);
+                let panel = w.add(p * kp * NR + k0 * NR);
+                let st = TileStore {
+                    bias: if st.bias.is_null() {
+                        st.bias
+                    } else {
+                        st.bias.add(col)
+                    },
+                    ..st
+                };
+                for t in t0..t0 + nt {
+                    let (r0, rows) = tile_span(m, jobs.tiles, t);
+                    let (ap, cp) = (a.add(r0 * kp + k0), c.add(r0 * n + col));
+                    by_rows!(rows, tile_bf16, klen, ap, kp, panel, cp, n, cols, st);
+                }
+            }
+        }
+    }
+
+    thread_local! {
+        /// The bf16 copy of A, reused across calls on this thread (no allocation per layer once warm).
+        static BF16_SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// bf16 packed product: A is converted to bf16 pairs once (in parallel), then the tiles run `vdpbf16ps`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_bf16(
+        a: &[f32],
+        m: usize,
+        k: usize,
+        w: &[u32],
+        n: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        ep: Epilogue,
+    ) {
+        assert!(has_avx512_bf16());
+        let kp = k.div_ceil(2);
+        assert!(w.len() >= n.div_ceil(NR) * kp * NR && bias.is_none_or(|b| b.len() >= n));
+        if k == 0 {
+            return zero_k(out, m, n, bias, ep);
+        }
+        let mut run = |abf: &mut Vec<u32>| {
+            abf.resize(m * kp, 0);
+            abf[..m * kp]
+                .par_chunks_mut(kp * 16)
+                .zip(a[..m * k].par_chunks(k * 16))
+                // SAFETY: AVX512_BF16 asserted above; chunk lengths match (16 rows of kp pairs / k floats).
+                .for_each(|(d, s)| unsafe { to_bf16_rows(s, k, d, kp) });
+            let jobs = Jobs::new(m, n);
+            let (ap, wp, cp) = (
+                SendPtr(abf.as_ptr() as *mut u32),
+                SendPtr(w.as_ptr() as *mut u32),
+                SendPtr(out.as_mut_ptr()),
+            );
+            let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
+            (0..jobs.count()).into_par_iter().for_each(|j| {
+                let (ap, wp, cp, bp) = (ap, wp, cp, bp);
+                // SAFETY: as in run_f32; the bf16 copy holds m·kp pairs.
+                unsafe { job_bf16(&jobs, j, ap.0, m, kp, wp.0, n, bp.0, cp.0, ep) }
+            });
+        };
+        // A nested call on this thread (rayon work stealing) finds the scratch borrowed and uses a fresh buffer.
+        BF16_SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut buf) => run(&mut buf),
+            Err(_) => run(&mut Vec::new()),
+        });
+    }
+
+    /// k = 0: the product is zero, so only the bias, activation or residual remain.
+    fn zero_k(out: &mut [f32], m: usize, n: usize, bias: Option<&[f32]>, ep: Epilogue) {
+        for row in out[..m * n].chunks_exact_mut(n) {
+            if ep != Epilogue::Accumulate {
+                row.fill(0.0);
+            }
+            let act = match ep {
+                Epilogue::Activation(a) => Some(a),
+                _ => None,
+            };
+            simd::bias_act(Isa::Avx512, row, bias, act);
+        }
+    }
+}
