@@ -191,7 +191,7 @@ pub struct Measurement {
     pub ms_max: f64,
     pub reps: usize,
     pub gflops_per_s: f64,
-    /// `gflops_per_s / peak_gflops`.
+    /// `gflops_per_s / peak_gflops`, against the peak of the precision run (bf16: twice the f32 peak).
     pub peak_fraction: f64,
     pub peak_gflops: f64,
     /// Seconds to build the model (random weights or checkpoint read, plus packing).
@@ -560,6 +560,8 @@ fn measure<B: Backend>(
                 }
             };
             let gflops = flops / (ms / 1e3) / 1e9;
+            // vdpbf16ps does two multiply–adds per f32 lane: the bf16 peak is twice the f32 one.
+            let peak = if precision == "bf16" { 2.0 * peak } else { peak };
             report(&Measurement {
                 arch: s.arch.clone(),
                 workload,
