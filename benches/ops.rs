@@ -12,10 +12,15 @@ use cliprt::backend::{self, Activation, AttnShape, Backend, Epilogue, GemmShape}
 use cliprt::cpu::{simd, CpuBackend, Isa, Precision};
 
 fn data(len: usize, seed: usize) -> Vec<f32> {
-    (0..len).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+    (0..len)
+        .map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
 }
 
-fn quick<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn quick<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
     g.sample_size(10);
     g.warm_up_time(std::time::Duration::from_millis(500));
@@ -45,7 +50,9 @@ fn gemms(c: &mut Criterion) {
             // Everything in L2: the micro-kernel's own ceiling.
             (144, 256, 256, "in-cache"),
         ] {
-            let w = cpu.linear(&data(n * k, 1), n, k, Some(&data(n, 2))).unwrap();
+            let w = cpu
+                .linear(&data(n * k, 1), n, k, Some(&data(n, 2)))
+                .unwrap();
             let x = data(m * k, 3);
             let mut out = vec![0.0; m * n];
             let ep = match role {
@@ -73,11 +80,21 @@ fn attention(c: &mut Criterion) {
         (32, 11, 8, 64, true, "b32-text-short"),
         (32, 77, 8, 64, true, "b32-text-77"),
     ] {
-        let s = AttnShape { batch, seq, heads, head_dim: hd, causal };
+        let s = AttnShape {
+            batch,
+            seq,
+            heads,
+            head_dim: hd,
+            causal,
+        };
         let qkv = data(batch * seq * 3 * s.width(), 4);
         let mut out = vec![0.0; batch * seq * s.width()];
-        g.throughput(Throughput::Elements((4 * batch * seq * seq * s.width()) as u64));
-        g.bench_function(name, |b| b.iter(|| backend::attention(&cpu, &mut out, &qkv, s).unwrap()));
+        g.throughput(Throughput::Elements(
+            (4 * batch * seq * seq * s.width()) as u64,
+        ));
+        g.bench_function(name, |b| {
+            b.iter(|| backend::attention(&cpu, &mut out, &qkv, s).unwrap())
+        });
     }
     g.finish();
 }
@@ -98,13 +115,19 @@ fn row_ops(c: &mut Criterion) {
         let mut y = data(rows * 3072, 8);
         g.throughput(Throughput::Elements(y.len() as u64));
         g.bench_function(format!("{}/1600x3072", act.name()), |b| {
-            b.iter(|| y.chunks_mut(3072).for_each(|r| simd::bias_act(isa, r, None, Some(act))))
+            b.iter(|| {
+                y.chunks_mut(3072)
+                    .for_each(|r| simd::bias_act(isa, r, None, Some(act)))
+            })
         });
     }
     let mut s = data(50 * 64, 9);
     g.throughput(Throughput::Elements(s.len() as u64));
     g.bench_function("softmax/50-rows-of-50", |b| {
-        b.iter(|| s.chunks_mut(64).for_each(|r| simd::softmax(isa, r, 50, 0.125)))
+        b.iter(|| {
+            s.chunks_mut(64)
+                .for_each(|r| simd::softmax(isa, r, 50, 0.125))
+        })
     });
     g.finish();
 }

@@ -391,10 +391,7 @@ fn text_rows(
                     "--prompt-len {len} outside 2..={ctx} (SOT and EOT included)"
                 )));
             }
-            let (sot, eot) = (
-                c.text.eos_token_id.saturating_sub(1) as u32,
-                c.text.eos_token_id as u32,
-            );
+            let (sot, eot) = (c.text.eos_token_id.saturating_sub(1), c.text.eos_token_id);
             let vocab = c.text.vocab_size as u32;
             Ok((0..batch as u32)
                 .map(|r| {
@@ -561,7 +558,11 @@ fn measure<B: Backend>(
             };
             let gflops = flops / (ms / 1e3) / 1e9;
             // vdpbf16ps does two multiply–adds per f32 lane: the bf16 peak is twice the f32 one.
-            let peak = if precision == "bf16" { 2.0 * peak } else { peak };
+            let peak = if precision == "bf16" {
+                2.0 * peak
+            } else {
+                peak
+            };
             report(&Measurement {
                 arch: s.arch.clone(),
                 workload,

@@ -121,6 +121,13 @@ impl Clip {
     /// Loads an HF-format CLIP folder: `config.json`, `model.safetensors` (or sharded, with
     /// `model.safetensors.index.json`), `tokenizer.json`, and optionally `preprocessor_config.json`.
     pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Clip> {
+        Clip::load_with(dir, device, Precision::F32)
+    }
+
+    /// [`Clip::load`] with the GEMM precision: [`Precision::Bf16`] stores the weights in bf16 and multiplies in bf16
+    /// with f32 sums on CPUs with AVX512_BF16 (about 1.7× faster, cosine ≥ 0.999 to f32); elsewhere, and on the
+    /// reference device, it runs f32. [`Clip::precision`] says what runs.
+    pub fn load_with(dir: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Clip> {
         let dir = dir.as_ref();
         if let Device::Cuda(n) = device {
             return Err(Error::DeviceUnavailable(format!(
@@ -164,7 +171,7 @@ impl Clip {
                 Engine::Reference(ClipModel::new(ReferenceBackend, &config, weights)?)
             }
             _ => Engine::Cpu(ClipModel::new(
-                CpuBackend::from_env(Precision::F32)?,
+                CpuBackend::from_env(precision)?,
                 &config,
                 weights,
             )?),
@@ -178,6 +185,14 @@ impl Clip {
             preprocess,
             engine,
         })
+    }
+
+    /// The precision the model's GEMMs run in.
+    pub fn precision(&self) -> Precision {
+        match &self.engine {
+            Engine::Cpu(m) => m.backend.precision(),
+            Engine::Reference(_) => Precision::F32,
+        }
     }
 
     /// The folder the model was loaded from.

@@ -31,12 +31,15 @@ struct ModelArgs {
     /// Drop the alpha channel (OpenAI's transform) instead of compositing onto white (HF's).
     #[arg(long)]
     drop_alpha: bool,
+    /// GEMM precision: f32, or bf16 (needs AVX512_BF16; f32 runs elsewhere).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<Clip> {
         let device: Device = self.device.parse()?;
-        let mut clip = Clip::load(&self.model, device)?;
+        let mut clip = Clip::load_with(&self.model, device, self.precision.parse()?)?;
         if self.drop_alpha {
             clip.set_alpha_mode(AlphaMode::Drop);
         }

@@ -190,3 +190,88 @@ fn tokenize_preprocess_zero_shot_info() {
         "{out}"
     );
 }
+
+#[test]
+fn bench_reports_json_lines_with_the_documented_fields() {
+    let (ok, out, err) = cliprt(&[
+        "--threads",
+        "2",
+        "bench",
+        "--workload",
+        "image,text,similarity",
+        "--batch",
+        "1,2",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--peak-gflops",
+        "100",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for m in &lines {
+        for key in [
+            "arch",
+            "workload",
+            "batch",
+            "seq",
+            "precision",
+            "device",
+            "threads",
+            "items_per_s",
+            "ms_per_batch",
+            "gflops_per_s",
+            "peak_fraction",
+        ] {
+            assert!(m.get(key).is_some(), "{key} missing in {m}");
+        }
+        assert_eq!(m["arch"], "vit-b-32");
+        assert_eq!(m["threads"], 2);
+        assert!(m["items_per_s"].as_f64().unwrap() > 0.0);
+        let frac = m["gflops_per_s"].as_f64().unwrap() / m["peak_gflops"].as_f64().unwrap();
+        assert!((m["peak_fraction"].as_f64().unwrap() - frac).abs() < 1e-9);
+    }
+    // Images have no sequence length; the real prompts (8 tokens each for the first two) do.
+    assert!(lines[0]["seq"].is_null() && lines[0]["workload"] == "image");
+    assert_eq!(lines[2]["workload"], "text");
+    assert_eq!(lines[2]["seq"], 8);
+    assert_eq!(lines[4]["workload"], "similarity");
+    // The table form and its errors.
+    let (ok, out, _) = cliprt(&[
+        "bench",
+        "--workload",
+        "text",
+        "--batch",
+        "3",
+        "--prompt-len",
+        "20",
+        "--reps",
+        "1",
+    ]);
+    assert!(ok && out.contains("text") && out.contains("  20 "), "{out}");
+    for bad in [
+        &["bench", "--arch", "vit-z-99"][..],
+        &["bench", "--workload", "video"],
+        &["bench", "--batch", "0"],
+        &["bench", "--precision", "int3"],
+        &["bench", "--device", "cuda"],
+        &["bench", "--prompt-len", "78", "--workload", "text"],
+    ] {
+        let (ok, _, err) = cliprt(bad);
+        assert!(!ok && err.starts_with("error: "), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn bench_prompts_are_tokenized_for_real() {
+    let tok = cliprt::tokenizer::ClipTokenizer::from_file(&fixtures().join("tokenizer.json"), 77)
+        .unwrap();
+    let ids = tok.encode_batch(&cliprt::bench::PROMPTS).unwrap();
+    assert_eq!(ids, cliprt::bench::prompt_ids());
+}

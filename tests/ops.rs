@@ -5,8 +5,16 @@ mod common;
 
 use cliprt::backend::reference::ReferenceBackend;
 use cliprt::backend::{self, Activation, AttnShape, Backend, Epilogue, GemmShape, PatchShape};
-use cliprt::cpu::CpuBackend;
+use cliprt::cpu::{CpuBackend, Isa, Precision};
 use common::*;
+
+/// An f32 CPU backend for every SIMD tier this CPU has (scalar, avx2, avx512): each is tested against the reference.
+fn tiers() -> Vec<CpuBackend> {
+    Isa::available_tiers()
+        .into_iter()
+        .map(|isa| CpuBackend::new(isa, Precision::F32))
+        .collect()
+}
 
 const SIZES: &[usize] = &[1, 7, 50, 63, 65];
 
@@ -37,17 +45,8 @@ fn gemm_with_every_epilogue() {
                     };
                     let bias = bias.then_some(&b[..]);
                     let s = GemmShape { m, n, k };
-                    let (cpu, rf) = (CpuBackend::default(), ReferenceBackend);
-                    let (mut got, mut want) = (init.clone(), init);
-                    backend::gemm(
-                        &cpu,
-                        &mut got,
-                        &x,
-                        &cpu.linear(&w, n, k, bias).unwrap(),
-                        s,
-                        ep,
-                    )
-                    .unwrap();
+                    let rf = ReferenceBackend;
+                    let mut want = init.clone();
                     backend::gemm(
                         &rf,
                         &mut want,
@@ -57,13 +56,13 @@ fn gemm_with_every_epilogue() {
                         ep,
                     )
                     .unwrap();
-                    assert_close(
-                        &got,
-                        &want,
-                        1e-5 * (k as f32).sqrt(),
-                        1e-5,
-                        &format!("gemm {s:?} {ep:?}"),
-                    );
+                    for cpu in tiers() {
+                        let mut got = init.clone();
+                        let lin = cpu.linear(&w, n, k, bias).unwrap();
+                        backend::gemm(&cpu, &mut got, &x, &lin, s, ep).unwrap();
+                        let what = format!("gemm {:?} {s:?} {ep:?}", cpu.isa());
+                        assert_close(&got, &want, 1e-5 * (k as f32).sqrt(), 1e-5, &what);
+                    }
                 }
             }
         }
@@ -102,20 +101,14 @@ fn layernorm_matches_reference() {
                 .collect();
             let g = random(dim, seed + 1, 1.0);
             let b = random(dim, seed + 2, 1.0);
-            let (mut got, mut want) = (poisoned(rows * dim), poisoned(rows * dim));
-            backend::layernorm(
-                &CpuBackend::default(),
-                &mut got,
-                &x,
-                &g,
-                &b,
-                rows,
-                dim,
-                1e-5,
-            )
-            .unwrap();
+            let mut want = poisoned(rows * dim);
             backend::layernorm(&ReferenceBackend, &mut want, &x, &g, &b, rows, dim, 1e-5).unwrap();
-            assert_close(&got, &want, 2e-4, 1e-4, &format!("layernorm {rows}x{dim}"));
+            for cpu in tiers() {
+                let mut got = poisoned(rows * dim);
+                backend::layernorm(&cpu, &mut got, &x, &g, &b, rows, dim, 1e-5).unwrap();
+                let what = format!("layernorm {:?} {rows}x{dim}", cpu.isa());
+                assert_close(&got, &want, 2e-4, 1e-4, &what);
+            }
         }
     }
 }
@@ -136,13 +129,14 @@ fn attention_matches_reference() {
                         causal,
                     };
                     let qkv = random(batch * seq * 3 * s.width(), seed, 2.0);
-                    let (mut got, mut want) = (
-                        poisoned(batch * seq * s.width()),
-                        poisoned(batch * seq * s.width()),
-                    );
-                    backend::attention(&CpuBackend::default(), &mut got, &qkv, s).unwrap();
+                    let mut want = poisoned(batch * seq * s.width());
                     backend::attention(&ReferenceBackend, &mut want, &qkv, s).unwrap();
-                    assert_close(&got, &want, 2e-5, 1e-4, &format!("attention {s:?}"));
+                    for cpu in tiers() {
+                        let mut got = poisoned(batch * seq * s.width());
+                        backend::attention(&cpu, &mut got, &qkv, s).unwrap();
+                        let what = format!("attention {:?} {s:?}", cpu.isa());
+                        assert_close(&got, &want, 2e-5, 1e-4, &what);
+                    }
                 }
             }
         }
@@ -235,4 +229,51 @@ fn embeddings_and_gathers_match_reference() {
     backend::gather_rows(&CpuBackend::default(), &mut g, &token, &[10, 0], 4).unwrap();
     assert_eq!(&g[..4], &token[40..44]);
     assert!(backend::gather_rows(&CpuBackend::default(), &mut g, &token, &[11], 4).is_err());
+}
+
+#[test]
+fn bf16_gemm_is_close_to_the_f64_product() {
+    let cpu = CpuBackend::new(Isa::best(), Precision::Bf16);
+    if cpu.precision() != Precision::Bf16 {
+        println!("skipped: this CPU has no AVX512_BF16 (bf16 runs as f32 here)");
+        return;
+    }
+    let mut seed = 500;
+    for &m in &[1usize, 13, 50, 197] {
+        for &(n, k) in &[(1usize, 1usize), (33, 7), (65, 50), (96, 257), (40, 1537)] {
+            for ep in [
+                Epilogue::Store,
+                Epilogue::Accumulate,
+                Epilogue::Activation(Activation::Gelu),
+            ] {
+                seed += 1;
+                let w = random(n * k, seed, 0.5);
+                let b = random(n, seed + 1, 0.5);
+                let x = random(m * k, seed + 2, 1.0);
+                let init = if ep == Epilogue::Accumulate {
+                    random(m * n, seed + 3, 1.0)
+                } else {
+                    poisoned(m * n)
+                };
+                let s = GemmShape { m, n, k };
+                let rf = ReferenceBackend;
+                let (mut got, mut want) = (init.clone(), init);
+                backend::gemm(
+                    &rf,
+                    &mut want,
+                    &x,
+                    &rf.linear(&w, n, k, Some(&b)).unwrap(),
+                    s,
+                    ep,
+                )
+                .unwrap();
+                let lin = cpu.linear(&w, n, k, Some(&b)).unwrap();
+                backend::gemm(&cpu, &mut got, &x, &lin, s, ep).unwrap();
+                // Inputs rounded to 8-bit mantissas: each product is off by ≲ 2^-8 relative, and k of them add up
+                // like a random walk.
+                let atol = 4e-3 * (k as f32).sqrt();
+                assert_close(&got, &want, atol, 1e-2, &format!("bf16 gemm {s:?} {ep:?}"));
+            }
+        }
+    }
 }

@@ -215,3 +215,43 @@ fn zero_shot_probabilities_sum_to_one_and_rank() {
         assert!((p[k] - prob).abs() < 1e-6);
     }
 }
+
+#[test]
+fn bf16_embeddings_stay_within_cosine_0_999_of_f32() {
+    let img = fixture("images");
+    let images: Vec<std::path::PathBuf> = ["square.png", "big_landscape.png", "portrait.png"]
+        .iter()
+        .map(|f| img.join(f))
+        .collect();
+    let texts = [
+        "a photo of a cat.",
+        "a diagram",
+        "a very long sentence about many different things",
+    ];
+    for model in ["tiny-openai", "exotic", "exotic-bf16"] {
+        let f32m = load(model, Device::Cpu);
+        let bf16 = Clip::load_with(fixture(model), Device::Cpu, cliprt::Precision::Bf16).unwrap();
+        if bf16.precision() != cliprt::Precision::Bf16 {
+            println!("skipped: this CPU has no AVX512_BF16");
+            return;
+        }
+        for (a, b, what) in [
+            (
+                f32m.embed_image_files(&images).unwrap(),
+                bf16.embed_image_files(&images).unwrap(),
+                "image",
+            ),
+            (
+                f32m.embed_texts(&texts).unwrap(),
+                bf16.embed_texts(&texts).unwrap(),
+                "text",
+            ),
+        ] {
+            for i in 0..a.rows {
+                let c = cosine(a.row(i), b.row(i));
+                println!("{model} {what}[{i}] bf16 vs f32 cosine {c:.6}");
+                assert!(c >= 0.999, "{model} {what}[{i}]: cosine {c}");
+            }
+        }
+    }
+}

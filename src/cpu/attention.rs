@@ -40,6 +40,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// A method, so closures capture the `Send` wrapper rather than its raw-pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[b·seq + i, h·hd..(h+1)·hd] = softmax(q_i·Kᵀ/√hd [causal]) · V` for every (b, h); `qkv` rows are `[q | k | v]`.
 /// Lengths are checked by the caller (backend::attention).
 pub fn attention(isa: Isa, out: &mut [f32], qkv: &[f32], s: AttnShape) {
@@ -48,17 +55,16 @@ pub fn attention(isa: Isa, out: &mut [f32], qkv: &[f32], s: AttnShape) {
     let out_ptr = OutPtr(out.as_mut_ptr());
     let avx512 = cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && isa.available();
     (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
-        let out_ptr = out_ptr;
         let (b, h) = (bh / s.heads, bh % s.heads);
         let head = &qkv[b * seq * 3 * d + h * s.head_dim..];
         if avx512 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F checked above; the asserts bound every row this head touches.
             unsafe {
-                head_avx512(out_ptr.0.add(b * seq * d + h * s.head_dim), head, s)
+                head_avx512(out_ptr.get().add(b * seq * d + h * s.head_dim), head, s)
             }
         } else {
-            head_fallback(isa, out_ptr.0, b, h, head, s)
+            head_fallback(isa, out_ptr.get(), b, h, head, s)
         }
     });
 }

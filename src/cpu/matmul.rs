@@ -381,6 +381,13 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// A method, so closures capture the `Send` wrapper rather than its raw-pointer field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use super::*;
@@ -585,7 +592,11 @@ pub(crate) mod avx512 {
                 let col = p * NR;
                 let cols = NR.min(n - col);
                 let panel = w.add(p * k * NR + k0 * NR);
-                let next = if p + 1 < p0 + np { panel.add(k * NR) } else { panel };
+                let next = if p + 1 < p0 + np {
+                    panel.add(k * NR)
+                } else {
+                    panel
+                };
                 let st = TileStore {
                     bias: if st.bias.is_null() {
                         st.bias
@@ -628,10 +639,22 @@ pub(crate) mod avx512 {
         );
         let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
         (0..jobs.count()).into_par_iter().for_each(|j| {
-            let (ap, wp, cp, bp) = (ap, wp, cp, bp);
             // SAFETY: AVX-512F asserted above; a, w, bias and out were bounds-checked for m, n, k; each job writes
             // its own rectangle of out.
-            unsafe { job_f32(&jobs, j, ap.0, m, k, wp.0, n, bp.0, cp.0, ep) }
+            unsafe {
+                job_f32(
+                    &jobs,
+                    j,
+                    ap.get(),
+                    m,
+                    k,
+                    wp.get(),
+                    n,
+                    bp.get(),
+                    cp.get(),
+                    ep,
+                )
+            }
         });
     }
 
@@ -681,7 +704,11 @@ pub(crate) mod avx512 {
                 let col = p * NR;
                 let cols = NR.min(n - col);
                 let panel = w.add(p * kp * NR + k0 * NR);
-                let next = if p + 1 < p0 + np { panel.add(kp * NR) } else { panel };
+                let next = if p + 1 < p0 + np {
+                    panel.add(kp * NR)
+                } else {
+                    panel
+                };
                 let st = TileStore {
                     bias: if st.bias.is_null() {
                         st.bias
@@ -737,9 +764,21 @@ pub(crate) mod avx512 {
             );
             let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
             (0..jobs.count()).into_par_iter().for_each(|j| {
-                let (ap, wp, cp, bp) = (ap, wp, cp, bp);
                 // SAFETY: as in run_f32; the bf16 copy holds m·kp pairs.
-                unsafe { job_bf16(&jobs, j, ap.0, m, kp, wp.0, n, bp.0, cp.0, ep) }
+                unsafe {
+                    job_bf16(
+                        &jobs,
+                        j,
+                        ap.get(),
+                        m,
+                        kp,
+                        wp.get(),
+                        n,
+                        bp.get(),
+                        cp.get(),
+                        ep,
+                    )
+                }
             });
         };
         // A nested call on this thread (rayon work stealing) finds the scratch borrowed and uses a fresh buffer.
