@@ -277,3 +277,43 @@ fn bf16_gemm_is_close_to_the_f64_product() {
         }
     }
 }
+
+#[test]
+fn gemm_at_clip_strides_matches_reference() {
+    // K = 768 / 1024 / 3072 with tiles of 10, 11 and 12 rows take the kernels specialised for those strides.
+    let mut seed = 900;
+    for &m in &[50usize, 23, 24, 133] {
+        for &(n, k) in &[(40usize, 768usize), (33, 3072), (65, 1024)] {
+            seed += 1;
+            let w = random(n * k, seed, 0.5);
+            let b = random(n, seed + 1, 0.5);
+            let x = random(m * k, seed + 2, 1.0);
+            let s = GemmShape { m, n, k };
+            for ep in [Epilogue::Store, Epilogue::Accumulate] {
+                let init = random(m * n, seed + 3, 1.0);
+                let rf = ReferenceBackend;
+                let mut want = init.clone();
+                backend::gemm(
+                    &rf,
+                    &mut want,
+                    &x,
+                    &rf.linear(&w, n, k, Some(&b)).unwrap(),
+                    s,
+                    ep,
+                )
+                .unwrap();
+                for cpu in tiers() {
+                    let mut got = if ep == Epilogue::Store {
+                        poisoned(m * n)
+                    } else {
+                        init.clone()
+                    };
+                    let lin = cpu.linear(&w, n, k, Some(&b)).unwrap();
+                    backend::gemm(&cpu, &mut got, &x, &lin, s, ep).unwrap();
+                    let what = format!("gemm {:?} {s:?} {ep:?}", cpu.isa());
+                    assert_close(&got, &want, 1e-5 * (k as f32).sqrt(), 1e-5, &what);
+                }
+            }
+        }
+    }
+}
