@@ -601,6 +601,70 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// One tile of a job, as [`for_each_tile`] hands it out. `k` counts k units (floats, or bf16 pairs).
+    #[derive(Clone, Copy)]
+    struct Tile {
+        /// First row and height.
+        r0: usize,
+        rows: usize,
+        /// k range of this chunk.
+        k0: usize,
+        klen: usize,
+        /// Panel index, its first column and its width.
+        p: usize,
+        col: usize,
+        cols: usize,
+        /// Whether the job's next panel exists (to prefetch it).
+        has_next: bool,
+        st: TileStore,
+    }
+
+    /// Walks job `j`'s tiles in cache order: k chunks, then panels (one panel chunk stays in L2), then row tiles.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn for_each_tile(
+        jobs: &Jobs,
+        j: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        bias: *const f32,
+        ep: Epilogue,
+        mut f: impl FnMut(Tile),
+    ) {
+        let (t0, nt, p0, np) = jobs.job(j);
+        let (chunks, kc) = k_chunks(k, 1);
+        for ch in 0..chunks {
+            let k0 = ch * kc;
+            let st = chunk_store(ep, ch, chunks, bias);
+            for p in p0..p0 + np {
+                let col = p * NR;
+                let st = TileStore {
+                    bias: if st.bias.is_null() {
+                        st.bias
+                    } else {
+                        st.bias.add(col)
+                    },
+                    ..st
+                };
+                for t in t0..t0 + nt {
+                    let (r0, rows) = tile_span(m, jobs.tiles, t);
+                    f(Tile {
+                        r0,
+                        rows,
+                        k0,
+                        klen: kc.min(k - k0),
+                        p,
+                        col,
+                        cols: NR.min(n - col),
+                        has_next: p + 1 < p0 + np,
+                        st,
+                    });
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn job_f32(
@@ -615,58 +679,34 @@ pub(crate) mod avx512 {
         c: *mut f32,
         ep: Epilogue,
     ) {
-        let (t0, nt, p0, np) = jobs.job(j);
-        let (chunks, kc) = k_chunks(k, 1);
-        for ch in 0..chunks {
-            let k0 = ch * kc;
-            let klen = kc.min(k - k0);
-            let st = chunk_store(ep, ch, chunks, bias);
-            for p in p0..p0 + np {
-                let col = p * NR;
-                let cols = NR.min(n - col);
-                let panel = w.add(p * k * NR + k0 * NR);
-                let next = if p + 1 < p0 + np {
-                    panel.add(k * NR)
-                } else {
-                    panel
+        for_each_tile(jobs, j, m, k, n, bias, ep, |t| {
+            let panel = w.add(t.p * k * NR + t.k0 * NR);
+            let next = if t.has_next { panel.add(k * NR) } else { panel };
+            let (ap, cp) = (a.add(t.r0 * k + t.k0), c.add(t.r0 * n + t.col));
+            // The common (tile height, K) pairs of CLIP's towers get a compile-time stride.
+            macro_rules! fixed {
+                ($r:literal, $k:literal) => {
+                    tile_f32_lda::<$r, $k>(t.klen, ap, k, panel, NR, cp, n, t.cols, t.st, next)
                 };
-                let st = TileStore {
-                    bias: if st.bias.is_null() {
-                        st.bias
-                    } else {
-                        st.bias.add(col)
-                    },
-                    ..st
-                };
-                for t in t0..t0 + nt {
-                    let (r0, rows) = tile_span(m, jobs.tiles, t);
-                    let (ap, cp) = (a.add(r0 * k + k0), c.add(r0 * n + col));
-                    // The common (tile height, K) pairs of CLIP's towers get a compile-time stride.
-                    macro_rules! fixed {
-                        ($r:literal, $k:literal) => {
-                            tile_f32_lda::<$r, $k>(klen, ap, k, panel, NR, cp, n, cols, st, next)
-                        };
-                    }
-                    match (rows, k) {
-                        (12, 768) => fixed!(12, 768),
-                        (11, 768) => fixed!(11, 768),
-                        (10, 768) => fixed!(10, 768),
-                        (12, 3072) => fixed!(12, 3072),
-                        (11, 3072) => fixed!(11, 3072),
-                        (10, 3072) => fixed!(10, 3072),
-                        (12, 1024) => fixed!(12, 1024),
-                        (11, 1024) => fixed!(11, 1024),
-                        (12, 4096) => fixed!(12, 4096),
-                        (11, 4096) => fixed!(11, 4096),
-                        (12, 512) => fixed!(12, 512),
-                        (12, 2048) => fixed!(12, 2048),
-                        _ => {
-                            by_rows!(rows, tile_f32, klen, ap, k, panel, NR, cp, n, cols, st, next)
-                        }
-                    }
+            }
+            match (t.rows, k) {
+                (12, 768) => fixed!(12, 768),
+                (11, 768) => fixed!(11, 768),
+                (10, 768) => fixed!(10, 768),
+                (12, 3072) => fixed!(12, 3072),
+                (11, 3072) => fixed!(11, 3072),
+                (10, 3072) => fixed!(10, 3072),
+                (12, 1024) => fixed!(12, 1024),
+                (11, 1024) => fixed!(11, 1024),
+                (12, 4096) => fixed!(12, 4096),
+                (11, 4096) => fixed!(11, 4096),
+                (12, 512) => fixed!(12, 512),
+                (12, 2048) => fixed!(12, 2048),
+                _ => {
+                    by_rows!(t.rows, tile_f32, t.klen, ap, k, panel, NR, cp, n, t.cols, t.st, next)
                 }
             }
-        }
+        });
     }
 
     /// f32 packed product (see the module docs).
@@ -749,36 +789,16 @@ pub(crate) mod avx512 {
         c: *mut f32,
         ep: Epilogue,
     ) {
-        let (t0, nt, p0, np) = jobs.job(j);
-        let (chunks, kc) = k_chunks(kp, 1);
-        for ch in 0..chunks {
-            let k0 = ch * kc;
-            let klen = kc.min(kp - k0);
-            let st = chunk_store(ep, ch, chunks, bias);
-            for p in p0..p0 + np {
-                let col = p * NR;
-                let cols = NR.min(n - col);
-                let panel = w.add(p * kp * NR + k0 * NR);
-                let next = if p + 1 < p0 + np {
-                    panel.add(kp * NR)
-                } else {
-                    panel
-                };
-                let st = TileStore {
-                    bias: if st.bias.is_null() {
-                        st.bias
-                    } else {
-                        st.bias.add(col)
-                    },
-                    ..st
-                };
-                for t in t0..t0 + nt {
-                    let (r0, rows) = tile_span(m, jobs.tiles, t);
-                    let (ap, cp) = (a.add(r0 * kp + k0), c.add(r0 * n + col));
-                    by_rows!(rows, tile_bf16, klen, ap, kp, panel, cp, n, cols, st, next);
-                }
-            }
-        }
+        for_each_tile(jobs, j, m, kp, n, bias, ep, |t| {
+            let panel = w.add(t.p * kp * NR + t.k0 * NR);
+            let next = if t.has_next {
+                panel.add(kp * NR)
+            } else {
+                panel
+            };
+            let (ap, cp) = (a.add(t.r0 * kp + t.k0), c.add(t.r0 * n + t.col));
+            by_rows!(t.rows, tile_bf16, t.klen, ap, kp, panel, cp, n, t.cols, t.st, next);
+        });
     }
 
     thread_local! {
