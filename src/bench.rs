@@ -421,6 +421,13 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
     }
+    if let Some(p) = cfg.peak_gflops {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--peak-gflops {p}: expected a positive number"
+            )));
+        }
+    }
     if cfg.workloads.is_empty() {
         return Err(Error::InvalidArgument("no workload given".into()));
     }

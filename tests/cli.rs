@@ -260,6 +260,7 @@ fn bench_reports_json_lines_with_the_documented_fields() {
         &["bench", "--workload", "video"],
         &["bench", "--batch", "0"],
         &["bench", "--precision", "int3"],
+        &["bench", "--peak-gflops", "0"],
         &["bench", "--device", "cuda"],
         &["bench", "--prompt-len", "78", "--workload", "text"],
     ] {

@@ -395,7 +395,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// A method, so closures capture the `Send` wrapper rather than its raw-pointer field.
-    fn get(self) -> *mut T {
+    fn get(&self) -> *mut T {
         self.0
     }
 }
@@ -726,31 +726,41 @@ pub(crate) mod avx512 {
         if k == 0 {
             return zero_k(out, m, n, bias, ep);
         }
+        // SAFETY: AVX-512F asserted above; a, w, bias and out were bounds-checked for m, n, k; each job writes its
+        // own rectangle of out.
+        par_jobs(
+            m,
+            n,
+            a.as_ptr(),
+            w.as_ptr(),
+            bias,
+            out,
+            |jobs, j, a, w, b, c| unsafe { job_f32(jobs, j, a, m, k, w, n, b, c, ep) },
+        );
+    }
+
+    /// Runs `job(jobs, j, a, w, bias, out)` for every job `j` of an `m × n` product, in parallel. Each job writes a
+    /// disjoint rectangle of `out`, which is why the raw pointers may be shared.
+    #[allow(clippy::type_complexity)]
+    fn par_jobs<A, W>(
+        m: usize,
+        n: usize,
+        a: *const A,
+        w: *const W,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        job: impl Fn(&Jobs, usize, *const A, *const W, *const f32, *mut f32) + Sync,
+    ) {
         let jobs = Jobs::new(m, n);
         let (ap, wp, cp) = (
-            SendPtr(a.as_ptr() as *mut f32),
-            SendPtr(w.as_ptr() as *mut f32),
+            SendPtr(a as *mut A),
+            SendPtr(w as *mut W),
             SendPtr(out.as_mut_ptr()),
         );
         let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
-        (0..jobs.count()).into_par_iter().for_each(|j| {
-            // SAFETY: AVX-512F asserted above; a, w, bias and out were bounds-checked for m, n, k; each job writes
-            // its own rectangle of out.
-            unsafe {
-                job_f32(
-                    &jobs,
-                    j,
-                    ap.get(),
-                    m,
-                    k,
-                    wp.get(),
-                    n,
-                    bp.get(),
-                    cp.get(),
-                    ep,
-                )
-            }
-        });
+        (0..jobs.count())
+            .into_par_iter()
+            .for_each(|j| job(&jobs, j, ap.get(), wp.get(), bp.get(), cp.get()));
     }
 
     /// Converts rows of f32 to bf16 pairs (round to nearest even), `kp` pairs per row, zero-padding odd k.
@@ -831,30 +841,16 @@ pub(crate) mod avx512 {
                 .zip(a[..m * k].par_chunks(k * 16))
                 // SAFETY: AVX512_BF16 asserted above; chunk lengths match (16 rows of kp pairs / k floats).
                 .for_each(|(d, s)| unsafe { to_bf16_rows(s, k, d, kp) });
-            let jobs = Jobs::new(m, n);
-            let (ap, wp, cp) = (
-                SendPtr(abf.as_ptr() as *mut u32),
-                SendPtr(w.as_ptr() as *mut u32),
-                SendPtr(out.as_mut_ptr()),
+            // SAFETY: as in run_f32; the bf16 copy holds m·kp pairs.
+            par_jobs(
+                m,
+                n,
+                abf.as_ptr(),
+                w.as_ptr(),
+                bias,
+                out,
+                |jobs, j, a, w, b, c| unsafe { job_bf16(jobs, j, a, m, kp, w, n, b, c, ep) },
             );
-            let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
-            (0..jobs.count()).into_par_iter().for_each(|j| {
-                // SAFETY: as in run_f32; the bf16 copy holds m·kp pairs.
-                unsafe {
-                    job_bf16(
-                        &jobs,
-                        j,
-                        ap.get(),
-                        m,
-                        kp,
-                        wp.get(),
-                        n,
-                        bp.get(),
-                        cp.get(),
-                        ep,
-                    )
-                }
-            });
         };
         // A nested call on this thread (rayon work stealing) finds the scratch borrowed and uses a fresh buffer.
         BF16_SCRATCH.with(|s| match s.try_borrow_mut() {

@@ -30,10 +30,15 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend on tier `isa` (an unavailable tier runs scalar code) computing GEMMs in `precision`. bf16 needs
-    /// AVX-512 with AVX512_BF16; elsewhere it falls back to f32: [`CpuBackend::precision`] says what runs.
+    /// A backend on tier `isa`, or the best available tier below it, computing GEMMs in `precision`. bf16 needs
+    /// AVX-512 with AVX512_BF16; elsewhere it falls back to f32: [`CpuBackend::isa`] and
+    /// [`CpuBackend::precision`] say what runs.
     pub fn new(isa: Isa, precision: Precision) -> Self {
-        let isa = if isa.available() { isa } else { Isa::Scalar };
+        let isa = Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|&i| i <= isa && i.available())
+            .unwrap_or(Isa::Scalar);
         CpuBackend {
             isa,
             precision: matmul::effective_precision(isa, precision),
