@@ -255,3 +255,35 @@ fn bf16_embeddings_stay_within_cosine_0_999_of_f32() {
         }
     }
 }
+
+#[test]
+fn reused_buffers_give_the_same_embeddings_at_any_batch_order() {
+    // The towers keep their buffers between calls; a smaller call after a larger one runs in the larger buffers.
+    let clip = load("exotic", Device::Cpu);
+    let img = fixture("images");
+    let paths = [
+        img.join("square.png"),
+        img.join("portrait.png"),
+        img.join("grey.png"),
+    ];
+    let all = clip.embed_image_files(&paths).unwrap();
+    let one = clip.embed_image_files(&paths[1..2]).unwrap();
+    let again = clip.embed_image_files(&paths).unwrap();
+    assert_eq!(one.row(0), all.row(1));
+    assert_eq!(again.data, all.data);
+    let texts = [
+        "a much longer sentence than the others, to set the length",
+        "a cat",
+        "x",
+    ];
+    let t_all = clip.embed_texts(&texts).unwrap();
+    let t_one = clip.embed_texts(&texts[1..2]).unwrap();
+    assert_close(
+        t_one.row(0),
+        t_all.row(1),
+        1e-6,
+        1e-5,
+        "short text after a long batch",
+    );
+    assert_eq!(clip.embed_texts(&texts).unwrap().data, t_all.data);
+}

@@ -84,6 +84,17 @@ macro_rules! host_buffer_ops {
         fn upload(&self, data: &[f32]) -> $crate::error::Result<Vec<f32>> {
             Ok(data.to_vec())
         }
+        fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> $crate::error::Result<()> {
+            let have = buf.len();
+            let dst = buf.get_mut(..data.len()).ok_or_else(|| {
+                $crate::error::Error::Shape(format!(
+                    "writing {} values into a buffer of {have}",
+                    data.len()
+                ))
+            })?;
+            dst.copy_from_slice(data);
+            Ok(())
+        }
         fn download(&self, buf: &Vec<f32>) -> $crate::error::Result<Vec<f32>> {
             Ok(buf.clone())
         }

@@ -100,6 +100,8 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Copies `data` into the start of an existing buffer (which must hold at least `data.len()` values).
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Prepares a linear layer from HF layout `w[out, in]` and an optional bias `[out]`.

@@ -4,7 +4,7 @@
 use crate::backend::{self, Backend, Epilogue, GemmShape};
 use crate::config::TextConfig;
 use crate::error::Result;
-use crate::model::layers::{run_encoder, EncoderLayer, Workspace};
+use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
 use crate::tokenizer::TextBatch;
 use crate::weights::TextWeights;
 
@@ -17,6 +17,7 @@ pub struct TextTower<B: Backend> {
     final_ln: (B::Buf, B::Buf),
     projection: B::Linear,
     projection_dim: usize,
+    workspace: Reuse<Workspace<B>>,
 }
 
 impl<B: Backend> TextTower<B> {
@@ -39,6 +40,7 @@ impl<B: Backend> TextTower<B> {
                 None,
             )?,
             projection_dim,
+            workspace: Reuse::default(),
         })
     }
 
@@ -47,7 +49,9 @@ impl<B: Backend> TextTower<B> {
         let c = &self.config.encoder;
         let d = c.hidden_size;
         let (n, seq) = (batch.batch, batch.seq_len);
-        let mut ws = Workspace::new(b, n * seq, c)?;
+        let mut ws = self
+            .workspace
+            .take_or(|w| w.rows >= n * seq, || Workspace::new(b, n * seq, c))?;
         backend::text_embed(
             b,
             &mut ws.x,
@@ -85,6 +89,7 @@ impl<B: Backend> TextTower<B> {
             k: d,
         };
         backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
+        self.workspace.keep(ws);
         b.download(&out)
     }
 }

@@ -4,7 +4,7 @@
 use crate::backend::{self, Backend, Epilogue, GemmShape, PatchShape};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::model::layers::{run_encoder, EncoderLayer, Workspace};
+use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
 use crate::weights::VisionWeights;
 
 /// The image tower prepared for backend `B`.
@@ -18,6 +18,36 @@ pub struct VisionTower<B: Backend> {
     post_ln: (B::Buf, B::Buf),
     projection: B::Linear,
     projection_dim: usize,
+    scratch: Reuse<Scratch<B>>,
+}
+
+/// A forward pass's buffers for up to `images` images, kept between calls.
+struct Scratch<B: Backend> {
+    images: usize,
+    /// Pixels `[images, C, size, size]`.
+    pixels: B::Buf,
+    /// im2col rows `[images · patches, C·p²]`.
+    cols: B::Buf,
+    /// Patch embeddings `[images · patches, D]`.
+    patches: B::Buf,
+    /// Class token + patches + positions `[images · seq, D]`.
+    embedded: B::Buf,
+    encoder: Workspace<B>,
+}
+
+impl<B: Backend> Scratch<B> {
+    fn new(b: &B, c: &VisionConfig, images: usize) -> Result<Self> {
+        let (d, size) = (c.encoder.hidden_size, c.image_size);
+        let patches = images * c.grid() * c.grid();
+        Ok(Scratch {
+            images,
+            pixels: b.alloc(images * c.num_channels * size * size)?,
+            cols: b.alloc(patches * c.patch_dim())?,
+            patches: b.alloc(patches * d)?,
+            embedded: b.alloc(images * c.seq_len() * d)?,
+            encoder: Workspace::new(b, images * c.seq_len(), &c.encoder)?,
+        })
+    }
 }
 
 impl<B: Backend> VisionTower<B> {
@@ -44,6 +74,7 @@ impl<B: Backend> VisionTower<B> {
             post_ln: (b.upload(&w.post_ln_g)?, b.upload(&w.post_ln_b)?),
             projection: b.linear(&w.projection, projection_dim, d, None)?,
             projection_dim,
+            scratch: Reuse::default(),
         })
     }
 
@@ -71,10 +102,11 @@ impl<B: Backend> VisionTower<B> {
             patch: c.patch_size,
         };
         let (np, seq) = (ps.patches(), c.seq_len());
-        let pix = b.upload(pixels)?;
-        let mut cols = b.alloc(batch * np * ps.patch_dim())?;
-        backend::im2col(b, &mut cols, &pix, ps)?;
-        let mut patches = b.alloc(batch * np * d)?;
+        let mut s = self
+            .scratch
+            .take_or(|s| s.images >= batch, || Scratch::new(b, c, batch))?;
+        b.write(&mut s.pixels, pixels)?;
+        backend::im2col(b, &mut s.cols, &s.pixels, ps)?;
         let g = GemmShape {
             m: batch * np,
             n: d,
@@ -82,17 +114,16 @@ impl<B: Backend> VisionTower<B> {
         };
         backend::gemm(
             b,
-            &mut patches,
-            &cols,
+            &mut s.patches,
+            &s.cols,
             &self.patch_embedding,
             g,
             Epilogue::Store,
         )?;
-        let mut emb = b.alloc(batch * seq * d)?;
         backend::vision_embed(
             b,
-            &mut emb,
-            &patches,
+            &mut s.embedded,
+            &s.patches,
             &self.class_embedding,
             &self.position_embedding,
             batch,
@@ -100,19 +131,19 @@ impl<B: Backend> VisionTower<B> {
             d,
         )?;
 
-        let mut ws = Workspace::new(b, batch * seq, &c.encoder)?;
+        let ws = &mut s.encoder;
         let eps = c.encoder.layer_norm_eps;
         backend::layernorm(
             b,
             &mut ws.x,
-            &emb,
+            &s.embedded,
             &self.pre_ln.0,
             &self.pre_ln.1,
             batch * seq,
             d,
             eps,
         )?;
-        run_encoder(b, &self.layers, &c.encoder, &mut ws, batch, seq, false)?;
+        run_encoder(b, &self.layers, &c.encoder, ws, batch, seq, false)?;
 
         let class_rows: Vec<usize> = (0..batch).map(|i| i * seq).collect();
         let mut pooled = b.alloc(batch * d)?;
@@ -135,6 +166,7 @@ impl<B: Backend> VisionTower<B> {
             k: d,
         };
         backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
+        self.scratch.keep(s);
         b.download(&out)
     }
 }
