@@ -78,6 +78,12 @@ pub enum Error {
     /// The requested device is not available in this build or on this machine.
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),
+    /// A CUDA driver call failed on a device that was available (out of memory, launch failure, …).
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+    /// NVRTC rejected a kernel; `log` is the compiler's output.
+    #[error("kernel {kernel} failed to compile:\n{log}")]
+    KernelCompile { kernel: String, log: String },
 }
 
 impl Error {

@@ -2,7 +2,8 @@
 //!
 //! A from-scratch CLIP inference runtime: loads HF-format CLIP checkpoints (config.json, model.safetensors in
 //! f32/f16/bf16, tokenizer.json, preprocessor_config.json), tokenizes and preprocesses exactly like HF transformers +
-//! PIL, and runs both towers on the CPU in f32 (a CUDA backend is planned).
+//! PIL, and runs both towers on the CPU (f32, or bf16 where the CPU has it) or on a CUDA GPU (fp16 with f32 accumulation,
+//! cliprt's own kernels compiled at run time by NVRTC; feature `cuda`, on by default).
 //!
 //! ```no_run
 //! use cliprt::{Clip, Device};
@@ -19,6 +20,8 @@ pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod model;
 pub mod npy;

@@ -1,4 +1,4 @@
-//! The `cliprt` command line: embed, zero-shot, tokenize, preprocess, info.
+//! The `cliprt` command line: embed, zero-shot, tokenize, preprocess, bench, info, kernels.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -137,10 +137,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Describe a model folder.
+    /// Describe this machine's devices (CPU SIMD tier, CUDA driver, GPU, NVRTC) and, with --model, a model folder
+    /// (loaded on --device, so `info --device cuda` checks the GPU path end to end).
     Info {
-        #[command(flatten)]
-        model: ModelArgs,
+        /// HF-format CLIP folder to describe.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// cpu, reference, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// The CUDA kernels: --list prints the variant registry; --check compiles every kernel with NVRTC for each
+    /// --arch (no GPU needed) and prints registers, shared memory, stack, spills and compile time, failing on any
+    /// compile error, spill or stack frame (local memory).
+    Kernels {
+        #[arg(long)]
+        list: bool,
+        #[arg(long)]
+        check: bool,
+        /// Comma-separated targets for --check.
+        #[arg(long, default_value = "sm_80,sm_90", value_delimiter = ',')]
+        arch: Vec<String>,
     },
 }
 
@@ -355,16 +372,22 @@ fn run(command: Command) -> Result<()> {
             println!("wrote pixels [3, {size}, {size}] to {}", out.display());
             Ok(())
         }
-        Command::Info { model } => {
-            let clip = model.load()?;
+        Command::Info { model, device } => {
+            let device: Device = device.parse()?;
+            print_devices(device);
+            if let Device::Cuda(n) = device {
+                // The device the user asked for must work: its error is the command's error.
+                cuda_status(n)?;
+            }
+            let Some(model) = model else {
+                return Ok(());
+            };
+            let clip = Clip::load(&model, device)?;
             let c = clip.config();
             let (t, v) = (&c.text, &c.vision);
             println!("model:            {}", clip.dir().display());
             println!("parameters:       {}", c.parameter_count());
-            println!(
-                "stored dtype:     {} (computed in f32)",
-                clip.stored_dtype()
-            );
+            println!("stored dtype:     {}", clip.stored_dtype());
             println!("embedding dim:    {}", c.projection_dim);
             println!("logit scale:      {:.4}", clip.logit_scale());
             println!("vision:           {}", describe(&v.encoder));
@@ -382,5 +405,131 @@ fn run(command: Command) -> Result<()> {
             println!("preprocessing:    {:?}", clip.preprocess_config());
             Ok(())
         }
+        Command::Kernels { list, check, arch } => kernels(list, check, &arch),
     }
+}
+
+/// Prints the CPU tier and the CUDA status (the latter never fails here; see `cuda_status`).
+fn print_devices(device: Device) {
+    let isa = cliprt::cpu::Isa::best();
+    let bf16 = if cliprt::cpu::isa::has_avx512_bf16() { ", AVX512_BF16" } else { "" };
+    println!("cpu:              {} SIMD{bf16}, {} threads", isa.name(), rayon::current_num_threads());
+    let n = match device {
+        Device::Cuda(n) => n,
+        _ => 0,
+    };
+    match cuda_status(n) {
+        Ok(line) => println!("cuda:             {line}"),
+        Err(Error::DeviceUnavailable(why)) => println!("cuda:             unavailable: {why}"),
+        Err(e) => println!("cuda:             unavailable: {e}"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_status(n: usize) -> Result<String> {
+    let info = cliprt::cuda::probe(n)?;
+    let (v, path) = cliprt::cuda::nvrtc_info()?;
+    Ok(format!(
+        "cuda:{n} {} (compute {}.{}, {}, {:.1} GiB); NVRTC {}.{} from {path}",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.arch,
+        info.memory_bytes as f64 / (1u64 << 30) as f64,
+        v.0,
+        v.1
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_status(_n: usize) -> Result<String> {
+    Err(Error::DeviceUnavailable("this build of cliprt has no CUDA support (feature `cuda` is off)".into()))
+}
+
+#[cfg(feature = "cuda")]
+fn kernels(list: bool, check: bool, archs: &[String]) -> Result<()> {
+    use cliprt::cuda::kernels;
+    if !list && !check {
+        return Err(Error::InvalidArgument("give --list and/or --check".into()));
+    }
+    if list {
+        println!("{:<14} {:<14} {:<8} {:<24} about", "op", "module", "variant", "symbol");
+        for op in kernels::OPS {
+            for v in op.variants {
+                let mark = if v.name == op.default { "*" } else { " " };
+                println!(
+                    "{:<14} {:<14} {:<8} {:<24} {}",
+                    op.name,
+                    format!("{}.cu", op.module),
+                    format!("{}{mark}", v.name),
+                    v.symbol,
+                    v.about
+                );
+            }
+        }
+        println!("(* default; override with CLIPRT_KERNEL_<OP>=vN, e.g. CLIPRT_KERNEL_GEMM=v1)");
+    }
+    if !check {
+        return Ok(());
+    }
+    if archs.is_empty() {
+        return Err(Error::InvalidArgument("--arch lists no target".into()));
+    }
+    let (v, path) = cliprt::cuda::nvrtc_info()?;
+    println!("NVRTC {}.{} ({path})", v.0, v.1);
+    println!(
+        "{:<12} {:<7} {:<24} {:>5} {:>9} {:>6} {:>12} {:>11}",
+        "module", "arch", "kernel", "regs", "smem B", "stack", "spill st/ld", "compile ms"
+    );
+    let mut failures = Vec::new();
+    for arch in archs {
+        for report in cliprt::cuda::check(arch) {
+            let r = match report {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("{e}");
+                    let what = match &e {
+                        Error::KernelCompile { kernel, .. } => format!("{kernel} did not compile"),
+                        other => other.to_string(),
+                    };
+                    failures.push(what);
+                    continue;
+                }
+            };
+            if r.kernels.is_empty() {
+                failures.push(format!("{}.cu ({arch}): ptxas reported no kernel", r.module));
+            }
+            for k in &r.kernels {
+                println!(
+                    "{:<12} {:<7} {:<24} {:>5} {:>9} {:>6} {:>12} {:>11.1}",
+                    r.module,
+                    r.arch,
+                    k.symbol,
+                    k.registers,
+                    k.smem_bytes,
+                    k.stack_bytes,
+                    format!("{}/{}", k.spill_stores, k.spill_loads),
+                    r.compile_ms
+                );
+                if k.spill_stores > 0 || k.spill_loads > 0 {
+                    failures.push(format!("{} ({arch}) spills registers", k.symbol));
+                }
+                // A stack frame without spills is a register array indexed at run time: local memory too.
+                if k.stack_bytes > 0 {
+                    failures.push(format!("{} ({arch}) uses {} bytes of stack", k.symbol, k.stack_bytes));
+                }
+            }
+        }
+    }
+    if failures.is_empty() {
+        println!("ok: every kernel compiled for {} with no spills and no stack", archs.join(", "));
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("kernel check failed: {}", failures.join("; "))))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn kernels(_list: bool, _check: bool, _archs: &[String]) -> Result<()> {
+    Err(Error::DeviceUnavailable("this build of cliprt has no CUDA support (feature `cuda` is off)".into()))
 }

@@ -1,0 +1,116 @@
+// gemm.cu — out[M, N] = epilogue(x[M, K] · w[N, K]ᵀ + bias[N]) in fp16 storage with f32 accumulation.
+//
+// Both operands are K-contiguous (x row-major, w in PyTorch's nn.Linear layout), which is exactly what
+// mma.sync's row.col form wants: both tiles sit in shared memory as [rows][BK] and load with plain ldmatrix.
+// The epilogue (bias, quick_gelu/gelu, or residual accumulate into `out`) runs on the f32 accumulators before the
+// single fp16 store.
+//
+// Versions (measured numbers belong here once a GPU run has them; see BENCHMARKS.md):
+//   gemm_f16_v1  64×64×32 block tile, 4 warps of 32×32, mma.sync m16n8k16 fed by ldmatrix.x4; one stage:
+//                cp.async 16-byte copies with zero fill when K % 8 == 0 (rows stay 16-byte aligned), element
+//                loads otherwise (ViT-L/14's patch GEMM has K = 588). Not yet measured on a GPU.
+
+#define G1_BM 64
+#define G1_BN 64
+#define G1_BK 32
+// Row stride of a shared tile in halves: 40 halves = 80 bytes keeps 16-byte alignment and puts the 8 row
+// addresses of one ldmatrix in 8 different 4-bank groups (no bank conflicts).
+#define G1_LDS (G1_BK + 8)
+
+// Loads rows [row0, row0 + 64) × columns [k0, k0 + 32) of a [rows, K] matrix into a shared tile, zero-padded.
+__device__ __forceinline__ void g1_load_tile(half_t* tile, const half_t* __restrict__ g, int rows, int K, int row0,
+                                             int k0, bool vec) {
+    // 64 rows × 4 chunks of 8 halves = 256 chunks over 128 threads.
+    for (int c = threadIdx.x; c < G1_BM * (G1_BK / 8); c += blockDim.x) {
+        int r = c >> 2, kc = (c & 3) * 8;
+        int gr = row0 + r, gk = k0 + kc;
+        half_t* dst = tile + r * G1_LDS + kc;
+        if (vec) {
+            // K % 8 == 0, so a chunk is either wholly inside the row or wholly past its end.
+            bool inside = gr < rows && gk < K;
+            cp_async_16(dst, inside ? g + (size_t)gr * K + gk : g, inside ? 16 : 0);
+        } else {
+            for (int e = 0; e < 8; e++) {
+                dst[e] = (gr < rows && gk + e < K) ? g[(size_t)gr * K + gk + e] : (half_t)0;
+            }
+        }
+    }
+}
+
+// Grid: (ceil(N / 64), ceil(M / 64)); block: 128 threads. `vec` must be 0 unless K % 8 == 0 and both x and w
+// are 16-byte aligned. `bias` is read only when has_bias != 0.
+extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict__ out, const half_t* __restrict__ x,
+                                                              const half_t* __restrict__ w,
+                                                              const half_t* __restrict__ bias, int M, int N, int K,
+                                                              int has_bias, int epilogue, int vec) {
+    __shared__ __align__(16) half_t As[G1_BM * G1_LDS];
+    __shared__ __align__(16) half_t Bs[G1_BN * G1_LDS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int bm = blockIdx.y * G1_BM, bn = blockIdx.x * G1_BN;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    for (int k0 = 0; k0 < K; k0 += G1_BK) {
+        g1_load_tile(As, x, M, K, bm, k0, vec != 0);
+        g1_load_tile(Bs, w, N, K, bn, k0, vec != 0);
+        cp_async_wait_all();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < G1_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                // Matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15):
+                // the a0..a3 registers of the m16n8k16 A fragment.
+                const int r = wm + i * 16 + (lane & 15), c = kk + (lane >> 4) * 8;
+                ldmatrix_x4(a[i], &As[r * G1_LDS + c]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j += 2) {
+                // Matrices = (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0, b1 of two
+                // adjacent n8 tiles (w is [n][k], so an untransposed load gives the column-major B fragment).
+                const int r = wn + j * 8 + (lane & 7) + ((lane >> 4) << 3), c = kk + ((lane >> 3) & 1) * 8;
+                unsigned t[4];
+                ldmatrix_x4(t, &Bs[r * G1_LDS + c]);
+                b[j][0] = t[0];
+                b[j][1] = t[1];
+                b[j + 1][0] = t[2];
+                b[j + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_m16n8k16(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+
+    // Accumulator e of tile (i, j) is row g (+8 for e >= 2), column 2·t4 + (e & 1) of that 16×8 tile.
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = bm + wm + i * 16 + g + (e >> 1) * 8;
+                const int col = bn + wn + j * 8 + t4 * 2 + (e & 1);
+                if (row >= M || col >= N) continue;
+                float v = acc[i][j][e];
+                if (has_bias) v += h2f(bias[col]);
+                half_t* o = out + (size_t)row * N + col;
+                if (epilogue == EPI_ACCUMULATE) v += h2f(*o);
+                else if (epilogue == EPI_QUICK_GELU) v = quick_gelu(v);
+                else if (epilogue == EPI_GELU) v = gelu(v);
+                *o = f2h(v);
+            }
+        }
+    }
+}

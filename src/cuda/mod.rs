@@ -1,0 +1,519 @@
+//! The CUDA backend: fp16 storage, f32 accumulation, cliprt's own kernels (kernels/*.cu) compiled at run time by
+//! NVRTC to CUBIN for the device's exact arch and cached on disk.
+//!
+//! Everything CUDA is loaded dynamically (cudarc `dynamic-loading`, NVRTC by hand in [`nvrtc`]), so the binary
+//! builds and starts anywhere. Missing driver, no device, or no NVRTC: [`Error::DeviceUnavailable`] with the
+//! reason, never a panic (cudarc panics on a missing library, so the driver is probed before cudarc touches it),
+//! and the CPU backend keeps working in the same process.
+//!
+//! Buffers hold f16 on the device; [`Backend::upload`]/[`Backend::download`] convert at the boundary (round to
+//! nearest even). Weights are converted and uploaded once, when the model is prepared.
+
+mod cache;
+pub mod kernels;
+mod nvrtc;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use half::f16;
+
+use crate::backend::{
+    check_linear, Activation, AttnShape, Backend, Epilogue, GemmShape, PatchShape,
+};
+use crate::error::{Error, Result};
+
+pub use kernels::{KernelReport, ModuleReport, OPS};
+
+impl From<DriverError> for Error {
+    fn from(e: DriverError) -> Self {
+        Error::Cuda(e.to_string())
+    }
+}
+
+/// What the driver says about a device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    /// The NVRTC target the kernels are compiled for, e.g. `sm_90`.
+    pub arch: String,
+    pub memory_bytes: usize,
+}
+
+/// Runs a cudarc call that may panic (a symbol the installed driver lacks) and turns both failure kinds into
+/// [`Error::DeviceUnavailable`].
+fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, DriverError>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::DeviceUnavailable(format!("{what}: {e}"))),
+        Err(_) => Err(Error::DeviceUnavailable(format!(
+            "{what}: the CUDA driver library could not be used (too old for this build?)"
+        ))),
+    }
+}
+
+/// Number of CUDA devices, or why there are none usable.
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only tries to dlopen the driver library under its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::DeviceUnavailable(
+            "no CUDA driver: libcuda.so not found (no NVIDIA driver on this machine)".into(),
+        ));
+    }
+    let n = guarded("CUDA driver", CudaContext::device_count)?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+fn context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(Error::DeviceUnavailable(format!(
+            "cuda:{ordinal}: this machine has {count} CUDA device(s)"
+        )));
+    }
+    guarded(&format!("cuda:{ordinal}"), || CudaContext::new(ordinal))
+}
+
+/// Describes device `ordinal` without loading kernels (for `cliprt info`).
+pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    let ctx = context(ordinal)?;
+    describe(&ctx, ordinal)
+}
+
+fn describe(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceInfo> {
+    let (major, minor) = ctx.compute_capability()?;
+    Ok(DeviceInfo {
+        ordinal,
+        name: ctx.name()?,
+        compute_capability: (major, minor),
+        arch: format!("sm_{major}{minor}"),
+        memory_bytes: ctx.mem_get_info()?.1,
+    })
+}
+
+/// NVRTC's version and where it was loaded from, or why it is unavailable.
+pub fn nvrtc_info() -> Result<((i32, i32), String)> {
+    let n = nvrtc::Nvrtc::get()?;
+    Ok((n.version(), n.path().to_string()))
+}
+
+/// Compiles every kernel module for `arch` with the ptxas report (no GPU needed): `cliprt kernels --check`.
+pub fn check(arch: &str) -> Vec<Result<ModuleReport>> {
+    kernels::modules().map(|m| kernels::check_module(m, arch)).collect()
+}
+
+/// An f16 device buffer of `len` values (the allocation holds at least one, as CUDA cannot allocate zero bytes).
+pub struct CudaBuf {
+    data: CudaSlice<f16>,
+    len: usize,
+}
+
+/// A linear layer on the device: `w[n, k]` (HF layout, K-contiguous as the GEMM wants) and an optional bias.
+pub struct CudaLinear {
+    w: CudaSlice<f16>,
+    bias: Option<CudaSlice<f16>>,
+    n: usize,
+    k: usize,
+}
+
+struct Kernels {
+    gemm: CudaFunction,
+    attention: CudaFunction,
+    layernorm: CudaFunction,
+    im2col: CudaFunction,
+    vision_embed: CudaFunction,
+    text_embed: CudaFunction,
+    gather_rows: CudaFunction,
+    scaled_cosine: CudaFunction,
+}
+
+impl Kernels {
+    /// Compiles (or reads from the cache) each module once and resolves every op's selected variant.
+    fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels> {
+        let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
+        let mut f = |name: &str| -> Result<CudaFunction> {
+            let op = kernels::op(name)
+                .ok_or_else(|| Error::InvalidArgument(format!("no kernel op {name}")))?;
+            let variant = op.selected()?;
+            let module = match modules.get(op.module) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = kernels::cubin(op.module, arch)?;
+                    let m = ctx.load_module(Ptx::from_binary(cubin))?;
+                    modules.insert(op.module, m.clone());
+                    m
+                }
+            };
+            Ok(module.load_function(variant.symbol)?)
+        };
+        Ok(Kernels {
+            gemm: f("gemm")?,
+            attention: f("attention")?,
+            layernorm: f("layernorm")?,
+            im2col: f("im2col")?,
+            vision_embed: f("vision_embed")?,
+            text_embed: f("text_embed")?,
+            gather_rows: f("gather_rows")?,
+            scaled_cosine: f("scaled_cosine")?,
+        })
+    }
+}
+
+/// CLIP on one CUDA device.
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+    k: Kernels,
+}
+
+/// The largest head dimension attention_f16_v1 handles (4 dimensions per lane).
+const MAX_HEAD_DIM: usize = 128;
+
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Shape(format!("{what} = {v} exceeds the kernels' 32-bit index range")))
+}
+
+/// A 1-D launch of 256-thread blocks for grid-stride kernels over `total` elements.
+fn elementwise(total: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (total.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The epilogue code the GEMM kernel reads (EPI_* in kernels/common.cuh).
+fn epilogue_code(ep: Epilogue) -> i32 {
+    match ep {
+        Epilogue::Store => 0,
+        Epilogue::Accumulate => 1,
+        Epilogue::Activation(Activation::QuickGelu) => 2,
+        Epilogue::Activation(Activation::Gelu) => 3,
+    }
+}
+
+fn to_f16(data: &[f32]) -> Vec<f16> {
+    data.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` and loads every kernel (compiled for its arch by NVRTC, or from the disk cache).
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        let ctx = context(ordinal)?;
+        let info = describe(&ctx, ordinal)?;
+        let k = Kernels::load(&ctx, &info.arch)?;
+        Ok(CudaBackend {
+            stream: ctx.default_stream(),
+            info,
+            k,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    /// `scale · normalize(a) · normalize(b)ᵀ` on the device for host f32 embeddings `a[rows_a, dim]`,
+    /// `b[rows_b, dim]` (the same contract as [`crate::similarity::scaled_cosine`]).
+    pub fn scaled_cosine(
+        &self,
+        a: &[f32],
+        rows_a: usize,
+        b: &[f32],
+        rows_b: usize,
+        dim: usize,
+        scale: f32,
+    ) -> Result<Vec<f32>> {
+        if a.len() != rows_a * dim || b.len() != rows_b * dim {
+            return Err(Error::Shape(format!(
+                "similarity of [{rows_a}, {dim}] and [{rows_b}, {dim}] given {} and {} values",
+                a.len(),
+                b.len()
+            )));
+        }
+        let outputs = rows_a * rows_b;
+        if outputs == 0 {
+            return Ok(Vec::new());
+        }
+        let (da, db) = (self.stream.clone_htod(a)?, self.stream.clone_htod(b)?);
+        let mut out = self.stream.alloc_zeros::<f32>(outputs)?;
+        let (ra, rb, d) = (int(rows_a, "rows")?, int(rows_b, "rows")?, int(dim, "dim")?);
+        let cfg = LaunchConfig {
+            grid_dim: (u32::try_from(outputs.div_ceil(8)).map_err(|_| Error::Shape("too many logits".into()))?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(&self.k.scaled_cosine);
+        l.arg(&mut out).arg(&da).arg(&db).arg(&ra).arg(&rb).arg(&d).arg(&scale);
+        // SAFETY: argument list matches scaled_cosine_f32_v1; a, b hold rows·dim values and out rows_a·rows_b.
+        unsafe { l.launch(cfg) }?;
+        Ok(self.stream.clone_dtoh(&out)?)
+    }
+
+    fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+        // One element at least: CUDA cannot allocate zero bytes.
+        if v.is_empty() {
+            return Ok(self.stream.alloc_zeros::<u32>(1)?);
+        }
+        Ok(self.stream.clone_htod(v)?)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Linear = CudaLinear;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf> {
+        Ok(CudaBuf {
+            data: self.stream.alloc_zeros::<f16>(len.max(1))?,
+            len,
+        })
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        Ok(CudaBuf {
+            data: self.stream.clone_htod(&to_f16(data))?,
+            len: data.len(),
+        })
+    }
+
+    fn write(&self, buf: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        if data.len() > buf.len {
+            return Err(Error::Shape(format!(
+                "writing {} values into a buffer of {}",
+                data.len(),
+                buf.len
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut dst = buf.data.slice_mut(0..data.len());
+        Ok(self.stream.memcpy_htod(&to_f16(data), &mut dst)?)
+    }
+
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        let host = self.stream.clone_dtoh(&buf.data)?;
+        Ok(host[..buf.len].iter().map(|v| v.to_f32()).collect())
+    }
+
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len
+    }
+
+    fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<CudaLinear> {
+        check_linear(w, n, k, bias)?;
+        Ok(CudaLinear {
+            w: self.upload(w)?.data,
+            bias: bias.map(|b| self.upload(b).map(|b| b.data)).transpose()?,
+            n,
+            k,
+        })
+    }
+
+    fn linear_dims(&self, lin: &CudaLinear) -> (usize, usize, bool) {
+        (lin.n, lin.k, lin.bias.is_some())
+    }
+
+    fn gemm_unchecked(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaLinear,
+        s: GemmShape,
+        ep: Epilogue,
+    ) -> Result<()> {
+        let (m, n, k) = (int(s.m, "m")?, int(s.n, "n")?, int(s.k, "k")?);
+        let has_bias = i32::from(w.bias.is_some());
+        let code = epilogue_code(ep);
+        // 16-byte cp.async rows need K % 8 == 0 (allocations are 256-byte aligned, and no view is offset).
+        let vec = i32::from(s.k.is_multiple_of(8));
+        let bias = w.bias.as_ref().unwrap_or(&w.w);
+        let cfg = LaunchConfig {
+            grid_dim: (s.n.div_ceil(64) as u32, s.m.div_ceil(64) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        if cfg.grid_dim.1 > 65_535 {
+            return Err(Error::Shape(format!("gemm with {} rows exceeds the grid limit", s.m)));
+        }
+        let mut l = self.stream.launch_builder(&self.k.gemm);
+        l.arg(&mut out.data)
+            .arg(&x.data)
+            .arg(&w.w)
+            .arg(bias)
+            .arg(&m)
+            .arg(&n)
+            .arg(&k)
+            .arg(&has_bias)
+            .arg(&code)
+            .arg(&vec);
+        // SAFETY: arguments match gemm_f16_v1; shapes were checked by backend::gemm.
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    }
+
+    fn layernorm_unchecked(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let (r, d) = (int(rows, "rows")?, int(dim, "dim")?);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(&self.k.layernorm);
+        l.arg(&mut out.data)
+            .arg(&x.data)
+            .arg(&gamma.data)
+            .arg(&beta.data)
+            .arg(&r)
+            .arg(&d)
+            .arg(&eps);
+        // SAFETY: arguments match layernorm_f16_v1; shapes were checked by backend::layernorm.
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    }
+
+    fn attention_unchecked(&self, out: &mut CudaBuf, qkv: &CudaBuf, s: AttnShape) -> Result<()> {
+        if s.head_dim > MAX_HEAD_DIM {
+            return Err(Error::UnsupportedModel(format!(
+                "head dim {} (the CUDA attention kernel handles up to {MAX_HEAD_DIM})",
+                s.head_dim
+            )));
+        }
+        if s.batch > 65_535 || s.heads > 65_535 {
+            return Err(Error::Shape(format!("attention {s:?} exceeds the grid limits")));
+        }
+        let (seq, heads, hd) = (int(s.seq, "seq")?, int(s.heads, "heads")?, int(s.head_dim, "head_dim")?);
+        let causal = i32::from(s.causal);
+        // CLIP scales queries by head_dim^−½ before the product.
+        let scale = (s.head_dim as f32).sqrt().recip();
+        let cfg = LaunchConfig {
+            grid_dim: (s.seq.div_ceil(8) as u32, s.heads as u32, s.batch as u32),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.stream.launch_builder(&self.k.attention);
+        l.arg(&mut out.data)
+            .arg(&qkv.data)
+            .arg(&seq)
+            .arg(&heads)
+            .arg(&hd)
+            .arg(&causal)
+            .arg(&scale);
+        // SAFETY: arguments match attention_f16_v1; shapes were checked by backend::attention.
+        unsafe { l.launch(cfg) }?;
+        Ok(())
+    }
+
+    fn im2col_unchecked(&self, out: &mut CudaBuf, pixels: &CudaBuf, s: PatchShape) -> Result<()> {
+        let total = s.batch * s.patches() * s.patch_dim();
+        let (b, c) = (int(s.batch, "batch")?, int(s.channels, "channels")?);
+        let (size, p) = (int(s.image_size, "image size")?, int(s.patch, "patch")?);
+        let mut l = self.stream.launch_builder(&self.k.im2col);
+        l.arg(&mut out.data).arg(&pixels.data).arg(&b).arg(&c).arg(&size).arg(&p);
+        // SAFETY: arguments match im2col_f16_v1; shapes were checked by backend::im2col.
+        unsafe { l.launch(elementwise(total)) }?;
+        Ok(())
+    }
+
+    fn vision_embed_unchecked(
+        &self,
+        out: &mut CudaBuf,
+        patches: &CudaBuf,
+        class: &CudaBuf,
+        pos: &CudaBuf,
+        batch: usize,
+        seq: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let (b, s, d) = (int(batch, "batch")?, int(seq, "seq")?, int(dim, "dim")?);
+        let mut l = self.stream.launch_builder(&self.k.vision_embed);
+        l.arg(&mut out.data)
+            .arg(&patches.data)
+            .arg(&class.data)
+            .arg(&pos.data)
+            .arg(&b)
+            .arg(&s)
+            .arg(&d);
+        // SAFETY: arguments match vision_embed_f16_v1; shapes were checked by backend::vision_embed.
+        unsafe { l.launch(elementwise(batch * seq * dim)) }?;
+        Ok(())
+    }
+
+    fn text_embed_unchecked(
+        &self,
+        out: &mut CudaBuf,
+        ids: &[u32],
+        token: &CudaBuf,
+        pos: &CudaBuf,
+        seq: usize,
+        dim: usize,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let dev_ids = self.upload_u32(ids)?;
+        let (rows, s, d) = (int(ids.len(), "rows")?, int(seq, "seq")?, int(dim, "dim")?);
+        let mut l = self.stream.launch_builder(&self.k.text_embed);
+        l.arg(&mut out.data)
+            .arg(&dev_ids)
+            .arg(&token.data)
+            .arg(&pos.data)
+            .arg(&rows)
+            .arg(&s)
+            .arg(&d);
+        // SAFETY: arguments match text_embed_f16_v1; ids were checked against the vocabulary by backend::text_embed.
+        unsafe { l.launch(elementwise(ids.len() * dim)) }?;
+        Ok(())
+    }
+
+    fn gather_rows_unchecked(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        rows: &[usize],
+        dim: usize,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx: Vec<u32> = rows
+            .iter()
+            .map(|&r| u32::try_from(r).map_err(|_| Error::Shape(format!("row {r} exceeds 32 bits"))))
+            .collect::<Result<_>>()?;
+        let dev_rows = self.upload_u32(&idx)?;
+        let (n, d) = (int(rows.len(), "rows")?, int(dim, "dim")?);
+        let mut l = self.stream.launch_builder(&self.k.gather_rows);
+        l.arg(&mut out.data).arg(&x.data).arg(&dev_rows).arg(&n).arg(&d);
+        // SAFETY: arguments match gather_rows_f16_v1; rows were checked by backend::gather_rows.
+        unsafe { l.launch(elementwise(rows.len() * dim)) }?;
+        Ok(())
+    }
+}
