@@ -182,7 +182,7 @@ pub struct Measurement {
     pub precision: &'static str,
     pub device: String,
     /// SIMD tier of the CPU backend.
-    pub isa: &'static str,
+    pub isa: String,
     pub threads: usize,
     pub items_per_s: f64,
     /// Median over the timed runs.
@@ -416,6 +416,25 @@ struct Subject<B: Backend> {
     load_s: f64,
 }
 
+/// Dense fp16 tensor-core peak (f32 accumulate) of the GPUs we know, from the vendors' data sheets; others need
+/// `--peak-gflops` for the %peak column.
+#[cfg(feature = "cuda")]
+fn gpu_fp16_peak_gflops(name: &str) -> Option<f64> {
+    const PEAKS: &[(&str, f64)] = &[
+        ("H200", 989_000.0),
+        ("H100 PCIe", 756_000.0),
+        ("H100", 989_000.0),
+        ("A100", 312_000.0),
+        ("L40S", 362_000.0),
+        ("A10G", 70_000.0),
+        ("L4", 121_000.0),
+    ];
+    PEAKS
+        .iter()
+        .find(|(n, _)| name.contains(n))
+        .map(|&(_, p)| p)
+}
+
 /// Runs every (workload, batch) of `cfg`, calling `report` after each measurement.
 pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
@@ -467,8 +486,30 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
                 &mut report,
             )
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            let backend = crate::cuda::CudaBackend::new(n)?;
+            let info = backend.info().clone();
+            let peak = cfg
+                .peak_gflops
+                .or_else(|| gpu_fp16_peak_gflops(&info.name))
+                .unwrap_or(f64::NAN);
+            let subject = build(cfg, backend)?;
+            let device = format!("cuda:{n} {}", info.name);
+            measure(
+                cfg,
+                &subject,
+                threads,
+                peak,
+                &info.arch,
+                "f16",
+                &device,
+                &mut report,
+            )
+        }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(n) => Err(Error::DeviceUnavailable(format!(
-            "cuda:{n}: this build has no CUDA backend yet"
+            "cuda:{n}: this build of cliprt has no CUDA support (feature `cuda` is off)"
         ))),
     }
 }
@@ -516,7 +557,7 @@ fn measure<B: Backend>(
     s: &Subject<B>,
     threads: usize,
     peak: f64,
-    isa: &'static str,
+    isa: &str,
     precision: &'static str,
     device: &str,
     report: &mut impl FnMut(&Measurement),
@@ -577,7 +618,7 @@ fn measure<B: Backend>(
                 seq,
                 precision,
                 device: device.to_string(),
-                isa,
+                isa: isa.to_string(),
                 threads,
                 items_per_s: batch as f64 / (ms / 1e3),
                 ms_per_batch: ms,

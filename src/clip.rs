@@ -23,7 +23,8 @@ pub enum Device {
     Cpu,
     /// The scalar f64-accumulating oracle: slow, for checking results.
     Reference,
-    /// CUDA GPU `n` (not in this build yet: gives [`Error::DeviceUnavailable`]).
+    /// CUDA GPU `n`: fp16 storage, f32 accumulation, cliprt's own kernels. Without a usable GPU, driver or NVRTC
+    /// (or in a build without the `cuda` feature) loading gives [`Error::DeviceUnavailable`].
     Cuda(usize),
 }
 
@@ -51,6 +52,46 @@ impl std::str::FromStr for Device {
 enum Engine {
     Cpu(ClipModel<CpuBackend>),
     Reference(ClipModel<ReferenceBackend>),
+    // Boxed: the CUDA model is large and the other variants should not pay for its size.
+    #[cfg(feature = "cuda")]
+    Cuda(Box<ClipModel<crate::cuda::CudaBackend>>),
+}
+
+/// The backend chosen for a device, opened before the weights are read (a missing GPU fails fast).
+enum Opened {
+    Cpu(CpuBackend),
+    Reference,
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::cuda::CudaBackend>),
+}
+
+impl Opened {
+    fn new(device: Device, precision: Precision) -> Result<Opened> {
+        match device {
+            Device::Cpu => Ok(Opened::Cpu(CpuBackend::from_env(precision)?)),
+            Device::Reference => Ok(Opened::Reference),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => Ok(Opened::Cuda(Box::new(crate::cuda::CudaBackend::new(n)?))),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(n) => Err(Error::DeviceUnavailable(format!(
+                "cuda:{n}: this build of cliprt has no CUDA support (feature `cuda` is off)"
+            ))),
+        }
+    }
+
+    fn prepare(self, config: &ClipConfig, weights: ClipWeights) -> Result<Engine> {
+        Ok(match self {
+            Opened::Cpu(b) => Engine::Cpu(ClipModel::new(b, config, weights)?),
+            Opened::Reference => {
+                Engine::Reference(ClipModel::new(ReferenceBackend, config, weights)?)
+            }
+            #[cfg(feature = "cuda")]
+            Opened::Cuda(b) => {
+                b.supports(config)?;
+                Engine::Cuda(Box::new(ClipModel::new(*b, config, weights)?))
+            }
+        })
+    }
 }
 
 impl Engine {
@@ -58,12 +99,16 @@ impl Engine {
         match self {
             Engine::Cpu(m) => m.encode_images(pixels, batch),
             Engine::Reference(m) => m.encode_images(pixels, batch),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => m.encode_images(pixels, batch),
         }
     }
     fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
         match self {
             Engine::Cpu(m) => m.encode_texts(batch),
             Engine::Reference(m) => m.encode_texts(batch),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => m.encode_texts(batch),
         }
     }
 }
@@ -126,14 +171,10 @@ impl Clip {
 
     /// [`Clip::load`] with the GEMM precision: [`Precision::Bf16`] stores the weights in bf16 and multiplies in bf16
     /// with f32 sums on CPUs with AVX512_BF16 (about 1.7× faster, cosine ≥ 0.999 to f32); elsewhere, and on the
-    /// reference device, it runs f32. [`Clip::precision`] says what runs.
+    /// reference device, it runs f32. A CUDA device always runs fp16 with f32 accumulation. [`Clip::precision`]
+    /// says what runs.
     pub fn load_with(dir: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Clip> {
         let dir = dir.as_ref();
-        if let Device::Cuda(n) = device {
-            return Err(Error::DeviceUnavailable(format!(
-                "cuda:{n}: this build of cliprt has no CUDA backend yet; use the cpu device"
-            )));
-        }
         if !dir.exists() {
             return Err(Error::NotFound(dir.to_path_buf()));
         }
@@ -162,20 +203,12 @@ impl Clip {
         } else {
             PreprocessConfig::openai(config.vision.image_size)
         };
+        let backend = Opened::new(device, precision)?;
         let ckpt = Checkpoint::open(dir)?;
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
         let (logit_scale, stored_dtype) =
             (weights.logit_scale_log.exp(), weights.stored_dtype.clone());
-        let engine = match device {
-            Device::Reference => {
-                Engine::Reference(ClipModel::new(ReferenceBackend, &config, weights)?)
-            }
-            _ => Engine::Cpu(ClipModel::new(
-                CpuBackend::from_env(precision)?,
-                &config,
-                weights,
-            )?),
-        };
+        let engine = backend.prepare(&config, weights)?;
         Ok(Clip {
             dir: dir.to_path_buf(),
             logit_scale,
@@ -192,6 +225,8 @@ impl Clip {
         match &self.engine {
             Engine::Cpu(m) => m.backend.precision(),
             Engine::Reference(_) => Precision::F32,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_) => Precision::F16,
         }
     }
 
@@ -334,14 +369,22 @@ impl Clip {
                 images.dim, texts.dim
             )));
         }
-        similarity::scaled_cosine(
-            &images.data,
-            images.rows,
-            &texts.data,
-            texts.rows,
-            images.dim,
-            self.logit_scale,
-        )
+        let (a, b) = (&images.data, &texts.data);
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(m) => {
+                m.backend
+                    .scaled_cosine(a, images.rows, b, texts.rows, images.dim, self.logit_scale)
+            }
+            _ => similarity::scaled_cosine(
+                a,
+                images.rows,
+                b,
+                texts.rows,
+                images.dim,
+                self.logit_scale,
+            ),
+        }
     }
 
     /// Zero-shot classification: for each image, every label with its softmax probability, most likely first.

@@ -412,8 +412,16 @@ fn run(command: Command) -> Result<()> {
 /// Prints the CPU tier and the CUDA status (the latter never fails here; see `cuda_status`).
 fn print_devices(device: Device) {
     let isa = cliprt::cpu::Isa::best();
-    let bf16 = if cliprt::cpu::isa::has_avx512_bf16() { ", AVX512_BF16" } else { "" };
-    println!("cpu:              {} SIMD{bf16}, {} threads", isa.name(), rayon::current_num_threads());
+    let bf16 = if cliprt::cpu::isa::has_avx512_bf16() {
+        ", AVX512_BF16"
+    } else {
+        ""
+    };
+    println!(
+        "cpu:              {} SIMD{bf16}, {} threads",
+        isa.name(),
+        rayon::current_num_threads()
+    );
     let n = match device {
         Device::Cuda(n) => n,
         _ => 0,
@@ -443,7 +451,9 @@ fn cuda_status(n: usize) -> Result<String> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_status(_n: usize) -> Result<String> {
-    Err(Error::DeviceUnavailable("this build of cliprt has no CUDA support (feature `cuda` is off)".into()))
+    Err(Error::DeviceUnavailable(
+        "this build of cliprt has no CUDA support (feature `cuda` is off)".into(),
+    ))
 }
 
 #[cfg(feature = "cuda")]
@@ -453,7 +463,10 @@ fn kernels(list: bool, check: bool, archs: &[String]) -> Result<()> {
         return Err(Error::InvalidArgument("give --list and/or --check".into()));
     }
     if list {
-        println!("{:<14} {:<14} {:<8} {:<24} about", "op", "module", "variant", "symbol");
+        println!(
+            "{:<14} {:<14} {:<8} {:<24} about",
+            "op", "module", "variant", "symbol"
+        );
         for op in kernels::OPS {
             for v in op.variants {
                 let mark = if v.name == op.default { "*" } else { " " };
@@ -497,7 +510,10 @@ fn kernels(list: bool, check: bool, archs: &[String]) -> Result<()> {
                 }
             };
             if r.kernels.is_empty() {
-                failures.push(format!("{}.cu ({arch}): ptxas reported no kernel", r.module));
+                failures.push(format!(
+                    "{}.cu ({arch}): ptxas reported no kernel",
+                    r.module
+                ));
             }
             for k in &r.kernels {
                 println!(
@@ -516,20 +532,31 @@ fn kernels(list: bool, check: bool, archs: &[String]) -> Result<()> {
                 }
                 // A stack frame without spills is a register array indexed at run time: local memory too.
                 if k.stack_bytes > 0 {
-                    failures.push(format!("{} ({arch}) uses {} bytes of stack", k.symbol, k.stack_bytes));
+                    failures.push(format!(
+                        "{} ({arch}) uses {} bytes of stack",
+                        k.symbol, k.stack_bytes
+                    ));
                 }
             }
         }
     }
     if failures.is_empty() {
-        println!("ok: every kernel compiled for {} with no spills and no stack", archs.join(", "));
+        println!(
+            "ok: every kernel compiled for {} with no spills and no stack",
+            archs.join(", ")
+        );
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("kernel check failed: {}", failures.join("; "))))
+        Err(Error::InvalidArgument(format!(
+            "kernel check failed: {}",
+            failures.join("; ")
+        )))
     }
 }
 
 #[cfg(not(feature = "cuda"))]
 fn kernels(_list: bool, _check: bool, _archs: &[String]) -> Result<()> {
-    Err(Error::DeviceUnavailable("this build of cliprt has no CUDA support (feature `cuda` is off)".into()))
+    Err(Error::DeviceUnavailable(
+        "this build of cliprt has no CUDA support (feature `cuda` is off)".into(),
+    ))
 }

@@ -276,3 +276,50 @@ fn bench_prompts_are_tokenized_for_real() {
     let ids = tok.encode_batch(&cliprt::bench::PROMPTS).unwrap();
     assert_eq!(ids, cliprt::bench::prompt_ids());
 }
+
+#[test]
+fn info_reports_devices_and_a_missing_gpu_is_a_clear_error() {
+    let (ok, out, err) = cliprt(&["info"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("cpu:") && out.contains("cuda:"), "{out}");
+    // Where a GPU and NVRTC work, `--device cuda` succeeds instead; ask for a device that cannot exist.
+    let (ok, out, err) = cliprt(&["info", "--device", "cuda:999"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("device unavailable"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (ok, _, err) = cliprt(&[
+        "embed",
+        "--model",
+        fixture("tiny-openai").to_str().unwrap(),
+        "--device",
+        "cuda:999",
+        "--text",
+        "a dog",
+    ]);
+    assert!(
+        !ok && err.contains("device unavailable") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kernels_list_names_every_op() {
+    let (ok, out, err) = cliprt(&["kernels", "--list"]);
+    assert!(ok, "{err}");
+    for op in [
+        "gemm",
+        "attention",
+        "layernorm",
+        "im2col",
+        "vision_embed",
+        "text_embed",
+        "gather_rows",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(op)),
+            "{op} missing:\n{out}"
+        );
+    }
+    let (ok, _, err) = cliprt(&["kernels"]);
+    assert!(!ok && err.contains("--list"), "{err}");
+}

@@ -48,6 +48,8 @@ pub enum Precision {
     F32,
     /// bf16 weights and activations (rounded to nearest even), products summed in f32 (`vdpbf16ps`).
     Bf16,
+    /// fp16 storage with f32 accumulation: the CUDA backend's arithmetic (the CPU runs f32 when asked for it).
+    F16,
 }
 
 impl Precision {
@@ -55,6 +57,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
         }
     }
 }
@@ -65,8 +68,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
+            "f16" | "fp16" => Ok(Precision::F16),
             _ => Err(crate::error::Error::InvalidArgument(format!(
-                "unknown precision {s:?}: f32 or bf16"
+                "unknown precision {s:?}: f32, bf16 or f16"
             ))),
         }
     }
@@ -140,7 +144,8 @@ impl PackedLinear {
     ) -> Self {
         let panels = n.div_ceil(NR);
         let packed = match packed_kind(isa, precision) {
-            (true, Precision::F32) => {
+            // packed_kind never picks F16: the CPU has no fp16 arithmetic and runs f32 instead.
+            (true, Precision::F32 | Precision::F16) => {
                 let mut p = weight_buffer::<f32>(panels * k * NR);
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
                     let base = (col / NR) * k * NR + col % NR;

@@ -44,7 +44,10 @@ impl Entry {
             fnv1a(source.as_bytes()),
             source.len()
         );
-        let path = dir.join(format!("{module}-{arch}-{:016x}.cubin", fnv1a(key.as_bytes())));
+        let path = dir.join(format!(
+            "{module}-{arch}-{:016x}.cubin",
+            fnv1a(key.as_bytes())
+        ));
         Entry { path, key }
     }
 
@@ -56,12 +59,15 @@ impl Entry {
         let key_len = usize::try_from(key_len).ok()?;
         let (key, rest) = (rest.get(..key_len)?, rest.get(key_len..)?);
         let (sum, payload) = split_u64(rest)?;
-        (key == self.key.as_bytes() && sum == fnv1a(payload) && !payload.is_empty()).then(|| payload.to_vec())
+        (key == self.key.as_bytes() && sum == fnv1a(payload) && !payload.is_empty())
+            .then(|| payload.to_vec())
     }
 
     /// Stores `cubin` atomically (temporary file + rename); failures are ignored (the cache is an optimisation).
     pub fn write(&self, cubin: &[u8]) {
-        let Some(parent) = self.path.parent() else { return };
+        let Some(parent) = self.path.parent() else {
+            return;
+        };
         if std::fs::create_dir_all(parent).is_err() {
             return;
         }
@@ -71,7 +77,9 @@ impl Entry {
         bytes.extend_from_slice(self.key.as_bytes());
         bytes.extend_from_slice(&fnv1a(cubin).to_le_bytes());
         bytes.extend_from_slice(cubin);
-        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
         if std::fs::write(&tmp, &bytes).is_err() || std::fs::rename(&tmp, &self.path).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }

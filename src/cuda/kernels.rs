@@ -105,16 +105,24 @@ impl Op {
 
     /// The variant in force: the override if set (an unknown one is an error), else the default.
     pub fn selected(&self) -> Result<&'static Variant> {
-        let var = self.env_var();
-        let want = std::env::var(&var).unwrap_or_else(|_| self.default.to_string());
-        self.variants.iter().find(|v| v.name == want).ok_or_else(|| {
-            let names: Vec<&str> = self.variants.iter().map(|v| v.name).collect();
-            Error::InvalidArgument(format!(
-                "{var}={want}: no such variant of {} (have {})",
-                self.name,
-                names.join(", ")
-            ))
-        })
+        self.pick(std::env::var(self.env_var()).ok().as_deref())
+    }
+
+    /// The variant named `want` (the default when `None`); an unknown name is an error naming the choices.
+    pub fn pick(&self, want: Option<&str>) -> Result<&'static Variant> {
+        let want = want.unwrap_or(self.default);
+        self.variants
+            .iter()
+            .find(|v| v.name == want)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.variants.iter().map(|v| v.name).collect();
+                Error::InvalidArgument(format!(
+                    "{}={want}: no such variant of {} (have {})",
+                    self.env_var(),
+                    self.name,
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -131,7 +139,10 @@ pub fn modules() -> impl Iterator<Item = &'static str> {
 /// The full source NVRTC compiles for `module`: common.cuh, then the file (with a #line so errors name it).
 pub fn module_source(module: &str) -> Option<String> {
     let (_, src) = sources::MODULES.iter().find(|(n, _)| *n == module)?;
-    Some(format!("{}\n#line 1 \"{module}.cu\"\n{src}", sources::COMMON))
+    Some(format!(
+        "{}\n#line 1 \"{module}.cu\"\n{src}",
+        sources::COMMON
+    ))
 }
 
 /// The CUBIN of `module` for `arch`, from the disk cache or freshly compiled (and then cached).
@@ -217,7 +228,10 @@ fn number_before(line: &str, label: &str) -> u32 {
     line.split(label)
         .next()
         .filter(|head| head.len() < line.len())
-        .and_then(|head| head.split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty()))
+        .and_then(|head| {
+            head.split(|c: char| !c.is_ascii_digit())
+                .rfind(|s| !s.is_empty())
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
@@ -250,7 +264,10 @@ mod tests {
                 spill_loads: 12
             }
         );
-        assert_eq!((r[1].registers, r[1].smem_bytes, r[1].spill_stores), (16, 0, 0));
+        assert_eq!(
+            (r[1].registers, r[1].smem_bytes, r[1].spill_stores),
+            (16, 0, 0)
+        );
     }
 
     #[test]
@@ -261,7 +278,12 @@ mod tests {
             assert!(op.variants.iter().any(|v| v.name == op.default));
             for v in op.variants {
                 let src = module_source(op.module).unwrap();
-                assert!(src.contains(&format!("{}(", v.symbol)), "{} not in {}.cu", v.symbol, op.module);
+                assert!(
+                    src.contains(&format!("{}(", v.symbol)),
+                    "{} not in {}.cu",
+                    v.symbol,
+                    op.module
+                );
             }
         }
     }

@@ -41,8 +41,14 @@ pub struct Nvrtc {
 fn candidates() -> Vec<String> {
     let mut names: Vec<String> = std::env::var("CLIPRT_NVRTC").into_iter().collect();
     names.extend(
-        ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", "nvrtc64_130_0.dll", "nvrtc64_120_0.dll"]
-            .map(String::from),
+        [
+            "libnvrtc.so.13",
+            "libnvrtc.so.12",
+            "libnvrtc.so",
+            "nvrtc64_130_0.dll",
+            "nvrtc64_120_0.dll",
+        ]
+        .map(String::from),
     );
     names
 }
@@ -84,8 +90,9 @@ impl Nvrtc {
     fn bind(lib: libloading::Library, name: &str) -> std::result::Result<Nvrtc, libloading::Error> {
         // SAFETY: each symbol is declared with its C signature from nvrtc.h (stable since CUDA 11.1).
         unsafe {
-            let version: libloading::Symbol<unsafe extern "C" fn(*mut c_int, *mut c_int) -> Status> =
-                lib.get("nvrtcVersion")?;
+            let version: libloading::Symbol<
+                unsafe extern "C" fn(*mut c_int, *mut c_int) -> Status,
+            > = lib.get("nvrtcVersion")?;
             let (mut major, mut minor) = (0, 0);
             version(&mut major, &mut minor);
             let nvrtc = Nvrtc {
@@ -126,13 +133,20 @@ impl Nvrtc {
 
     /// Compiles `source` (named `name` in messages) to a CUBIN for `arch` (e.g. `sm_90`). A compile error comes
     /// back as [`Error::KernelCompile`] with NVRTC's log.
-    pub fn compile(&self, name: &str, source: &str, arch: &str, extra: &[&str]) -> Result<Compiled> {
+    pub fn compile(
+        &self,
+        name: &str,
+        source: &str,
+        arch: &str,
+        extra: &[&str],
+    ) -> Result<Compiled> {
         let fail = |log: String| Error::KernelCompile {
             kernel: format!("{name} ({arch})"),
             log,
         };
         let src = CString::new(source).map_err(|_| fail("source holds a NUL byte".into()))?;
-        let cname = CString::new(format!("{name}.cu")).map_err(|_| fail("bad module name".into()))?;
+        let cname =
+            CString::new(format!("{name}.cu")).map_err(|_| fail("bad module name".into()))?;
         let mut opts = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
         opts.extend(extra.iter().map(|s| s.to_string()));
         let opts: Vec<CString> = opts
@@ -161,21 +175,37 @@ impl Nvrtc {
     }
 
     /// Compiles an existing program and reads back its CUBIN and log.
-    unsafe fn compile_program(&self, prog: Program, opts: &[*const c_char]) -> std::result::Result<Compiled, String> {
+    unsafe fn compile_program(
+        &self,
+        prog: Program,
+        opts: &[*const c_char],
+    ) -> std::result::Result<Compiled, String> {
         let compiled = (self.compile_program)(prog, opts.len() as c_int, opts.as_ptr());
         let mut log_len = 0usize;
-        self.status((self.get_log_size)(prog, &mut log_len), "nvrtcGetProgramLogSize")?;
+        self.status(
+            (self.get_log_size)(prog, &mut log_len),
+            "nvrtcGetProgramLogSize",
+        )?;
         let mut log = vec![0u8; log_len.max(1)];
-        self.status((self.get_log)(prog, log.as_mut_ptr().cast()), "nvrtcGetProgramLog")?;
+        self.status(
+            (self.get_log)(prog, log.as_mut_ptr().cast()),
+            "nvrtcGetProgramLog",
+        )?;
         let log = String::from_utf8_lossy(&log[..log_len.saturating_sub(1)]).into_owned();
         if compiled != 0 {
-            let status = self.status(compiled, "nvrtcCompileProgram").err().unwrap_or_default();
+            let status = self
+                .status(compiled, "nvrtcCompileProgram")
+                .err()
+                .unwrap_or_default();
             return Err(format!("{status}\n{log}"));
         }
         let mut size = 0usize;
         self.status((self.get_cubin_size)(prog, &mut size), "nvrtcGetCUBINSize")?;
         let mut cubin = vec![0u8; size];
-        self.status((self.get_cubin)(prog, cubin.as_mut_ptr().cast()), "nvrtcGetCUBIN")?;
+        self.status(
+            (self.get_cubin)(prog, cubin.as_mut_ptr().cast()),
+            "nvrtcGetCUBIN",
+        )?;
         Ok(Compiled { cubin, log })
     }
 }

@@ -3,8 +3,13 @@
 
 use std::path::PathBuf;
 
+/// tests/fixtures, or `CLIPRT_FIXTURES` when set (test binaries carried to another machine, where the source
+/// folder compiled into them does not exist: scripts/gpu/run.sh).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("CLIPRT_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu/prepare.sh built .gpu/ here and it was carried there:
+#
+#   scripts/gpu/run.sh RESULTS_DIR
+#
+# 1. the environment (GPU, driver, NVRTC found), 2. `cliprt info --device cuda`, 3. the kernel check for the
+# device's arch, 4. the CUDA tests (a missing GPU is a failure here, not a skip), 5. `cliprt bench --device cuda`
+# for ViT-B/32 and ViT-L/14 at batch 1, 32, 256, 6. PyTorch fp16 + SDPA on the same shapes, 7. one comparison
+# table. Every step has its own time limit so the whole run ends within 6 minutes; logs go to RESULTS_DIR.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:?usage: scripts/gpu/run.sh RESULTS_DIR}
+mkdir -p "$out"
+failed=()
+step() { # step NAME SECONDS CMD...: runs CMD with a time limit, tees its output to RESULTS_DIR/NAME.log
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc in $((SECONDS - t0)) s"
+    [ "$rc" -eq 0 ] || failed+=("$name")
+}
+
+# NVRTC: CLIPRT_NVRTC if set, else the CUDA toolkit's, else a pip wheel's (nvidia-cuda-nvrtc) next to PyTorch.
+if [ -z "${CLIPRT_NVRTC:-}" ]; then
+    sp=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+    for f in /usr/local/cuda/lib64/libnvrtc.so.* /usr/local/cuda/targets/x86_64-linux/lib/libnvrtc.so.* \
+             $(for d in $sp; do echo "$d"/nvidia/*/lib/libnvrtc.so.*; done); do
+        case $f in *builtins*|*alt*) continue ;; esac
+        [ -f "$f" ] && { export CLIPRT_NVRTC=$f; break; }
+    done
+fi
+[ -n "${CLIPRT_NVRTC:-}" ] && export LD_LIBRARY_PATH="$(dirname "$CLIPRT_NVRTC")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CLIPRT_CACHE_DIR="$out/cache" CLIPRT_FIXTURES="$PWD/tests/fixtures"
+
+{
+    echo "commit built: $(cat .gpu/commit 2>/dev/null)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+    echo "CLIPRT_NVRTC=${CLIPRT_NVRTC:-unset}"
+    python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>&1
+} | tee "$out/env.log"
+
+step info 60 .gpu/cliprt info --device cuda
+arch=$(sed -n 's/.*compute \([0-9]*\)\.\([0-9]*\).*/sm_\1\2/p' "$out/info.log" | head -1)
+step kernels 60 .gpu/cliprt kernels --check --arch "${arch:-sm_90},sm_80"
+step tests 150 env CLIPRT_REQUIRE_CUDA=1 CLIPRT_REQUIRE_NVRTC=1 .gpu/cuda-tests --test-threads=1 --nocapture
+for a in vit-b-32 vit-l-14; do
+    step "bench-$a" 75 .gpu/cliprt bench --device cuda --arch "$a" --batch 1,32,256 --workload image,text \
+        --warmup 2 --reps 10 --json
+    step "torch-$a" 75 python3 tools/bench_torch.py --device cuda --dtype fp16 --arch "$a" --batch 1 32 256 \
+        --warmup 2 --reps 10 --json
+done
+cat "$out"/bench-*.log "$out"/torch-*.log | python3 scripts/gpu/compare.py | tee "$out/summary.txt"
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" | tee -a "$out/summary.txt"
+    exit 1
+fi
+echo "all steps passed" | tee -a "$out/summary.txt"

@@ -1,0 +1,497 @@
+//! The CUDA backend: every kernel against the f64 reference backend on random inputs and awkward shapes (outputs
+//! poisoned with NaN before each launch), the fixtures' embeddings on the GPU against HF's float64 references,
+//! and GPU against CPU on synthetic ViT-B/32 and ViT-L/14. Without a GPU these print "skipped: no CUDA device";
+//! `CLIPRT_REQUIRE_CUDA=1` turns that skip into a failure (scripts/gpu/run.sh sets it). The kernel compile check
+//! and the no-GPU error paths run everywhere.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use cliprt::backend::reference::ReferenceBackend;
+use cliprt::backend::{self, Activation, AttnShape, Backend, Epilogue, GemmShape, PatchShape};
+use cliprt::config::presets;
+use cliprt::cpu::CpuBackend;
+use cliprt::cuda::CudaBackend;
+use cliprt::model::ClipModel;
+use cliprt::tokenizer::TextBatch;
+use cliprt::weights::ClipWeights;
+use cliprt::{Clip, Device, Error};
+use common::*;
+use half::f16;
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CLIPRT_REQUIRE_CUDA").is_none(),
+                "CLIPRT_REQUIRE_CUDA is set, but: {e}"
+            );
+            println!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Values as the GPU stores them: the reference then sees exactly the GPU's inputs, and the comparison measures
+/// the kernel, not the input rounding.
+fn r16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
+}
+
+/// A device buffer full of NaN: any element a kernel fails to write shows up in the comparison.
+fn poisoned(g: &CudaBackend, len: usize) -> cliprt::cuda::CudaBuf {
+    let mut buf = g.alloc(len).unwrap();
+    g.write(&mut buf, &vec![f32::NAN; len]).unwrap();
+    buf
+}
+
+#[test]
+fn gemm_matches_reference_with_every_epilogue() {
+    let Some(g) = gpu() else { return };
+    let r = ReferenceBackend;
+    // Odd sizes, sizes just past a 64 tile, K not a multiple of 8 (ViT-L/14's patch GEMM: 588), CLIP's widths.
+    let shapes = [
+        (1, 1, 1),
+        (7, 63, 65),
+        (65, 130, 588),
+        (50, 96, 768),
+        (77, 512, 64),
+        (197, 200, 1024),
+        (3, 2304, 768),
+        (64, 64, 3072),
+    ];
+    let eps = [
+        Epilogue::Store,
+        Epilogue::Accumulate,
+        Epilogue::Activation(Activation::QuickGelu),
+        Epilogue::Activation(Activation::Gelu),
+    ];
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        for (e, &ep) in eps.iter().enumerate() {
+            for with_bias in [true, false] {
+                let seed = (case * 16 + e * 2 + usize::from(with_bias)) as u64;
+                let x = r16(&random(m * k, seed, 1.0));
+                let w = r16(&random(n * k, seed + 100, 1.0 / (k as f32).sqrt()));
+                let bias = r16(&random(n, seed + 200, 0.5));
+                let init = r16(&random(m * n, seed + 300, 1.0));
+                let bias = with_bias.then_some(bias.as_slice());
+                let s = GemmShape { m, n, k };
+
+                let (rl, rx) = (r.linear(&w, n, k, bias).unwrap(), r.upload(&x).unwrap());
+                let mut want = r.upload(&init).unwrap();
+                backend::gemm(&r, &mut want, &rx, &rl, s, ep).unwrap();
+
+                let (gl, gx) = (g.linear(&w, n, k, bias).unwrap(), g.upload(&x).unwrap());
+                let mut out = if ep == Epilogue::Accumulate {
+                    g.upload(&init).unwrap()
+                } else {
+                    poisoned(&g, m * n)
+                };
+                backend::gemm(&g, &mut out, &gx, &gl, s, ep).unwrap();
+                let got = g.download(&out).unwrap();
+                assert_close(
+                    &got,
+                    &want,
+                    2e-3,
+                    3e-3,
+                    &format!("gemm {s:?} {ep:?} bias {with_bias}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_reference() {
+    let Some(g) = gpu() else { return };
+    let r = ReferenceBackend;
+    // (batch, seq, heads, head_dim, causal): CLIP's sequences (50, 77, 197, 257, 577), head dims 64/80/104, and
+    // lengths that leave partial 8-query and 32-key tiles.
+    let shapes = [
+        (2, 50, 12, 64, false),
+        (3, 77, 8, 64, true),
+        (2, 7, 2, 80, false),
+        (1, 257, 4, 104, false),
+        (1, 577, 2, 64, false),
+        (2, 33, 3, 80, true),
+        (1, 1, 1, 64, true),
+        (1, 197, 2, 128, false),
+    ];
+    for (i, &(batch, seq, heads, head_dim, causal)) in shapes.iter().enumerate() {
+        let s = AttnShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            causal,
+        };
+        let rows = batch * seq;
+        let qkv = r16(&random(rows * 3 * s.width(), 40 + i as u64, 1.0));
+        let mut want = r.alloc(rows * s.width()).unwrap();
+        backend::attention(&r, &mut want, &r.upload(&qkv).unwrap(), s).unwrap();
+        let mut out = poisoned(&g, rows * s.width());
+        backend::attention(&g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
+        assert_close(
+            &g.download(&out).unwrap(),
+            &want,
+            2e-3,
+            3e-3,
+            &format!("attention {s:?}"),
+        );
+    }
+}
+
+#[test]
+fn attention_rejects_head_dims_over_128() {
+    let Some(g) = gpu() else { return };
+    let s = AttnShape {
+        batch: 1,
+        seq: 4,
+        heads: 1,
+        head_dim: 160,
+        causal: false,
+    };
+    let qkv = g.alloc(4 * 3 * 160).unwrap();
+    let mut out = g.alloc(4 * 160).unwrap();
+    assert!(matches!(
+        backend::attention(&g, &mut out, &qkv, s),
+        Err(Error::UnsupportedModel(_))
+    ));
+}
+
+#[test]
+fn layernorm_matches_reference() {
+    let Some(g) = gpu() else { return };
+    let r = ReferenceBackend;
+    for (i, &(rows, dim)) in [
+        (1, 64),
+        (7, 33),
+        (77, 512),
+        (197, 768),
+        (5, 1280),
+        (3, 1664),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 70 + i as u64;
+        // An offset mean as in a residual stream: the two-pass variance must not cancel.
+        let x: Vec<f32> = r16(&random(rows * dim, seed, 3.0)
+            .iter()
+            .map(|v| v + 2.0)
+            .collect::<Vec<_>>());
+        let gamma = r16(&random(dim, seed + 1, 1.0));
+        let beta = r16(&random(dim, seed + 2, 0.5));
+        let mut want = r.alloc(rows * dim).unwrap();
+        let (rg, rb) = (r.upload(&gamma).unwrap(), r.upload(&beta).unwrap());
+        backend::layernorm(
+            &r,
+            &mut want,
+            &r.upload(&x).unwrap(),
+            &rg,
+            &rb,
+            rows,
+            dim,
+            1e-5,
+        )
+        .unwrap();
+        let mut out = poisoned(&g, rows * dim);
+        let (gg, gb) = (g.upload(&gamma).unwrap(), g.upload(&beta).unwrap());
+        backend::layernorm(
+            &g,
+            &mut out,
+            &g.upload(&x).unwrap(),
+            &gg,
+            &gb,
+            rows,
+            dim,
+            1e-5,
+        )
+        .unwrap();
+        assert_close(
+            &g.download(&out).unwrap(),
+            &want,
+            3e-3,
+            3e-3,
+            &format!("layernorm {rows}x{dim}"),
+        );
+    }
+}
+
+#[test]
+fn embedding_plumbing_matches_reference() {
+    let Some(g) = gpu() else { return };
+    let r = ReferenceBackend;
+    for (i, &(batch, channels, image_size, patch)) in [(2, 3, 32, 8), (1, 3, 28, 14), (3, 1, 9, 4)]
+        .iter()
+        .enumerate()
+    {
+        let s = PatchShape {
+            batch,
+            channels,
+            image_size,
+            patch,
+        };
+        let pixels = r16(&random(
+            batch * channels * image_size * image_size,
+            90 + i as u64,
+            2.0,
+        ));
+        let len = batch * s.patches() * s.patch_dim();
+        let mut want = r.alloc(len).unwrap();
+        backend::im2col(&r, &mut want, &r.upload(&pixels).unwrap(), s).unwrap();
+        let mut out = poisoned(&g, len);
+        backend::im2col(&g, &mut out, &g.upload(&pixels).unwrap(), s).unwrap();
+        assert_close(
+            &g.download(&out).unwrap(),
+            &want,
+            0.0,
+            0.0,
+            &format!("im2col {s:?}"),
+        );
+    }
+
+    let (batch, seq, dim) = (3, 10, 48);
+    let patches = r16(&random(batch * (seq - 1) * dim, 1, 1.0));
+    let class = r16(&random(dim, 2, 1.0));
+    let pos = r16(&random(seq * dim, 3, 1.0));
+    let mut want = r.alloc(batch * seq * dim).unwrap();
+    let (rp, rc, rpos) = (
+        r.upload(&patches).unwrap(),
+        r.upload(&class).unwrap(),
+        r.upload(&pos).unwrap(),
+    );
+    backend::vision_embed(&r, &mut want, &rp, &rc, &rpos, batch, seq, dim).unwrap();
+    let mut out = poisoned(&g, batch * seq * dim);
+    let (gp, gc, gpos) = (
+        g.upload(&patches).unwrap(),
+        g.upload(&class).unwrap(),
+        g.upload(&pos).unwrap(),
+    );
+    backend::vision_embed(&g, &mut out, &gp, &gc, &gpos, batch, seq, dim).unwrap();
+    assert_close(
+        &g.download(&out).unwrap(),
+        &want,
+        1e-3,
+        1e-3,
+        "vision_embed",
+    );
+
+    let (vocab, seq, dim) = (97, 7, 40);
+    let token = r16(&random(vocab * dim, 4, 1.0));
+    let pos = r16(&random(seq * dim, 5, 1.0));
+    let ids: Vec<u32> = random(3 * seq, 6, 1.0)
+        .iter()
+        .map(|v| ((v + 1.0) * 48.0) as u32 % vocab as u32)
+        .collect();
+    let mut want = r.alloc(ids.len() * dim).unwrap();
+    backend::text_embed(
+        &r,
+        &mut want,
+        &ids,
+        &r.upload(&token).unwrap(),
+        &r.upload(&pos).unwrap(),
+        seq,
+        dim,
+    )
+    .unwrap();
+    let mut out = poisoned(&g, ids.len() * dim);
+    backend::text_embed(
+        &g,
+        &mut out,
+        &ids,
+        &g.upload(&token).unwrap(),
+        &g.upload(&pos).unwrap(),
+        seq,
+        dim,
+    )
+    .unwrap();
+    assert_close(&g.download(&out).unwrap(), &want, 1e-3, 1e-3, "text_embed");
+
+    let x = r16(&random(21 * dim, 7, 1.0));
+    let rows = [20, 0, 7, 7, 13];
+    let mut want = r.alloc(rows.len() * dim).unwrap();
+    backend::gather_rows(&r, &mut want, &r.upload(&x).unwrap(), &rows, dim).unwrap();
+    let mut out = poisoned(&g, rows.len() * dim);
+    backend::gather_rows(&g, &mut out, &g.upload(&x).unwrap(), &rows, dim).unwrap();
+    assert_close(&g.download(&out).unwrap(), &want, 0.0, 0.0, "gather_rows");
+}
+
+#[test]
+fn scaled_cosine_matches_host() {
+    let Some(g) = gpu() else { return };
+    for &(ra, rb, dim) in &[(1, 1, 1), (3, 1000, 512), (7, 33, 768), (2, 5, 3)] {
+        let mut a = random(ra * dim, 11, 1.0);
+        let b = random(rb * dim, 12, 1.0);
+        a[..dim].fill(0.0); // an all-zero row scores 0 on both sides
+        let want = cliprt::similarity::scaled_cosine(&a, ra, &b, rb, dim, 100.0).unwrap();
+        let got = g.scaled_cosine(&a, ra, &b, rb, dim, 100.0).unwrap();
+        assert_close(
+            &got,
+            &want,
+            1e-3,
+            1e-5,
+            &format!("scaled_cosine {ra}x{rb}x{dim}"),
+        );
+    }
+}
+
+#[test]
+fn fixture_embeddings_match_hf_float64_on_gpu() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in ["tiny-openai", "exotic", "tiny-openai-f16", "exotic-bf16"] {
+        let clip = Clip::load(fixture(name), Device::Cuda(0)).unwrap();
+        let r = reference(name);
+        let dim = clip.config().projection_dim;
+        let img = clip.embed_pixels(&r.pixels, r.images.len()).unwrap();
+        let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+        let txt = clip.embed_texts(&texts).unwrap();
+        let wi = assert_rows_match(
+            &img.data,
+            &r.image_embeds,
+            dim,
+            0.9995,
+            0.05,
+            &format!("{name} image"),
+        );
+        let wt = assert_rows_match(
+            &txt.data,
+            &r.text_embeds,
+            dim,
+            0.9995,
+            0.05,
+            &format!("{name} text"),
+        );
+        let logits = clip.logits(&img, &txt).unwrap();
+        assert_close(
+            &logits,
+            &r.logits,
+            0.05 * r.logit_scale,
+            0.0,
+            &format!("{name} logits"),
+        );
+        println!(
+            "{name} on cuda: worst image cos {:.6} abs {:.2e}; text cos {:.6} abs {:.2e}",
+            wi.0, wi.1, wt.0, wt.1
+        );
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_on_synthetic_vit_b_32_and_vit_l_14() {
+    if gpu().is_none() {
+        return;
+    }
+    for arch in ["vit-b-32", "vit-l-14"] {
+        let config = presets::by_name(arch).unwrap();
+        let gpu_model = ClipModel::new(
+            CudaBackend::new(0).unwrap(),
+            &config,
+            ClipWeights::random(&config, 7),
+        )
+        .unwrap();
+        let cpu_model = ClipModel::new(
+            CpuBackend::default(),
+            &config,
+            ClipWeights::random(&config, 7),
+        )
+        .unwrap();
+        let size = config.vision.image_size;
+        let batch = 3;
+        let pixels = random(batch * 3 * size * size, 8, 2.0);
+        let (gi, ci) = (
+            gpu_model.encode_images(&pixels, batch).unwrap(),
+            cpu_model.encode_images(&pixels, batch).unwrap(),
+        );
+        let rows = cliprt::bench::prompt_ids()[..5].to_vec();
+        let tb = TextBatch::new(&rows, &config.text).unwrap();
+        let (gt, ct) = (
+            gpu_model.encode_texts(&tb).unwrap(),
+            cpu_model.encode_texts(&tb).unwrap(),
+        );
+        let dim = config.projection_dim;
+        let wi = assert_rows_match(&gi, &ci, dim, 0.999, 0.05, &format!("{arch} image"));
+        let wt = assert_rows_match(&gt, &ct, dim, 0.999, 0.05, &format!("{arch} text"));
+        println!(
+            "{arch} gpu vs cpu: worst image cos {:.6}, text cos {:.6}",
+            wi.0, wt.0
+        );
+    }
+}
+
+#[test]
+fn missing_gpu_is_a_typed_error_and_the_cpu_keeps_working() {
+    // With a GPU present, ask for an ordinal past the last device instead.
+    let ordinal = match cliprt::cuda::device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            assert!(matches!(e, Error::DeviceUnavailable(_)), "{e:?}");
+            0
+        }
+    };
+    match Clip::load(fixture("tiny-openai"), Device::Cuda(ordinal)) {
+        Err(Error::DeviceUnavailable(msg)) => assert!(!msg.is_empty()),
+        Err(e) => panic!("expected DeviceUnavailable, got {e:?}"),
+        Ok(_) => panic!("cuda:{ordinal} does not exist but loaded"),
+    }
+    let clip = Clip::load(fixture("tiny-openai"), Device::Cpu).unwrap();
+    assert_eq!(clip.embed_texts(&["still works"]).unwrap().rows, 1);
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
+    if let Err(e) = cliprt::cuda::nvrtc_info() {
+        assert!(
+            std::env::var_os("CLIPRT_REQUIRE_NVRTC").is_none(),
+            "CLIPRT_REQUIRE_NVRTC is set, but: {e}"
+        );
+        println!("skipped: no NVRTC ({e})");
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let reports: Vec<_> = cliprt::cuda::check(arch)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let symbols: Vec<&str> = reports
+            .iter()
+            .flat_map(|r| r.kernels.iter().map(|k| k.symbol.as_str()))
+            .collect();
+        for op in cliprt::cuda::OPS {
+            for v in op.variants {
+                assert!(
+                    symbols.contains(&v.symbol),
+                    "{} missing from the {arch} build",
+                    v.symbol
+                );
+            }
+        }
+        for k in reports.iter().flat_map(|r| &r.kernels) {
+            assert_eq!(
+                (k.spill_stores, k.spill_loads, k.stack_bytes),
+                (0, 0, 0),
+                "{} on {arch}",
+                k.symbol
+            );
+            assert!(
+                k.registers > 0 && k.registers <= 255,
+                "{}: {} registers",
+                k.symbol,
+                k.registers
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_kernel_variant_is_an_error() {
+    // Only the registry is consulted: no GPU needed.
+    let op = cliprt::cuda::kernels::op("gemm").unwrap();
+    let got = op.pick(Some("v999"));
+    assert!(matches!(got, Err(Error::InvalidArgument(m)) if m.contains("CLIPRT_KERNEL_GEMM=v999")));
+    assert_eq!(op.pick(None).unwrap().symbol, "gemm_f16_v1");
+    assert_eq!(op.pick(Some("v1")).unwrap().symbol, "gemm_f16_v1");
+}
