@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
     PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
@@ -386,8 +386,14 @@ impl Backend for CudaBackend {
         let (m, n, k) = (int(s.m, "m")?, int(s.n, "n")?, int(s.k, "k")?);
         let has_bias = i32::from(w.bias.is_some());
         let code = epilogue_code(ep);
-        // 16-byte cp.async rows need K % 8 == 0 (allocations are 256-byte aligned, and no view is offset).
-        let vec = i32::from(s.k.is_multiple_of(8));
+        // 16-byte cp.async chunks need K % 8 == 0 and 16-byte aligned operands (CUDA allocations are; checked
+        // rather than assumed).
+        let aligned = |p: u64| p.is_multiple_of(16);
+        let vec = i32::from(
+            s.k.is_multiple_of(8)
+                && aligned(x.data.device_ptr(&self.stream).0)
+                && aligned(w.w.device_ptr(&self.stream).0),
+        );
         let bias = w.bias.as_ref().unwrap_or(&w.w);
         let cfg = LaunchConfig {
             grid_dim: (s.n.div_ceil(64) as u32, s.m.div_ceil(64) as u32, 1),
