@@ -20,6 +20,24 @@ pub fn normalize_rows(data: &mut [f32], dim: usize) {
     }
 }
 
+/// Checks that `a` and `b` hold `[rows_a, dim]` and `[rows_b, dim]` values (every similarity backend's contract).
+pub(crate) fn check_pair(
+    a: &[f32],
+    rows_a: usize,
+    b: &[f32],
+    rows_b: usize,
+    dim: usize,
+) -> Result<()> {
+    if a.len() != rows_a * dim || b.len() != rows_b * dim {
+        return Err(Error::Shape(format!(
+            "similarity of [{rows_a}, {dim}] and [{rows_b}, {dim}] given {} and {} values",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(())
+}
+
 /// `scale · normalize(a) · normalize(b)ᵀ`: `[rows_a, rows_b]` logits, the way CLIP scores image–text pairs.
 pub fn scaled_cosine(
     a: &[f32],
@@ -29,13 +47,7 @@ pub fn scaled_cosine(
     dim: usize,
     scale: f32,
 ) -> Result<Vec<f32>> {
-    if a.len() != rows_a * dim || b.len() != rows_b * dim {
-        return Err(Error::Shape(format!(
-            "similarity of [{rows_a}, {dim}] and [{rows_b}, {dim}] given {} and {} values",
-            a.len(),
-            b.len()
-        )));
-    }
+    check_pair(a, rows_a, b, rows_b, dim)?;
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     normalize_rows(&mut a, dim);
     normalize_rows(&mut b, dim);

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
@@ -266,13 +266,7 @@ impl CudaBackend {
         dim: usize,
         scale: f32,
     ) -> Result<Vec<f32>> {
-        if a.len() != rows_a * dim || b.len() != rows_b * dim {
-            return Err(Error::Shape(format!(
-                "similarity of [{rows_a}, {dim}] and [{rows_b}, {dim}] given {} and {} values",
-                a.len(),
-                b.len()
-            )));
-        }
+        crate::similarity::check_pair(a, rows_a, b, rows_b, dim)?;
         let outputs = rows_a * rows_b;
         if outputs == 0 {
             return Ok(Vec::new());
