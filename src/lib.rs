@@ -27,6 +27,7 @@ pub mod model;
 pub mod npy;
 pub mod preprocess;
 pub mod resample;
+pub mod search;
 pub mod similarity;
 pub mod tokenizer;
 pub mod weights;

@@ -1,0 +1,383 @@
+//! Retrieval at scale: the top-k gallery rows of each query by scaled cosine similarity, computed tile by tile
+//! with the running top-k kept per thread, so no `queries × gallery` score matrix ever exists and the extra
+//! memory is independent of the gallery size. Normalization is fused: query norms are folded into the packed
+//! queries, gallery norms are computed once when the [`Gallery`] is built (or skipped for a normalized one).
+//!
+//! Results are deterministic: ties are broken by the lower gallery index, whatever the thread split. `k` larger
+//! than the gallery returns every row. [`logits`] is the same kernel family storing every score (zero-shot).
+
+mod kernel;
+pub mod topk;
+
+use rayon::prelude::*;
+
+use crate::cpu::isa::{has_avx512_bf16, Isa};
+use crate::error::{Error, Result};
+use kernel::Sink;
+use topk::TopKSet;
+
+/// Largest k accepted (the heaps live per thread and per query).
+pub const MAX_K: usize = 4096;
+
+/// How the gallery's rows are stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Storage<'a> {
+    /// `[rows, dim]` f32.
+    F32(&'a [f32]),
+    /// `[rows, dim.div_ceil(2)]` bf16 pairs (low half = even column), as [`to_bf16_pairs`] makes them: half the
+    /// bytes, and twice the multiply rate with AVX512_BF16.
+    Bf16(&'a [u32]),
+}
+
+/// A gallery of embeddings to search, borrowed (e.g. from a memory-mapped index) with its inverse norms.
+pub struct Gallery<'a> {
+    storage: Storage<'a>,
+    rows: usize,
+    dim: usize,
+    /// 1/|row| per row (0 for an all-zero row); `None` when the rows are known to be unit length.
+    inv_norms: Option<Vec<f32>>,
+}
+
+impl<'a> Gallery<'a> {
+    /// `data` holds whole rows of `dim`. With `normalized`, rows are taken as unit length (no norm pass).
+    pub fn new(storage: Storage<'a>, dim: usize, normalized: bool) -> Result<Gallery<'a>> {
+        if dim == 0 {
+            return Err(Error::InvalidArgument("gallery dimension is 0".into()));
+        }
+        let (len, per_row) = match storage {
+            Storage::F32(d) => (d.len(), dim),
+            Storage::Bf16(d) => (d.len(), dim.div_ceil(2)),
+        };
+        if len % per_row != 0 {
+            return Err(Error::Shape(format!(
+                "gallery holds {len} values, not whole rows of {per_row}"
+            )));
+        }
+        let rows = len / per_row;
+        if rows > u32::MAX as usize {
+            return Err(Error::InvalidArgument(format!("{rows} gallery rows exceed 2^32")));
+        }
+        let mut g = Gallery {
+            storage,
+            rows,
+            dim,
+            inv_norms: None,
+        };
+        if !normalized {
+            g.inv_norms = Some(
+                (0..rows)
+                    .into_par_iter()
+                    .with_min_len(1024)
+                    .map_init(
+                        || vec![0.0f32; dim],
+                        |buf, r| {
+                            g.row_f32(r, buf);
+                            let n = buf.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+                            if n > 0.0 {
+                                (1.0 / n) as f32
+                            } else {
+                                0.0
+                            }
+                        },
+                    )
+                    .collect(),
+            );
+        }
+        Ok(g)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// "f32" or "bf16".
+    pub fn precision(&self) -> &'static str {
+        match self.storage {
+            Storage::F32(_) => "f32",
+            Storage::Bf16(_) => "bf16",
+        }
+    }
+
+    /// Row `r` widened to f32.
+    fn row_f32(&self, r: usize, out: &mut [f32]) {
+        match self.storage {
+            Storage::F32(d) => out.copy_from_slice(&d[r * self.dim..(r + 1) * self.dim]),
+            Storage::Bf16(d) => {
+                let dp = self.dim.div_ceil(2);
+                for (c, o) in out.iter_mut().enumerate() {
+                    let pair = d[r * dp + c / 2];
+                    let bits = if c % 2 == 0 { pair & 0xFFFF } else { pair >> 16 };
+                    *o = f32::from_bits(bits << 16);
+                }
+            }
+        }
+    }
+}
+
+/// bf16 bits of `x`, rounded to nearest even (NaN stays NaN).
+fn bf16_bits(x: f32) -> u32 {
+    half::bf16::from_f32(x).to_bits().into()
+}
+
+/// `[rows, dim]` f32 → bf16 pairs for [`Storage::Bf16`] (round to nearest even; an odd `dim` is zero-padded).
+pub fn to_bf16_pairs(data: &[f32], dim: usize) -> Vec<u32> {
+    let dp = dim.div_ceil(2);
+    let rows = data.len() / dim.max(1);
+    let mut out = vec![0u32; rows * dp];
+    out.par_chunks_mut(dp.max(1))
+        .zip(data.par_chunks(dim.max(1)))
+        .for_each(|(o, row)| {
+            for (p, pair) in o.iter_mut().zip(row.chunks(2)) {
+                *p = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&v| bf16_bits(v)) << 16;
+            }
+        });
+    out
+}
+
+/// The top-k of each query: row-major `[queries, k]` indices and scaled scores, best first. `k` is the number
+/// kept per query: the asked k, or the gallery size if smaller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopK {
+    pub queries: usize,
+    pub k: usize,
+    pub indices: Vec<usize>,
+    pub scores: Vec<f32>,
+}
+
+impl TopK {
+    /// Query `q`'s `(gallery row, score)` pairs, best first.
+    pub fn hits(&self, q: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let r = q * self.k..(q + 1) * self.k;
+        self.indices[r.clone()].iter().copied().zip(self.scores[r].iter().copied())
+    }
+}
+
+/// Queries packed for the kernels: panels of `width` queries, `[dim][width]` each, multiplied by `scale / |q|`.
+struct Packed {
+    width: usize,
+    f32: Vec<f32>,
+    /// The same panels as bf16 pairs along dim (`[dim/2][width]`), for a bf16 gallery.
+    bf16: Vec<u32>,
+}
+
+fn pack_queries(queries: &[f32], nq: usize, dim: usize, scale: f32, width: usize, bf16: bool) -> Packed {
+    let panels = nq.div_ceil(width);
+    let factor: Vec<f32> = queries
+        .chunks_exact(dim)
+        .map(|q| {
+            let n = q.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+            if n > 0.0 {
+                (f64::from(scale) / n) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let value = |q: usize, kk: usize| {
+        if q < nq && kk < dim {
+            queries[q * dim + kk] * factor[q]
+        } else {
+            0.0
+        }
+    };
+    let mut f = vec![0.0f32; panels * dim * width];
+    let dp = dim.div_ceil(2);
+    let mut b = vec![0u32; if bf16 { panels * dp * width } else { 0 }];
+    for p in 0..panels {
+        for c in 0..width {
+            let q = p * width + c;
+            for kk in 0..dim {
+                f[(p * dim + kk) * width + c] = value(q, kk);
+            }
+            if bf16 {
+                for kp in 0..dp {
+                    b[(p * dp + kp) * width + c] =
+                        bf16_bits(value(q, 2 * kp)) | bf16_bits(value(q, 2 * kp + 1)) << 16;
+                }
+            }
+        }
+    }
+    Packed { width, f32: f, bf16: b }
+}
+
+/// Checks a query batch against a gallery; returns the number of queries.
+fn check_queries(g: &Gallery, queries: &[f32]) -> Result<usize> {
+    if queries.is_empty() {
+        return Err(Error::EmptyInput("no queries given"));
+    }
+    if queries.len() % g.dim != 0 {
+        return Err(Error::Shape(format!(
+            "{} query values are not whole rows of {}",
+            queries.len(),
+            g.dim
+        )));
+    }
+    if g.rows == 0 {
+        return Err(Error::EmptyInput("the gallery is empty"));
+    }
+    Ok(queries.len() / g.dim)
+}
+
+/// Which kernel runs: AVX-512 (bf16 galleries also need AVX512_BF16), else the portable one.
+fn use_avx512(isa: Isa, g: &Gallery) -> bool {
+    isa == Isa::Avx512
+        && isa.available()
+        && match g.storage {
+            Storage::F32(_) => true,
+            Storage::Bf16(_) => has_avx512_bf16(),
+        }
+}
+
+/// Runs gallery rows `rows` through the kernel chosen for `isa` into `sink`.
+fn score_rows(
+    isa: Isa,
+    g: &Gallery,
+    packed: &Packed,
+    nq: usize,
+    rows: std::ops::Range<usize>,
+    sink: &mut Sink,
+) {
+    let inv = g.inv_norms.as_deref();
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512(isa, g) {
+        use kernel::avx512::{block_bf16, block_f32};
+        // SAFETY: use_avx512 checked the features; packed holds every panel of `width` queries for this dim.
+        unsafe {
+            match (g.storage, packed.width / 16) {
+                (Storage::F32(d), 1) => block_f32::<1>(d, g.dim, rows, inv, &packed.f32, nq, sink),
+                (Storage::F32(d), 2) => block_f32::<2>(d, g.dim, rows, inv, &packed.f32, nq, sink),
+                (Storage::F32(d), 3) => block_f32::<3>(d, g.dim, rows, inv, &packed.f32, nq, sink),
+                (Storage::F32(d), _) => block_f32::<4>(d, g.dim, rows, inv, &packed.f32, nq, sink),
+                (Storage::Bf16(d), 1) => block_bf16::<1>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
+                (Storage::Bf16(d), 2) => block_bf16::<2>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
+                (Storage::Bf16(d), 3) => block_bf16::<3>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
+                (Storage::Bf16(d), _) => block_bf16::<4>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
+            }
+        }
+        return;
+    }
+    let _ = isa;
+    // The portable kernel multiplies f32 panels; a bf16 gallery is widened row by row.
+    kernel::portable::block(
+        rows,
+        g.dim,
+        |r, out| g.row_f32(r, out),
+        inv,
+        &packed.f32,
+        nq,
+        packed.width,
+        sink,
+    );
+}
+
+/// Gallery rows per parallel task: about 256 KiB of rows, so a task's rows stay in L2 across query panels.
+fn block_rows(g: &Gallery) -> usize {
+    let bytes_per_row = match g.storage {
+        Storage::F32(_) => 4 * g.dim,
+        Storage::Bf16(_) => 4 * g.dim.div_ceil(2),
+    };
+    ((256 << 10) / bytes_per_row.max(1)).clamp(12, 1 << 16) / 12 * 12
+}
+
+/// The `k` best gallery rows of each query (rows of `queries`, `dim` wide) by `scale · cos(q, g)`, with the
+/// CPU's best SIMD tier (or `CLIPRT_CPU_ISA`).
+pub fn search(g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
+    search_with(Isa::from_env()?, g, queries, k, scale)
+}
+
+/// [`search`] on a given SIMD tier (a tier the CPU lacks falls back to the portable kernel).
+pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
+    let nq = check_queries(g, queries)?;
+    if k == 0 || k > MAX_K {
+        return Err(Error::InvalidArgument(format!("k = {k}: expected 1 ..= {MAX_K}")));
+    }
+    if !scale.is_finite() {
+        return Err(Error::InvalidArgument(format!("scale {scale} is not finite")));
+    }
+    let k = k.min(g.rows);
+    let width = 16 * kernel::panel_vectors(nq);
+    let packed = pack_queries(queries, nq, g.dim, scale, width, matches!(g.storage, Storage::Bf16(_)));
+    let padded = nq.div_ceil(width) * width;
+    let per_block = block_rows(g);
+    let blocks = g.rows.div_ceil(per_block);
+    let set = (0..blocks)
+        .into_par_iter()
+        .fold(
+            || TopKSet::new(nq, padded, k),
+            |mut set, b| {
+                let rows = b * per_block..((b + 1) * per_block).min(g.rows);
+                score_rows(isa, g, &packed, nq, rows, &mut Sink::TopK(&mut set));
+                set
+            },
+        )
+        .reduce_with(TopKSet::merge)
+        .unwrap_or_else(|| TopKSet::new(nq, padded, k));
+    let (mut indices, mut scores) = (Vec::with_capacity(nq * k), Vec::with_capacity(nq * k));
+    for q in 0..nq {
+        for h in set.sorted(q) {
+            indices.push(h.index as usize);
+            scores.push(h.score);
+        }
+    }
+    Ok(TopK {
+        queries: nq,
+        k,
+        indices,
+        scores,
+    })
+}
+
+/// Every score: `[queries, gallery rows]` of `scale · cos(q, g)` (zero-shot sizes; the same kernels, storing).
+pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
+    let nq = check_queries(g, queries)?;
+    let width = 16 * kernel::panel_vectors(nq);
+    let packed = pack_queries(queries, nq, g.dim, scale, width, matches!(g.storage, Storage::Bf16(_)));
+    let mut out = vec![0.0f32; nq * g.rows];
+    let rows = g.rows;
+    score_rows(
+        Isa::from_env()?,
+        g,
+        &packed,
+        nq,
+        0..rows,
+        &mut Sink::Store { out: &mut out, rows },
+    );
+    Ok(out)
+}
+
+/// The oracle: every score in f64, a full sort, ties by lower index. For tests and benchmark validation.
+pub fn search_reference(gallery: &[f32], dim: usize, queries: &[f32], k: usize, scale: f32) -> TopK {
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let rows = gallery.len() / dim;
+    let nq = queries.len() / dim;
+    let k = k.min(rows);
+    let gn: Vec<f64> = gallery.chunks_exact(dim).map(norm).collect();
+    let (mut indices, mut scores) = (Vec::new(), Vec::new());
+    for q in queries.chunks_exact(dim) {
+        let qn = norm(q);
+        let mut all: Vec<(f64, usize)> = gallery
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, g)| {
+                let dot: f64 = q.iter().zip(g).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let denom = qn * gn[i];
+                (if denom > 0.0 { f64::from(scale) * dot / denom } else { 0.0 }, i)
+            })
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(s, i) in &all[..k] {
+            indices.push(i);
+            scores.push(s as f32);
+        }
+    }
+    TopK {
+        queries: nq,
+        k,
+        indices,
+        scores,
+    }
+}
