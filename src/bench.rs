@@ -32,6 +32,8 @@ pub enum Workload {
     /// Zero-shot scoring: `batch` image embeddings against [`SIMILARITY_CLASSES`] text embeddings (L2 normalize,
     /// scaled cosine, softmax).
     Similarity,
+    /// Retrieval: top-k of `batch` queries over a random gallery (no model; see [`crate::search::bench`]).
+    Search,
 }
 
 /// Classes in the similarity workload (ImageNet's 1000).
@@ -44,8 +46,9 @@ impl std::str::FromStr for Workload {
             "image" => Ok(Workload::Image),
             "text" => Ok(Workload::Text),
             "similarity" => Ok(Workload::Similarity),
+            "search" => Ok(Workload::Search),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown workload {s:?}: image, text or similarity"
+                "unknown workload {s:?}: image, text, similarity or search"
             ))),
         }
     }
@@ -152,6 +155,28 @@ pub struct BenchConfig {
     pub reps: usize,
     /// The machine's peak GFLOP/s; measured when `None`.
     pub peak_gflops: Option<f64>,
+    /// Sizes swept by the search workload.
+    pub search: SearchSizes,
+}
+
+/// Gallery rows, embedding widths, query counts and k values of the search workload (every combination runs).
+#[derive(Clone, Debug)]
+pub struct SearchSizes {
+    pub galleries: Vec<usize>,
+    pub dims: Vec<usize>,
+    pub queries: Vec<usize>,
+    pub ks: Vec<usize>,
+}
+
+impl Default for SearchSizes {
+    fn default() -> Self {
+        SearchSizes {
+            galleries: vec![100_000],
+            dims: vec![512],
+            queries: vec![1, 64],
+            ks: vec![10],
+        }
+    }
 }
 
 impl Default for BenchConfig {
@@ -167,6 +192,7 @@ impl Default for BenchConfig {
             warmup: 1,
             reps: 5,
             peak_gflops: None,
+            search: SearchSizes::default(),
         }
     }
 }
@@ -200,6 +226,10 @@ pub struct Measurement {
     pub weights_mb: f64,
     /// The process's peak resident memory so far (Linux VmHWM), if known.
     pub peak_rss_mb: Option<f64>,
+    /// Search: results kept per query.
+    pub k: Option<usize>,
+    /// Search: recall@k of the first queries against the f64 reference, checked before timing.
+    pub recall: Option<f64>,
 }
 
 /// FLOPs of one encoder pass over `batch` sequences of `seq` tokens.
@@ -345,7 +375,7 @@ unsafe fn fma_avx2(iters: usize) {
 }
 
 /// Times `f`: `warmup` untimed runs, then `reps` timed ones; returns (median, min, max) in ms.
-fn time_runs(
+pub(crate) fn time_runs(
     warmup: usize,
     reps: usize,
     mut f: impl FnMut() -> Result<()>,
@@ -450,6 +480,47 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
     if cfg.workloads.is_empty() {
         return Err(Error::InvalidArgument("no workload given".into()));
     }
+    let models: Vec<Workload> = cfg
+        .workloads
+        .iter()
+        .copied()
+        .filter(|&w| w != Workload::Search)
+        .collect();
+    if !models.is_empty() {
+        run_models(
+            &BenchConfig {
+                workloads: models,
+                ..cfg.clone()
+            },
+            &mut report,
+        )?;
+    }
+    if cfg.workloads.contains(&Workload::Search) {
+        if cfg.device != Device::Cpu {
+            return Err(Error::InvalidArgument(
+                "the search workload runs on the cpu device (the CUDA search kernel is not built yet)".into(),
+            ));
+        }
+        let s = &cfg.search;
+        crate::search::bench::run(
+            &crate::search::bench::SearchBench {
+                galleries: s.galleries.clone(),
+                dims: s.dims.clone(),
+                queries: s.queries.clone(),
+                ks: s.ks.clone(),
+                precision: cfg.precision,
+                warmup: cfg.warmup,
+                reps: cfg.reps,
+                peak_gflops: cfg.peak_gflops,
+            },
+            &mut report,
+        )?;
+    }
+    Ok(())
+}
+
+/// The model workloads (image, text, similarity) on `cfg.device`.
+fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
     let threads = rayon::current_num_threads();
     match cfg.device {
         Device::Cpu => {
@@ -567,6 +638,8 @@ fn measure<B: Backend>(
     for &workload in &cfg.workloads {
         for &batch in &cfg.batches {
             let (seq, flops, (ms, lo, hi)) = match workload {
+                // Runs without a model: crate::search::bench.
+                Workload::Search => continue,
                 Workload::Image => {
                     let size = c.vision.image_size;
                     let pixels = synthetic_pixels(batch * c.vision.num_channels * size * size);
@@ -631,6 +704,8 @@ fn measure<B: Backend>(
                 load_s: s.load_s,
                 weights_mb,
                 peak_rss_mb: peak_rss_mb(),
+                k: None,
+                recall: None,
             });
         }
     }
@@ -644,7 +719,7 @@ pub fn table_header() -> String {
         "arch",
         "workload",
         "batch",
-        "seq",
+        "seq/k",
         "prec",
         "items/s",
         "ms/batch",
@@ -660,20 +735,24 @@ pub fn table_row(m: &Measurement) -> String {
         Workload::Image => "image",
         Workload::Text => "text",
         Workload::Similarity => "similarity",
+        Workload::Search => "search",
     };
     format!(
         "{:<12} {:<10} {:>5} {:>4} {:>5} {:>10.2} {:>10.2} {:>17} {:>9.1} {:>5.1}%",
         m.arch,
         workload,
         m.batch,
-        m.seq.map_or("-".into(), |s| s.to_string()),
+        // Search rows show k in the seq column.
+        m.seq.or(m.k).map_or("-".into(), |s| s.to_string()),
         m.precision,
         m.items_per_s,
         m.ms_per_batch,
         format!("{:.1}–{:.1}", m.ms_min, m.ms_max),
         m.gflops_per_s,
         100.0 * m.peak_fraction
-    )
+    ) + &m
+        .recall
+        .map_or(String::new(), |r| format!("  recall@k {r:.4}"))
 }
 
 #[cfg(test)]

@@ -109,9 +109,21 @@ enum Command {
         /// A real HF-format checkpoint folder instead of a synthetic model.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Comma-separated: image, text, similarity.
+        /// Comma-separated: image, text, similarity, search (search needs no model: a random gallery).
         #[arg(long, default_value = "image,text", value_delimiter = ',')]
         workload: Vec<String>,
+        /// Search: gallery rows, comma-separated.
+        #[arg(long, default_value = "100000", value_delimiter = ',')]
+        gallery: Vec<usize>,
+        /// Search: embedding width, comma-separated.
+        #[arg(long, default_value = "512", value_delimiter = ',')]
+        dim: Vec<usize>,
+        /// Search: queries per search (the items of items/s), comma-separated.
+        #[arg(long, default_value = "1,64", value_delimiter = ',')]
+        queries: Vec<usize>,
+        /// Search: results per query, comma-separated.
+        #[arg(long, default_value = "10", value_delimiter = ',')]
+        k: Vec<usize>,
         /// Comma-separated batch sizes.
         #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
         batch: Vec<usize>,
@@ -255,6 +267,10 @@ fn run(command: Command) -> Result<()> {
             arch,
             model,
             workload,
+            gallery,
+            dim,
+            queries,
+            k,
             batch,
             prompt_len,
             device,
@@ -275,6 +291,12 @@ fn run(command: Command) -> Result<()> {
                 warmup,
                 reps,
                 peak_gflops,
+                search: cliprt::bench::SearchSizes {
+                    galleries: gallery,
+                    dims: dim,
+                    queries,
+                    ks: k,
+                },
             };
             let mut first = true;
             cliprt::bench::run(&cfg, |m| {

@@ -22,7 +22,10 @@ fn assert_matches(got: &TopK, want_k1: &TopK, k: usize, sep: f32, tol: f32, what
                 g[i].1,
                 w[i].1
             );
-            let apart = |j: Option<usize>| j.and_then(|j| w.get(j)).is_none_or(|n| (n.1 - w[i].1).abs() > sep);
+            let apart = |j: Option<usize>| {
+                j.and_then(|j| w.get(j))
+                    .is_none_or(|n| (n.1 - w[i].1).abs() > sep)
+            };
             if apart(i.checked_sub(1)) && apart(Some(i + 1)) {
                 assert_eq!(g[i].0, w[i].0, "{what}: query {q} rank {i}");
             }
@@ -46,16 +49,34 @@ fn f32_top_k_matches_the_f64_reference_on_every_tier() {
         for (c, &(n, d, q, k)) in cases.iter().enumerate() {
             let seed = 1000 + c as u64;
             // Unnormalized rows of different lengths: the norms must be fused in.
-            let g: Vec<f32> = random(n * d, seed, 1.0).iter().enumerate().map(|(i, v)| v * (1.0 + (i / d % 5) as f32)).collect();
+            let g: Vec<f32> = random(n * d, seed, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1.0 + (i / d % 5) as f32))
+                .collect();
             let qs = random(q * d, seed + 1, 3.0);
             let gallery = Gallery::new(Storage::F32(&g), d, false).unwrap();
             let got = search::search_with(tier, &gallery, &qs, k, 1.0).unwrap();
             let want = search::search_reference(&g, d, &qs, k + 1, 1.0);
-            assert_matches(&got, &want, k.min(n), 1e-5, 1e-5, &format!("{tier:?} n{n} d{d} q{q} k{k}"));
+            assert_matches(
+                &got,
+                &want,
+                k.min(n),
+                1e-5,
+                1e-5,
+                &format!("{tier:?} n{n} d{d} q{q} k{k}"),
+            );
             // Scaled like CLIP's logits: errors scale with it.
             let got = search::search_with(tier, &gallery, &qs, k, 100.0).unwrap();
             let want = search::search_reference(&g, d, &qs, k + 1, 100.0);
-            assert_matches(&got, &want, k.min(n), 1e-3, 1e-3, &format!("{tier:?} scaled n{n}"));
+            assert_matches(
+                &got,
+                &want,
+                k.min(n),
+                1e-3,
+                1e-3,
+                &format!("{tier:?} scaled n{n}"),
+            );
         }
     }
 }
@@ -65,7 +86,9 @@ fn exact_ties_come_out_lower_index_first() {
     let d = 24;
     let base = random(4 * d, 5, 1.0);
     // 100 rows: copies of 4 vectors, so every score appears 25 times, bit for bit.
-    let g: Vec<f32> = (0..100).flat_map(|i| base[(i % 4) * d..(i % 4 + 1) * d].to_vec()).collect();
+    let g: Vec<f32> = (0..100)
+        .flat_map(|i| base[(i % 4) * d..(i % 4 + 1) * d].to_vec())
+        .collect();
     let qs = random(3 * d, 6, 1.0);
     for tier in Isa::available_tiers() {
         for normalized in [false, true] {
@@ -74,12 +97,19 @@ fn exact_ties_come_out_lower_index_first() {
             for q in 0..3 {
                 let hits: Vec<(usize, f32)> = got.hits(q).collect();
                 for w in hits.windows(2) {
-                    assert!(w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0), "{tier:?}: {w:?}");
+                    assert!(
+                        w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0),
+                        "{tier:?}: {w:?}"
+                    );
                 }
                 // The best vector's 25 copies first, in index order, then the next one's.
                 let best = hits[0].0 % 4;
                 let firsts: Vec<usize> = hits[..25].iter().map(|h| h.0).collect();
-                assert_eq!(firsts, (0..25).map(|i| best + 4 * i).collect::<Vec<_>>(), "{tier:?}");
+                assert_eq!(
+                    firsts,
+                    (0..25).map(|i| best + 4 * i).collect::<Vec<_>>(),
+                    "{tier:?}"
+                );
             }
         }
     }
@@ -91,8 +121,20 @@ fn normalized_flag_skips_the_norm_pass_with_the_same_result() {
     let mut g = random(n * d, 7, 1.0);
     cliprt::similarity::normalize_rows(&mut g, d);
     let qs = random(5 * d, 8, 1.0);
-    let a = search::search(&Gallery::new(Storage::F32(&g), d, true).unwrap(), &qs, 20, 1.0).unwrap();
-    let b = search::search(&Gallery::new(Storage::F32(&g), d, false).unwrap(), &qs, 20, 1.0).unwrap();
+    let a = search::search(
+        &Gallery::new(Storage::F32(&g), d, true).unwrap(),
+        &qs,
+        20,
+        1.0,
+    )
+    .unwrap();
+    let b = search::search(
+        &Gallery::new(Storage::F32(&g), d, false).unwrap(),
+        &qs,
+        20,
+        1.0,
+    )
+    .unwrap();
     let want = search::search_reference(&g, d, &qs, 21, 1.0);
     assert_matches(&a, &want, 20, 1e-5, 1e-5, "normalized");
     assert_matches(&b, &want, 20, 1e-5, 1e-5, "renormalized");
@@ -121,7 +163,11 @@ fn bf16_gallery_keeps_recall_at_k_above_0_99() {
         assert!(recall >= 0.99, "{tier:?}: recall {recall}");
         // Scores stay close to the exact ones (bf16 inputs, f32 sums).
         for (i, s) in got.scores.iter().enumerate() {
-            assert!((s - exact.scores[i]).abs() < 0.02, "{tier:?} score {s} vs {}", exact.scores[i]);
+            assert!(
+                (s - exact.scores[i]).abs() < 0.02,
+                "{tier:?} score {s} vs {}",
+                exact.scores[i]
+            );
         }
     }
 }
@@ -142,15 +188,39 @@ fn logits_match_the_host_scaled_cosine() {
 fn bad_inputs_are_typed_errors() {
     let g = random(10 * 4, 1, 1.0);
     let gallery = Gallery::new(Storage::F32(&g), 4, false).unwrap();
-    assert!(matches!(search::search(&gallery, &[], 3, 1.0), Err(Error::EmptyInput(_))));
-    assert!(matches!(search::search(&gallery, &[1.0; 5], 3, 1.0), Err(Error::Shape(_))));
-    assert!(matches!(search::search(&gallery, &[1.0; 4], 0, 1.0), Err(Error::InvalidArgument(_))));
-    assert!(matches!(search::search(&gallery, &[1.0; 4], 5000, 1.0), Err(Error::InvalidArgument(_))));
-    assert!(matches!(search::search(&gallery, &[1.0; 4], 3, f32::NAN), Err(Error::InvalidArgument(_))));
-    assert!(matches!(Gallery::new(Storage::F32(&g[..39]), 4, false), Err(Error::Shape(_))));
-    assert!(matches!(Gallery::new(Storage::F32(&g), 0, false), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        search::search(&gallery, &[], 3, 1.0),
+        Err(Error::EmptyInput(_))
+    ));
+    assert!(matches!(
+        search::search(&gallery, &[1.0; 5], 3, 1.0),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        search::search(&gallery, &[1.0; 4], 0, 1.0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        search::search(&gallery, &[1.0; 4], 5000, 1.0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        search::search(&gallery, &[1.0; 4], 3, f32::NAN),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Gallery::new(Storage::F32(&g[..39]), 4, false),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        Gallery::new(Storage::F32(&g), 0, false),
+        Err(Error::InvalidArgument(_))
+    ));
     let empty = Gallery::new(Storage::F32(&[]), 4, false).unwrap();
-    assert!(matches!(search::search(&empty, &[1.0; 4], 3, 1.0), Err(Error::EmptyInput(_))));
+    assert!(matches!(
+        search::search(&empty, &[1.0; 4], 3, 1.0),
+        Err(Error::EmptyInput(_))
+    ));
     // A zero query scores 0 against everything instead of dividing by zero.
     let got = search::search(&gallery, &[0.0; 4], 3, 1.0).unwrap();
     assert!(got.scores.iter().all(|&s| s == 0.0) && got.indices == [0, 1, 2]);

@@ -17,7 +17,10 @@ pub fn panel_vectors(queries: usize) -> usize {
 pub enum Sink<'a> {
     TopK(&'a mut TopKSet),
     /// `out[q · rows + r]` for the `[queries, rows]` logits.
-    Store { out: &'a mut [f32], rows: usize },
+    Store {
+        out: &'a mut [f32],
+        rows: usize,
+    },
 }
 
 impl Sink<'_> {
@@ -29,7 +32,13 @@ impl Sink<'_> {
             Sink::TopK(set) => {
                 for (c, &s) in scores[..valid].iter().enumerate() {
                     if s >= set.thresholds()[q0 + c] {
-                        set.offer(q0 + c, Hit { score: s, index: row as u32 });
+                        set.offer(
+                            q0 + c,
+                            Hit {
+                                score: s,
+                                index: row as u32,
+                            },
+                        );
                     }
                 }
             }
@@ -131,7 +140,8 @@ pub mod avx512 {
             let b: [__m512bh; NV] =
                 std::array::from_fn(|j| std::mem::transmute(_mm512_loadu_si512(bp.add(j))));
             for (i, row) in acc.iter_mut().enumerate() {
-                let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*g.add(i * ldg + kk) as i32));
+                let a: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*g.add(i * ldg + kk) as i32));
                 for j in 0..NV {
                     row[j] = _mm512_dpbf16_ps(row[j], a, b[j]);
                 }

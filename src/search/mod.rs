@@ -6,6 +6,7 @@
 //! Results are deterministic: ties are broken by the lower gallery index, whatever the thread split. `k` larger
 //! than the gallery returns every row. [`logits`] is the same kernel family storing every score (zero-shot).
 
+pub mod bench;
 mod kernel;
 pub mod topk;
 
@@ -55,7 +56,9 @@ impl<'a> Gallery<'a> {
         }
         let rows = len / per_row;
         if rows > u32::MAX as usize {
-            return Err(Error::InvalidArgument(format!("{rows} gallery rows exceed 2^32")));
+            return Err(Error::InvalidArgument(format!(
+                "{rows} gallery rows exceed 2^32"
+            )));
         }
         let mut g = Gallery {
             storage,
@@ -72,7 +75,11 @@ impl<'a> Gallery<'a> {
                         || vec![0.0f32; dim],
                         |buf, r| {
                             g.row_f32(r, buf);
-                            let n = buf.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+                            let n = buf
+                                .iter()
+                                .map(|&v| f64::from(v) * f64::from(v))
+                                .sum::<f64>()
+                                .sqrt();
                             if n > 0.0 {
                                 (1.0 / n) as f32
                             } else {
@@ -110,7 +117,11 @@ impl<'a> Gallery<'a> {
                 let dp = self.dim.div_ceil(2);
                 for (c, o) in out.iter_mut().enumerate() {
                     let pair = d[r * dp + c / 2];
-                    let bits = if c % 2 == 0 { pair & 0xFFFF } else { pair >> 16 };
+                    let bits = if c % 2 == 0 {
+                        pair & 0xFFFF
+                    } else {
+                        pair >> 16
+                    };
                     *o = f32::from_bits(bits << 16);
                 }
             }
@@ -152,7 +163,10 @@ impl TopK {
     /// Query `q`'s `(gallery row, score)` pairs, best first.
     pub fn hits(&self, q: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
         let r = q * self.k..(q + 1) * self.k;
-        self.indices[r.clone()].iter().copied().zip(self.scores[r].iter().copied())
+        self.indices[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.scores[r].iter().copied())
     }
 }
 
@@ -164,12 +178,23 @@ struct Packed {
     bf16: Vec<u32>,
 }
 
-fn pack_queries(queries: &[f32], nq: usize, dim: usize, scale: f32, width: usize, bf16: bool) -> Packed {
+fn pack_queries(
+    queries: &[f32],
+    nq: usize,
+    dim: usize,
+    scale: f32,
+    width: usize,
+    bf16: bool,
+) -> Packed {
     let panels = nq.div_ceil(width);
     let factor: Vec<f32> = queries
         .chunks_exact(dim)
         .map(|q| {
-            let n = q.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+            let n = q
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                .sqrt();
             if n > 0.0 {
                 (f64::from(scale) / n) as f32
             } else {
@@ -201,7 +226,11 @@ fn pack_queries(queries: &[f32], nq: usize, dim: usize, scale: f32, width: usize
             }
         }
     }
-    Packed { width, f32: f, bf16: b }
+    Packed {
+        width,
+        f32: f,
+        bf16: b,
+    }
 }
 
 /// Checks a query batch against a gallery; returns the number of queries.
@@ -252,10 +281,18 @@ fn score_rows(
                 (Storage::F32(d), 2) => block_f32::<2>(d, g.dim, rows, inv, &packed.f32, nq, sink),
                 (Storage::F32(d), 3) => block_f32::<3>(d, g.dim, rows, inv, &packed.f32, nq, sink),
                 (Storage::F32(d), _) => block_f32::<4>(d, g.dim, rows, inv, &packed.f32, nq, sink),
-                (Storage::Bf16(d), 1) => block_bf16::<1>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
-                (Storage::Bf16(d), 2) => block_bf16::<2>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
-                (Storage::Bf16(d), 3) => block_bf16::<3>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
-                (Storage::Bf16(d), _) => block_bf16::<4>(d, g.dim, rows, inv, &packed.bf16, nq, sink),
+                (Storage::Bf16(d), 1) => {
+                    block_bf16::<1>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
+                }
+                (Storage::Bf16(d), 2) => {
+                    block_bf16::<2>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
+                }
+                (Storage::Bf16(d), 3) => {
+                    block_bf16::<3>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
+                }
+                (Storage::Bf16(d), _) => {
+                    block_bf16::<4>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
+                }
             }
         }
         return;
@@ -293,14 +330,25 @@ pub fn search(g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK
 pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
     let nq = check_queries(g, queries)?;
     if k == 0 || k > MAX_K {
-        return Err(Error::InvalidArgument(format!("k = {k}: expected 1 ..= {MAX_K}")));
+        return Err(Error::InvalidArgument(format!(
+            "k = {k}: expected 1 ..= {MAX_K}"
+        )));
     }
     if !scale.is_finite() {
-        return Err(Error::InvalidArgument(format!("scale {scale} is not finite")));
+        return Err(Error::InvalidArgument(format!(
+            "scale {scale} is not finite"
+        )));
     }
     let k = k.min(g.rows);
     let width = 16 * kernel::panel_vectors(nq);
-    let packed = pack_queries(queries, nq, g.dim, scale, width, matches!(g.storage, Storage::Bf16(_)));
+    let packed = pack_queries(
+        queries,
+        nq,
+        g.dim,
+        scale,
+        width,
+        matches!(g.storage, Storage::Bf16(_)),
+    );
     let padded = nq.div_ceil(width) * width;
     let per_block = block_rows(g);
     let blocks = g.rows.div_ceil(per_block);
@@ -335,7 +383,14 @@ pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32)
 pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
     let nq = check_queries(g, queries)?;
     let width = 16 * kernel::panel_vectors(nq);
-    let packed = pack_queries(queries, nq, g.dim, scale, width, matches!(g.storage, Storage::Bf16(_)));
+    let packed = pack_queries(
+        queries,
+        nq,
+        g.dim,
+        scale,
+        width,
+        matches!(g.storage, Storage::Bf16(_)),
+    );
     let mut out = vec![0.0f32; nq * g.rows];
     let rows = g.rows;
     score_rows(
@@ -344,14 +399,28 @@ pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
         &packed,
         nq,
         0..rows,
-        &mut Sink::Store { out: &mut out, rows },
+        &mut Sink::Store {
+            out: &mut out,
+            rows,
+        },
     );
     Ok(out)
 }
 
 /// The oracle: every score in f64, a full sort, ties by lower index. For tests and benchmark validation.
-pub fn search_reference(gallery: &[f32], dim: usize, queries: &[f32], k: usize, scale: f32) -> TopK {
-    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+pub fn search_reference(
+    gallery: &[f32],
+    dim: usize,
+    queries: &[f32],
+    k: usize,
+    scale: f32,
+) -> TopK {
+    let norm = |v: &[f32]| {
+        v.iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt()
+    };
     let rows = gallery.len() / dim;
     let nq = queries.len() / dim;
     let k = k.min(rows);
@@ -363,9 +432,20 @@ pub fn search_reference(gallery: &[f32], dim: usize, queries: &[f32], k: usize, 
             .chunks_exact(dim)
             .enumerate()
             .map(|(i, g)| {
-                let dot: f64 = q.iter().zip(g).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let dot: f64 = q
+                    .iter()
+                    .zip(g)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
                 let denom = qn * gn[i];
-                (if denom > 0.0 { f64::from(scale) * dot / denom } else { 0.0 }, i)
+                (
+                    if denom > 0.0 {
+                        f64::from(scale) * dot / denom
+                    } else {
+                        0.0
+                    },
+                    i,
+                )
             })
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));

@@ -119,11 +119,7 @@ impl TopKSet {
     /// Query `q`'s hits, best first.
     pub fn sorted(&self, q: usize) -> Vec<Hit> {
         let mut v = self.heaps[q * self.k..q * self.k + self.lens[q]].to_vec();
-        v.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a.index.cmp(&b.index))
-        });
+        v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
         v
     }
 }
@@ -139,9 +135,19 @@ mod tests {
             let mut t = TopKSet::new(1, 16, k);
             // Offered in a scrambled order: the result must not depend on it.
             for &i in &[7usize, 2, 5, 0, 3, 6, 1, 4] {
-                t.offer(0, Hit { score: scores[i], index: i as u32 });
+                t.offer(
+                    0,
+                    Hit {
+                        score: scores[i],
+                        index: i as u32,
+                    },
+                );
             }
-            let mut want: Vec<(f32, u32)> = scores.iter().enumerate().map(|(i, &s)| (s, i as u32)).collect();
+            let mut want: Vec<(f32, u32)> = scores
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, i as u32))
+                .collect();
             want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             want.truncate(k);
             let got: Vec<(f32, u32)> = t.sorted(0).iter().map(|h| (h.score, h.index)).collect();
@@ -156,9 +162,16 @@ mod tests {
         for i in 0..20u32 {
             let s = ((i * 7) % 11) as f32;
             for q in 0..2 {
-                let h = Hit { score: s + q as f32, index: i };
+                let h = Hit {
+                    score: s + q as f32,
+                    index: i,
+                };
                 all.offer(q, h);
-                if i % 2 == 0 { a.offer(q, h) } else { b.offer(q, h) }
+                if i % 2 == 0 {
+                    a.offer(q, h)
+                } else {
+                    b.offer(q, h)
+                }
             }
         }
         let m = a.merge(b);
