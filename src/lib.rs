@@ -23,6 +23,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+pub mod index;
 pub mod model;
 pub mod npy;
 pub mod preprocess;

@@ -149,6 +149,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Embed every image under a folder (recursively) into an index file for `search`. Unreadable files are
+    /// listed and skipped; an interrupted run resumes where it stopped; the index is written atomically.
+    Index {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The folder tree to index.
+        #[arg(long)]
+        images: PathBuf,
+        /// The index file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Rebuild the index if it already exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rank an index's images against a text or an image.
+    #[command(group(clap::ArgGroup::new("query").required(true).args(["text", "image"])))]
+    Search {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The index file (from `cliprt index`).
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Results to show.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// JSON: [{"rank", "score", "path"}], score = cosine similarity.
+        #[arg(long)]
+        json: bool,
+    },
     /// Describe this machine's devices (CPU SIMD tier, CUDA driver, GPU, NVRTC) and, with --model, a model folder
     /// (loaded on --device, so `info --device cuda` checks the GPU path end to end).
     Info {
@@ -428,6 +465,78 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Kernels { list, check, arch } => kernels(list, check, &arch),
+        Command::Index {
+            model,
+            images,
+            out,
+            batch,
+            force,
+        } => {
+            let clip = model.load()?;
+            let opts = cliprt::index::IndexOptions { batch, force };
+            let progress = ProgressLine::new();
+            let report = cliprt::index::build(&clip, &images, &out, &opts, |p| progress.show(p))?;
+            progress.finish();
+            // Each reason names its file.
+            for (_, why) in &report.failed {
+                eprintln!("skipped: {why}");
+            }
+            println!(
+                "indexed {} images into {} ({} skipped{})",
+                report.indexed,
+                out.display(),
+                report.failed.len(),
+                if report.resumed > 0 {
+                    format!(", {} from the interrupted run resumed", report.resumed)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
+        Command::Search {
+            model,
+            index,
+            text,
+            image,
+            k,
+            json,
+        } => {
+            let idx = cliprt::index::Index::open(&index)?;
+            let clip = model.load()?;
+            let identity = cliprt::index::ModelIdentity::of(&clip)?;
+            if !idx.identity.matches(&identity) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} was built with another model ({}); search it with that model",
+                    index.display(),
+                    idx.identity.model
+                )));
+            }
+            let query = match (&text, &image) {
+                (Some(t), _) => clip.embed_texts(&[t.as_str()])?,
+                (None, Some(p)) => clip.embed_image_files(&[p])?,
+                (None, None) => return Err(Error::EmptyInput("give --text or --image")),
+            };
+            let gallery = cliprt::search::Gallery::new(
+                cliprt::search::Storage::F32(idx.embeddings()),
+                idx.dim(),
+                true,
+            )?;
+            let top = cliprt::search::search(&gallery, &query.data, k, 1.0)?;
+            if json {
+                let rows: Vec<serde_json::Value> = top
+                    .hits(0)
+                    .enumerate()
+                    .map(|(r, (i, s))| serde_json::json!({"rank": r + 1, "score": s, "path": idx.path(i)}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for (r, (i, s)) in top.hits(0).enumerate() {
+                    println!("{:>4}. {s:.4}  {}", r + 1, idx.path(i));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -581,4 +690,52 @@ fn kernels(_list: bool, _check: bool, _archs: &[String]) -> Result<()> {
     Err(Error::DeviceUnavailable(
         "this build of cliprt has no CUDA support (feature `cuda` is off)".into(),
     ))
+}
+
+/// The `index` progress line on stderr: items/s and ETA, redrawn in place on a terminal, one line every few
+/// seconds otherwise (logs stay readable).
+struct ProgressLine {
+    tty: bool,
+    last: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        use std::io::IsTerminal;
+        ProgressLine {
+            tty: std::io::stderr().is_terminal(),
+            last: std::cell::Cell::new(None),
+        }
+    }
+
+    fn show(&self, p: &cliprt::index::Progress) {
+        let now = std::time::Instant::now();
+        let due = self.tty
+            || p.done == p.total
+            || self
+                .last
+                .get()
+                .is_none_or(|t| now.duration_since(t).as_secs_f64() >= 5.0);
+        if !due {
+            return;
+        }
+        self.last.set(Some(now));
+        let left = (p.total - p.done) as f64 / p.rate.max(1e-9);
+        let eta = format!("{}m{:02}s", (left / 60.0) as u64, (left % 60.0) as u64);
+        let line = format!(
+            "{}/{} images ({} skipped), {:.1} images/s, ETA {eta}",
+            p.done, p.total, p.failed, p.rate
+        );
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
 }

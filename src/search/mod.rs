@@ -238,7 +238,7 @@ fn check_queries(g: &Gallery, queries: &[f32]) -> Result<usize> {
     if queries.is_empty() {
         return Err(Error::EmptyInput("no queries given"));
     }
-    if queries.len() % g.dim != 0 {
+    if !queries.len().is_multiple_of(g.dim) {
         return Err(Error::Shape(format!(
             "{} query values are not whole rows of {}",
             queries.len(),
