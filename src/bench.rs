@@ -660,7 +660,7 @@ fn measure<B: Backend>(
                     let images = synthetic_pixels(batch * dim);
                     let texts = synthetic_pixels(SIMILARITY_CLASSES * dim);
                     let t = time_runs(cfg.warmup, cfg.reps, || {
-                        let logits = crate::similarity::scaled_cosine(
+                        let logits = crate::similarity::scaled_logits(
                             &images,
                             batch,
                             &texts,
