@@ -304,4 +304,121 @@ pub mod avx512 {
             _ => run::<Bf16Tile, 12, NV>(g, dp, rows, inv_norms, packed, queries, sink),
         }
     }
+
+    /// Queries at most this many take the row-dot kernels: a tile of 16 query lanes would leave most lanes idle and
+    /// issue one broadcast load per multiply–add, while a row-dot loads 16 gallery values per load and keeps the
+    /// scan memory-bound.
+    pub const ROW_DOT_MAX_QUERIES: usize = 8;
+
+    /// 16 gallery values at `g + 16·step` widened to f32 (the last step masked to `lanes`).
+    trait RowLoad {
+        type T: Copy;
+        /// Elements of `T` per row for `dim` values.
+        fn row_len(dim: usize) -> usize;
+        unsafe fn load16(row: *const Self::T, step: usize, lanes: usize) -> __m512;
+    }
+
+    struct F32Row;
+    struct Bf16Row;
+
+    impl RowLoad for F32Row {
+        type T = f32;
+        fn row_len(dim: usize) -> usize {
+            dim
+        }
+        #[inline(always)]
+        unsafe fn load16(row: *const f32, step: usize, lanes: usize) -> __m512 {
+            let m = if lanes >= 16 { 0xFFFF } else { ((1u32 << lanes) - 1) as u16 };
+            _mm512_maskz_loadu_ps(m, row.add(16 * step))
+        }
+    }
+
+    impl RowLoad for Bf16Row {
+        type T = u32;
+        fn row_len(dim: usize) -> usize {
+            dim.div_ceil(2)
+        }
+        #[inline(always)]
+        unsafe fn load16(row: *const u32, step: usize, lanes: usize) -> __m512 {
+            // 8 pairs = 16 bf16 values; bf16 → f32 is a 16-bit shift into the high half.
+            let pairs = lanes.div_ceil(2).min(8);
+            let m = ((1u32 << pairs) - 1) as u8;
+            let v = _mm256_maskz_loadu_epi32(m, row.add(8 * step) as *const i32);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+        }
+    }
+
+    /// Rows `rows` against `QN` queries (`q` = `[QN][dim rounded up to 16]`, pre-scaled, zero-padded), `RB` rows
+    /// at a time so that `RB·QN` independent accumulators hide the FMA latency.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_dot<L: RowLoad, const QN: usize, const RB: usize>(
+        g: &[L::T],
+        dim: usize,
+        rows: std::ops::Range<usize>,
+        inv_norms: Option<&[f32]>,
+        q: &[f32],
+        nq: usize,
+        sink: &mut Sink,
+    ) {
+        let (len, qlen, steps) = (L::row_len(dim), dim.next_multiple_of(16), dim.div_ceil(16));
+        let mut r = rows.start;
+        let mut scores = [0.0f32; QN];
+        while r < rows.end {
+            let n = RB.min(rows.end - r);
+            let mut acc = [[_mm512_setzero_ps(); QN]; RB];
+            for step in 0..steps {
+                let lanes = dim - 16 * step;
+                let qv: [__m512; QN] = std::array::from_fn(|j| _mm512_loadu_ps(q.as_ptr().add(j * qlen + 16 * step)));
+                for (i, a) in acc.iter_mut().enumerate().take(n) {
+                    let gv = L::load16(g.as_ptr().add((r + i) * len), step, lanes);
+                    for j in 0..QN {
+                        a[j] = _mm512_fmadd_ps(gv, qv[j], a[j]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(n) {
+                let inv = inv_norms.map_or(1.0, |v| v[r + i]);
+                for j in 0..QN {
+                    scores[j] = _mm512_reduce_add_ps(a[j]) * inv;
+                }
+                sink.row(r + i, 0, &scores, nq);
+            }
+            r += n;
+        }
+    }
+
+    /// The row-dot kernel for `QN` ≤ [`ROW_DOT_MAX_QUERIES`] queries over an f32 gallery.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `q` holds `QN` padded query rows.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn row_dot_f32<const QN: usize, const RB: usize>(
+        g: &[f32],
+        dim: usize,
+        rows: std::ops::Range<usize>,
+        inv_norms: Option<&[f32]>,
+        q: &[f32],
+        nq: usize,
+        sink: &mut Sink,
+    ) {
+        row_dot::<F32Row, QN, RB>(g, dim, rows, inv_norms, q, nq, sink)
+    }
+
+    /// [`row_dot_f32`] over a bf16 gallery, widened to f32 on load (the queries stay f32: no bf16 rounding of them).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512VL must be available.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub unsafe fn row_dot_bf16<const QN: usize, const RB: usize>(
+        g: &[u32],
+        dim: usize,
+        rows: std::ops::Range<usize>,
+        inv_norms: Option<&[f32]>,
+        q: &[f32],
+        nq: usize,
+        sink: &mut Sink,
+    ) {
+        row_dot::<Bf16Row, QN, RB>(g, dim, rows, inv_norms, q, nq, sink)
+    }
 }

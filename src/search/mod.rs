@@ -170,11 +170,53 @@ impl TopK {
     }
 }
 
-/// Queries packed for the kernels: panels of `width` queries, `[dim][width]` each, multiplied by `scale / |q|`.
+/// Which kernel scores a search.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    /// AVX-512 row dot products for `qn` (1, 2, 4 or 8) query slots: few queries.
+    RowDot { qn: usize },
+    /// AVX-512 tiles over panels of `width` (16, 32, 48 or 64) queries.
+    Tiles { width: usize },
+    /// Plain loops over panels of `width` queries.
+    Portable { width: usize },
+}
+
+impl Kernel {
+    fn choose(isa: Isa, g: &Gallery, nq: usize) -> Kernel {
+        let width = 16 * kernel::panel_vectors(nq);
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && isa.available() {
+            let bf16 = matches!(g.storage, Storage::Bf16(_));
+            if nq <= kernel::avx512::ROW_DOT_MAX_QUERIES
+                && (!bf16 || is_x86_feature_detected!("avx512vl"))
+            {
+                return Kernel::RowDot {
+                    qn: nq.next_power_of_two(),
+                };
+            }
+            if !bf16 || has_avx512_bf16() {
+                return Kernel::Tiles { width };
+            }
+        }
+        let _ = (isa, g);
+        Kernel::Portable { width }
+    }
+
+    /// Query slots the kernel computes (≥ the queries; the rest are padding with +∞ thresholds).
+    fn slots(self, nq: usize) -> usize {
+        match self {
+            Kernel::RowDot { qn } => qn.max(16),
+            Kernel::Tiles { width } | Kernel::Portable { width } => nq.div_ceil(width) * width,
+        }
+    }
+}
+
+/// Queries laid out for a kernel, each multiplied by `scale / |q|` (0 for a zero query).
 struct Packed {
-    width: usize,
+    kernel: Kernel,
+    /// Row-dot: `[qn][dim rounded up to 16]`. Tiles and portable: panels `[dim][width]`.
     f32: Vec<f32>,
-    /// The same panels as bf16 pairs along dim (`[dim/2][width]`), for a bf16 gallery.
+    /// Tiles over a bf16 gallery: the panels as bf16 pairs along dim, `[dim/2][width]`.
     bf16: Vec<u32>,
 }
 
@@ -183,18 +225,13 @@ fn pack_queries(
     nq: usize,
     dim: usize,
     scale: f32,
-    width: usize,
-    bf16: bool,
+    kernel: Kernel,
+    g: &Gallery,
 ) -> Packed {
-    let panels = nq.div_ceil(width);
     let factor: Vec<f32> = queries
         .chunks_exact(dim)
         .map(|q| {
-            let n = q
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                .sqrt();
+            let n = q.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
             if n > 0.0 {
                 (f64::from(scale) / n) as f32
             } else {
@@ -209,25 +246,40 @@ fn pack_queries(
             0.0
         }
     };
-    let mut f = vec![0.0f32; panels * dim * width];
-    let dp = dim.div_ceil(2);
-    let mut b = vec![0u32; if bf16 { panels * dp * width } else { 0 }];
-    for p in 0..panels {
-        for c in 0..width {
-            let q = p * width + c;
-            for kk in 0..dim {
-                f[(p * dim + kk) * width + c] = value(q, kk);
-            }
-            if bf16 {
-                for kp in 0..dp {
-                    b[(p * dp + kp) * width + c] =
-                        bf16_bits(value(q, 2 * kp)) | bf16_bits(value(q, 2 * kp + 1)) << 16;
+    let mut b = Vec::new();
+    let f = match kernel {
+        Kernel::RowDot { qn } => {
+            let len = dim.next_multiple_of(16);
+            (0..qn * len).map(|i| value(i / len, i % len)).collect()
+        }
+        Kernel::Tiles { width } | Kernel::Portable { width } => {
+            let panels = nq.div_ceil(width);
+            let mut f = vec![0.0f32; panels * dim * width];
+            for p in 0..panels {
+                for kk in 0..dim {
+                    for c in 0..width {
+                        f[(p * dim + kk) * width + c] = value(p * width + c, kk);
+                    }
                 }
             }
+            if matches!((kernel, g.storage), (Kernel::Tiles { .. }, Storage::Bf16(_))) {
+                let dp = dim.div_ceil(2);
+                b = vec![0u32; panels * dp * width];
+                for p in 0..panels {
+                    for kp in 0..dp {
+                        for c in 0..width {
+                            let q = p * width + c;
+                            b[(p * dp + kp) * width + c] =
+                                bf16_bits(value(q, 2 * kp)) | bf16_bits(value(q, 2 * kp + 1)) << 16;
+                        }
+                    }
+                }
+            }
+            f
         }
-    }
+    };
     Packed {
-        width,
+        kernel,
         f32: f,
         bf16: b,
     }
@@ -251,64 +303,61 @@ fn check_queries(g: &Gallery, queries: &[f32]) -> Result<usize> {
     Ok(queries.len() / g.dim)
 }
 
-/// Which kernel runs: AVX-512 (bf16 galleries also need AVX512_BF16), else the portable one.
-fn use_avx512(isa: Isa, g: &Gallery) -> bool {
-    isa == Isa::Avx512
-        && isa.available()
-        && match g.storage {
-            Storage::F32(_) => true,
-            Storage::Bf16(_) => has_avx512_bf16(),
-        }
-}
-
-/// Runs gallery rows `rows` through the kernel chosen for `isa` into `sink`.
-fn score_rows(
-    isa: Isa,
-    g: &Gallery,
-    packed: &Packed,
-    nq: usize,
-    rows: std::ops::Range<usize>,
-    sink: &mut Sink,
-) {
+/// Runs gallery rows `rows` through the packed queries' kernel into `sink`.
+fn score_rows(g: &Gallery, packed: &Packed, nq: usize, rows: std::ops::Range<usize>, sink: &mut Sink) {
     let inv = g.inv_norms.as_deref();
-    #[cfg(target_arch = "x86_64")]
-    if use_avx512(isa, g) {
-        use kernel::avx512::{block_bf16, block_f32};
-        // SAFETY: use_avx512 checked the features; packed holds every panel of `width` queries for this dim.
-        unsafe {
-            match (g.storage, packed.width / 16) {
-                (Storage::F32(d), 1) => block_f32::<1>(d, g.dim, rows, inv, &packed.f32, nq, sink),
-                (Storage::F32(d), 2) => block_f32::<2>(d, g.dim, rows, inv, &packed.f32, nq, sink),
-                (Storage::F32(d), 3) => block_f32::<3>(d, g.dim, rows, inv, &packed.f32, nq, sink),
-                (Storage::F32(d), _) => block_f32::<4>(d, g.dim, rows, inv, &packed.f32, nq, sink),
-                (Storage::Bf16(d), 1) => {
-                    block_bf16::<1>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
-                }
-                (Storage::Bf16(d), 2) => {
-                    block_bf16::<2>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
-                }
-                (Storage::Bf16(d), 3) => {
-                    block_bf16::<3>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
-                }
-                (Storage::Bf16(d), _) => {
-                    block_bf16::<4>(d, g.dim, rows, inv, &packed.bf16, nq, sink)
+    let dim = g.dim;
+    match packed.kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::RowDot { qn } => {
+            use kernel::avx512::{row_dot_bf16, row_dot_f32};
+            let q = &packed.f32;
+            // SAFETY: Kernel::choose checked AVX-512F (and VL for bf16); q holds qn padded rows.
+            unsafe {
+                match (g.storage, qn) {
+                    (Storage::F32(d), 1) => row_dot_f32::<1, 8>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::F32(d), 2) => row_dot_f32::<2, 4>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::F32(d), 4) => row_dot_f32::<4, 2>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::F32(d), _) => row_dot_f32::<8, 1>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::Bf16(d), 1) => row_dot_bf16::<1, 8>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::Bf16(d), 2) => row_dot_bf16::<2, 4>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::Bf16(d), 4) => row_dot_bf16::<4, 2>(d, dim, rows, inv, q, nq, sink),
+                    (Storage::Bf16(d), _) => row_dot_bf16::<8, 1>(d, dim, rows, inv, q, nq, sink),
                 }
             }
         }
-        return;
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Tiles { width } => {
+            use kernel::avx512::{block_bf16, block_f32};
+            let (pf, pb) = (&packed.f32, &packed.bf16);
+            // SAFETY: Kernel::choose checked AVX-512F (and AVX512_BF16 for bf16); the panels are `width` wide.
+            unsafe {
+                match (g.storage, width / 16) {
+                    (Storage::F32(d), 1) => block_f32::<1>(d, dim, rows, inv, pf, nq, sink),
+                    (Storage::F32(d), 2) => block_f32::<2>(d, dim, rows, inv, pf, nq, sink),
+                    (Storage::F32(d), 3) => block_f32::<3>(d, dim, rows, inv, pf, nq, sink),
+                    (Storage::F32(d), _) => block_f32::<4>(d, dim, rows, inv, pf, nq, sink),
+                    (Storage::Bf16(d), 1) => block_bf16::<1>(d, dim, rows, inv, pb, nq, sink),
+                    (Storage::Bf16(d), 2) => block_bf16::<2>(d, dim, rows, inv, pb, nq, sink),
+                    (Storage::Bf16(d), 3) => block_bf16::<3>(d, dim, rows, inv, pb, nq, sink),
+                    (Storage::Bf16(d), _) => block_bf16::<4>(d, dim, rows, inv, pb, nq, sink),
+                }
+            }
+        }
+        // A bf16 gallery is widened row by row.
+        Kernel::Portable { width } => kernel::portable::block(
+            rows,
+            dim,
+            |r, out| g.row_f32(r, out),
+            inv,
+            &packed.f32,
+            nq,
+            width,
+            sink,
+        ),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("Kernel::choose picks the AVX-512 kernels only on x86_64"),
     }
-    let _ = isa;
-    // The portable kernel multiplies f32 panels; a bf16 gallery is widened row by row.
-    kernel::portable::block(
-        rows,
-        g.dim,
-        |r, out| g.row_f32(r, out),
-        inv,
-        &packed.f32,
-        nq,
-        packed.width,
-        sink,
-    );
 }
 
 /// Gallery rows per parallel task: about 256 KiB of rows, so a task's rows stay in L2 across query panels.
@@ -340,30 +389,22 @@ pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32)
         )));
     }
     let k = k.min(g.rows);
-    let width = 16 * kernel::panel_vectors(nq);
-    let packed = pack_queries(
-        queries,
-        nq,
-        g.dim,
-        scale,
-        width,
-        matches!(g.storage, Storage::Bf16(_)),
-    );
-    let padded = nq.div_ceil(width) * width;
+    let packed = pack_queries(queries, nq, g.dim, scale, Kernel::choose(isa, g, nq), g);
+    let slots = packed.kernel.slots(nq);
     let per_block = block_rows(g);
     let blocks = g.rows.div_ceil(per_block);
-    let set = (0..blocks)
+    let mut set = (0..blocks)
         .into_par_iter()
         .fold(
-            || TopKSet::new(nq, padded, k),
+            || TopKSet::new(nq, slots, k),
             |mut set, b| {
                 let rows = b * per_block..((b + 1) * per_block).min(g.rows);
-                score_rows(isa, g, &packed, nq, rows, &mut Sink::TopK(&mut set));
+                score_rows(g, &packed, nq, rows, &mut Sink::TopK(&mut set));
                 set
             },
         )
         .reduce_with(TopKSet::merge)
-        .unwrap_or_else(|| TopKSet::new(nq, padded, k));
+        .unwrap_or_else(|| TopKSet::new(nq, slots, k));
     let (mut indices, mut scores) = (Vec::with_capacity(nq * k), Vec::with_capacity(nq * k));
     for q in 0..nq {
         for h in set.sorted(q) {
@@ -382,28 +423,11 @@ pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32)
 /// Every score: `[queries, gallery rows]` of `scale · cos(q, g)` (zero-shot sizes; the same kernels, storing).
 pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
     let nq = check_queries(g, queries)?;
-    let width = 16 * kernel::panel_vectors(nq);
-    let packed = pack_queries(
-        queries,
-        nq,
-        g.dim,
-        scale,
-        width,
-        matches!(g.storage, Storage::Bf16(_)),
-    );
+    let kernel = Kernel::choose(Isa::from_env()?, g, nq);
+    let packed = pack_queries(queries, nq, g.dim, scale, kernel, g);
     let mut out = vec![0.0f32; nq * g.rows];
     let rows = g.rows;
-    score_rows(
-        Isa::from_env()?,
-        g,
-        &packed,
-        nq,
-        0..rows,
-        &mut Sink::Store {
-            out: &mut out,
-            rows,
-        },
-    );
+    score_rows(g, &packed, nq, 0..rows, &mut Sink::Store { out: &mut out, rows });
     Ok(out)
 }
 

@@ -1,5 +1,5 @@
-//! Running top-k per query: a bounded binary heap whose root is the current k-th best, plus a threshold array the
-//! SIMD kernels compare whole score vectors against before touching any heap.
+//! Running top-k per query: a candidate buffer with linear-time selection, plus a threshold array the SIMD kernels
+//! compare whole score vectors against before touching any buffer.
 //!
 //! Order: a hit is better when its score is higher, or equal with a lower gallery index, so results are
 //! deterministic whatever the thread split (exact ties come out lower index first).
@@ -19,14 +19,25 @@ impl Hit {
     }
 }
 
+/// Rank order: better hits first (a total order, so selection and sorting are deterministic).
+fn rank(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then(a.index.cmp(&b.index))
+}
+
 /// The running top-k of `queries` queries.
+///
+/// Each query appends its candidates to a buffer of about 2k; when the buffer fills, a linear-time selection
+/// keeps the k best and the k-th best score becomes the query's threshold. Each candidate costs O(1) amortized
+/// (a heap costs O(log k) cache-missing swaps, which dominated at k = 1000).
 pub struct TopKSet {
     k: usize,
-    /// Per query, a min-heap (root = worst kept hit), at most k long; query q owns `heaps[q*k .. q*k + lens[q]]`.
-    heaps: Vec<Hit>,
+    /// Buffer capacity per query.
+    cap: usize,
+    /// Query q owns `hits[q·cap .. q·cap + lens[q]]`.
+    hits: Vec<Hit>,
     lens: Vec<usize>,
-    /// Per query, the score a new hit must reach (≥) to be looked at: −∞ until the heap is full, then the root's
-    /// score; +∞ for padding columns, which never pass. Laid out for vector loads.
+    /// Per query, the score a new hit must reach (≥) to be kept: −∞ until the first selection, then the k-th best
+    /// score so far; +∞ for padding columns, which never pass. Laid out for vector loads.
     thresholds: Vec<f32>,
 }
 
@@ -35,14 +46,16 @@ impl TopKSet {
     pub fn new(queries: usize, padded: usize, k: usize) -> TopKSet {
         let mut thresholds = vec![f32::INFINITY; padded.max(queries)];
         thresholds[..queries].fill(f32::NEG_INFINITY);
+        let cap = 2 * k + 32;
         TopKSet {
             k,
-            heaps: vec![
+            cap,
+            hits: vec![
                 Hit {
                     score: f32::NEG_INFINITY,
                     index: u32::MAX
                 };
-                queries * k
+                queries * cap
             ],
             lens: vec![0; queries],
             thresholds,
@@ -60,66 +73,44 @@ impl TopKSet {
     /// Offers `hit` to query `q`'s top-k.
     #[inline]
     pub fn offer(&mut self, q: usize, hit: Hit) {
-        let k = self.k;
-        let len = self.lens[q];
-        let heap = &mut self.heaps[q * k..(q + 1) * k];
-        if len < k {
-            // Sift up: in this heap a parent is never better than its children (the root is the worst hit).
-            let mut i = len;
-            heap[i] = hit;
-            while i > 0 {
-                let p = (i - 1) / 2;
-                if heap[p].better(heap[i]) {
-                    heap.swap(p, i);
-                    i = p;
-                } else {
-                    break;
-                }
-            }
-            self.lens[q] = len + 1;
-            if len + 1 == k {
-                self.thresholds[q] = heap[0].score;
-            }
+        // Ties with the threshold pass: one of them may have the lower index.
+        if !(hit.score >= self.thresholds[q]) {
             return;
         }
-        if !hit.better(heap[0]) {
+        if self.lens[q] == self.cap {
+            self.select(q);
+        }
+        self.hits[q * self.cap + self.lens[q]] = hit;
+        self.lens[q] += 1;
+    }
+
+    /// Keeps query `q`'s k best candidates and raises its threshold to the k-th best score.
+    fn select(&mut self, q: usize) {
+        let (k, len) = (self.k, self.lens[q]);
+        if len <= k {
             return;
         }
-        // Replace the root (the worst kept hit) and sift down.
-        heap[0] = hit;
-        let mut i = 0;
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut worst = i;
-            if l < k && heap[worst].better(heap[l]) {
-                worst = l;
-            }
-            if r < k && heap[worst].better(heap[r]) {
-                worst = r;
-            }
-            if worst == i {
-                break;
-            }
-            heap.swap(i, worst);
-            i = worst;
-        }
-        self.thresholds[q] = heap[0].score;
+        let buf = &mut self.hits[q * self.cap..q * self.cap + len];
+        buf.select_nth_unstable_by(k - 1, rank);
+        self.lens[q] = k;
+        self.thresholds[q] = buf[..k].iter().map(|h| h.score).fold(f32::INFINITY, f32::min);
     }
 
     /// Folds `other` (the same queries, another part of the gallery) into `self`.
     pub fn merge(mut self, other: TopKSet) -> TopKSet {
         for q in 0..other.lens.len() {
-            for &h in &other.heaps[q * other.k..q * other.k + other.lens[q]] {
+            for &h in &other.hits[q * other.cap..q * other.cap + other.lens[q]] {
                 self.offer(q, h);
             }
         }
         self
     }
 
-    /// Query `q`'s hits, best first.
-    pub fn sorted(&self, q: usize) -> Vec<Hit> {
-        let mut v = self.heaps[q * self.k..q * self.k + self.lens[q]].to_vec();
-        v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+    /// Query `q`'s hits, best first (at most k).
+    pub fn sorted(&mut self, q: usize) -> Vec<Hit> {
+        self.select(q);
+        let mut v = self.hits[q * self.cap..q * self.cap + self.lens[q]].to_vec();
+        v.sort_by(rank);
         v
     }
 }
@@ -156,10 +147,11 @@ mod tests {
     }
 
     #[test]
-    fn merge_equals_one_pass_and_thresholds_track_the_root() {
+    fn merge_equals_one_pass_and_thresholds_track_the_kth_best() {
         let mut all = TopKSet::new(2, 16, 3);
+        // 200 offers overflow the 38-slot buffers several times: selection runs mid-stream.
         let (mut a, mut b) = (TopKSet::new(2, 16, 3), TopKSet::new(2, 16, 3));
-        for i in 0..20u32 {
+        for i in 0..200u32 {
             let s = ((i * 7) % 11) as f32;
             for q in 0..2 {
                 let h = Hit {
@@ -174,10 +166,11 @@ mod tests {
                 }
             }
         }
-        let m = a.merge(b);
+        let mut m = a.merge(b);
         for q in 0..2 {
             assert_eq!(m.sorted(q), all.sorted(q));
-            assert_eq!(all.thresholds()[q], all.sorted(q)[2].score);
+            let third = all.sorted(q)[2].score;
+            assert_eq!(all.thresholds()[q], third);
         }
         assert!(all.thresholds()[2..].iter().all(|t| *t == f32::INFINITY));
     }
