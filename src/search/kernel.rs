@@ -168,6 +168,9 @@ pub mod avx512 {
             let r = row0 + i;
             let inv = _mm512_set1_ps(inv_norms.map_or(1.0, |n| n[r]));
             let v: [__m512; NV] = std::array::from_fn(|j| _mm512_mul_ps(row[j], inv));
+            for (j, &vj) in v.iter().enumerate() {
+                _mm512_storeu_ps(buf.as_mut_ptr().add(16 * j), vj);
+            }
             if let Sink::TopK(set) = sink {
                 let thr = set.thresholds().as_ptr().add(q0);
                 let mut hit = 0u64;
@@ -175,12 +178,13 @@ pub mod avx512 {
                     let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(vj, _mm512_loadu_ps(thr.add(16 * j)));
                     hit |= u64::from(m) << (16 * j);
                 }
-                if hit == 0 {
-                    continue;
+                // Only the lanes that passed (padding lanes have +∞ thresholds and never do).
+                while hit != 0 {
+                    let c = hit.trailing_zeros() as usize;
+                    hit &= hit - 1;
+                    set.offer(q0 + c, Hit { score: buf[c], index: r as u32 });
                 }
-            }
-            for (j, &vj) in v.iter().enumerate() {
-                _mm512_storeu_ps(buf.as_mut_ptr().add(16 * j), vj);
+                continue;
             }
             sink.row(r, q0, &buf[..16 * NV], valid);
         }
