@@ -431,49 +431,31 @@ pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// The oracle: every score in f64, a full sort, ties by lower index. For tests and benchmark validation.
-pub fn search_reference(
-    gallery: &[f32],
-    dim: usize,
-    queries: &[f32],
-    k: usize,
-    scale: f32,
-) -> TopK {
-    let norm = |v: &[f32]| {
-        v.iter()
-            .map(|&x| f64::from(x) * f64::from(x))
-            .sum::<f64>()
-            .sqrt()
-    };
+/// The oracle: every score in f64, the exact top-k kept in a sorted list (ties by lower index). For tests and
+/// benchmark validation; its memory is O(k), so a benchmark's peak memory stays the kernel's.
+pub fn search_reference(gallery: &[f32], dim: usize, queries: &[f32], k: usize, scale: f32) -> TopK {
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
     let rows = gallery.len() / dim;
     let nq = queries.len() / dim;
     let k = k.min(rows);
-    let gn: Vec<f64> = gallery.chunks_exact(dim).map(norm).collect();
     let (mut indices, mut scores) = (Vec::new(), Vec::new());
     for q in queries.chunks_exact(dim) {
         let qn = norm(q);
-        let mut all: Vec<(f64, usize)> = gallery
-            .chunks_exact(dim)
-            .enumerate()
-            .map(|(i, g)| {
-                let dot: f64 = q
-                    .iter()
-                    .zip(g)
-                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                    .sum();
-                let denom = qn * gn[i];
-                (
-                    if denom > 0.0 {
-                        f64::from(scale) * dot / denom
-                    } else {
-                        0.0
-                    },
-                    i,
-                )
-            })
-            .collect();
-        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for &(s, i) in &all[..k] {
+        // Best first: (score, index), ordered by score descending then index ascending.
+        let mut best: Vec<(f64, usize)> = Vec::with_capacity(k + 1);
+        for (i, g) in gallery.chunks_exact(dim).enumerate() {
+            let dot: f64 = q.iter().zip(g).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let denom = qn * norm(g);
+            let s = if denom > 0.0 { f64::from(scale) * dot / denom } else { 0.0 };
+            // Rows come in index order, so an equal score ranks after those already kept.
+            if best.len() == k && best.last().is_some_and(|w| s <= w.0) {
+                continue;
+            }
+            let at = best.partition_point(|b| b.0 >= s);
+            best.insert(at, (s, i));
+            best.truncate(k);
+        }
+        for (s, i) in best {
             indices.push(i);
             scores.push(s as f32);
         }
