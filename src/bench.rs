@@ -496,11 +496,6 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
         )?;
     }
     if cfg.workloads.contains(&Workload::Search) {
-        if cfg.device != Device::Cpu {
-            return Err(Error::InvalidArgument(
-                "the search workload runs on the cpu device (the CUDA search kernel is not built yet)".into(),
-            ));
-        }
         let s = &cfg.search;
         crate::search::bench::run(
             &crate::search::bench::SearchBench {
@@ -512,6 +507,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
                 warmup: cfg.warmup,
                 reps: cfg.reps,
                 peak_gflops: cfg.peak_gflops,
+                device: cfg.device,
             },
             &mut report,
         )?;

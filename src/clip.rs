@@ -376,12 +376,22 @@ impl Clip {
                 m.backend
                     .scaled_cosine(a, images.rows, b, texts.rows, images.dim, self.logit_scale)
             }
-            Engine::Reference(_) => {
-                similarity::scaled_cosine(a, images.rows, b, texts.rows, images.dim, self.logit_scale)
-            }
-            Engine::Cpu(_) => {
-                similarity::scaled_logits(a, images.rows, b, texts.rows, images.dim, self.logit_scale)
-            }
+            Engine::Reference(_) => similarity::scaled_cosine(
+                a,
+                images.rows,
+                b,
+                texts.rows,
+                images.dim,
+                self.logit_scale,
+            ),
+            Engine::Cpu(_) => similarity::scaled_logits(
+                a,
+                images.rows,
+                b,
+                texts.rows,
+                images.dim,
+                self.logit_scale,
+            ),
         }
     }
 

@@ -423,6 +423,71 @@ fn gpu_matches_cpu_on_synthetic_vit_b_32_and_vit_l_14() {
 }
 
 #[test]
+fn gpu_top_k_matches_the_cpu_search() {
+    let Some(g) = gpu() else { return };
+    use cliprt::search::{self, Gallery, Storage};
+    // (rows, dim, queries, k): k > N, one query over many slices, many queries, k at the GPU limit.
+    let cases = [
+        (1, 1, 1, 1),
+        (7, 3, 2, 10),
+        (1000, 512, 17, 10),
+        (5003, 64, 64, 100),
+        (777, 768, 3, 7),
+        (300, 33, 130, 300),
+        (20_000, 512, 1, 2048),
+        (100_000, 256, 4, 50),
+    ];
+    for (c, &(n, d, q, k)) in cases.iter().enumerate() {
+        let rows = random(n * d, 500 + c as u64, 1.0);
+        let qs = random(q * d, 600 + c as u64, 1.0);
+        for normalized in [false, true] {
+            let mut data = rows.clone();
+            if normalized {
+                cliprt::similarity::normalize_rows(&mut data, d);
+            }
+            let want = search::search(
+                &Gallery::new(Storage::F32(&data), d, normalized).unwrap(),
+                &qs,
+                k + 1,
+                1.0,
+            )
+            .unwrap();
+            let dev = g.upload_gallery(&data, d, normalized).unwrap();
+            let got = g.search(&dev, &qs, k, 1.0).unwrap();
+            assert_matches(
+                &got,
+                &want,
+                k.min(n),
+                1e-5,
+                1e-5,
+                &format!("gpu top-k n{n} d{d} q{q} k{k} normalized {normalized}"),
+            );
+        }
+    }
+    // Exact ties: copies of 4 vectors, lower index first.
+    let d = 24;
+    let base = random(4 * d, 5, 1.0);
+    let data: Vec<f32> = (0..1000)
+        .flat_map(|i| base[(i % 4) * d..(i % 4 + 1) * d].to_vec())
+        .collect();
+    let qs = random(2 * d, 6, 1.0);
+    let dev = g.upload_gallery(&data, d, false).unwrap();
+    let got = g.search(&dev, &qs, 300, 1.0).unwrap();
+    let want = search::search(
+        &Gallery::new(Storage::F32(&data), d, false).unwrap(),
+        &qs,
+        300,
+        1.0,
+    )
+    .unwrap();
+    assert_eq!(got.indices, want.indices);
+    assert!(matches!(
+        g.search(&dev, &qs, 4096, 1.0),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
 fn missing_gpu_is_a_typed_error_and_the_cpu_keeps_working() {
     // With a GPU present, ask for an ordinal past the last device instead.
     let ordinal = match cliprt::cuda::device_count() {

@@ -4,34 +4,9 @@
 mod common;
 
 use cliprt::cpu::Isa;
-use cliprt::search::{self, Gallery, Storage, TopK};
+use cliprt::search::{self, Gallery, Storage};
 use cliprt::Error;
-use common::random;
-
-/// Same index wherever the reference's score is separated from its neighbours (including the first row left out)
-/// by more than `sep`; every score within `tol` of the reference's.
-fn assert_matches(got: &TopK, want_k1: &TopK, k: usize, sep: f32, tol: f32, what: &str) {
-    assert_eq!(got.k, k, "{what}: k");
-    for q in 0..got.queries {
-        let w: Vec<(usize, f32)> = want_k1.hits(q).collect();
-        let g: Vec<(usize, f32)> = got.hits(q).collect();
-        for i in 0..k {
-            assert!(
-                (g[i].1 - w[i].1).abs() <= tol,
-                "{what}: query {q} rank {i}: score {} vs {}",
-                g[i].1,
-                w[i].1
-            );
-            let apart = |j: Option<usize>| {
-                j.and_then(|j| w.get(j))
-                    .is_none_or(|n| (n.1 - w[i].1).abs() > sep)
-            };
-            if apart(i.checked_sub(1)) && apart(Some(i + 1)) {
-                assert_eq!(g[i].0, w[i].0, "{what}: query {q} rank {i}");
-            }
-        }
-    }
-}
+use common::{assert_matches, random};
 
 #[test]
 fn f32_top_k_matches_the_f64_reference_on_every_tier() {
@@ -147,7 +122,10 @@ fn bf16_gallery_keeps_recall_at_k_above_0_99() {
     cliprt::similarity::normalize_rows(&mut g, d);
     let pairs = search::to_bf16_pairs(&g, d);
     // 3 queries take the row-dot kernel, 32 the tiles (odd dim: a zero-padded last pair).
-    for (tier, q) in Isa::available_tiers().into_iter().flat_map(|t| [(t, 3), (t, 32)]) {
+    for (tier, q) in Isa::available_tiers()
+        .into_iter()
+        .flat_map(|t| [(t, 3), (t, 32)])
+    {
         let qs = random(q * d, 10 + q as u64, 1.0);
         let exact = search::search_reference(&g, d, &qs, k, 1.0);
         let gallery = Gallery::new(Storage::Bf16(&pairs), d, false).unwrap();

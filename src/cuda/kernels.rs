@@ -90,6 +90,21 @@ pub const OPS: &[Op] = &[
         default: "v1",
     },
     Op {
+        name: "topk",
+        module: "topk",
+        variants: &[v1(
+            "topk_f32_v1",
+            "block per (query, slice), warp per row, smem candidate buffer + bitonic sort, k <= 2048",
+        )],
+        default: "v1",
+    },
+    Op {
+        name: "topk_merge",
+        module: "topk",
+        variants: &[v1("topk_merge_f32_v1", "block per query: the slices' candidates -> top-k")],
+        default: "v1",
+    },
+    Op {
         name: "scaled_cosine",
         module: "similarity",
         variants: &[v1("scaled_cosine_f32_v1", "warp per output, norms fused")],

@@ -134,6 +134,8 @@ struct Kernels {
     text_embed: CudaFunction,
     gather_rows: CudaFunction,
     scaled_cosine: CudaFunction,
+    topk: CudaFunction,
+    topk_merge: CudaFunction,
 }
 
 impl Kernels {
@@ -164,9 +166,33 @@ impl Kernels {
             text_embed: f("text_embed")?,
             gather_rows: f("gather_rows")?,
             scaled_cosine: f("scaled_cosine")?,
+            topk: f("topk")?,
+            topk_merge: f("topk_merge")?,
         })
     }
 }
+
+/// A retrieval gallery on the device: f32 rows and, unless they are unit length, their inverse norms.
+pub struct CudaGallery {
+    data: CudaSlice<f32>,
+    inv_norms: Option<CudaSlice<f32>>,
+    rows: usize,
+    dim: usize,
+}
+
+impl CudaGallery {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+/// The largest k of the CUDA top-k kernels (their shared-memory sort holds 2·k pairs); the CPU goes to 4096.
+pub const MAX_GPU_K: usize = 2048;
+/// Shared memory the top-k kernel declares statically (its candidate buffer), in bytes.
+const TOPK_STATIC_SMEM: usize = 4096 * 8 + 16;
 
 /// CLIP on one CUDA device.
 pub struct CudaBackend {
@@ -295,6 +321,182 @@ impl CudaBackend {
         // SAFETY: argument list matches scaled_cosine_f32_v1; a, b hold rows·dim values and out rows_a·rows_b.
         unsafe { l.launch(cfg) }?;
         Ok(self.stream.clone_dtoh(&out)?)
+    }
+
+    /// Uploads a gallery `[rows, dim]` for [`CudaBackend::search`] (inverse norms computed here once, in f64,
+    /// unless `normalized`).
+    pub fn upload_gallery(
+        &self,
+        data: &[f32],
+        dim: usize,
+        normalized: bool,
+    ) -> Result<CudaGallery> {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
+            return Err(Error::Shape(format!(
+                "gallery of {} values is not whole rows of {dim}",
+                data.len()
+            )));
+        }
+        let rows = data.len() / dim;
+        if rows >= u32::MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "{rows} gallery rows exceed the kernels' 32-bit indices"
+            )));
+        }
+        if rows == 0 {
+            return Err(Error::EmptyInput("the gallery is empty"));
+        }
+        let inv_norms = if normalized {
+            None
+        } else {
+            let inv: Vec<f32> = data
+                .chunks_exact(dim)
+                .map(|r| {
+                    let n = r
+                        .iter()
+                        .map(|&v| f64::from(v) * f64::from(v))
+                        .sum::<f64>()
+                        .sqrt();
+                    if n > 0.0 {
+                        (1.0 / n) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Some(self.stream.clone_htod(&inv)?)
+        };
+        Ok(CudaGallery {
+            data: self.stream.clone_htod(data)?,
+            inv_norms,
+            rows,
+            dim,
+        })
+    }
+
+    /// The `k` best rows of `g` for each query row of `queries` by `scale · cos`, best first, ties by lower index
+    /// (the contract of [`crate::search::search`]), with k ≤ [`MAX_GPU_K`].
+    pub fn search(
+        &self,
+        g: &CudaGallery,
+        queries: &[f32],
+        k: usize,
+        scale: f32,
+    ) -> Result<crate::search::TopK> {
+        let dim = g.dim;
+        if queries.is_empty() {
+            return Err(Error::EmptyInput("no queries given"));
+        }
+        if !queries.len().is_multiple_of(dim) {
+            return Err(Error::Shape(format!(
+                "{} query values are not whole rows of {dim}",
+                queries.len()
+            )));
+        }
+        if k == 0 || k > MAX_GPU_K {
+            return Err(Error::InvalidArgument(format!(
+                "k = {k}: the CUDA top-k takes 1 ..= {MAX_GPU_K} (the CPU search goes to {})",
+                crate::search::MAX_K
+            )));
+        }
+        if !scale.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "scale {scale} is not finite"
+            )));
+        }
+        if TOPK_STATIC_SMEM + 4 * dim > 48 * 1024 {
+            return Err(Error::InvalidArgument(format!(
+                "dim {dim} exceeds the CUDA top-k's shared memory"
+            )));
+        }
+        let nq = queries.len() / dim;
+        // Normalized and scaled on the host, like the CPU kernels' packing.
+        let packed: Vec<f32> = queries
+            .chunks_exact(dim)
+            .flat_map(|q| {
+                let n = q
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum::<f64>()
+                    .sqrt();
+                let f = if n > 0.0 {
+                    (f64::from(scale) / n) as f32
+                } else {
+                    0.0
+                };
+                q.iter().map(move |&v| v * f)
+            })
+            .collect();
+        // Enough blocks to fill the GPU (≈ 1024), slices of at least 256 rows: candidates stay ≤ 1024·k per
+        // query whatever the gallery size.
+        let slices = (1024 / nq).clamp(1, g.rows.div_ceil(256).max(1)).min(1024);
+        let per_slice = g.rows.div_ceil(slices);
+        let slices = g.rows.div_ceil(per_slice);
+        let (ki, rows_i, dim_i, per_i) = (
+            int(k, "k")?,
+            int(g.rows, "rows")?,
+            int(dim, "dim")?,
+            int(per_slice, "rows")?,
+        );
+        let n_cand = slices * k;
+        let q_dev = self.stream.clone_htod(&packed)?;
+        let mut cand_s = self.stream.alloc_zeros::<f32>(nq * n_cand)?;
+        let mut cand_i = self.stream.alloc_zeros::<u32>(nq * n_cand)?;
+        let mut l = self.stream.launch_builder(&self.k.topk);
+        l.arg(&mut cand_s).arg(&mut cand_i).arg(&q_dev).arg(&g.data);
+        // A null pointer tells the kernel the gallery is normalized.
+        let null: u64 = 0;
+        match &g.inv_norms {
+            Some(n) => l.arg(n),
+            None => l.arg(&null),
+        };
+        l.arg(&rows_i).arg(&dim_i).arg(&ki).arg(&per_i);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(nq).map_err(|_| Error::Shape("too many queries".into()))?,
+                slices as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (4 * dim) as u32,
+        };
+        // SAFETY: arguments match topk_f32_v1; buffers hold nq·dim queries, rows·dim gallery values and
+        // nq·slices·k candidates; dynamic shared memory holds the query.
+        unsafe { l.launch(cfg) }?;
+        let mut out_s = self.stream.alloc_zeros::<f32>(nq * k)?;
+        let mut out_i = self.stream.alloc_zeros::<u32>(nq * k)?;
+        let n_i = int(n_cand, "candidates")?;
+        let mut l = self.stream.launch_builder(&self.k.topk_merge);
+        l.arg(&mut out_s)
+            .arg(&mut out_i)
+            .arg(&cand_s)
+            .arg(&cand_i)
+            .arg(&n_i)
+            .arg(&ki);
+        let cfg = LaunchConfig {
+            grid_dim: (nq as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match topk_merge_f32_v1; candidates hold nq·n_cand pairs, outputs nq·k.
+        unsafe { l.launch(cfg) }?;
+        let (scores, indices) = (
+            self.stream.clone_dtoh(&out_s)?,
+            self.stream.clone_dtoh(&out_i)?,
+        );
+        let keep = k.min(g.rows);
+        let mut top = crate::search::TopK {
+            queries: nq,
+            k: keep,
+            indices: Vec::with_capacity(nq * keep),
+            scores: Vec::with_capacity(nq * keep),
+        };
+        for q in 0..nq {
+            top.indices
+                .extend(indices[q * k..q * k + keep].iter().map(|&i| i as usize));
+            top.scores.extend_from_slice(&scores[q * k..q * k + keep]);
+        }
+        Ok(top)
     }
 
     fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {

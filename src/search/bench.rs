@@ -22,6 +22,8 @@ pub struct SearchBench {
     pub warmup: usize,
     pub reps: usize,
     pub peak_gflops: Option<f64>,
+    /// cpu, or cuda (f32 gallery on the GPU, `CudaBackend::search`).
+    pub device: crate::clip::Device,
 }
 
 /// Queries checked against the f64 reference before timing (the reference costs a full f64 pass each).
@@ -59,6 +61,14 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
         if v.is_empty() || v.contains(&0) {
             return Err(Error::InvalidArgument(format!("{what} values must be ≥ 1")));
         }
+    }
+    if let crate::clip::Device::Cuda(n) = cfg.device {
+        return run_cuda(cfg, n, &mut report);
+    }
+    if cfg.device != crate::clip::Device::Cpu {
+        return Err(Error::InvalidArgument(
+            "the search workload runs on cpu or cuda".into(),
+        ));
     }
     let isa = Isa::from_env()?;
     let threads = rayon::current_num_threads();
@@ -130,17 +140,90 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
     Ok(())
 }
 
-/// recall@k of the first queries against the f64 reference on the f32 rows.
-fn validate(g: &Gallery, rows: &[f32], queries: &[f32], dim: usize, k: usize) -> Result<f64> {
-    let nq = (queries.len() / dim).min(VALIDATED_QUERIES);
-    let probe = &queries[..nq * dim];
-    let got = search(g, probe, k, 1.0)?;
-    let want = search_reference(rows, dim, probe, k, 1.0);
-    let found: usize = (0..nq)
+/// The sweep on a CUDA device: f32 galleries uploaded once, the fused top-k kernels timed end to end (queries
+/// up, results down).
+#[cfg(feature = "cuda")]
+fn run_cuda(
+    cfg: &SearchBench,
+    ordinal: usize,
+    report: &mut impl FnMut(&Measurement),
+) -> Result<()> {
+    let gpu = crate::cuda::CudaBackend::new(ordinal)?;
+    let info = gpu.info().clone();
+    let peak = cfg.peak_gflops.unwrap_or(f64::NAN);
+    for &n in &cfg.galleries {
+        for &dim in &cfg.dims {
+            let t = Instant::now();
+            let rows = random_unit_rows(n, dim, 1);
+            let dev = gpu.upload_gallery(&rows, dim, true)?;
+            let load_s = t.elapsed().as_secs_f64();
+            let cpu = Gallery::new(Storage::F32(&rows), dim, true)?;
+            for &nq in &cfg.queries {
+                let queries = random_unit_rows(nq, dim, 2);
+                for &k in &cfg.ks {
+                    // Validated against the CPU kernels (themselves tested against the f64 reference).
+                    let probe = &queries[..nq.min(VALIDATED_QUERIES) * dim];
+                    let (got, want) = (
+                        gpu.search(&dev, probe, k, 1.0)?,
+                        search(&cpu, probe, k, 1.0)?,
+                    );
+                    let recall = overlap(&got, &want);
+                    let (ms, lo, hi) = time_runs(cfg.warmup, cfg.reps, || {
+                        gpu.search(&dev, &queries, k, 1.0).map(drop)
+                    })?;
+                    let gflops = 2.0 * (nq * n * dim) as f64 / (ms / 1e3) / 1e9;
+                    report(&Measurement {
+                        arch: format!("gallery-{n}x{dim}"),
+                        workload: Workload::Search,
+                        batch: nq,
+                        seq: None,
+                        precision: "f32",
+                        device: format!("cuda:{ordinal} {}", info.name),
+                        isa: info.arch.clone(),
+                        threads: 1,
+                        items_per_s: nq as f64 / (ms / 1e3),
+                        ms_per_batch: ms,
+                        ms_min: lo,
+                        ms_max: hi,
+                        reps: cfg.reps.max(1),
+                        gflops_per_s: gflops,
+                        peak_fraction: gflops / peak,
+                        peak_gflops: peak,
+                        load_s,
+                        weights_mb: (rows.len() * 4) as f64 / 1e6,
+                        peak_rss_mb: peak_rss_mb(),
+                        k: Some(k),
+                        recall: Some(recall),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &SearchBench, n: usize, _: &mut impl FnMut(&Measurement)) -> Result<()> {
+    Err(Error::DeviceUnavailable(format!(
+        "cuda:{n}: this build of cliprt has no CUDA support"
+    )))
+}
+
+/// Fraction of `want`'s hits that `got` also returns.
+fn overlap(got: &super::TopK, want: &super::TopK) -> f64 {
+    let found: usize = (0..want.queries)
         .map(|q| {
             let w: Vec<usize> = want.hits(q).map(|h| h.0).collect();
             got.hits(q).filter(|h| w.contains(&h.0)).count()
         })
         .sum();
-    Ok(found as f64 / (nq * want.k).max(1) as f64)
+    found as f64 / (want.queries * want.k).max(1) as f64
+}
+
+/// recall@k of the first queries against the f64 reference on the f32 rows.
+fn validate(g: &Gallery, rows: &[f32], queries: &[f32], dim: usize, k: usize) -> Result<f64> {
+    let nq = (queries.len() / dim).min(VALIDATED_QUERIES);
+    let probe = &queries[..nq * dim];
+    let got = search(g, probe, k, 1.0)?;
+    Ok(overlap(&got, &search_reference(rows, dim, probe, k, 1.0)))
 }

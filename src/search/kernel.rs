@@ -182,7 +182,13 @@ pub mod avx512 {
                 while hit != 0 {
                     let c = hit.trailing_zeros() as usize;
                     hit &= hit - 1;
-                    set.offer(q0 + c, Hit { score: buf[c], index: r as u32 });
+                    set.offer(
+                        q0 + c,
+                        Hit {
+                            score: buf[c],
+                            index: r as u32,
+                        },
+                    );
                 }
                 continue;
             }
@@ -340,7 +346,11 @@ pub mod avx512 {
         }
         #[inline(always)]
         unsafe fn load16(row: *const f32, step: usize, lanes: usize) -> __m512 {
-            let m = if lanes >= 16 { 0xFFFF } else { ((1u32 << lanes) - 1) as u16 };
+            let m = if lanes >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << lanes) - 1) as u16
+            };
             _mm512_maskz_loadu_ps(m, row.add(16 * step))
         }
     }
@@ -384,12 +394,17 @@ pub mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); QN]; RB];
             for step in 0..steps {
                 let lanes = dim - 16 * step;
-                let qv: [__m512; QN] = std::array::from_fn(|j| _mm512_loadu_ps(q.as_ptr().add(j * qlen + 16 * step)));
+                let qv: [__m512; QN] =
+                    std::array::from_fn(|j| _mm512_loadu_ps(q.as_ptr().add(j * qlen + 16 * step)));
                 for (i, a) in acc.iter_mut().enumerate().take(n) {
                     let row = g.as_ptr().add((r + i) * len);
                     // One prefetch per cache line consumed, PREFETCH_ROWS row groups ahead: a single sequential stream
                     // per core is latency-bound without it (measured 29 GB/s over 2 cores, 2 GB gallery).
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(PREFETCH_ROWS * RB * len).wrapping_add(L::per_step() * step) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        row.wrapping_add(PREFETCH_ROWS * RB * len)
+                            .wrapping_add(L::per_step() * step)
+                            as *const i8,
+                    );
                     let gv = L::load16(row, step, lanes);
                     for j in 0..QN {
                         a[j] = _mm512_fmadd_ps(gv, qv[j], a[j]);

@@ -231,7 +231,11 @@ fn pack_queries(
     let factor: Vec<f32> = queries
         .chunks_exact(dim)
         .map(|q| {
-            let n = q.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+            let n = q
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                .sqrt();
             if n > 0.0 {
                 (f64::from(scale) / n) as f32
             } else {
@@ -262,7 +266,10 @@ fn pack_queries(
                     }
                 }
             }
-            if matches!((kernel, g.storage), (Kernel::Tiles { .. }, Storage::Bf16(_))) {
+            if matches!(
+                (kernel, g.storage),
+                (Kernel::Tiles { .. }, Storage::Bf16(_))
+            ) {
                 let dp = dim.div_ceil(2);
                 b = vec![0u32; panels * dp * width];
                 for p in 0..panels {
@@ -304,7 +311,13 @@ fn check_queries(g: &Gallery, queries: &[f32]) -> Result<usize> {
 }
 
 /// Runs gallery rows `rows` through the packed queries' kernel into `sink`.
-fn score_rows(g: &Gallery, packed: &Packed, nq: usize, rows: std::ops::Range<usize>, sink: &mut Sink) {
+fn score_rows(
+    g: &Gallery,
+    packed: &Packed,
+    nq: usize,
+    rows: std::ops::Range<usize>,
+    sink: &mut Sink,
+) {
     let inv = g.inv_norms.as_deref();
     let dim = g.dim;
     match packed.kernel {
@@ -427,14 +440,34 @@ pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
     let packed = pack_queries(queries, nq, g.dim, scale, kernel, g);
     let mut out = vec![0.0f32; nq * g.rows];
     let rows = g.rows;
-    score_rows(g, &packed, nq, 0..rows, &mut Sink::Store { out: &mut out, rows });
+    score_rows(
+        g,
+        &packed,
+        nq,
+        0..rows,
+        &mut Sink::Store {
+            out: &mut out,
+            rows,
+        },
+    );
     Ok(out)
 }
 
 /// The oracle: every score in f64, the exact top-k kept in a sorted list (ties by lower index). For tests and
 /// benchmark validation; its memory is O(k), so a benchmark's peak memory stays the kernel's.
-pub fn search_reference(gallery: &[f32], dim: usize, queries: &[f32], k: usize, scale: f32) -> TopK {
-    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+pub fn search_reference(
+    gallery: &[f32],
+    dim: usize,
+    queries: &[f32],
+    k: usize,
+    scale: f32,
+) -> TopK {
+    let norm = |v: &[f32]| {
+        v.iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt()
+    };
     let rows = gallery.len() / dim;
     let nq = queries.len() / dim;
     let k = k.min(rows);
@@ -444,9 +477,17 @@ pub fn search_reference(gallery: &[f32], dim: usize, queries: &[f32], k: usize, 
         // Best first: (score, index), ordered by score descending then index ascending.
         let mut best: Vec<(f64, usize)> = Vec::with_capacity(k + 1);
         for (i, g) in gallery.chunks_exact(dim).enumerate() {
-            let dot: f64 = q.iter().zip(g).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let dot: f64 = q
+                .iter()
+                .zip(g)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
             let denom = qn * norm(g);
-            let s = if denom > 0.0 { f64::from(scale) * dot / denom } else { 0.0 };
+            let s = if denom > 0.0 {
+                f64::from(scale) * dot / denom
+            } else {
+                0.0
+            };
             // Rows come in index order, so an equal score ranks after those already kept.
             if best.len() == k && best.last().is_some_and(|w| s <= w.0) {
                 continue;

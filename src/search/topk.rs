@@ -73,8 +73,9 @@ impl TopKSet {
     /// Offers `hit` to query `q`'s top-k.
     #[inline]
     pub fn offer(&mut self, q: usize, hit: Hit) {
-        // Ties with the threshold pass: one of them may have the lower index.
-        if !(hit.score >= self.thresholds[q]) {
+        // Ties with the threshold pass (one of them may have the lower index); NaN never does.
+        let passes = hit.score >= self.thresholds[q];
+        if !passes {
             return;
         }
         if self.lens[q] == self.cap {
@@ -93,7 +94,10 @@ impl TopKSet {
         let buf = &mut self.hits[q * self.cap..q * self.cap + len];
         buf.select_nth_unstable_by(k - 1, rank);
         self.lens[q] = k;
-        self.thresholds[q] = buf[..k].iter().map(|h| h.score).fold(f32::INFINITY, f32::min);
+        self.thresholds[q] = buf[..k]
+            .iter()
+            .map(|h| h.score)
+            .fold(f32::INFINITY, f32::min);
     }
 
     /// Folds `other` (the same queries, another part of the gallery) into `self`.

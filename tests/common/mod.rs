@@ -148,3 +148,35 @@ pub fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Same index wherever the reference's score is separated from its neighbours (including the first row left out)
+/// by more than `sep`; every score within `tol` of the reference's.
+pub fn assert_matches(
+    got: &cliprt::search::TopK,
+    want_k1: &cliprt::search::TopK,
+    k: usize,
+    sep: f32,
+    tol: f32,
+    what: &str,
+) {
+    assert_eq!(got.k, k, "{what}: k");
+    for q in 0..got.queries {
+        let w: Vec<(usize, f32)> = want_k1.hits(q).collect();
+        let g: Vec<(usize, f32)> = got.hits(q).collect();
+        for i in 0..k {
+            assert!(
+                (g[i].1 - w[i].1).abs() <= tol,
+                "{what}: query {q} rank {i}: score {} vs {}",
+                g[i].1,
+                w[i].1
+            );
+            let apart = |j: Option<usize>| {
+                j.and_then(|j| w.get(j))
+                    .is_none_or(|n| (n.1 - w[i].1).abs() > sep)
+            };
+            if apart(i.checked_sub(1)) && apart(Some(i + 1)) {
+                assert_eq!(g[i].0, w[i].0, "{what}: query {q} rank {i}");
+            }
+        }
+    }
+}
