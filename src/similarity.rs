@@ -2,19 +2,29 @@
 
 use crate::error::{Error, Result};
 
+/// `factor / |v|` with the sum of squares in f64, or 0 for an all-zero `v` (which then scores 0 everywhere): the
+/// one normalization rule of every similarity path, host and device.
+pub fn scaled_inv_norm(v: &[f32], factor: f32) -> f32 {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        (f64::from(factor) / norm) as f32
+    } else {
+        0.0
+    }
+}
+
 /// L2-normalizes each row of `[rows, dim]` in place (sum of squares in f64). An all-zero row stays zero.
 pub fn normalize_rows(data: &mut [f32], dim: usize) {
     if dim == 0 {
         return;
     }
     for row in data.chunks_exact_mut(dim) {
-        let norm = row
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
-        if norm > 0.0 {
-            let inv = (1.0 / norm) as f32;
+        let inv = scaled_inv_norm(row, 1.0);
+        if inv > 0.0 {
             row.iter_mut().for_each(|v| *v *= inv);
         }
     }

@@ -351,18 +351,7 @@ impl CudaBackend {
         } else {
             let inv: Vec<f32> = data
                 .chunks_exact(dim)
-                .map(|r| {
-                    let n = r
-                        .iter()
-                        .map(|&v| f64::from(v) * f64::from(v))
-                        .sum::<f64>()
-                        .sqrt();
-                    if n > 0.0 {
-                        (1.0 / n) as f32
-                    } else {
-                        0.0
-                    }
-                })
+                .map(|r| crate::similarity::scaled_inv_norm(r, 1.0))
                 .collect();
             Some(self.stream.clone_htod(&inv)?)
         };
@@ -414,16 +403,7 @@ impl CudaBackend {
         let packed: Vec<f32> = queries
             .chunks_exact(dim)
             .flat_map(|q| {
-                let n = q
-                    .iter()
-                    .map(|&v| f64::from(v) * f64::from(v))
-                    .sum::<f64>()
-                    .sqrt();
-                let f = if n > 0.0 {
-                    (f64::from(scale) / n) as f32
-                } else {
-                    0.0
-                };
+                let f = crate::similarity::scaled_inv_norm(q, scale);
                 q.iter().map(move |&v| v * f)
             })
             .collect();

@@ -50,6 +50,51 @@ pub fn random_unit_rows(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
     out
 }
 
+/// What a measurement reports besides its timings.
+struct Point {
+    n: usize,
+    dim: usize,
+    nq: usize,
+    k: usize,
+    precision: &'static str,
+    device: String,
+    isa: String,
+    threads: usize,
+    peak: f64,
+    load_s: f64,
+    gallery_mb: f64,
+    recall: f64,
+}
+
+impl Point {
+    fn measurement(self, (ms, lo, hi): (f64, f64, f64), reps: usize) -> Measurement {
+        let gflops = 2.0 * (self.nq * self.n * self.dim) as f64 / (ms / 1e3) / 1e9;
+        Measurement {
+            arch: format!("gallery-{}x{}", self.n, self.dim),
+            workload: Workload::Search,
+            batch: self.nq,
+            seq: None,
+            precision: self.precision,
+            device: self.device,
+            isa: self.isa,
+            threads: self.threads,
+            items_per_s: self.nq as f64 / (ms / 1e3),
+            ms_per_batch: ms,
+            ms_min: lo,
+            ms_max: hi,
+            reps: reps.max(1),
+            gflops_per_s: gflops,
+            peak_fraction: gflops / self.peak,
+            peak_gflops: self.peak,
+            load_s: self.load_s,
+            weights_mb: self.gallery_mb,
+            peak_rss_mb: peak_rss_mb(),
+            k: Some(self.k),
+            recall: Some(self.recall),
+        }
+    }
+}
+
 /// Runs the sweep, calling `report` after each measurement.
 pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()> {
     for (what, v) in [
@@ -106,33 +151,24 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
                 let queries = random_unit_rows(nq, dim, 2);
                 for &k in &cfg.ks {
                     let recall = validate(&gallery, &rows, &queries, dim, k)?;
-                    let (ms, lo, hi) = time_runs(cfg.warmup, cfg.reps, || {
+                    let times = time_runs(cfg.warmup, cfg.reps, || {
                         search(&gallery, &queries, k, 1.0).map(drop)
                     })?;
-                    let gflops = 2.0 * (nq * n * dim) as f64 / (ms / 1e3) / 1e9;
-                    report(&Measurement {
-                        arch: format!("gallery-{n}x{dim}"),
-                        workload: Workload::Search,
-                        batch: nq,
-                        seq: None,
+                    let point = Point {
+                        n,
+                        dim,
+                        nq,
+                        k,
                         precision,
                         device: "cpu".into(),
                         isa: isa.name().into(),
                         threads,
-                        items_per_s: nq as f64 / (ms / 1e3),
-                        ms_per_batch: ms,
-                        ms_min: lo,
-                        ms_max: hi,
-                        reps: cfg.reps.max(1),
-                        gflops_per_s: gflops,
-                        peak_fraction: gflops / peak,
-                        peak_gflops: peak,
+                        peak,
                         load_s,
-                        weights_mb: gallery_mb,
-                        peak_rss_mb: peak_rss_mb(),
-                        k: Some(k),
-                        recall: Some(recall),
-                    });
+                        gallery_mb,
+                        recall,
+                    };
+                    report(&point.measurement(times, cfg.reps));
                 }
             }
         }
@@ -168,33 +204,24 @@ fn run_cuda(
                         search(&cpu, probe, k, 1.0)?,
                     );
                     let recall = overlap(&got, &want);
-                    let (ms, lo, hi) = time_runs(cfg.warmup, cfg.reps, || {
+                    let times = time_runs(cfg.warmup, cfg.reps, || {
                         gpu.search(&dev, &queries, k, 1.0).map(drop)
                     })?;
-                    let gflops = 2.0 * (nq * n * dim) as f64 / (ms / 1e3) / 1e9;
-                    report(&Measurement {
-                        arch: format!("gallery-{n}x{dim}"),
-                        workload: Workload::Search,
-                        batch: nq,
-                        seq: None,
+                    let point = Point {
+                        n,
+                        dim,
+                        nq,
+                        k,
                         precision: "f32",
                         device: format!("cuda:{ordinal} {}", info.name),
                         isa: info.arch.clone(),
                         threads: 1,
-                        items_per_s: nq as f64 / (ms / 1e3),
-                        ms_per_batch: ms,
-                        ms_min: lo,
-                        ms_max: hi,
-                        reps: cfg.reps.max(1),
-                        gflops_per_s: gflops,
-                        peak_fraction: gflops / peak,
-                        peak_gflops: peak,
+                        peak,
                         load_s,
-                        weights_mb: (rows.len() * 4) as f64 / 1e6,
-                        peak_rss_mb: peak_rss_mb(),
-                        k: Some(k),
-                        recall: Some(recall),
-                    });
+                        gallery_mb: (rows.len() * 4) as f64 / 1e6,
+                        recall,
+                    };
+                    report(&point.measurement(times, cfg.reps));
                 }
             }
         }

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::cpu::isa::{has_avx512_bf16, Isa};
 use crate::error::{Error, Result};
+use crate::similarity::scaled_inv_norm;
 use kernel::Sink;
 use topk::TopKSet;
 
@@ -75,16 +76,7 @@ impl<'a> Gallery<'a> {
                         || vec![0.0f32; dim],
                         |buf, r| {
                             g.row_f32(r, buf);
-                            let n = buf
-                                .iter()
-                                .map(|&v| f64::from(v) * f64::from(v))
-                                .sum::<f64>()
-                                .sqrt();
-                            if n > 0.0 {
-                                (1.0 / n) as f32
-                            } else {
-                                0.0
-                            }
+                            scaled_inv_norm(buf, 1.0)
                         },
                     )
                     .collect(),
@@ -230,18 +222,7 @@ fn pack_queries(
 ) -> Packed {
     let factor: Vec<f32> = queries
         .chunks_exact(dim)
-        .map(|q| {
-            let n = q
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                .sqrt();
-            if n > 0.0 {
-                (f64::from(scale) / n) as f32
-            } else {
-                0.0
-            }
-        })
+        .map(|q| scaled_inv_norm(q, scale))
         .collect();
     let value = |q: usize, kk: usize| {
         if q < nq && kk < dim {
