@@ -77,3 +77,12 @@ __device__ __forceinline__ void cp_async_16(half_t* dst, const half_t* src, int 
 
 // Waits for every cp.async this thread issued (commit + wait_group 0).
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Closes the group of cp.async copies issued so far (for multi-stage pipelines).
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}

@@ -9,6 +9,10 @@
 //   gemm_f16_v1  64×64×32 block tile, 4 warps of 32×32, mma.sync m16n8k16 fed by ldmatrix.x4; one stage:
 //                cp.async 16-byte copies with zero fill when K % 8 == 0 (rows stay 16-byte aligned), element
 //                loads otherwise (ViT-L/14's patch GEMM has K = 588). Not yet measured on a GPU.
+//   gemm_f16_v2  128×128×32 block tile, 8 warps of 64×32 (16 mma per k16 step per warp), a 3-stage cp.async
+//                pipeline in 60 KiB of dynamic shared memory (the next two k tiles load while one is multiplied).
+//                Needs K % 8 == 0 and 16-byte aligned operands; the host runs v1 otherwise. Same epilogue as v1.
+//                Not yet measured on a GPU (not the default until it is).
 
 #define G1_BM 64
 #define G1_BN 64
@@ -96,6 +100,117 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = bm + wm + i * 16 + g + (e >> 1) * 8;
+                const int col = bn + wn + j * 8 + t4 * 2 + (e & 1);
+                if (row >= M || col >= N) continue;
+                float v = acc[i][j][e];
+                if (has_bias) v += h2f(bias[col]);
+                half_t* o = out + (size_t)row * N + col;
+                if (epilogue == EPI_ACCUMULATE) v += h2f(*o);
+                else if (epilogue == EPI_QUICK_GELU) v = quick_gelu(v);
+                else if (epilogue == EPI_GELU) v = gelu(v);
+                *o = f2h(v);
+            }
+        }
+    }
+}
+
+#define G2_BM 128
+#define G2_BN 128
+#define G2_BK 32
+#define G2_STAGES 3
+#define G2_LDS (G2_BK + 8)
+// Dynamic shared memory of gemm_f16_v2 (src/cuda/mod.rs sets the function's limit to this).
+#define G2_SMEM (G2_STAGES * (G2_BM + G2_BN) * G2_LDS * 2)
+
+// One stage: rows [row0, row0 + 128) × k [k0, k0 + 32) of a [rows, K] matrix, 16-byte cp.async, zero-filled past
+// the matrix edge (K % 8 == 0: a chunk is wholly inside or wholly outside a row).
+__device__ __forceinline__ void g2_load(half_t* tile, const half_t* __restrict__ g, int rows, int K, int row0, int k0) {
+    for (int c = threadIdx.x; c < G2_BM * (G2_BK / 8); c += blockDim.x) {
+        const int r = c >> 2, kc = (c & 3) * 8;
+        const int gr = row0 + r, gk = k0 + kc;
+        const bool inside = gr < rows && gk < K;
+        cp_async_16(tile + r * G2_LDS + kc, inside ? g + (size_t)gr * K + gk : g, inside ? 16 : 0);
+    }
+}
+
+// Grid: (ceil(N / 128), ceil(M / 128)); block: 256 threads; dynamic shared memory G2_SMEM bytes.
+extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict__ out, const half_t* __restrict__ x,
+                                                              const half_t* __restrict__ w,
+                                                              const half_t* __restrict__ bias, int M, int N, int K,
+                                                              int has_bias, int epilogue) {
+    extern __shared__ __align__(16) half_t smem[];
+    half_t* As = smem;                                  // [STAGES][BM][LDS]
+    half_t* Bs = smem + G2_STAGES * G2_BM * G2_LDS;     // [STAGES][BN][LDS]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int bm = blockIdx.y * G2_BM, bn = blockIdx.x * G2_BN;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+    const int ktiles = (K + G2_BK - 1) / G2_BK;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    // Prologue: the first STAGES − 1 k tiles in flight.
+#pragma unroll
+    for (int s = 0; s < G2_STAGES - 1; s++) {
+        if (s < ktiles) {
+            g2_load(As + s * G2_BM * G2_LDS, x, M, K, bm, s * G2_BK);
+            g2_load(Bs + s * G2_BN * G2_LDS, w, N, K, bn, s * G2_BK);
+        }
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; kt++) {
+        // Tile kt has landed (at most STAGES − 2 younger groups pending); every warp is done with tile kt − 1,
+        // whose stage the next load overwrites.
+        cp_async_wait<G2_STAGES - 2>();
+        __syncthreads();
+        const int next = kt + G2_STAGES - 1;
+        if (next < ktiles) {
+            const int s = next % G2_STAGES;
+            g2_load(As + s * G2_BM * G2_LDS, x, M, K, bm, next * G2_BK);
+            g2_load(Bs + s * G2_BN * G2_LDS, w, N, K, bn, next * G2_BK);
+        }
+        cp_async_commit();  // possibly empty: keeps the group count in step with kt
+        const half_t* A = As + (kt % G2_STAGES) * G2_BM * G2_LDS;
+        const half_t* B = Bs + (kt % G2_STAGES) * G2_BN * G2_LDS;
+#pragma unroll
+        for (int kk = 0; kk < G2_BK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int r = wm + i * 16 + (lane & 15), c = kk + (lane >> 4) * 8;
+                ldmatrix_x4(a[i], &A[r * G2_LDS + c]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j += 2) {
+                const int r = wn + j * 8 + (lane & 7) + ((lane >> 4) << 3), c = kk + ((lane >> 3) & 1) * 8;
+                unsigned t[4];
+                ldmatrix_x4(t, &B[r * G2_LDS + c]);
+                b[j][0] = t[0];
+                b[j][1] = t[1];
+                b[j + 1][0] = t[2];
+                b[j + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_m16n8k16(acc[i][j], a[i], b[j]);
+        }
+    }
+    cp_async_wait<0>();
+
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
 #pragma unroll

@@ -49,6 +49,14 @@ fn poisoned(g: &CudaBackend, len: usize) -> cliprt::cuda::CudaBuf {
 #[test]
 fn gemm_matches_reference_with_every_epilogue() {
     let Some(g) = gpu() else { return };
+    check_gemm(&g, "default");
+    // Every other variant too (v2 falls back to v1 for K % 8 ≠ 0, so both paths of it are covered).
+    for v in cliprt::cuda::kernels::op("gemm").unwrap().variants {
+        check_gemm(&CudaBackend::with_variants(0, &[("gemm", v.name)]).unwrap(), v.name);
+    }
+}
+
+fn check_gemm(g: &CudaBackend, variant: &str) {
     let r = ReferenceBackend;
     // Odd sizes, sizes just past a 64 tile, K not a multiple of 8 (ViT-L/14's patch GEMM: 588), CLIP's widths.
     let shapes = [
@@ -60,6 +68,7 @@ fn gemm_matches_reference_with_every_epilogue() {
         (197, 200, 1024),
         (3, 2304, 768),
         (64, 64, 3072),
+        (300, 257, 776), // past a 128 tile in both directions, K % 32 ≠ 0
     ];
     let eps = [
         Epilogue::Store,
@@ -86,16 +95,16 @@ fn gemm_matches_reference_with_every_epilogue() {
                 let mut out = if ep == Epilogue::Accumulate {
                     g.upload(&init).unwrap()
                 } else {
-                    poisoned(&g, m * n)
+                    poisoned(g, m * n)
                 };
-                backend::gemm(&g, &mut out, &gx, &gl, s, ep).unwrap();
+                backend::gemm(g, &mut out, &gx, &gl, s, ep).unwrap();
                 let got = g.download(&out).unwrap();
                 assert_close(
                     &got,
                     &want,
                     2e-3,
                     3e-3,
-                    &format!("gemm {s:?} {ep:?} bias {with_bias}"),
+                    &format!("gemm {variant} {s:?} {ep:?} bias {with_bias}"),
                 );
             }
         }

@@ -44,10 +44,17 @@ pub const OPS: &[Op] = &[
     Op {
         name: "gemm",
         module: "gemm",
-        variants: &[v1(
-            "gemm_f16_v1",
-            "64x64x32 tile, 4 warps, mma.sync m16n8k16 + ldmatrix, cp.async, fused bias/act/residual",
-        )],
+        variants: &[
+            v1(
+                "gemm_f16_v1",
+                "64x64x32 tile, 4 warps, mma.sync m16n8k16 + ldmatrix, cp.async, fused bias/act/residual",
+            ),
+            Variant {
+                name: "v2",
+                symbol: "gemm_f16_v2",
+                about: "128x128x32 tile, 8 warps of 64x32, 3-stage cp.async pipeline (K % 8 == 0, else v1)",
+            },
+        ],
         default: "v1",
     },
     Op {

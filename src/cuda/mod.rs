@@ -127,6 +127,10 @@ pub struct CudaLinear {
 
 struct Kernels {
     gemm: CudaFunction,
+    /// Which gemm variant `gemm` is ("v1", "v2").
+    gemm_variant: &'static str,
+    /// gemm_f16_v1, the fallback for shapes a faster variant cannot take (K % 8 ≠ 0).
+    gemm_v1: CudaFunction,
     attention: CudaFunction,
     layernorm: CudaFunction,
     im2col: CudaFunction,
@@ -138,14 +142,25 @@ struct Kernels {
     topk_merge: CudaFunction,
 }
 
+/// Dynamic shared memory of gemm_f16_v2 (G2_SMEM in kernels/gemm.cu).
+const GEMM_V2_SMEM: usize = 3 * (128 + 128) * 40 * 2;
+
 impl Kernels {
-    /// Compiles (or reads from the cache) each module once and resolves every op's selected variant.
-    fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels> {
+    /// Compiles (or reads from the cache) each module once and resolves every op's variant: `pick` chooses it
+    /// (the env override or the default, or a profiling choice).
+    fn load(
+        ctx: &Arc<CudaContext>,
+        arch: &str,
+        pick: &dyn Fn(&kernels::Op) -> Result<&'static kernels::Variant>,
+    ) -> Result<Kernels> {
         let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
-        let mut f = |name: &str| -> Result<CudaFunction> {
+        let mut f = |name: &str, fixed: Option<&str>| -> Result<(CudaFunction, &'static str)> {
             let op = kernels::op(name)
                 .ok_or_else(|| Error::InvalidArgument(format!("no kernel op {name}")))?;
-            let variant = op.selected()?;
+            let variant = match fixed {
+                Some(v) => op.pick(Some(v))?,
+                None => pick(op)?,
+            };
             let module = match modules.get(op.module) {
                 Some(m) => m.clone(),
                 None => {
@@ -155,19 +170,29 @@ impl Kernels {
                     m
                 }
             };
-            Ok(module.load_function(variant.symbol)?)
+            Ok((module.load_function(variant.symbol)?, variant.name))
         };
+        let (gemm, gemm_variant) = f("gemm", None)?;
+        if gemm_variant == "v2" {
+            // Above the default 48 KiB a kernel's dynamic shared memory must be allowed explicitly.
+            gemm.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                GEMM_V2_SMEM as i32,
+            )?;
+        }
         Ok(Kernels {
-            gemm: f("gemm")?,
-            attention: f("attention")?,
-            layernorm: f("layernorm")?,
-            im2col: f("im2col")?,
-            vision_embed: f("vision_embed")?,
-            text_embed: f("text_embed")?,
-            gather_rows: f("gather_rows")?,
-            scaled_cosine: f("scaled_cosine")?,
-            topk: f("topk")?,
-            topk_merge: f("topk_merge")?,
+            gemm,
+            gemm_variant,
+            gemm_v1: f("gemm", Some("v1"))?.0,
+            attention: f("attention", None)?.0,
+            layernorm: f("layernorm", None)?.0,
+            im2col: f("im2col", None)?.0,
+            vision_embed: f("vision_embed", None)?.0,
+            text_embed: f("text_embed", None)?.0,
+            gather_rows: f("gather_rows", None)?.0,
+            scaled_cosine: f("scaled_cosine", None)?.0,
+            topk: f("topk", None)?.0,
+            topk_merge: f("topk_merge", None)?.0,
         })
     }
 }
@@ -244,11 +269,22 @@ fn to_f16(data: &[f32]) -> Vec<f16> {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal` and loads every kernel (compiled for its arch by NVRTC, or from the disk cache).
+    /// Opens device `ordinal` and loads every kernel (compiled for its arch by NVRTC, or from the disk cache): each
+    /// op's default variant, or its `CLIPRT_KERNEL_<OP>` override.
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        CudaBackend::with_variants(ordinal, &[])
+    }
+
+    /// [`CudaBackend::new`] with explicit `(op, variant)` choices (tests and `cliprt profile` compare variants
+    /// side by side); ops not named take their default or override.
+    pub fn with_variants(ordinal: usize, choices: &[(&str, &str)]) -> Result<CudaBackend> {
         let ctx = context(ordinal)?;
         let info = describe(&ctx, ordinal)?;
-        let k = Kernels::load(&ctx, &info.arch)?;
+        let pick = |op: &kernels::Op| match choices.iter().find(|(o, _)| *o == op.name) {
+            Some((_, v)) => op.pick(Some(v)),
+            None => op.selected(),
+        };
+        let k = Kernels::load(&ctx, &info.arch, &pick)?;
         Ok(CudaBackend {
             stream: ctx.default_stream(),
             info,
@@ -571,6 +607,30 @@ impl Backend for CudaBackend {
                 && aligned(w.w.device_ptr(&self.stream).0),
         );
         let bias = w.bias.as_ref().unwrap_or(&w.w);
+        if self.k.gemm_variant == "v2" && vec == 1 {
+            let cfg = LaunchConfig {
+                grid_dim: (s.n.div_ceil(128) as u32, s.m.div_ceil(128) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: GEMM_V2_SMEM as u32,
+            };
+            if cfg.grid_dim.1 > 65_535 {
+                return Err(Error::Shape(format!("gemm with {} rows exceeds the grid limit", s.m)));
+            }
+            let mut l = self.stream.launch_builder(&self.k.gemm);
+            l.arg(&mut out.data)
+                .arg(&x.data)
+                .arg(&w.w)
+                .arg(bias)
+                .arg(&m)
+                .arg(&n)
+                .arg(&k)
+                .arg(&has_bias)
+                .arg(&code);
+            // SAFETY: arguments match gemm_f16_v2 (K % 8 == 0, aligned operands checked above); shapes were
+            // checked by backend::gemm; the dynamic shared memory limit was raised at load.
+            unsafe { l.launch(cfg) }?;
+            return Ok(());
+        }
         let cfg = LaunchConfig {
             grid_dim: (s.n.div_ceil(64) as u32, s.m.div_ceil(64) as u32, 1),
             block_dim: (128, 1, 1),
@@ -582,7 +642,9 @@ impl Backend for CudaBackend {
                 s.m
             )));
         }
-        let mut l = self.stream.launch_builder(&self.k.gemm);
+        // The selected variant if it is v1, else v1 as the fallback for this shape.
+        let f = if self.k.gemm_variant == "v1" { &self.k.gemm } else { &self.k.gemm_v1 };
+        let mut l = self.stream.launch_builder(f);
         l.arg(&mut out.data)
             .arg(&x.data)
             .arg(&w.w)
