@@ -446,25 +446,6 @@ struct Subject<B: Backend> {
     load_s: f64,
 }
 
-/// Dense fp16 tensor-core peak (f32 accumulate) of the GPUs we know, from the vendors' data sheets; others need
-/// `--peak-gflops` for the %peak column.
-#[cfg(feature = "cuda")]
-fn gpu_fp16_peak_gflops(name: &str) -> Option<f64> {
-    const PEAKS: &[(&str, f64)] = &[
-        ("H200", 989_000.0),
-        ("H100 PCIe", 756_000.0),
-        ("H100", 989_000.0),
-        ("A100", 312_000.0),
-        ("L40S", 362_000.0),
-        ("A10G", 70_000.0),
-        ("L4", 121_000.0),
-    ];
-    PEAKS
-        .iter()
-        .find(|(n, _)| name.contains(n))
-        .map(|&(_, p)| p)
-}
-
 /// Runs every (workload, batch) of `cfg`, calling `report` after each measurement.
 pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
@@ -559,7 +540,7 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
             let info = backend.info().clone();
             let peak = cfg
                 .peak_gflops
-                .or_else(|| gpu_fp16_peak_gflops(&info.name))
+                .or_else(|| crate::cuda::peak_fp16_gflops(&info.name))
                 .unwrap_or(f64::NAN);
             let subject = build(cfg, backend)?;
             let device = format!("cuda:{n} {}", info.name);

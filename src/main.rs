@@ -196,6 +196,29 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Every CUDA kernel variant at CLIP's real shapes, side by side: validated against an f64 reference on
+    /// sampled outputs first (failures are reported, not timed), then timed with CUDA events (median), with
+    /// cuBLAS as a reference row for GEMM. Needs a GPU.
+    Profile {
+        /// Comma-separated: gemm, attention, layernorm, all.
+        #[arg(long, default_value = "all", value_delimiter = ',')]
+        op: Vec<String>,
+        /// Presets whose shapes are profiled, comma-separated.
+        #[arg(long, default_value = "vit-b-32,vit-l-14", value_delimiter = ',')]
+        arch: Vec<String>,
+        /// Batch sizes, comma-separated (text runs at 77 and 16 tokens per batch).
+        #[arg(long, default_value = "1,32,256", value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Timed launches per row (the median is reported).
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+        /// cuda:N
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// One JSON object per row.
+        #[arg(long)]
+        json: bool,
+    },
     /// The CUDA kernels: --list prints the variant registry; --check compiles every kernel with NVRTC for each
     /// --arch (no GPU needed) and prints registers, shared memory, stack, spills and compile time, failing on any
     /// compile error, spill or stack frame (local memory).
@@ -465,6 +488,14 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Kernels { list, check, arch } => kernels(list, check, &arch),
+        Command::Profile {
+            op,
+            arch,
+            batch,
+            reps,
+            device,
+            json,
+        } => profile(op, arch, batch, reps, &device, json),
         Command::Index {
             model,
             images,
@@ -738,4 +769,74 @@ impl ProgressLine {
             eprintln!();
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn profile(
+    ops: Vec<String>,
+    archs: Vec<String>,
+    batches: Vec<usize>,
+    reps: usize,
+    device: &str,
+    json: bool,
+) -> Result<()> {
+    let Device::Cuda(ordinal) = device.parse()? else {
+        return Err(Error::InvalidArgument(
+            "profile runs on a cuda device (cuda or cuda:N)".into(),
+        ));
+    };
+    if batches.is_empty() || batches.contains(&0) {
+        return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
+    }
+    let cfg = cliprt::cuda::profile::ProfileConfig {
+        ordinal,
+        ops,
+        archs,
+        batches,
+        reps,
+    };
+    let opt = |v: Option<f64>, f: fn(f64) -> String| v.map_or("-".to_string(), f);
+    let mut first = true;
+    cliprt::cuda::profile::run(&cfg, |r| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            return;
+        }
+        if std::mem::take(&mut first) {
+            println!(
+                "{:<10} {:<34} {:<7} {:>9} {:>9} {:>9} {:>7} {:>9}  status",
+                "op", "shape", "variant", "median ms", "min ms", "rate", "%peak", "×default"
+            );
+        }
+        println!(
+            "{:<10} {:<34} {:<7} {:>9} {:>9} {:>9} {:>7} {:>9}  {}",
+            r.op,
+            r.shape,
+            r.variant,
+            opt(r.median_ms, |v| format!("{v:.4}")),
+            opt(r.min_ms, |v| format!("{v:.4}")),
+            opt(r.rate, |v| format!("{v:.1}")),
+            opt(r.peak_fraction, |v| format!("{:.1}%", 100.0 * v)),
+            opt(r.vs_default, |v| format!("{v:.2}")),
+            if r.status == "ok" {
+                r.unit.to_string()
+            } else {
+                format!("{} {}", r.unit, r.status)
+            }
+        );
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn profile(
+    _: Vec<String>,
+    _: Vec<String>,
+    _: Vec<usize>,
+    _: usize,
+    _: &str,
+    _: bool,
+) -> Result<()> {
+    Err(Error::DeviceUnavailable(
+        "this build of cliprt has no CUDA support (feature `cuda` is off)".into(),
+    ))
 }

@@ -52,7 +52,10 @@ fn gemm_matches_reference_with_every_epilogue() {
     check_gemm(&g, "default");
     // Every other variant too (v2 falls back to v1 for K % 8 ≠ 0, so both paths of it are covered).
     for v in cliprt::cuda::kernels::op("gemm").unwrap().variants {
-        check_gemm(&CudaBackend::with_variants(0, &[("gemm", v.name)]).unwrap(), v.name);
+        check_gemm(
+            &CudaBackend::with_variants(0, &[("gemm", v.name)]).unwrap(),
+            v.name,
+        );
     }
 }
 
@@ -494,6 +497,39 @@ fn gpu_top_k_matches_the_cpu_search() {
         g.search(&dev, &qs, 4096, 1.0),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn profile_validates_and_times_every_variant() {
+    if gpu().is_none() {
+        return;
+    }
+    let cfg = cliprt::cuda::profile::ProfileConfig {
+        ordinal: 0,
+        ops: vec!["all".into()],
+        archs: vec!["vit-b-32".into()],
+        batches: vec![2],
+        reps: 3,
+    };
+    let mut rows = Vec::new();
+    cliprt::cuda::profile::run(&cfg, |r| rows.push(r.clone())).unwrap();
+    for r in &rows {
+        println!(
+            "{} {} {} {} {:?}",
+            r.op, r.shape, r.variant, r.status, r.median_ms
+        );
+        assert!(
+            r.status.starts_with("ok") || r.status.starts_with("skipped"),
+            "{r:?}"
+        );
+    }
+    let gemm_variants = cliprt::cuda::kernels::op("gemm").unwrap().variants.len();
+    assert!(
+        rows.iter()
+            .filter(|r| r.op == "gemm" && r.variant != "cublas")
+            .count()
+            >= 12 * gemm_variants
+    );
 }
 
 #[test]

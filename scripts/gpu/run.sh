@@ -4,7 +4,8 @@
 #   scripts/gpu/run.sh RESULTS_DIR
 #
 # 1. the environment (GPU, driver, NVRTC found), 2. `cliprt info --device cuda`, 3. the kernel check for the
-# device's arch, 4. the CUDA tests (a missing GPU is a failure here, not a skip), 5. `cliprt bench --device cuda`
+# device's arch, 4. the CUDA tests (a missing GPU is a failure here, not a skip), 4b. `cliprt profile` (every
+# kernel variant validated, then timed, cuBLAS alongside) on ViT-B/32's shapes, 5. `cliprt bench --device cuda`
 # for ViT-B/32 and ViT-L/14 at batch 1, 32, 256, 6. PyTorch fp16 + SDPA on the same shapes, 7. the fused top-k
 # search on the GPU and on the machine's CPU (1M × 512 gallery), 8. the comparison tables. Every step has its
 # own time limit, and the limits add up to 6 minutes; logs go to RESULTS_DIR.
@@ -33,6 +34,8 @@ if [ -z "${CLIPRT_NVRTC:-}" ]; then
     done
 fi
 [ -n "${CLIPRT_NVRTC:-}" ] && export LD_LIBRARY_PATH="$(dirname "$CLIPRT_NVRTC")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The toolkit's libcublas.so, for the cuBLAS reference rows of `cliprt profile` (cudarc looks for libcublas.so).
+[ -d /usr/local/cuda/lib64 ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/cuda/lib64"
 export CLIPRT_CACHE_DIR="$out/cache" CLIPRT_FIXTURES="$PWD/tests/fixtures"
 
 {
@@ -42,23 +45,26 @@ export CLIPRT_CACHE_DIR="$out/cache" CLIPRT_FIXTURES="$PWD/tests/fixtures"
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' 2>&1
 } | tee "$out/env.log"
 
-step info 20 .gpu/cliprt info --device cuda
+step info 15 .gpu/cliprt info --device cuda
 arch=$(sed -n 's/.*compute \([0-9]*\)\.\([0-9]*\).*/sm_\1\2/p' "$out/info.log" | head -1)
-step kernels 20 .gpu/cliprt kernels --check --arch "${arch:-sm_90},sm_80"
-step tests 100 env CLIPRT_REQUIRE_CUDA=1 CLIPRT_REQUIRE_NVRTC=1 .gpu/cuda-tests --test-threads=1 --nocapture
-# Limits: 40 s per step for ViT-B/32, 50 s for ViT-L/14 (the sum of every limit is 360 s).
+step kernels 15 .gpu/cliprt kernels --check --arch "${arch:-sm_90},sm_80"
+step tests 90 env CLIPRT_REQUIRE_CUDA=1 CLIPRT_REQUIRE_NVRTC=1 .gpu/cuda-tests --test-threads=1 --nocapture
+step profile 30 .gpu/cliprt profile --op all --arch vit-b-32 --batch 32,256 --reps 20
+# Limits: 35 s per step for ViT-B/32, 45 s for ViT-L/14 (the sum of every limit is 360 s).
 for a in vit-b-32 vit-l-14; do
-    limit=$([ "$a" = vit-b-32 ] && echo 40 || echo 50)
+    limit=$([ "$a" = vit-b-32 ] && echo 35 || echo 45)
     step "bench-$a" "$limit" .gpu/cliprt bench --device cuda --arch "$a" --batch 1,32,256 --workload image,text \
         --warmup 2 --reps 10 --json
     step "torch-$a" "$limit" python3 tools/bench_torch.py --device cuda --dtype fp16 --arch "$a" --batch 1 32 256 \
         --warmup 2 --reps 10 --json
 done
-step search-cuda 20 .gpu/cliprt bench --device cuda --workload search --gallery 1000000 --dim 512 \
+step search-cuda 25 .gpu/cliprt bench --device cuda --workload search --gallery 1000000 --dim 512 \
     --queries 1,64,1024 --k 10,100 --reps 5 --json
-step search-cpu 20 .gpu/cliprt bench --workload search --gallery 1000000 --dim 512 --queries 1,64,1024 --k 10,100 \
+step search-cpu 25 .gpu/cliprt bench --workload search --gallery 1000000 --dim 512 --queries 1,64,1024 --k 10,100 \
     --reps 3 --json
 {
+    grep -v '^==' "$out/profile.log"
+    echo
     cat "$out"/bench-*.log "$out"/torch-*.log | python3 scripts/gpu/compare.py
     echo
     cat "$out"/search-*.log | python3 tools/compare_search.py

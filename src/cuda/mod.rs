@@ -12,6 +12,7 @@
 mod cache;
 pub mod kernels;
 mod nvrtc;
+pub mod profile;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,6 +97,40 @@ fn describe(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceInfo> {
         arch: format!("sm_{major}{minor}"),
         memory_bytes: ctx.mem_get_info()?.1,
     })
+}
+
+/// Dense fp16 tensor-core peak (f32 accumulate) of the GPUs we know, from the vendors' data sheets.
+pub fn peak_fp16_gflops(name: &str) -> Option<f64> {
+    const PEAKS: &[(&str, f64)] = &[
+        ("H200", 989_000.0),
+        ("H100 PCIe", 756_000.0),
+        ("H100", 989_000.0),
+        ("A100", 312_000.0),
+        ("L40S", 362_000.0),
+        ("A10G", 70_000.0),
+        ("L4", 121_000.0),
+    ];
+    PEAKS
+        .iter()
+        .find(|(n, _)| name.contains(n))
+        .map(|&(_, p)| p)
+}
+
+/// DRAM bandwidth in GB/s of the GPUs we know (data sheets), for memory-bound kernels' %peak.
+pub fn peak_bandwidth_gbs(name: &str) -> Option<f64> {
+    const PEAKS: &[(&str, f64)] = &[
+        ("H200", 4_800.0),
+        ("H100 PCIe", 2_000.0),
+        ("H100", 3_350.0),
+        ("A100", 2_039.0),
+        ("L40S", 864.0),
+        ("A10G", 600.0),
+        ("L4", 300.0),
+    ];
+    PEAKS
+        .iter()
+        .find(|(n, _)| name.contains(n))
+        .map(|&(_, p)| p)
 }
 
 /// NVRTC's version and where it was loaded from, or why it is unavailable.
@@ -294,6 +329,10 @@ impl CudaBackend {
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     /// Whether the kernels can run `config` (checked at load, so an unsupported model fails before any upload).
@@ -614,7 +653,10 @@ impl Backend for CudaBackend {
                 shared_mem_bytes: GEMM_V2_SMEM as u32,
             };
             if cfg.grid_dim.1 > 65_535 {
-                return Err(Error::Shape(format!("gemm with {} rows exceeds the grid limit", s.m)));
+                return Err(Error::Shape(format!(
+                    "gemm with {} rows exceeds the grid limit",
+                    s.m
+                )));
             }
             let mut l = self.stream.launch_builder(&self.k.gemm);
             l.arg(&mut out.data)
@@ -643,7 +685,11 @@ impl Backend for CudaBackend {
             )));
         }
         // The selected variant if it is v1, else v1 as the fallback for this shape.
-        let f = if self.k.gemm_variant == "v1" { &self.k.gemm } else { &self.k.gemm_v1 };
+        let f = if self.k.gemm_variant == "v1" {
+            &self.k.gemm
+        } else {
+            &self.k.gemm_v1
+        };
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut out.data)
             .arg(&x.data)
