@@ -14,6 +14,18 @@
 //                Needs K % 8 == 0 and 16-byte aligned operands; the host runs v1 otherwise. Same epilogue as v1.
 //                Not yet measured on a GPU (not the default until it is).
 
+// The fused epilogue of every variant, on one f32 accumulator: + bias, then the residual add or the activation,
+// then the single fp16 store.
+__device__ __forceinline__ void gemm_store(half_t* __restrict__ out, const half_t* __restrict__ bias, float v, int row,
+                                           int col, int N, int has_bias, int epilogue) {
+    if (has_bias) v += h2f(bias[col]);
+    half_t* o = out + (size_t)row * N + col;
+    if (epilogue == EPI_ACCUMULATE) v += h2f(*o);
+    else if (epilogue == EPI_QUICK_GELU) v = quick_gelu(v);
+    else if (epilogue == EPI_GELU) v = gelu(v);
+    *o = f2h(v);
+}
+
 #define G1_BM 64
 #define G1_BN 64
 #define G1_BK 32
@@ -106,14 +118,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict
             for (int e = 0; e < 4; e++) {
                 const int row = bm + wm + i * 16 + g + (e >> 1) * 8;
                 const int col = bn + wn + j * 8 + t4 * 2 + (e & 1);
-                if (row >= M || col >= N) continue;
-                float v = acc[i][j][e];
-                if (has_bias) v += h2f(bias[col]);
-                half_t* o = out + (size_t)row * N + col;
-                if (epilogue == EPI_ACCUMULATE) v += h2f(*o);
-                else if (epilogue == EPI_QUICK_GELU) v = quick_gelu(v);
-                else if (epilogue == EPI_GELU) v = gelu(v);
-                *o = f2h(v);
+                if (row < M && col < N) gemm_store(out, bias, acc[i][j][e], row, col, N, has_bias, epilogue);
             }
         }
     }
@@ -217,14 +222,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict
             for (int e = 0; e < 4; e++) {
                 const int row = bm + wm + i * 16 + g + (e >> 1) * 8;
                 const int col = bn + wn + j * 8 + t4 * 2 + (e & 1);
-                if (row >= M || col >= N) continue;
-                float v = acc[i][j][e];
-                if (has_bias) v += h2f(bias[col]);
-                half_t* o = out + (size_t)row * N + col;
-                if (epilogue == EPI_ACCUMULATE) v += h2f(*o);
-                else if (epilogue == EPI_QUICK_GELU) v = quick_gelu(v);
-                else if (epilogue == EPI_GELU) v = gelu(v);
-                *o = f2h(v);
+                if (row < M && col < N) gemm_store(out, bias, acc[i][j][e], row, col, N, has_bias, epilogue);
             }
         }
     }
