@@ -590,17 +590,19 @@ pub fn build(
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }
-    let entries: Vec<(String, u64)> = journal
-        .done
+    // Files deleted since an interrupted run started leave the index; files added were embedded above.
+    let present: std::collections::HashSet<String> = files
         .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let current = || journal.done.iter().filter(|(p, _)| present.contains(p));
+    let entries: Vec<(String, u64)> = current()
         .filter_map(|(p, d)| match d {
             Done::Embedded(at) => Some((p.clone(), *at)),
             Done::Failed(_) => None,
         })
         .collect();
-    let failed: Vec<(String, String)> = journal
-        .done
-        .iter()
+    let failed: Vec<(String, String)> = current()
         .filter_map(|(p, d)| match d {
             Done::Failed(m) => Some((p.clone(), m.clone())),
             Done::Embedded(_) => None,
