@@ -86,3 +86,16 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
+
+// ldmatrix with transpose: lanes 8i..8i+7 address the rows of matrix i, each lane receives the transposed fragment
+// (the B operand of mma.sync from a row-major [k][n] tile).
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const half_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// Two f32 values as one f16x2 register (lo in the low half), round to nearest even.
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+    return (unsigned)f2h(lo) | ((unsigned)f2h(hi) << 16);
+}

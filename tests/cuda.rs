@@ -117,6 +117,16 @@ fn check_gemm(g: &CudaBackend, variant: &str) {
 #[test]
 fn attention_matches_reference() {
     let Some(g) = gpu() else { return };
+    check_attention(&g, "default");
+    for v in cliprt::cuda::kernels::op("attention").unwrap().variants {
+        check_attention(
+            &CudaBackend::with_variants(0, &[("attention", v.name)]).unwrap(),
+            v.name,
+        );
+    }
+}
+
+fn check_attention(g: &CudaBackend, variant: &str) {
     let r = ReferenceBackend;
     // (batch, seq, heads, head_dim, causal): CLIP's sequences (50, 77, 197, 257, 577), head dims 64/80/104, and
     // lengths that leave partial 8-query and 32-key tiles.
@@ -129,6 +139,7 @@ fn attention_matches_reference() {
         (2, 33, 3, 80, true),
         (1, 1, 1, 64, true),
         (1, 197, 2, 128, false),
+        (2, 19, 3, 36, true), // head dim not a multiple of 8: v2 falls back to v1
     ];
     for (i, &(batch, seq, heads, head_dim, causal)) in shapes.iter().enumerate() {
         let s = AttnShape {
@@ -142,14 +153,14 @@ fn attention_matches_reference() {
         let qkv = r16(&random(rows * 3 * s.width(), 40 + i as u64, 1.0));
         let mut want = r.alloc(rows * s.width()).unwrap();
         backend::attention(&r, &mut want, &r.upload(&qkv).unwrap(), s).unwrap();
-        let mut out = poisoned(&g, rows * s.width());
-        backend::attention(&g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
+        let mut out = poisoned(g, rows * s.width());
+        backend::attention(g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
         assert_close(
             &g.download(&out).unwrap(),
             &want,
             2e-3,
             3e-3,
-            &format!("attention {s:?}"),
+            &format!("attention {variant} {s:?}"),
         );
     }
 }

@@ -60,10 +60,17 @@ pub const OPS: &[Op] = &[
     Op {
         name: "attention",
         module: "attention",
-        variants: &[v1(
-            "attention_f16_v1",
-            "warp per query, 32-key smem tiles, online softmax in f32, head_dim <= 128",
-        )],
+        variants: &[
+            v1(
+                "attention_f16_v1",
+                "warp per query, 32-key smem tiles, online softmax in f32, head_dim <= 128",
+            ),
+            Variant {
+                name: "v2",
+                symbol: "attention_f16_v2",
+                about: "tensor cores, FlashAttention-2 style: 64 queries per block, 32-key blocks (hd % 8 == 0)",
+            },
+        ],
         default: "v1",
     },
     Op {

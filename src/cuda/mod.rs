@@ -167,6 +167,10 @@ struct Kernels {
     /// gemm_f16_v1, the fallback for shapes a faster variant cannot take (K % 8 ≠ 0).
     gemm_v1: CudaFunction,
     attention: CudaFunction,
+    /// Which attention variant `attention` is.
+    attention_variant: &'static str,
+    /// attention_f16_v1, the fallback for head dims v2 cannot take.
+    attention_v1: CudaFunction,
     layernorm: CudaFunction,
     im2col: CudaFunction,
     vision_embed: CudaFunction,
@@ -208,6 +212,7 @@ impl Kernels {
             Ok((module.load_function(variant.symbol)?, variant.name))
         };
         let (gemm, gemm_variant) = f("gemm", None)?;
+        let attention = f("attention", None)?;
         if gemm_variant == "v2" {
             // Above the default 48 KiB a kernel's dynamic shared memory must be allowed explicitly.
             gemm.set_attribute(
@@ -219,7 +224,9 @@ impl Kernels {
             gemm,
             gemm_variant,
             gemm_v1: f("gemm", Some("v1"))?.0,
-            attention: f("attention", None)?.0,
+            attention: attention.0,
+            attention_variant: attention.1,
+            attention_v1: f("attention", Some("v1"))?.0,
             layernorm: f("layernorm", None)?.0,
             im2col: f("im2col", None)?.0,
             vision_embed: f("vision_embed", None)?.0,
@@ -755,12 +762,28 @@ impl Backend for CudaBackend {
         let causal = i32::from(s.causal);
         // CLIP scales queries by head_dim^−½ before the product.
         let scale = (s.head_dim as f32).sqrt().recip();
-        let cfg = LaunchConfig {
-            grid_dim: (s.seq.div_ceil(8) as u32, s.heads as u32, s.batch as u32),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        // v2 copies 16-byte (8-half) chunks of each head: head dims that are a multiple of 8 (all of CLIP's).
+        let (f, cfg) = if self.k.attention_variant == "v2" && s.head_dim.is_multiple_of(8) {
+            let cfg = LaunchConfig {
+                grid_dim: (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (&self.k.attention, cfg)
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (s.seq.div_ceil(8) as u32, s.heads as u32, s.batch as u32),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let f = if self.k.attention_variant == "v1" {
+                &self.k.attention
+            } else {
+                &self.k.attention_v1
+            };
+            (f, cfg)
         };
-        let mut l = self.stream.launch_builder(&self.k.attention);
+        let mut l = self.stream.launch_builder(f);
         l.arg(&mut out.data)
             .arg(&qkv.data)
             .arg(&seq)
@@ -768,7 +791,7 @@ impl Backend for CudaBackend {
             .arg(&hd)
             .arg(&causal)
             .arg(&scale);
-        // SAFETY: arguments match attention_f16_v1; shapes were checked by backend::attention.
+        // SAFETY: arguments match attention_f16_v1 and _v2 (same list); shapes were checked by backend::attention.
         unsafe { l.launch(cfg) }?;
         Ok(())
     }
