@@ -26,6 +26,40 @@ __device__ __forceinline__ void gemm_store(half_t* __restrict__ out, const half_
     *o = f2h(v);
 }
 
+// One warp's share of a k tile: acc[MI][NJ] (MI m16 × NJ n8 tiles at rows wm, columns wn) += A·Bᵀ over BK, both
+// tiles [rows][lds] in shared memory, K-contiguous.
+template <int MI, int NJ, int BK>
+__device__ __forceinline__ void warp_mma_k(float (&acc)[MI][NJ][4], const half_t* A, const half_t* B, int lds, int wm,
+                                           int wn, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        unsigned a[MI][4], b[NJ][2];
+#pragma unroll
+        for (int i = 0; i < MI; i++) {
+            // Matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15):
+            // the a0..a3 registers of the m16n8k16 A fragment.
+            const int r = wm + i * 16 + (lane & 15), c = kk + (lane >> 4) * 8;
+            ldmatrix_x4(a[i], &A[r * lds + c]);
+        }
+#pragma unroll
+        for (int j = 0; j < NJ; j += 2) {
+            // Matrices = (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0, b1 of two
+            // adjacent n8 tiles (w is [n][k], so an untransposed load gives the column-major B fragment).
+            const int r = wn + j * 8 + (lane & 7) + ((lane >> 4) << 3), c = kk + ((lane >> 3) & 1) * 8;
+            unsigned t[4];
+            ldmatrix_x4(t, &B[r * lds + c]);
+            b[j][0] = t[0];
+            b[j][1] = t[1];
+            b[j + 1][0] = t[2];
+            b[j + 1][1] = t[3];
+        }
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NJ; j++) mma_m16n8k16(acc[i][j], a[i], b[j]);
+    }
+}
+
 #define G1_BM 64
 #define G1_BN 64
 #define G1_BK 32
@@ -78,33 +112,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict
         g1_load_tile(Bs, w, N, K, bn, k0, vec != 0);
         cp_async_wait_all();
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < G1_BK; kk += 16) {
-            unsigned a[2][4], b[4][2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                // Matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15):
-                // the a0..a3 registers of the m16n8k16 A fragment.
-                const int r = wm + i * 16 + (lane & 15), c = kk + (lane >> 4) * 8;
-                ldmatrix_x4(a[i], &As[r * G1_LDS + c]);
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j += 2) {
-                // Matrices = (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0, b1 of two
-                // adjacent n8 tiles (w is [n][k], so an untransposed load gives the column-major B fragment).
-                const int r = wn + j * 8 + (lane & 7) + ((lane >> 4) << 3), c = kk + ((lane >> 3) & 1) * 8;
-                unsigned t[4];
-                ldmatrix_x4(t, &Bs[r * G1_LDS + c]);
-                b[j][0] = t[0];
-                b[j][1] = t[1];
-                b[j + 1][0] = t[2];
-                b[j + 1][1] = t[3];
-            }
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) mma_m16n8k16(acc[i][j], a[i], b[j]);
-        }
+        warp_mma_k<2, 4, G1_BK>(acc, As, Bs, G1_LDS, wm, wn, lane);
         __syncthreads();
     }
 
@@ -187,29 +195,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict
         cp_async_commit();  // possibly empty: keeps the group count in step with kt
         const half_t* A = As + (kt % G2_STAGES) * G2_BM * G2_LDS;
         const half_t* B = Bs + (kt % G2_STAGES) * G2_BN * G2_LDS;
-#pragma unroll
-        for (int kk = 0; kk < G2_BK; kk += 16) {
-            unsigned a[4][4], b[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int r = wm + i * 16 + (lane & 15), c = kk + (lane >> 4) * 8;
-                ldmatrix_x4(a[i], &A[r * G2_LDS + c]);
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j += 2) {
-                const int r = wn + j * 8 + (lane & 7) + ((lane >> 4) << 3), c = kk + ((lane >> 3) & 1) * 8;
-                unsigned t[4];
-                ldmatrix_x4(t, &B[r * G2_LDS + c]);
-                b[j][0] = t[0];
-                b[j][1] = t[1];
-                b[j + 1][0] = t[2];
-                b[j + 1][1] = t[3];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) mma_m16n8k16(acc[i][j], a[i], b[j]);
-        }
+        warp_mma_k<4, 4, G2_BK>(acc, A, B, G2_LDS, wm, wn, lane);
     }
     cp_async_wait<0>();
 
