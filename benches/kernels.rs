@@ -4,12 +4,13 @@
 //!
 //!     cargo bench --bench kernels
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 
 #[cfg(feature = "cuda")]
 fn kernels(c: &mut Criterion) {
     use cliprt::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
     use cliprt::cuda::{kernels::op, CudaBackend};
+    use criterion::Throughput;
 
     let base = match CudaBackend::new(0) {
         Ok(b) => b,
