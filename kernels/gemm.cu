@@ -26,6 +26,25 @@ __device__ __forceinline__ void gemm_store(half_t* __restrict__ out, const half_
     *o = f2h(v);
 }
 
+// Stores one warp's accumulators (tile origin row0, col0) through the fused epilogue. Accumulator e of tile (i, j)
+// is row g (+8 for e >= 2), column 2·t4 + (e & 1) of that 16×8 tile.
+template <int MI, int NJ>
+__device__ __forceinline__ void warp_store(const float (&acc)[MI][NJ][4], half_t* __restrict__ out,
+                                           const half_t* __restrict__ bias, int M, int N, int row0, int col0, int lane,
+                                           int has_bias, int epilogue) {
+    const int g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = row0 + i * 16 + g + (e >> 1) * 8;
+                const int col = col0 + j * 8 + t4 * 2 + (e & 1);
+                if (row < M && col < N) gemm_store(out, bias, acc[i][j][e], row, col, N, has_bias, epilogue);
+            }
+}
+
 // One warp's share of a k tile: acc[MI][NJ] (MI m16 × NJ n8 tiles at rows wm, columns wn) += A·Bᵀ over BK, both
 // tiles [rows][lds] in shared memory, K-contiguous.
 template <int MI, int NJ, int BK>
@@ -116,20 +135,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict
         __syncthreads();
     }
 
-    // Accumulator e of tile (i, j) is row g (+8 for e >= 2), column 2·t4 + (e & 1) of that 16×8 tile.
-    const int g = lane >> 2, t4 = lane & 3;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = bm + wm + i * 16 + g + (e >> 1) * 8;
-                const int col = bn + wn + j * 8 + t4 * 2 + (e & 1);
-                if (row < M && col < N) gemm_store(out, bias, acc[i][j][e], row, col, N, has_bias, epilogue);
-            }
-        }
-    }
+    warp_store<2, 4>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
 }
 
 #define G2_BM 128
@@ -199,17 +205,5 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict
     }
     cp_async_wait<0>();
 
-    const int g = lane >> 2, t4 = lane & 3;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = bm + wm + i * 16 + g + (e >> 1) * 8;
-                const int col = bn + wn + j * 8 + t4 * 2 + (e & 1);
-                if (row < M && col < N) gemm_store(out, bias, acc[i][j][e], row, col, N, has_bias, epilogue);
-            }
-        }
-    }
+    warp_store<4, 4>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::{fnv1a, FNV_START};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
@@ -70,13 +71,6 @@ impl ModelIdentity {
         dot >= 0.99 && (self.logit_scale - other.logit_scale).abs() <= 1e-3 * self.logit_scale.abs()
     }
 }
-
-fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(h, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn pad64(n: usize) -> usize {
     n.next_multiple_of(64)
@@ -547,12 +541,12 @@ pub fn build(
         .and_then(|v| v.parse::<u64>().ok());
     let t = Instant::now();
     let mut finished = 0;
-    let count_failed = |j: &Journal| {
-        j.done
-            .iter()
-            .filter(|(_, d)| matches!(d, Done::Failed(_)))
-            .count()
-    };
+    // Counted as batches go (rescanning the journal each batch would be quadratic in the folder size).
+    let mut failed = journal
+        .done
+        .iter()
+        .filter(|(_, d)| matches!(d, Done::Failed(_)))
+        .count();
     for chunk in todo.chunks(opts.batch) {
         // Decode and preprocess in parallel; a file that fails is recorded, not fatal.
         let pixels: Vec<Result<Vec<f32>>> =
@@ -576,13 +570,14 @@ pub fn build(
                     Err(e) => (name, Err(e.to_string())),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        failed += batch.iter().filter(|(_, r)| r.is_err()).count();
         journal.append(batch)?;
         finished += chunk.len();
         progress(&Progress {
             done: resumed + finished,
             total,
-            failed: count_failed(&journal),
+            failed,
             resumed,
             rate: finished as f64 / t.elapsed().as_secs_f64().max(1e-9),
         });

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod bench;
+pub(crate) mod checksum;
 pub mod clip;
 pub mod config;
 pub mod cpu;

@@ -9,12 +9,10 @@ use std::path::PathBuf;
 
 const MAGIC: &[u8; 8] = b"CLIPRTK1";
 
-/// FNV-1a, 64-bit: a stable hash (std's `DefaultHasher` may change between Rust releases, which would orphan
-/// every entry). Collisions cannot load a wrong entry: the full key is stored and compared too.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+/// FNV-1a of `bytes` ([`crate::checksum`]). A key collision cannot load a wrong entry: the full key is stored
+/// and compared too.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    crate::checksum::fnv1a(crate::checksum::FNV_START, bytes)
 }
 
 /// The cache folder, or `None` when disabled or no home folder is known.

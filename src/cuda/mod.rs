@@ -455,32 +455,12 @@ impl CudaBackend {
         scale: f32,
     ) -> Result<crate::search::TopK> {
         let dim = g.dim;
-        if queries.is_empty() {
-            return Err(Error::EmptyInput("no queries given"));
-        }
-        if !queries.len().is_multiple_of(dim) {
-            return Err(Error::Shape(format!(
-                "{} query values are not whole rows of {dim}",
-                queries.len()
-            )));
-        }
-        if k == 0 || k > MAX_GPU_K {
-            return Err(Error::InvalidArgument(format!(
-                "k = {k}: the CUDA top-k takes 1 ..= {MAX_GPU_K} (the CPU search goes to {})",
-                crate::search::MAX_K
-            )));
-        }
-        if !scale.is_finite() {
-            return Err(Error::InvalidArgument(format!(
-                "scale {scale} is not finite"
-            )));
-        }
+        let nq = crate::search::check_request(dim, g.rows, queries, k, MAX_GPU_K, scale)?;
         if TOPK_STATIC_SMEM + 4 * dim > 48 * 1024 {
             return Err(Error::InvalidArgument(format!(
                 "dim {dim} exceeds the CUDA top-k's shared memory"
             )));
         }
-        let nq = queries.len() / dim;
         // Normalized and scaled on the host, like the CPU kernels' packing.
         let packed: Vec<f32> = queries
             .chunks_exact(dim)
@@ -653,37 +633,20 @@ impl Backend for CudaBackend {
                 && aligned(w.w.device_ptr(&self.stream).0),
         );
         let bias = w.bias.as_ref().unwrap_or(&w.w);
-        if self.k.gemm_variant == "v2" && vec == 1 {
-            let cfg = LaunchConfig {
-                grid_dim: (s.n.div_ceil(128) as u32, s.m.div_ceil(128) as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: GEMM_V2_SMEM as u32,
-            };
-            if cfg.grid_dim.1 > 65_535 {
-                return Err(Error::Shape(format!(
-                    "gemm with {} rows exceeds the grid limit",
-                    s.m
-                )));
-            }
-            let mut l = self.stream.launch_builder(&self.k.gemm);
-            l.arg(&mut out.data)
-                .arg(&x.data)
-                .arg(&w.w)
-                .arg(bias)
-                .arg(&m)
-                .arg(&n)
-                .arg(&k)
-                .arg(&has_bias)
-                .arg(&code);
-            // SAFETY: arguments match gemm_f16_v2 (K % 8 == 0, aligned operands checked above); shapes were
-            // checked by backend::gemm; the dynamic shared memory limit was raised at load.
-            unsafe { l.launch(cfg) }?;
-            return Ok(());
-        }
+        // v2 where it can run (K % 8 == 0, aligned), else v1 (the selected variant or the fallback). v2 has no
+        // `vec` argument: it always copies 16-byte chunks.
+        let v2 = self.k.gemm_variant == "v2" && vec == 1;
+        let (f, tile, threads, smem) = if v2 {
+            (&self.k.gemm, 128, 256, GEMM_V2_SMEM as u32)
+        } else if self.k.gemm_variant == "v1" {
+            (&self.k.gemm, 64, 128, 0)
+        } else {
+            (&self.k.gemm_v1, 64, 128, 0)
+        };
         let cfg = LaunchConfig {
-            grid_dim: (s.n.div_ceil(64) as u32, s.m.div_ceil(64) as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (s.n.div_ceil(tile) as u32, s.m.div_ceil(tile) as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
         };
         if cfg.grid_dim.1 > 65_535 {
             return Err(Error::Shape(format!(
@@ -691,12 +654,6 @@ impl Backend for CudaBackend {
                 s.m
             )));
         }
-        // The selected variant if it is v1, else v1 as the fallback for this shape.
-        let f = if self.k.gemm_variant == "v1" {
-            &self.k.gemm
-        } else {
-            &self.k.gemm_v1
-        };
         let mut l = self.stream.launch_builder(f);
         l.arg(&mut out.data)
             .arg(&x.data)
@@ -706,9 +663,12 @@ impl Backend for CudaBackend {
             .arg(&n)
             .arg(&k)
             .arg(&has_bias)
-            .arg(&code)
-            .arg(&vec);
-        // SAFETY: arguments match gemm_f16_v1; shapes were checked by backend::gemm.
+            .arg(&code);
+        if !v2 {
+            l.arg(&vec);
+        }
+        // SAFETY: arguments match gemm_f16_v1 (with `vec`) or gemm_f16_v2 (K % 8 == 0 and aligned operands,
+        // checked above; its dynamic shared memory limit was raised at load); shapes were checked by backend::gemm.
         unsafe { l.launch(cfg) }?;
         Ok(())
     }

@@ -273,22 +273,50 @@ fn pack_queries(
     }
 }
 
-/// Checks a query batch against a gallery; returns the number of queries.
-fn check_queries(g: &Gallery, queries: &[f32]) -> Result<usize> {
+/// Checks a top-k request (every backend's contract): whole query rows of `dim`, a non-empty gallery, `k` in
+/// `1 ..= max_k`, a finite scale. Returns the number of queries.
+pub(crate) fn check_request(
+    dim: usize,
+    rows: usize,
+    queries: &[f32],
+    k: usize,
+    max_k: usize,
+    scale: f32,
+) -> Result<usize> {
+    let nq = check_queries(dim, rows, queries)?;
+    if k == 0 || k > max_k {
+        return Err(Error::InvalidArgument(format!(
+            "k = {k}: expected 1 ..= {max_k}{}",
+            if max_k < MAX_K {
+                format!(" here (the CPU search goes to {MAX_K})")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    if !scale.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "scale {scale} is not finite"
+        )));
+    }
+    Ok(nq)
+}
+
+/// Checks a query batch against a gallery of `rows` × `dim`; returns the number of queries.
+fn check_queries(dim: usize, rows: usize, queries: &[f32]) -> Result<usize> {
     if queries.is_empty() {
         return Err(Error::EmptyInput("no queries given"));
     }
-    if !queries.len().is_multiple_of(g.dim) {
+    if !queries.len().is_multiple_of(dim) {
         return Err(Error::Shape(format!(
-            "{} query values are not whole rows of {}",
-            queries.len(),
-            g.dim
+            "{} query values are not whole rows of {dim}",
+            queries.len()
         )));
     }
-    if g.rows == 0 {
+    if rows == 0 {
         return Err(Error::EmptyInput("the gallery is empty"));
     }
-    Ok(queries.len() / g.dim)
+    Ok(queries.len() / dim)
 }
 
 /// Runs gallery rows `rows` through the packed queries' kernel into `sink`.
@@ -371,17 +399,7 @@ pub fn search(g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK
 
 /// [`search`] on a given SIMD tier (a tier the CPU lacks falls back to the portable kernel).
 pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
-    let nq = check_queries(g, queries)?;
-    if k == 0 || k > MAX_K {
-        return Err(Error::InvalidArgument(format!(
-            "k = {k}: expected 1 ..= {MAX_K}"
-        )));
-    }
-    if !scale.is_finite() {
-        return Err(Error::InvalidArgument(format!(
-            "scale {scale} is not finite"
-        )));
-    }
+    let nq = check_request(g.dim, g.rows, queries, k, MAX_K, scale)?;
     let k = k.min(g.rows);
     let packed = pack_queries(queries, nq, g.dim, scale, Kernel::choose(isa, g, nq), g);
     let slots = packed.kernel.slots(nq);
@@ -416,7 +434,7 @@ pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32)
 
 /// Every score: `[queries, gallery rows]` of `scale · cos(q, g)` (zero-shot sizes; the same kernels, storing).
 pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
-    let nq = check_queries(g, queries)?;
+    let nq = check_queries(g.dim, g.rows, queries)?;
     let kernel = Kernel::choose(Isa::from_env()?, g, nq);
     let packed = pack_queries(queries, nq, g.dim, scale, kernel, g);
     let mut out = vec![0.0f32; nq * g.rows];
