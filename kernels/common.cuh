@@ -17,6 +17,9 @@ typedef unsigned short half_t;
 #define EPI_QUICK_GELU 2
 #define EPI_GELU 3
 
+// The hardware primitives, as inline PTX. Under CLIPRT_SIM (the CPU simulator, src/cuda/sim/runtime.hpp) the
+// simulator defines them instead, with the same semantics; everything below the block is shared.
+#ifndef CLIPRT_SIM
 __device__ __forceinline__ float h2f(half_t h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -29,21 +32,6 @@ __device__ __forceinline__ half_t f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-
-// The tower activations, in f32. quick_gelu = x·σ(1.702x) written as x / (1 + e^(−1.702x)), finite for any x;
-// gelu is the exact erf form (HF "gelu"), not the tanh approximation.
-__device__ __forceinline__ float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
-__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 // A generic pointer to shared memory as the 32-bit shared-window address that ldmatrix and cp.async take.
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -94,6 +82,23 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const half_t* p
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
 }
+
+#endif  // CLIPRT_SIM
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// The tower activations, in f32. quick_gelu = x·σ(1.702x) written as x / (1 + e^(−1.702x)), finite for any x;
+// gelu is the exact erf form (HF "gelu"), not the tanh approximation.
+__device__ __forceinline__ float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
+__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 // Two f32 values as one f16x2 register (lo in the low half), round to nearest even.
 __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {

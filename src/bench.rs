@@ -559,6 +559,9 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
         Device::Cuda(n) => Err(Error::DeviceUnavailable(format!(
             "cuda:{n}: this build of cliprt has no CUDA support (feature `cuda` is off)"
         ))),
+        Device::CudaSim => Err(Error::InvalidArgument(
+            "cuda-sim checks kernels on the CPU; its timings mean nothing, so it is not benchmarked".into(),
+        )),
     }
 }
 

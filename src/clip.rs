@@ -26,23 +26,28 @@ pub enum Device {
     /// CUDA GPU `n`: fp16 storage, f32 accumulation, cliprt's own kernels. Without a usable GPU, driver or NVRTC
     /// (or in a build without the `cuda` feature) loading gives [`Error::DeviceUnavailable`].
     Cuda(usize),
+    /// The CUDA backend on the CPU simulator: the same kernels and launches as [`Device::Cuda`], executed by
+    /// host threads under AddressSanitizer. For checking the GPU path without a GPU; very slow, tiny models only.
+    /// Needs a C++20 compiler (`CXX`, default `c++`).
+    CudaSim,
 }
 
 impl std::str::FromStr for Device {
     type Err = Error;
-    /// Parses `cpu`, `reference`, `cuda` or `cuda:N`.
+    /// Parses `cpu`, `reference`, `cuda`, `cuda:N` or `cuda-sim`.
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "cpu" => Ok(Device::Cpu),
             "reference" => Ok(Device::Reference),
             "cuda" => Ok(Device::Cuda(0)),
+            "cuda-sim" => Ok(Device::CudaSim),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
                 .ok_or_else(|| {
                     Error::InvalidArgument(format!(
-                        "unknown device {s:?} (cpu, reference, cuda, cuda:N)"
+                        "unknown device {s:?} (cpu, reference, cuda, cuda:N, cuda-sim)"
                     ))
                 }),
         }
@@ -72,9 +77,13 @@ impl Opened {
             Device::Reference => Ok(Opened::Reference),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => Ok(Opened::Cuda(Box::new(crate::cuda::CudaBackend::new(n)?))),
+            #[cfg(feature = "cuda")]
+            Device::CudaSim => Ok(Opened::Cuda(Box::new(
+                crate::cuda::CudaBackend::simulated(&[])?,
+            ))),
             #[cfg(not(feature = "cuda"))]
-            Device::Cuda(n) => Err(Error::DeviceUnavailable(format!(
-                "cuda:{n}: this build of cliprt has no CUDA support (feature `cuda` is off)"
+            Device::Cuda(_) | Device::CudaSim => Err(Error::DeviceUnavailable(format!(
+                "{device:?}: this build of cliprt has no CUDA support (feature `cuda` is off)"
             ))),
         }
     }

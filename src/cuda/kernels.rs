@@ -160,6 +160,13 @@ pub fn op(name: &str) -> Option<&'static Op> {
     OPS.iter().find(|o| o.name == name)
 }
 
+/// The module (kernels/<module>.cu) that defines kernel `symbol`.
+pub fn module_of(symbol: &str) -> Option<&'static str> {
+    OPS.iter()
+        .find(|o| o.variants.iter().any(|v| v.symbol == symbol))
+        .map(|o| o.module)
+}
+
 /// Names of the kernel modules (kernels/*.cu without the extension), sorted.
 pub fn modules() -> impl Iterator<Item = &'static str> {
     sources::MODULES.iter().map(|(n, _)| *n)

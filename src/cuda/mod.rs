@@ -13,6 +13,7 @@ mod cache;
 pub mod kernels;
 mod nvrtc;
 pub mod profile;
+pub mod sim;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,103 +147,163 @@ pub fn check(arch: &str) -> Vec<Result<ModuleReport>> {
         .collect()
 }
 
+/// Device memory: a CUDA allocation, or the simulator's ([`CudaBackend::simulated`]). Untyped: the kernels'
+/// parameter lists give it a type.
+pub struct Mem {
+    inner: MemInner,
+    /// The device address (what a kernel receives).
+    ptr: u64,
+}
+
+enum MemInner {
+    Cuda(CudaSlice<u8>),
+    Sim(sim::SimMem),
+}
+
+/// A kernel argument.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Mem(&'a Mem),
+    I32(i32),
+    F32(f32),
+    /// A null pointer (an optional input the kernel skips).
+    Null,
+}
+
+/// Where the kernels run.
+enum Exec {
+    /// A CUDA device: one stream, the loaded functions by symbol.
+    Cuda {
+        stream: Arc<CudaStream>,
+        functions: HashMap<&'static str, CudaFunction>,
+    },
+    /// The CPU simulator (src/cuda/sim): same kernels, same launches, no GPU.
+    Sim(Arc<sim::Simulator>),
+}
+
 /// An f16 device buffer of `len` values (the allocation holds at least one, as CUDA cannot allocate zero bytes).
 pub struct CudaBuf {
-    data: CudaSlice<f16>,
+    data: Mem,
     len: usize,
 }
 
 /// A linear layer on the device: `w[n, k]` (HF layout, K-contiguous as the GEMM wants) and an optional bias.
 pub struct CudaLinear {
-    w: CudaSlice<f16>,
-    bias: Option<CudaSlice<f16>>,
+    w: Mem,
+    bias: Option<Mem>,
     n: usize,
     k: usize,
 }
 
+/// The kernel symbol of every op: the selected variant (default, `CLIPRT_KERNEL_<OP>` override or an explicit
+/// choice) and, for the ops whose faster variants do not take every shape, the v1 fallback.
 struct Kernels {
-    gemm: CudaFunction,
-    /// Which gemm variant `gemm` is ("v1", "v2").
-    gemm_variant: &'static str,
-    /// gemm_f16_v1, the fallback for shapes a faster variant cannot take (K % 8 ≠ 0).
-    gemm_v1: CudaFunction,
-    attention: CudaFunction,
-    /// Which attention variant `attention` is.
-    attention_variant: &'static str,
-    /// attention_f16_v1, the fallback for head dims v2 cannot take.
-    attention_v1: CudaFunction,
-    layernorm: CudaFunction,
-    im2col: CudaFunction,
-    vision_embed: CudaFunction,
-    text_embed: CudaFunction,
-    gather_rows: CudaFunction,
-    scaled_cosine: CudaFunction,
-    topk: CudaFunction,
-    topk_merge: CudaFunction,
+    gemm: &'static kernels::Variant,
+    attention: &'static kernels::Variant,
+    layernorm: &'static str,
+    im2col: &'static str,
+    vision_embed: &'static str,
+    text_embed: &'static str,
+    gather_rows: &'static str,
+    scaled_cosine: &'static str,
+    topk: &'static str,
+    topk_merge: &'static str,
 }
+
+/// gemm_f16_v1, the fallback for shapes a faster variant cannot take (K % 8 ≠ 0, unaligned operands).
+const GEMM_V1: &str = "gemm_f16_v1";
+/// attention_f16_v1, the fallback for head dims v2 cannot take.
+const ATTENTION_V1: &str = "attention_f16_v1";
 
 /// Dynamic shared memory of gemm_f16_v2 (G2_SMEM in kernels/gemm.cu).
 const GEMM_V2_SMEM: usize = 3 * (128 + 128) * 40 * 2;
 
+/// The dynamic shared memory a kernel must be allowed above the default 48 KiB.
+fn dynamic_smem_limit(symbol: &str) -> Option<usize> {
+    (symbol == "gemm_f16_v2").then_some(GEMM_V2_SMEM)
+}
+
 impl Kernels {
-    /// Compiles (or reads from the cache) each module once and resolves every op's variant: `pick` chooses it
-    /// (the env override or the default, or a profiling choice).
-    fn load(
-        ctx: &Arc<CudaContext>,
-        arch: &str,
-        pick: &dyn Fn(&kernels::Op) -> Result<&'static kernels::Variant>,
-    ) -> Result<Kernels> {
-        let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
-        let mut f = |name: &str, fixed: Option<&str>| -> Result<(CudaFunction, &'static str)> {
+    /// Resolves every op's variant: `pick` chooses it (the env override or the default, or a profiling choice).
+    fn select(pick: &dyn Fn(&kernels::Op) -> Result<&'static kernels::Variant>) -> Result<Kernels> {
+        let f = |name: &str| -> Result<&'static kernels::Variant> {
             let op = kernels::op(name)
                 .ok_or_else(|| Error::InvalidArgument(format!("no kernel op {name}")))?;
-            let variant = match fixed {
-                Some(v) => op.pick(Some(v))?,
-                None => pick(op)?,
-            };
-            let module = match modules.get(op.module) {
-                Some(m) => m.clone(),
-                None => {
-                    let cubin = kernels::cubin(op.module, arch)?;
-                    let m = ctx.load_module(Ptx::from_binary(cubin))?;
-                    modules.insert(op.module, m.clone());
-                    m
-                }
-            };
-            Ok((module.load_function(variant.symbol)?, variant.name))
+            pick(op)
         };
-        let (gemm, gemm_variant) = f("gemm", None)?;
-        let attention = f("attention", None)?;
-        if gemm_variant == "v2" {
-            // Above the default 48 KiB a kernel's dynamic shared memory must be allowed explicitly.
-            gemm.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                GEMM_V2_SMEM as i32,
-            )?;
-        }
         Ok(Kernels {
-            gemm,
-            gemm_variant,
-            gemm_v1: f("gemm", Some("v1"))?.0,
-            attention: attention.0,
-            attention_variant: attention.1,
-            attention_v1: f("attention", Some("v1"))?.0,
-            layernorm: f("layernorm", None)?.0,
-            im2col: f("im2col", None)?.0,
-            vision_embed: f("vision_embed", None)?.0,
-            text_embed: f("text_embed", None)?.0,
-            gather_rows: f("gather_rows", None)?.0,
-            scaled_cosine: f("scaled_cosine", None)?.0,
-            topk: f("topk", None)?.0,
-            topk_merge: f("topk_merge", None)?.0,
+            gemm: f("gemm")?,
+            attention: f("attention")?,
+            layernorm: f("layernorm")?.symbol,
+            im2col: f("im2col")?.symbol,
+            vision_embed: f("vision_embed")?.symbol,
+            text_embed: f("text_embed")?.symbol,
+            gather_rows: f("gather_rows")?.symbol,
+            scaled_cosine: f("scaled_cosine")?.symbol,
+            topk: f("topk")?.symbol,
+            topk_merge: f("topk_merge")?.symbol,
         })
     }
+
+    /// Every symbol a launch may use.
+    fn symbols(&self) -> Vec<&'static str> {
+        vec![
+            self.gemm.symbol,
+            GEMM_V1,
+            self.attention.symbol,
+            ATTENTION_V1,
+            self.layernorm,
+            self.im2col,
+            self.vision_embed,
+            self.text_embed,
+            self.gather_rows,
+            self.scaled_cosine,
+            self.topk,
+            self.topk_merge,
+        ]
+    }
+}
+
+/// Compiles (or reads from the cache) each module holding one of `symbols` once, and loads the functions.
+fn load_functions(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+    symbols: &[&'static str],
+) -> Result<HashMap<&'static str, CudaFunction>> {
+    let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
+    let mut functions = HashMap::new();
+    for &symbol in symbols {
+        if functions.contains_key(symbol) {
+            continue;
+        }
+        let module_name = kernels::module_of(symbol)
+            .ok_or_else(|| Error::InvalidArgument(format!("no kernel {symbol}")))?;
+        let module = match modules.get(module_name) {
+            Some(m) => m.clone(),
+            None => {
+                let cubin = kernels::cubin(module_name, arch)?;
+                let m = ctx.load_module(Ptx::from_binary(cubin))?;
+                modules.insert(module_name, m.clone());
+                m
+            }
+        };
+        let f = module.load_function(symbol)?;
+        if let Some(bytes) = dynamic_smem_limit(symbol) {
+            // Above the default 48 KiB a kernel's dynamic shared memory must be allowed explicitly.
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )?;
+        }
+        functions.insert(symbol, f);
+    }
+    Ok(functions)
 }
 
 /// A retrieval gallery on the device: f32 rows and, unless they are unit length, their inverse norms.
 pub struct CudaGallery {
-    data: CudaSlice<f32>,
-    inv_norms: Option<CudaSlice<f32>>,
+    data: Mem,
+    inv_norms: Option<Mem>,
     rows: usize,
     dim: usize,
 }
@@ -261,9 +322,9 @@ pub const MAX_GPU_K: usize = 2048;
 /// Shared memory the top-k kernel declares statically (its candidate buffer), in bytes.
 const TOPK_STATIC_SMEM: usize = 4096 * 8 + 16;
 
-/// CLIP on one CUDA device.
+/// CLIP on one CUDA device (or on the CPU simulator of one).
 pub struct CudaBackend {
-    stream: Arc<CudaStream>,
+    exec: Exec,
     info: DeviceInfo,
     k: Kernels,
 }
@@ -322,14 +383,39 @@ impl CudaBackend {
     pub fn with_variants(ordinal: usize, choices: &[(&str, &str)]) -> Result<CudaBackend> {
         let ctx = context(ordinal)?;
         let info = describe(&ctx, ordinal)?;
-        let pick = |op: &kernels::Op| match choices.iter().find(|(o, _)| *o == op.name) {
-            Some((_, v)) => op.pick(Some(v)),
-            None => op.selected(),
-        };
-        let k = Kernels::load(&ctx, &info.arch, &pick)?;
+        let k = Kernels::select(&choose(choices))?;
+        let functions = load_functions(&ctx, &info.arch, &k.symbols())?;
         Ok(CudaBackend {
-            stream: ctx.default_stream(),
+            exec: Exec::Cuda {
+                stream: ctx.default_stream(),
+                functions,
+            },
             info,
+            k,
+        })
+    }
+
+    /// The same backend on the CPU simulator ([`sim`]): the kernels compiled by the host C++ compiler, run with
+    /// one host thread per CUDA thread under AddressSanitizer, launched by exactly the host code a GPU gets. For
+    /// checking kernels and launch logic without a GPU; slow, so for small shapes. Needs a C++20 compiler (`CXX`,
+    /// default `c++`); without one, [`Error::DeviceUnavailable`].
+    pub fn simulated(choices: &[(&str, &str)]) -> Result<CudaBackend> {
+        let k = Kernels::select(&choose(choices))?;
+        let sim = sim::Simulator::start()?;
+        for symbol in k.symbols() {
+            if let Some(bytes) = dynamic_smem_limit(symbol) {
+                sim.set_max_dynamic_smem(symbol, bytes as u32)?;
+            }
+        }
+        Ok(CudaBackend {
+            exec: Exec::Sim(sim),
+            info: DeviceInfo {
+                ordinal: 0,
+                name: "cliprt CUDA simulator (CPU)".into(),
+                compute_capability: (9, 0),
+                arch: "sim".into(),
+                memory_bytes: 0,
+            },
             k,
         })
     }
@@ -338,8 +424,19 @@ impl CudaBackend {
         &self.info
     }
 
-    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// Whether this backend runs on the CPU simulator.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.exec, Exec::Sim(_))
+    }
+
+    /// The CUDA stream (profiling and cuBLAS need a real device).
+    pub(crate) fn stream(&self) -> Result<&Arc<CudaStream>> {
+        match &self.exec {
+            Exec::Cuda { stream, .. } => Ok(stream),
+            Exec::Sim(_) => Err(Error::DeviceUnavailable(
+                "the CUDA simulator has no stream to time or to hand to cuBLAS".into(),
+            )),
+        }
     }
 
     /// Whether the kernels can run `config` (checked at load, so an unsupported model fails before any upload).
@@ -360,7 +457,122 @@ impl CudaBackend {
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
-        Ok(self.stream.synchronize()?)
+        match &self.exec {
+            Exec::Cuda { stream, .. } => Ok(stream.synchronize()?),
+            // Every simulated launch runs to completion before it returns.
+            Exec::Sim(_) => Ok(()),
+        }
+    }
+
+    /// `bytes` of zeroed device memory (at least one byte: CUDA cannot allocate zero).
+    fn alloc_bytes(&self, bytes: usize) -> Result<Mem> {
+        let bytes = bytes.max(1);
+        Ok(match &self.exec {
+            Exec::Cuda { stream, .. } => {
+                let slice = stream.alloc_zeros::<u8>(bytes)?;
+                let ptr = slice.device_ptr(stream).0;
+                Mem {
+                    inner: MemInner::Cuda(slice),
+                    ptr,
+                }
+            }
+            Exec::Sim(sim) => {
+                let m = sim.alloc(bytes)?;
+                Mem {
+                    ptr: m.ptr(),
+                    inner: MemInner::Sim(m),
+                }
+            }
+        })
+    }
+
+    /// Device memory holding `data`.
+    fn upload_bytes(&self, data: &[u8]) -> Result<Mem> {
+        let mut m = self.alloc_bytes(data.len())?;
+        self.write_bytes(&mut m, data)?;
+        Ok(m)
+    }
+
+    /// Overwrites the first `data.len()` bytes of `m`.
+    fn write_bytes(&self, m: &mut Mem, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match (&self.exec, &mut m.inner) {
+            (Exec::Cuda { stream, .. }, MemInner::Cuda(slice)) => {
+                let mut dst = slice.slice_mut(0..data.len());
+                Ok(stream.memcpy_htod(data, &mut dst)?)
+            }
+            (Exec::Sim(sim), MemInner::Sim(mem)) => sim.write(mem, 0, data),
+            _ => Err(Error::InvalidArgument("memory of another device".into())),
+        }
+    }
+
+    /// The first `len` bytes of `m`.
+    fn download_bytes(&self, m: &Mem, len: usize) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        match (&self.exec, &m.inner) {
+            (Exec::Cuda { stream, .. }, MemInner::Cuda(slice)) => Ok(stream.clone_dtoh(&slice.slice(0..len))?),
+            (Exec::Sim(sim), MemInner::Sim(mem)) => sim.read(mem, 0, len),
+            _ => Err(Error::InvalidArgument("memory of another device".into())),
+        }
+    }
+
+    fn download_pod<T: bytemuck::Pod>(&self, m: &Mem, count: usize) -> Result<Vec<T>> {
+        let bytes = self.download_bytes(m, count * std::mem::size_of::<T>())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Launches `symbol` with `args` on the stream (or runs it on the simulator).
+    fn launch(&self, symbol: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        match &self.exec {
+            Exec::Cuda { stream, functions } => {
+                let f = functions
+                    .get(symbol)
+                    .ok_or_else(|| Error::Cuda(format!("kernel {symbol} is not loaded")))?;
+                let null: u64 = 0;
+                let mut l = stream.launch_builder(f);
+                for a in args {
+                    match a {
+                        Arg::Mem(Mem {
+                            inner: MemInner::Cuda(slice),
+                            ..
+                        }) => l.arg(slice),
+                        Arg::Mem(_) => {
+                            return Err(Error::InvalidArgument("memory of another device".into()))
+                        }
+                        Arg::I32(v) => l.arg(v),
+                        Arg::F32(v) => l.arg(v),
+                        Arg::Null => l.arg(&null),
+                    };
+                }
+                // SAFETY: every call site passes its kernel's parameter list in order with buffers of the sizes
+                // the kernel reads and writes (shapes are checked by the backend:: wrappers and here); the
+                // simulator checks each call site's argument kinds against the kernel's C++ signature in CI.
+                unsafe { l.launch(cfg) }?;
+                Ok(())
+            }
+            Exec::Sim(sim) => {
+                let args: Vec<sim::SimArg> = args
+                    .iter()
+                    .map(|a| match a {
+                        Arg::Mem(m) => sim::SimArg::Ptr(m.ptr),
+                        Arg::I32(v) => sim::SimArg::I32(*v),
+                        Arg::F32(v) => sim::SimArg::F32(*v),
+                        Arg::Null => sim::SimArg::Ptr(0),
+                    })
+                    .collect();
+                sim.launch(
+                    symbol,
+                    cfg.grid_dim,
+                    cfg.block_dim,
+                    cfg.shared_mem_bytes,
+                    &args,
+                )
+            }
+        }
     }
 
     /// `scale · normalize(a) · normalize(b)ᵀ` on the device for host f32 embeddings `a[rows_a, dim]`,
@@ -379,8 +591,9 @@ impl CudaBackend {
         if outputs == 0 {
             return Ok(Vec::new());
         }
-        let (da, db) = (self.stream.clone_htod(a)?, self.stream.clone_htod(b)?);
-        let mut out = self.stream.alloc_zeros::<f32>(outputs)?;
+        let da = self.upload_bytes(bytemuck::cast_slice(a))?;
+        let db = self.upload_bytes(bytemuck::cast_slice(b))?;
+        let out = self.alloc_bytes(4 * outputs)?;
         let (ra, rb, d) = (int(rows_a, "rows")?, int(rows_b, "rows")?, int(dim, "dim")?);
         let cfg = LaunchConfig {
             grid_dim: (
@@ -392,17 +605,21 @@ impl CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(&self.k.scaled_cosine);
-        l.arg(&mut out)
-            .arg(&da)
-            .arg(&db)
-            .arg(&ra)
-            .arg(&rb)
-            .arg(&d)
-            .arg(&scale);
-        // SAFETY: argument list matches scaled_cosine_f32_v1; a, b hold rows·dim values and out rows_a·rows_b.
-        unsafe { l.launch(cfg) }?;
-        Ok(self.stream.clone_dtoh(&out)?)
+        // a and b hold rows·dim values, out rows_a·rows_b.
+        self.launch(
+            self.k.scaled_cosine,
+            cfg,
+            &[
+                Arg::Mem(&out),
+                Arg::Mem(&da),
+                Arg::Mem(&db),
+                Arg::I32(ra),
+                Arg::I32(rb),
+                Arg::I32(d),
+                Arg::F32(scale),
+            ],
+        )?;
+        self.download_pod(&out, outputs)
     }
 
     /// Uploads a gallery `[rows, dim]` for [`CudaBackend::search`] (inverse norms computed here once, in f64,
@@ -435,10 +652,10 @@ impl CudaBackend {
                 .chunks_exact(dim)
                 .map(|r| crate::similarity::scaled_inv_norm(r, 1.0))
                 .collect();
-            Some(self.stream.clone_htod(&inv)?)
+            Some(self.upload_bytes(bytemuck::cast_slice(&inv))?)
         };
         Ok(CudaGallery {
-            data: self.stream.clone_htod(data)?,
+            data: self.upload_bytes(bytemuck::cast_slice(data))?,
             inv_norms,
             rows,
             dim,
@@ -481,18 +698,9 @@ impl CudaBackend {
             int(per_slice, "rows")?,
         );
         let n_cand = slices * k;
-        let q_dev = self.stream.clone_htod(&packed)?;
-        let mut cand_s = self.stream.alloc_zeros::<f32>(nq * n_cand)?;
-        let mut cand_i = self.stream.alloc_zeros::<u32>(nq * n_cand)?;
-        let mut l = self.stream.launch_builder(&self.k.topk);
-        l.arg(&mut cand_s).arg(&mut cand_i).arg(&q_dev).arg(&g.data);
-        // A null pointer tells the kernel the gallery is normalized.
-        let null: u64 = 0;
-        match &g.inv_norms {
-            Some(n) => l.arg(n),
-            None => l.arg(&null),
-        };
-        l.arg(&rows_i).arg(&dim_i).arg(&ki).arg(&per_i);
+        let q_dev = self.upload_bytes(bytemuck::cast_slice(&packed))?;
+        let cand_s = self.alloc_bytes(4 * nq * n_cand)?;
+        let cand_i = self.alloc_bytes(4 * nq * n_cand)?;
         let cfg = LaunchConfig {
             grid_dim: (
                 u32::try_from(nq).map_err(|_| Error::Shape("too many queries".into()))?,
@@ -500,32 +708,49 @@ impl CudaBackend {
                 1,
             ),
             block_dim: (256, 1, 1),
+            // The query, in dynamic shared memory.
             shared_mem_bytes: (4 * dim) as u32,
         };
-        // SAFETY: arguments match topk_f32_v1; buffers hold nq·dim queries, rows·dim gallery values and
-        // nq·slices·k candidates; dynamic shared memory holds the query.
-        unsafe { l.launch(cfg) }?;
-        let mut out_s = self.stream.alloc_zeros::<f32>(nq * k)?;
-        let mut out_i = self.stream.alloc_zeros::<u32>(nq * k)?;
+        // Buffers hold nq·dim queries, rows·dim gallery values and nq·slices·k candidates; a null inverse-norm
+        // pointer tells the kernel the gallery is normalized.
+        self.launch(
+            self.k.topk,
+            cfg,
+            &[
+                Arg::Mem(&cand_s),
+                Arg::Mem(&cand_i),
+                Arg::Mem(&q_dev),
+                Arg::Mem(&g.data),
+                g.inv_norms.as_ref().map_or(Arg::Null, Arg::Mem),
+                Arg::I32(rows_i),
+                Arg::I32(dim_i),
+                Arg::I32(ki),
+                Arg::I32(per_i),
+            ],
+        )?;
+        let out_s = self.alloc_bytes(4 * nq * k)?;
+        let out_i = self.alloc_bytes(4 * nq * k)?;
         let n_i = int(n_cand, "candidates")?;
-        let mut l = self.stream.launch_builder(&self.k.topk_merge);
-        l.arg(&mut out_s)
-            .arg(&mut out_i)
-            .arg(&cand_s)
-            .arg(&cand_i)
-            .arg(&n_i)
-            .arg(&ki);
         let cfg = LaunchConfig {
             grid_dim: (nq as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: arguments match topk_merge_f32_v1; candidates hold nq·n_cand pairs, outputs nq·k.
-        unsafe { l.launch(cfg) }?;
-        let (scores, indices) = (
-            self.stream.clone_dtoh(&out_s)?,
-            self.stream.clone_dtoh(&out_i)?,
-        );
+        // Candidates hold nq·n_cand pairs, outputs nq·k.
+        self.launch(
+            self.k.topk_merge,
+            cfg,
+            &[
+                Arg::Mem(&out_s),
+                Arg::Mem(&out_i),
+                Arg::Mem(&cand_s),
+                Arg::Mem(&cand_i),
+                Arg::I32(n_i),
+                Arg::I32(ki),
+            ],
+        )?;
+        let scores: Vec<f32> = self.download_pod(&out_s, nq * k)?;
+        let indices: Vec<u32> = self.download_pod(&out_i, nq * k)?;
         let keep = k.min(g.rows);
         let mut top = crate::search::TopK {
             queries: nq,
@@ -541,12 +766,18 @@ impl CudaBackend {
         Ok(top)
     }
 
-    fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
-        // One element at least: CUDA cannot allocate zero bytes.
-        if v.is_empty() {
-            return Ok(self.stream.alloc_zeros::<u32>(1)?);
-        }
-        Ok(self.stream.clone_htod(v)?)
+    fn upload_u32(&self, v: &[u32]) -> Result<Mem> {
+        self.upload_bytes(bytemuck::cast_slice(v))
+    }
+}
+
+/// The pick function of [`Kernels::select`] for explicit `(op, variant)` choices over the defaults/overrides.
+fn choose<'a>(
+    choices: &'a [(&'a str, &'a str)],
+) -> impl Fn(&kernels::Op) -> Result<&'static kernels::Variant> + 'a {
+    move |op: &kernels::Op| match choices.iter().find(|(o, _)| *o == op.name) {
+        Some((_, v)) => op.pick(Some(v)),
+        None => op.selected(),
     }
 }
 
@@ -560,17 +791,14 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, len: usize) -> Result<CudaBuf> {
         Ok(CudaBuf {
-            data: self.stream.alloc_zeros::<f16>(len.max(1))?,
+            data: self.alloc_bytes(2 * len)?,
             len,
         })
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
-        if data.is_empty() {
-            return self.alloc(0);
-        }
         Ok(CudaBuf {
-            data: self.stream.clone_htod(&to_f16(data))?,
+            data: self.upload_bytes(bytemuck::cast_slice(&to_f16(data)))?,
             len: data.len(),
         })
     }
@@ -583,16 +811,12 @@ impl Backend for CudaBackend {
                 buf.len
             )));
         }
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut dst = buf.data.slice_mut(0..data.len());
-        Ok(self.stream.memcpy_htod(&to_f16(data), &mut dst)?)
+        self.write_bytes(&mut buf.data, bytemuck::cast_slice(&to_f16(data)))
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        let host = self.stream.clone_dtoh(&buf.data)?;
-        Ok(host[..buf.len].iter().map(|v| v.to_f32()).collect())
+        let host: Vec<f16> = self.download_pod(&buf.data, buf.len)?;
+        Ok(host.iter().map(|v| v.to_f32()).collect())
     }
 
     fn len(&self, buf: &CudaBuf) -> usize {
@@ -623,25 +847,16 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let (m, n, k) = (int(s.m, "m")?, int(s.n, "n")?, int(s.k, "k")?);
         let has_bias = i32::from(w.bias.is_some());
-        let code = epilogue_code(ep);
         // 16-byte cp.async chunks need K % 8 == 0 and 16-byte aligned operands (CUDA allocations are; checked
         // rather than assumed).
-        let aligned = |p: u64| p.is_multiple_of(16);
-        let vec = i32::from(
-            s.k.is_multiple_of(8)
-                && aligned(x.data.device_ptr(&self.stream).0)
-                && aligned(w.w.device_ptr(&self.stream).0),
-        );
-        let bias = w.bias.as_ref().unwrap_or(&w.w);
-        // v2 where it can run (K % 8 == 0, aligned), else v1 (the selected variant or the fallback). v2 has no
-        // `vec` argument: it always copies 16-byte chunks.
-        let v2 = self.k.gemm_variant == "v2" && vec == 1;
-        let (f, tile, threads, smem) = if v2 {
-            (&self.k.gemm, 128, 256, GEMM_V2_SMEM as u32)
-        } else if self.k.gemm_variant == "v1" {
-            (&self.k.gemm, 64, 128, 0)
+        let vec = s.k.is_multiple_of(8) && x.data.ptr % 16 == 0 && w.w.ptr % 16 == 0;
+        // v2 where it can run, else v1 (the selected variant or the fallback). v2 has no `vec` argument: it
+        // always copies 16-byte chunks.
+        let v2 = self.k.gemm.name == "v2" && vec;
+        let (symbol, tile, threads, smem) = if v2 {
+            (self.k.gemm.symbol, 128, 256, GEMM_V2_SMEM as u32)
         } else {
-            (&self.k.gemm_v1, 64, 128, 0)
+            (GEMM_V1, 64, 128, 0)
         };
         let cfg = LaunchConfig {
             grid_dim: (s.n.div_ceil(tile) as u32, s.m.div_ceil(tile) as u32, 1),
@@ -654,23 +869,23 @@ impl Backend for CudaBackend {
                 s.m
             )));
         }
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&mut out.data)
-            .arg(&x.data)
-            .arg(&w.w)
-            .arg(bias)
-            .arg(&m)
-            .arg(&n)
-            .arg(&k)
-            .arg(&has_bias)
-            .arg(&code);
+        // The bias pointer is read only when has_bias != 0.
+        let bias = w.bias.as_ref().map_or(Arg::Null, Arg::Mem);
+        let mut args = vec![
+            Arg::Mem(&out.data),
+            Arg::Mem(&x.data),
+            Arg::Mem(&w.w),
+            bias,
+            Arg::I32(m),
+            Arg::I32(n),
+            Arg::I32(k),
+            Arg::I32(has_bias),
+            Arg::I32(epilogue_code(ep)),
+        ];
         if !v2 {
-            l.arg(&vec);
+            args.push(Arg::I32(i32::from(vec)));
         }
-        // SAFETY: arguments match gemm_f16_v1 (with `vec`) or gemm_f16_v2 (K % 8 == 0 and aligned operands,
-        // checked above; its dynamic shared memory limit was raised at load); shapes were checked by backend::gemm.
-        unsafe { l.launch(cfg) }?;
-        Ok(())
+        self.launch(symbol, cfg, &args)
     }
 
     fn layernorm_unchecked(
@@ -689,17 +904,19 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(&self.k.layernorm);
-        l.arg(&mut out.data)
-            .arg(&x.data)
-            .arg(&gamma.data)
-            .arg(&beta.data)
-            .arg(&r)
-            .arg(&d)
-            .arg(&eps);
-        // SAFETY: arguments match layernorm_f16_v1; shapes were checked by backend::layernorm.
-        unsafe { l.launch(cfg) }?;
-        Ok(())
+        self.launch(
+            self.k.layernorm,
+            cfg,
+            &[
+                Arg::Mem(&out.data),
+                Arg::Mem(&x.data),
+                Arg::Mem(&gamma.data),
+                Arg::Mem(&beta.data),
+                Arg::I32(r),
+                Arg::I32(d),
+                Arg::F32(eps),
+            ],
+        )
     }
 
     fn attention_unchecked(&self, out: &mut CudaBuf, qkv: &CudaBuf, s: AttnShape) -> Result<()> {
@@ -719,57 +936,56 @@ impl Backend for CudaBackend {
             int(s.heads, "heads")?,
             int(s.head_dim, "head_dim")?,
         );
-        let causal = i32::from(s.causal);
         // CLIP scales queries by head_dim^−½ before the product.
         let scale = (s.head_dim as f32).sqrt().recip();
         // v2 copies 16-byte (8-half) chunks of each head: head dims that are a multiple of 8 (all of CLIP's).
-        let (f, cfg) = if self.k.attention_variant == "v2" && s.head_dim.is_multiple_of(8) {
-            let cfg = LaunchConfig {
-                grid_dim: (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            (&self.k.attention, cfg)
+        let v2 = self.k.attention.name == "v2" && s.head_dim.is_multiple_of(8);
+        let (symbol, queries_per_block, threads) = if v2 {
+            (self.k.attention.symbol, 64, 128)
         } else {
-            let cfg = LaunchConfig {
-                grid_dim: (s.seq.div_ceil(8) as u32, s.heads as u32, s.batch as u32),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let f = if self.k.attention_variant == "v1" {
-                &self.k.attention
-            } else {
-                &self.k.attention_v1
-            };
-            (f, cfg)
+            (ATTENTION_V1, 8, 256)
         };
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&mut out.data)
-            .arg(&qkv.data)
-            .arg(&seq)
-            .arg(&heads)
-            .arg(&hd)
-            .arg(&causal)
-            .arg(&scale);
-        // SAFETY: arguments match attention_f16_v1 and _v2 (same list); shapes were checked by backend::attention.
-        unsafe { l.launch(cfg) }?;
-        Ok(())
+        let cfg = LaunchConfig {
+            grid_dim: (
+                s.seq.div_ceil(queries_per_block) as u32,
+                s.heads as u32,
+                s.batch as u32,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // attention_f16_v1 and _v2 take the same list.
+        self.launch(
+            symbol,
+            cfg,
+            &[
+                Arg::Mem(&out.data),
+                Arg::Mem(&qkv.data),
+                Arg::I32(seq),
+                Arg::I32(heads),
+                Arg::I32(hd),
+                Arg::I32(i32::from(s.causal)),
+                Arg::F32(scale),
+            ],
+        )
     }
 
     fn im2col_unchecked(&self, out: &mut CudaBuf, pixels: &CudaBuf, s: PatchShape) -> Result<()> {
         let total = s.batch * s.patches() * s.patch_dim();
         let (b, c) = (int(s.batch, "batch")?, int(s.channels, "channels")?);
         let (size, p) = (int(s.image_size, "image size")?, int(s.patch, "patch")?);
-        let mut l = self.stream.launch_builder(&self.k.im2col);
-        l.arg(&mut out.data)
-            .arg(&pixels.data)
-            .arg(&b)
-            .arg(&c)
-            .arg(&size)
-            .arg(&p);
-        // SAFETY: arguments match im2col_f16_v1; shapes were checked by backend::im2col.
-        unsafe { l.launch(elementwise(total)) }?;
-        Ok(())
+        self.launch(
+            self.k.im2col,
+            elementwise(total),
+            &[
+                Arg::Mem(&out.data),
+                Arg::Mem(&pixels.data),
+                Arg::I32(b),
+                Arg::I32(c),
+                Arg::I32(size),
+                Arg::I32(p),
+            ],
+        )
     }
 
     fn vision_embed_unchecked(
@@ -783,17 +999,19 @@ impl Backend for CudaBackend {
         dim: usize,
     ) -> Result<()> {
         let (b, s, d) = (int(batch, "batch")?, int(seq, "seq")?, int(dim, "dim")?);
-        let mut l = self.stream.launch_builder(&self.k.vision_embed);
-        l.arg(&mut out.data)
-            .arg(&patches.data)
-            .arg(&class.data)
-            .arg(&pos.data)
-            .arg(&b)
-            .arg(&s)
-            .arg(&d);
-        // SAFETY: arguments match vision_embed_f16_v1; shapes were checked by backend::vision_embed.
-        unsafe { l.launch(elementwise(batch * seq * dim)) }?;
-        Ok(())
+        self.launch(
+            self.k.vision_embed,
+            elementwise(batch * seq * dim),
+            &[
+                Arg::Mem(&out.data),
+                Arg::Mem(&patches.data),
+                Arg::Mem(&class.data),
+                Arg::Mem(&pos.data),
+                Arg::I32(b),
+                Arg::I32(s),
+                Arg::I32(d),
+            ],
+        )
     }
 
     fn text_embed_unchecked(
@@ -808,19 +1026,22 @@ impl Backend for CudaBackend {
         if ids.is_empty() {
             return Ok(());
         }
+        // ids were checked against the vocabulary by backend::text_embed.
         let dev_ids = self.upload_u32(ids)?;
         let (rows, s, d) = (int(ids.len(), "rows")?, int(seq, "seq")?, int(dim, "dim")?);
-        let mut l = self.stream.launch_builder(&self.k.text_embed);
-        l.arg(&mut out.data)
-            .arg(&dev_ids)
-            .arg(&token.data)
-            .arg(&pos.data)
-            .arg(&rows)
-            .arg(&s)
-            .arg(&d);
-        // SAFETY: arguments match text_embed_f16_v1; ids were checked against the vocabulary by backend::text_embed.
-        unsafe { l.launch(elementwise(ids.len() * dim)) }?;
-        Ok(())
+        self.launch(
+            self.k.text_embed,
+            elementwise(ids.len() * dim),
+            &[
+                Arg::Mem(&out.data),
+                Arg::Mem(&dev_ids),
+                Arg::Mem(&token.data),
+                Arg::Mem(&pos.data),
+                Arg::I32(rows),
+                Arg::I32(s),
+                Arg::I32(d),
+            ],
+        )
     }
 
     fn gather_rows_unchecked(
@@ -839,16 +1060,19 @@ impl Backend for CudaBackend {
                 u32::try_from(r).map_err(|_| Error::Shape(format!("row {r} exceeds 32 bits")))
             })
             .collect::<Result<_>>()?;
+        // rows were checked by backend::gather_rows.
         let dev_rows = self.upload_u32(&idx)?;
         let (n, d) = (int(rows.len(), "rows")?, int(dim, "dim")?);
-        let mut l = self.stream.launch_builder(&self.k.gather_rows);
-        l.arg(&mut out.data)
-            .arg(&x.data)
-            .arg(&dev_rows)
-            .arg(&n)
-            .arg(&d);
-        // SAFETY: arguments match gather_rows_f16_v1; rows were checked by backend::gather_rows.
-        unsafe { l.launch(elementwise(rows.len() * dim)) }?;
-        Ok(())
+        self.launch(
+            self.k.gather_rows,
+            elementwise(rows.len() * dim),
+            &[
+                Arg::Mem(&out.data),
+                Arg::Mem(&x.data),
+                Arg::Mem(&dev_rows),
+                Arg::I32(n),
+                Arg::I32(d),
+            ],
+        )
     }
 }

@@ -412,7 +412,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
                 continue;
             }
             let sets = b.x.len();
-            let (med, min) = time(g.stream(), cfg.reps, sets, |i| launch(g, case, &mut b, i))?;
+            let (med, min) = time(g.stream()?, cfg.reps, sets, |i| launch(g, case, &mut b, i))?;
             fill(
                 &mut row,
                 case,
@@ -471,12 +471,13 @@ fn fill(
 struct Blas(cudarc::cublas::CudaBlas);
 
 fn cublas(g: &CudaBackend) -> Option<Blas> {
+    let stream = g.stream().ok()?.clone();
     // SAFETY: only tries to dlopen libcublas.
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
         return None;
     }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cudarc::cublas::CudaBlas::new(g.stream().clone())
+        cudarc::cublas::CudaBlas::new(stream)
     }))
     .ok()?
     .ok()
@@ -497,7 +498,7 @@ impl Blas {
         default_ms: &mut Option<f64>,
     ) -> Result<Row> {
         use cudarc::cublas::{sys::cublasOperation_t as Op, Gemm, GemmConfig};
-        let stream = g.stream();
+        let stream = g.stream()?;
         let to16 = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<f16>>();
         let (x, w) = (
             stream.clone_htod(&to16(&h.x))?,
