@@ -1,8 +1,13 @@
 //! The CUDA backend: every kernel against the f64 reference backend on random inputs and awkward shapes (outputs
-//! poisoned with NaN before each launch), the fixtures' embeddings on the GPU against HF's float64 references,
-//! and GPU against CPU on synthetic ViT-B/32 and ViT-L/14. Without a GPU these print "skipped: no CUDA device";
-//! `CLIPRT_REQUIRE_CUDA=1` turns that skip into a failure (scripts/gpu/run.sh sets it). The kernel compile check
-//! and the no-GPU error paths run everywhere.
+//! poisoned with NaN before each launch), the fixtures' embeddings against HF's float64 references, and GPU
+//! against CPU on synthetic ViT-B/32 and ViT-L/14.
+//!
+//! Each kernel check runs on the CUDA simulator (the same kernels and launch code on the CPU, under
+//! AddressSanitizer: src/cuda/sim.rs) at small shapes, and on the GPU when there is one at CLIP's full shapes.
+//! Without a C++ compiler the simulator runs print "skipped: no CUDA simulator" (`CLIPRT_REQUIRE_SIM=1`, set by
+//! CI, makes that a failure); without a GPU the GPU runs print "skipped: no CUDA device"
+//! (`CLIPRT_REQUIRE_CUDA=1`, set by scripts/gpu/run.sh, makes that a failure). The kernel compile check and the
+//! no-GPU error paths run everywhere.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -33,6 +38,39 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
+/// The CUDA backend on the CPU simulator with `choices` of kernel variants.
+fn sim(choices: &[(&str, &str)]) -> Option<CudaBackend> {
+    match CudaBackend::simulated(choices) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CLIPRT_REQUIRE_SIM").is_none(),
+                "CLIPRT_REQUIRE_SIM is set, but: {e}"
+            );
+            println!("skipped: no CUDA simulator ({e})");
+            None
+        }
+    }
+}
+
+/// Every device a kernel check runs on: the simulator, and the GPU when present.
+fn devices(choices: &[(&str, &str)]) -> Vec<CudaBackend> {
+    let mut all: Vec<CudaBackend> = sim(choices).into_iter().collect();
+    if gpu().is_some() {
+        all.push(CudaBackend::with_variants(0, choices).unwrap());
+    }
+    all
+}
+
+/// Every variant of `op`, each on every device.
+fn each_variant(op: &str, check: impl Fn(&CudaBackend, &str)) {
+    for v in cliprt::cuda::kernels::op(op).unwrap().variants {
+        for g in devices(&[(op, v.name)]) {
+            check(&g, &format!("{op} {} on {}", v.name, g.info().name));
+        }
+    }
+}
+
 /// Values as the GPU stores them: the reference then sees exactly the GPU's inputs, and the comparison measures
 /// the kernel, not the input rounding.
 fn r16(v: &[f32]) -> Vec<f32> {
@@ -48,21 +86,23 @@ fn poisoned(g: &CudaBackend, len: usize) -> cliprt::cuda::CudaBuf {
 
 #[test]
 fn gemm_matches_reference_with_every_epilogue() {
-    let Some(g) = gpu() else { return };
-    check_gemm(&g, "default");
-    // Every other variant too (v2 falls back to v1 for K % 8 ≠ 0, so both paths of it are covered).
-    for v in cliprt::cuda::kernels::op("gemm").unwrap().variants {
-        check_gemm(
-            &CudaBackend::with_variants(0, &[("gemm", v.name)]).unwrap(),
-            v.name,
-        );
-    }
+    // Every variant (v2 falls back to v1 for K % 8 ≠ 0, so both paths of it are covered).
+    each_variant("gemm", check_gemm);
 }
 
 fn check_gemm(g: &CudaBackend, variant: &str) {
     let r = ReferenceBackend;
+    // The simulator's shapes: 1×1×1, odd sizes, K % 8 ≠ 0 (v1's element loads, v2's fallback), K % 32 ≠ 0 and
+    // more k tiles than pipeline stages, past a 64 and a 128 tile in both directions.
+    let small = [
+        (1, 1, 1),
+        (7, 63, 65),
+        (65, 130, 76),
+        (33, 72, 40),
+        (130, 136, 168),
+    ];
     // Odd sizes, sizes just past a 64 tile, K not a multiple of 8 (ViT-L/14's patch GEMM: 588), CLIP's widths.
-    let shapes = [
+    let full = [
         (1, 1, 1),
         (7, 63, 65),
         (65, 130, 588),
@@ -73,6 +113,7 @@ fn check_gemm(g: &CudaBackend, variant: &str) {
         (64, 64, 3072),
         (300, 257, 776), // past a 128 tile in both directions, K % 32 ≠ 0
     ];
+    let shapes: &[(usize, usize, usize)] = if g.is_simulated() { &small } else { &full };
     let eps = [
         Epilogue::Store,
         Epilogue::Accumulate,
@@ -116,21 +157,25 @@ fn check_gemm(g: &CudaBackend, variant: &str) {
 
 #[test]
 fn attention_matches_reference() {
-    let Some(g) = gpu() else { return };
-    check_attention(&g, "default");
-    for v in cliprt::cuda::kernels::op("attention").unwrap().variants {
-        check_attention(
-            &CudaBackend::with_variants(0, &[("attention", v.name)]).unwrap(),
-            v.name,
-        );
-    }
+    each_variant("attention", check_attention);
 }
 
 fn check_attention(g: &CudaBackend, variant: &str) {
     let r = ReferenceBackend;
+    // The simulator's shapes: CLIP's head dims (64, 80, 104 padded to 112, 128, and 36 for v2's fallback), a
+    // causal sequence past one 64-query tile, partial 8-query and 32-key tiles, a single token.
+    let small = [
+        (2, 50, 2, 64, false),
+        (1, 77, 2, 64, true),
+        (2, 7, 2, 80, false),
+        (1, 37, 1, 104, false),
+        (1, 1, 1, 64, true),
+        (1, 70, 1, 128, false),
+        (2, 19, 3, 36, true),
+    ];
     // (batch, seq, heads, head_dim, causal): CLIP's sequences (50, 77, 197, 257, 577), head dims 64/80/104, and
     // lengths that leave partial 8-query and 32-key tiles.
-    let shapes = [
+    let full = [
         (2, 50, 12, 64, false),
         (3, 77, 8, 64, true),
         (2, 7, 2, 80, false),
@@ -141,6 +186,7 @@ fn check_attention(g: &CudaBackend, variant: &str) {
         (1, 197, 2, 128, false),
         (2, 19, 3, 36, true), // head dim not a multiple of 8: v2 falls back to v1
     ];
+    let shapes: &[_] = if g.is_simulated() { &small } else { &full };
     for (i, &(batch, seq, heads, head_dim, causal)) in shapes.iter().enumerate() {
         let s = AttnShape {
             batch,
@@ -167,7 +213,12 @@ fn check_attention(g: &CudaBackend, variant: &str) {
 
 #[test]
 fn attention_rejects_head_dims_over_128() {
-    let Some(g) = gpu() else { return };
+    for g in devices(&[]) {
+        check_head_dim_limit(&g);
+    }
+}
+
+fn check_head_dim_limit(g: &CudaBackend) {
     let s = AttnShape {
         batch: 1,
         seq: 4,
@@ -178,14 +229,17 @@ fn attention_rejects_head_dims_over_128() {
     let qkv = g.alloc(4 * 3 * 160).unwrap();
     let mut out = g.alloc(4 * 160).unwrap();
     assert!(matches!(
-        backend::attention(&g, &mut out, &qkv, s),
+        backend::attention(g, &mut out, &qkv, s),
         Err(Error::UnsupportedModel(_))
     ));
 }
 
 #[test]
 fn layernorm_matches_reference() {
-    let Some(g) = gpu() else { return };
+    each_variant("layernorm", check_layernorm);
+}
+
+fn check_layernorm(g: &CudaBackend, variant: &str) {
     let r = ReferenceBackend;
     for (i, &(rows, dim)) in [
         (1, 64),
@@ -219,10 +273,10 @@ fn layernorm_matches_reference() {
             1e-5,
         )
         .unwrap();
-        let mut out = poisoned(&g, rows * dim);
+        let mut out = poisoned(g, rows * dim);
         let (gg, gb) = (g.upload(&gamma).unwrap(), g.upload(&beta).unwrap());
         backend::layernorm(
-            &g,
+            g,
             &mut out,
             &g.upload(&x).unwrap(),
             &gg,
@@ -237,14 +291,19 @@ fn layernorm_matches_reference() {
             &want,
             3e-3,
             3e-3,
-            &format!("layernorm {rows}x{dim}"),
+            &format!("{variant} {rows}x{dim}"),
         );
     }
 }
 
 #[test]
 fn embedding_plumbing_matches_reference() {
-    let Some(g) = gpu() else { return };
+    for g in devices(&[]) {
+        check_embedding_plumbing(&g);
+    }
+}
+
+fn check_embedding_plumbing(g: &CudaBackend) {
     let r = ReferenceBackend;
     for (i, &(batch, channels, image_size, patch)) in [(2, 3, 32, 8), (1, 3, 28, 14), (3, 1, 9, 4)]
         .iter()
@@ -264,8 +323,8 @@ fn embedding_plumbing_matches_reference() {
         let len = batch * s.patches() * s.patch_dim();
         let mut want = r.alloc(len).unwrap();
         backend::im2col(&r, &mut want, &r.upload(&pixels).unwrap(), s).unwrap();
-        let mut out = poisoned(&g, len);
-        backend::im2col(&g, &mut out, &g.upload(&pixels).unwrap(), s).unwrap();
+        let mut out = poisoned(g, len);
+        backend::im2col(g, &mut out, &g.upload(&pixels).unwrap(), s).unwrap();
         assert_close(
             &g.download(&out).unwrap(),
             &want,
@@ -286,13 +345,13 @@ fn embedding_plumbing_matches_reference() {
         r.upload(&pos).unwrap(),
     );
     backend::vision_embed(&r, &mut want, &rp, &rc, &rpos, batch, seq, dim).unwrap();
-    let mut out = poisoned(&g, batch * seq * dim);
+    let mut out = poisoned(g, batch * seq * dim);
     let (gp, gc, gpos) = (
         g.upload(&patches).unwrap(),
         g.upload(&class).unwrap(),
         g.upload(&pos).unwrap(),
     );
-    backend::vision_embed(&g, &mut out, &gp, &gc, &gpos, batch, seq, dim).unwrap();
+    backend::vision_embed(g, &mut out, &gp, &gc, &gpos, batch, seq, dim).unwrap();
     assert_close(
         &g.download(&out).unwrap(),
         &want,
@@ -319,9 +378,9 @@ fn embedding_plumbing_matches_reference() {
         dim,
     )
     .unwrap();
-    let mut out = poisoned(&g, ids.len() * dim);
+    let mut out = poisoned(g, ids.len() * dim);
     backend::text_embed(
-        &g,
+        g,
         &mut out,
         &ids,
         &g.upload(&token).unwrap(),
@@ -336,15 +395,21 @@ fn embedding_plumbing_matches_reference() {
     let rows = [20, 0, 7, 7, 13];
     let mut want = r.alloc(rows.len() * dim).unwrap();
     backend::gather_rows(&r, &mut want, &r.upload(&x).unwrap(), &rows, dim).unwrap();
-    let mut out = poisoned(&g, rows.len() * dim);
-    backend::gather_rows(&g, &mut out, &g.upload(&x).unwrap(), &rows, dim).unwrap();
+    let mut out = poisoned(g, rows.len() * dim);
+    backend::gather_rows(g, &mut out, &g.upload(&x).unwrap(), &rows, dim).unwrap();
     assert_close(&g.download(&out).unwrap(), &want, 0.0, 0.0, "gather_rows");
 }
 
 #[test]
 fn scaled_cosine_matches_host() {
-    let Some(g) = gpu() else { return };
-    for &(ra, rb, dim) in &[(1, 1, 1), (3, 1000, 512), (7, 33, 768), (2, 5, 3)] {
+    for g in devices(&[]) {
+        check_scaled_cosine(&g);
+    }
+}
+
+fn check_scaled_cosine(g: &CudaBackend) {
+    let many = if g.is_simulated() { 100 } else { 1000 };
+    for &(ra, rb, dim) in &[(1, 1, 1), (3, many, 512), (7, 33, 768), (2, 5, 3)] {
         let mut a = random(ra * dim, 11, 1.0);
         let b = random(rb * dim, 12, 1.0);
         a[..dim].fill(0.0); // an all-zero row scores 0 on both sides
@@ -362,11 +427,21 @@ fn scaled_cosine_matches_host() {
 
 #[test]
 fn fixture_embeddings_match_hf_float64_on_gpu() {
-    if gpu().is_none() {
-        return;
+    let mut on = Vec::new();
+    if sim(&[]).is_some() {
+        on.push(Device::CudaSim);
     }
+    if gpu().is_some() {
+        on.push(Device::Cuda(0));
+    }
+    for device in on {
+        check_fixtures(device);
+    }
+}
+
+fn check_fixtures(device: Device) {
     for name in ["tiny-openai", "exotic", "tiny-openai-f16", "exotic-bf16"] {
-        let clip = Clip::load(fixture(name), Device::Cuda(0)).unwrap();
+        let clip = Clip::load(fixture(name), device).unwrap();
         let r = reference(name);
         let dim = clip.config().projection_dim;
         let img = clip.embed_pixels(&r.pixels, r.images.len()).unwrap();
@@ -397,7 +472,7 @@ fn fixture_embeddings_match_hf_float64_on_gpu() {
             &format!("{name} logits"),
         );
         println!(
-            "{name} on cuda: worst image cos {:.6} abs {:.2e}; text cos {:.6} abs {:.2e}",
+            "{name} on {device:?}: worst image cos {:.6} abs {:.2e}; text cos {:.6} abs {:.2e}",
             wi.0, wi.1, wt.0, wt.1
         );
     }
@@ -447,10 +522,24 @@ fn gpu_matches_cpu_on_synthetic_vit_b_32_and_vit_l_14() {
 
 #[test]
 fn gpu_top_k_matches_the_cpu_search() {
-    let Some(g) = gpu() else { return };
+    for g in devices(&[]) {
+        check_top_k(&g);
+    }
+}
+
+fn check_top_k(g: &CudaBackend) {
     use cliprt::search::{self, Gallery, Storage};
+    // The simulator's cases: k > N, several slices, candidates overflowing the sort buffer (k = 300 over 1200
+    // rows), one query at the GPU's k limit.
+    let small = [
+        (1, 1, 1, 1),
+        (7, 3, 2, 10),
+        (1000, 64, 3, 10),
+        (1200, 33, 5, 300),
+        (3000, 8, 1, 2048),
+    ];
     // (rows, dim, queries, k): k > N, one query over many slices, many queries, k at the GPU limit.
-    let cases = [
+    let full = [
         (1, 1, 1, 1),
         (7, 3, 2, 10),
         (1000, 512, 17, 10),
@@ -460,6 +549,7 @@ fn gpu_top_k_matches_the_cpu_search() {
         (20_000, 512, 1, 2048),
         (100_000, 256, 4, 50),
     ];
+    let cases: &[_] = if g.is_simulated() { &small } else { &full };
     for (c, &(n, d, q, k)) in cases.iter().enumerate() {
         let rows = random(n * d, 500 + c as u64, 1.0);
         let qs = random(q * d, 600 + c as u64, 1.0);
@@ -615,4 +705,62 @@ fn unknown_kernel_variant_is_an_error() {
     assert!(matches!(got, Err(Error::InvalidArgument(m)) if m.contains("CLIPRT_KERNEL_GEMM=v999")));
     assert_eq!(op.pick(None).unwrap().symbol, "gemm_f16_v1");
     assert_eq!(op.pick(Some("v1")).unwrap().symbol, "gemm_f16_v1");
+}
+
+#[test]
+fn simulator_reports_bad_launches_and_out_of_bounds_accesses() {
+    if sim(&[]).is_none() {
+        return;
+    }
+    use cliprt::cuda::sim::{SimArg, Simulator};
+    let s = Simulator::start().unwrap();
+    let x = s.alloc(2 * 8).unwrap(); // one row of 8 halves
+    let out = s.alloc(2 * 8).unwrap();
+    let rows = s.alloc(4).unwrap();
+    let (block, one) = ((256, 1, 1), (1, 1, 1));
+    // Launch errors leave the simulator running, as cuLaunchKernel's do.
+    let err = s
+        .launch("gather_rows_f16_v1", one, block, 0, &[SimArg::Ptr(out.ptr())])
+        .unwrap_err();
+    assert!(err.to_string().contains("takes arguments (pppii)"), "{err}");
+    let err = s.launch("no_such_kernel", one, block, 0, &[]).unwrap_err();
+    assert!(err.to_string().contains("no kernel named"), "{err}");
+    let err = s
+        .launch("gemm_f16_v2", one, block, 60 * 1024, &[])
+        .unwrap_err();
+    assert!(err.to_string().contains("takes arguments"), "{err}");
+    // Row 5 of a one-row matrix: AddressSanitizer stops the kernel, and the simulator stays dead.
+    s.write(&rows, 0, &5u32.to_le_bytes()).unwrap();
+    let args = [
+        SimArg::Ptr(out.ptr()),
+        SimArg::Ptr(x.ptr()),
+        SimArg::Ptr(rows.ptr()),
+        SimArg::I32(1),
+        SimArg::I32(8),
+    ];
+    let err = s
+        .launch("gather_rows_f16_v1", one, block, 0, &args)
+        .unwrap_err();
+    assert!(err.to_string().contains("heap-buffer-overflow"), "{err}");
+    assert!(s.alloc(4).is_err());
+}
+
+#[test]
+fn simulator_enforces_the_dynamic_shared_memory_limit() {
+    if sim(&[]).is_none() {
+        return;
+    }
+    use cliprt::cuda::sim::{SimArg, Simulator};
+    let s = Simulator::start().unwrap();
+    let m = s.alloc(256).unwrap();
+    let p = SimArg::Ptr(m.ptr());
+    let args = [p, p, p, p, SimArg::I32(1), SimArg::I32(1), SimArg::I32(8), SimArg::I32(0), SimArg::I32(0)];
+    // 60 KiB is over the default 48 KiB until the kernel's limit is raised, as on a GPU.
+    let err = s
+        .launch("gemm_f16_v2", (1, 1, 1), (256, 1, 1), 60 * 1024, &args)
+        .unwrap_err();
+    assert!(err.to_string().contains("exceed its limit"), "{err}");
+    s.set_max_dynamic_smem("gemm_f16_v2", 60 * 1024).unwrap();
+    s.launch("gemm_f16_v2", (1, 1, 1), (256, 1, 1), 60 * 1024, &args)
+        .unwrap();
 }

@@ -92,6 +92,28 @@ void* dynamic_shared() { return g_dynamic; }
 
 namespace {
 
+// The watchdog, for the server's lifetime: a launch during which no barrier completes for the timeout has
+// threads waiting for each other forever.
+std::atomic<bool> running{false};
+
+void watchdog() {
+    const auto limit = deadlock_timeout();
+    auto last = progress.load();
+    auto since = std::chrono::steady_clock::now();
+    for (;;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        const auto now = progress.load();
+        if (now != last || !running.load()) {
+            last = now;
+            since = std::chrono::steady_clock::now();
+        } else if (std::chrono::steady_clock::now() - since > limit) {
+            fail("deadlock: no barrier or warp collective completed for %lld s (threads at different barriers, or "
+                 "a collective some lanes never reach)",
+                 (long long)limit.count());
+        }
+    }
+}
+
 // Runs every block of one launch. Threads persist across the blocks; blocks run one at a time because __shared__
 // arrays are statics.
 void run_launch(const Kernel& k, dim3 grid, dim3 block, size_t dynamic_bytes, void** args) {
@@ -142,31 +164,12 @@ void run_launch(const Kernel& k, dim3 grid, dim3 block, size_t dynamic_bytes, vo
                     launch.wait();
                 }
     };
-    std::atomic<bool> done{false};
-    // The watchdog: no barrier completing for the timeout means threads wait for each other forever.
-    std::thread watchdog([&] {
-        const auto limit = deadlock_timeout();
-        auto last = progress.load();
-        auto since = std::chrono::steady_clock::now();
-        while (!done.load()) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(200));
-            const auto now = progress.load();
-            if (now != last) {
-                last = now;
-                since = std::chrono::steady_clock::now();
-            } else if (std::chrono::steady_clock::now() - since > limit) {
-                fail("deadlock: no barrier or warp collective completed for %lld s (threads at different barriers, "
-                     "or a collective some lanes never reach)",
-                     (long long)limit.count());
-            }
-        }
-    });
+    running.store(true);
     std::vector<std::thread> pool;
     pool.reserve(threads);
     for (unsigned t = 0; t < threads; t++) pool.emplace_back(body, t);
     for (std::thread& t : pool) t.join();
-    done.store(true);
-    watchdog.join();
+    running.store(false);
     std::free(g_dynamic);
     g_dynamic = nullptr;
     block_barrier = nullptr;
@@ -256,6 +259,7 @@ void launch_request() {
 
 int main() {
     using namespace sim;
+    std::thread(watchdog).detach();
     for (;;) {
         const uint8_t op = get<uint8_t>();
         switch (op) {
