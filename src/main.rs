@@ -198,7 +198,8 @@ enum Command {
     },
     /// Every CUDA kernel variant at CLIP's real shapes, side by side: validated against an f64 reference on
     /// sampled outputs first (failures are reported, not timed), then timed with CUDA events (median), with
-    /// cuBLAS as a reference row for GEMM. Needs a GPU.
+    /// cuBLAS as a reference row for GEMM. Needs a GPU; `--device cuda-sim` validates every variant at the
+    /// real shapes on the CPU simulator without timing (slow: pick one arch and batch 1).
     Profile {
         /// Comma-separated: gemm, attention, layernorm, all.
         #[arg(long, default_value = "all", value_delimiter = ',')]
@@ -212,7 +213,7 @@ enum Command {
         /// Timed launches per row (the median is reported).
         #[arg(long, default_value_t = 50)]
         reps: usize,
-        /// cuda:N
+        /// cuda, cuda:N, or cuda-sim (validation only)
         #[arg(long, default_value = "cuda")]
         device: String,
         /// One JSON object per row.
@@ -780,16 +781,20 @@ fn profile(
     device: &str,
     json: bool,
 ) -> Result<()> {
-    let Device::Cuda(ordinal) = device.parse()? else {
-        return Err(Error::InvalidArgument(
-            "profile runs on a cuda device (cuda or cuda:N)".into(),
-        ));
+    let target = match device.parse()? {
+        Device::Cuda(n) => cliprt::cuda::profile::Target::Gpu(n),
+        Device::CudaSim => cliprt::cuda::profile::Target::Simulator,
+        _ => {
+            return Err(Error::InvalidArgument(
+                "profile runs on a cuda device (cuda, cuda:N, or cuda-sim to validate without timing)".into(),
+            ))
+        }
     };
     if batches.is_empty() || batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
     }
     let cfg = cliprt::cuda::profile::ProfileConfig {
-        ordinal,
+        target,
         ops,
         archs,
         batches,

@@ -606,7 +606,7 @@ fn profile_validates_and_times_every_variant() {
         return;
     }
     let cfg = cliprt::cuda::profile::ProfileConfig {
-        ordinal: 0,
+        target: cliprt::cuda::profile::Target::Gpu(0),
         ops: vec!["all".into()],
         archs: vec!["vit-b-32".into()],
         batches: vec![2],

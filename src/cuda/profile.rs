@@ -3,6 +3,9 @@
 //! timed with CUDA events: warm-up launches, then the median of `reps` launches, with inputs rotated over enough
 //! copies that they do not sit in L2 between launches. For GEMM, cuBLAS (through cudarc, when libcublas loads) is a
 //! reference row: plain `x·Wᵀ` without the fused epilogue, never the default path.
+//!
+//! On the CUDA simulator (`--device cuda-sim`) every variant is validated at the real shapes and nothing is timed:
+//! the check a machine without a GPU can make before a GPU run.
 
 use std::sync::Arc;
 
@@ -15,10 +18,28 @@ use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
 use crate::config::presets;
 use crate::error::{Error, Result};
 
+/// Where to profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// CUDA device N: validate, then time.
+    Gpu(usize),
+    /// The CPU simulator: validate only.
+    Simulator,
+}
+
+impl Target {
+    fn backend(self, choices: &[(&str, &str)]) -> Result<CudaBackend> {
+        match self {
+            Target::Gpu(n) => CudaBackend::with_variants(n, choices),
+            Target::Simulator => CudaBackend::simulated(choices),
+        }
+    }
+}
+
 /// What to profile.
 #[derive(Clone, Debug)]
 pub struct ProfileConfig {
-    pub ordinal: usize,
+    pub target: Target,
     /// gemm, attention, layernorm (or all of them).
     pub ops: Vec<String>,
     /// Presets whose shapes are used.
@@ -213,9 +234,13 @@ fn alloc(g: &CudaBackend, case: &Case, h: &Host) -> Result<Bufs> {
     } else {
         0
     };
-    // ≥ 256 MB touched per rotation: several times any L2.
+    // ≥ 256 MB touched per rotation: several times any L2 (one set on the simulator, which is not timed).
     let bytes = 2 * (in_len + out_len + w_len);
-    let sets = (256usize << 20).div_ceil(bytes.max(1)).clamp(1, 8);
+    let sets = if g.is_simulated() {
+        1
+    } else {
+        (256usize << 20).div_ceil(bytes.max(1)).clamp(1, 8)
+    };
     let mut b = Bufs {
         x: Vec::new(),
         out: Vec::new(),
@@ -366,7 +391,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
     if list.is_empty() {
         return Err(Error::InvalidArgument("nothing to profile".into()));
     }
-    let base = CudaBackend::new(cfg.ordinal)?;
+    let base = cfg.target.backend(&[])?;
     let name = base.info().name.clone();
     let (flops_peak, bw_peak) = (peak_fp16_gflops(&name), peak_bandwidth_gbs(&name));
     // One backend per (op, variant), created once.
@@ -380,7 +405,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
             backends.push((
                 op_name,
                 v.name,
-                CudaBackend::with_variants(cfg.ordinal, &[(op_name, v.name)])?,
+                cfg.target.backend(&[(op_name, v.name)])?,
             ));
         }
     }
@@ -411,6 +436,11 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
                 report(&row);
                 continue;
             }
+            if g.is_simulated() {
+                row.status = "ok (validated on the simulator; not timed)".into();
+                report(&row);
+                continue;
+            }
             let sets = b.x.len();
             let (med, min) = time(g.stream()?, cfg.reps, sets, |i| launch(g, case, &mut b, i))?;
             fill(
@@ -428,7 +458,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
             report(&blas.row(&base, label, *s, &h, cfg.reps, flops_peak, &mut default_ms)?);
         }
     }
-    if blas.is_none() && list.iter().any(|(_, c)| matches!(c, Case::Gemm { .. })) {
+    if blas.is_none() && !base.is_simulated() && list.iter().any(|(_, c)| matches!(c, Case::Gemm { .. })) {
         report(&Row {
             op: "gemm".into(),
             shape: "-".into(),
@@ -580,7 +610,7 @@ mod tests {
     #[test]
     fn shapes_cover_every_tower_gemm_and_filter_by_op() {
         let cfg = ProfileConfig {
-            ordinal: 0,
+            target: Target::Gpu(0),
             ops: vec!["all".into()],
             archs: vec!["vit-b-32".into()],
             batches: vec![1, 32],
