@@ -78,9 +78,9 @@ impl Opened {
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => Ok(Opened::Cuda(Box::new(crate::cuda::CudaBackend::new(n)?))),
             #[cfg(feature = "cuda")]
-            Device::CudaSim => Ok(Opened::Cuda(Box::new(
-                crate::cuda::CudaBackend::simulated(&[])?,
-            ))),
+            Device::CudaSim => Ok(Opened::Cuda(Box::new(crate::cuda::CudaBackend::simulated(
+                &[],
+            )?))),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) | Device::CudaSim => Err(Error::DeviceUnavailable(format!(
                 "{device:?}: this build of cliprt has no CUDA support (feature `cuda` is off)"

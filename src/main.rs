@@ -784,11 +784,10 @@ fn profile(
     let target = match device.parse()? {
         Device::Cuda(n) => cliprt::cuda::profile::Target::Gpu(n),
         Device::CudaSim => cliprt::cuda::profile::Target::Simulator,
-        _ => {
-            return Err(Error::InvalidArgument(
-                "profile runs on a cuda device (cuda, cuda:N, or cuda-sim to validate without timing)".into(),
-            ))
-        }
+        _ => return Err(Error::InvalidArgument(
+            "profile runs on a cuda device (cuda, cuda:N, or cuda-sim to validate without timing)"
+                .into(),
+        )),
     };
     if batches.is_empty() || batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));

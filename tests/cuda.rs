@@ -394,9 +394,13 @@ fn check_embedding_plumbing(g: &CudaBackend) {
     let x = r16(&random(21 * dim, 7, 1.0));
     let rows = [20, 0, 7, 7, 13];
     let mut want = r.alloc(rows.len() * dim).unwrap();
-    backend::gather_rows(&r, &mut want, &r.upload(&x).unwrap(), &rows, dim).unwrap();
+    let (rr, gr) = (
+        backend::rows(&r, &rows).unwrap(),
+        backend::rows(g, &rows).unwrap(),
+    );
+    backend::gather_rows(&r, &mut want, &r.upload(&x).unwrap(), &rr, rows.len(), dim).unwrap();
     let mut out = poisoned(g, rows.len() * dim);
-    backend::gather_rows(g, &mut out, &g.upload(&x).unwrap(), &rows, dim).unwrap();
+    backend::gather_rows(g, &mut out, &g.upload(&x).unwrap(), &gr, rows.len(), dim).unwrap();
     assert_close(&g.download(&out).unwrap(), &want, 0.0, 0.0, "gather_rows");
 }
 
@@ -518,6 +522,41 @@ fn gpu_matches_cpu_on_synthetic_vit_b_32_and_vit_l_14() {
             wi.0, wt.0
         );
     }
+}
+
+#[test]
+fn cuda_graph_replays_match_the_eager_forward() {
+    if gpu().is_none() {
+        return;
+    }
+    let config = presets::by_name("vit-b-32").unwrap();
+    let recorded = ClipModel::new(
+        CudaBackend::new(0).unwrap(),
+        &config,
+        ClipWeights::random(&config, 3),
+    )
+    .unwrap();
+    let eager_backend = CudaBackend::new(0).unwrap();
+    eager_backend.disable_graphs("eager reference");
+    let eager = ClipModel::new(eager_backend, &config, ClipWeights::random(&config, 3)).unwrap();
+    let size = config.vision.image_size;
+    for batch in [1, 3, 1] {
+        let pixels = random(batch * 3 * size * size, 20 + batch as u64, 2.0);
+        // Twice: the first call records and replays, the second only replays.
+        for _ in 0..2 {
+            let got = recorded.encode_images(&pixels, batch).unwrap();
+            let want = eager.encode_images(&pixels, batch).unwrap();
+            assert_eq!(
+                got, want,
+                "batch {batch}: a replay differs from the eager forward"
+            );
+        }
+    }
+    assert_eq!(
+        recorded.backend.graphs_off(),
+        None,
+        "graphs were switched off"
+    );
 }
 
 #[test]
@@ -720,7 +759,13 @@ fn simulator_reports_bad_launches_and_out_of_bounds_accesses() {
     let (block, one) = ((256, 1, 1), (1, 1, 1));
     // Launch errors leave the simulator running, as cuLaunchKernel's do.
     let err = s
-        .launch("gather_rows_f16_v1", one, block, 0, &[SimArg::Ptr(out.ptr())])
+        .launch(
+            "gather_rows_f16_v1",
+            one,
+            block,
+            0,
+            &[SimArg::Ptr(out.ptr())],
+        )
         .unwrap_err();
     assert!(err.to_string().contains("takes arguments (pppii)"), "{err}");
     let err = s.launch("no_such_kernel", one, block, 0, &[]).unwrap_err();
@@ -754,7 +799,17 @@ fn simulator_enforces_the_dynamic_shared_memory_limit() {
     let s = Simulator::start().unwrap();
     let m = s.alloc(256).unwrap();
     let p = SimArg::Ptr(m.ptr());
-    let args = [p, p, p, p, SimArg::I32(1), SimArg::I32(1), SimArg::I32(8), SimArg::I32(0), SimArg::I32(0)];
+    let args = [
+        p,
+        p,
+        p,
+        p,
+        SimArg::I32(1),
+        SimArg::I32(1),
+        SimArg::I32(8),
+        SimArg::I32(0),
+        SimArg::I32(0),
+    ];
     // 60 KiB is over the default 48 KiB until the kernel's limit is raised, as on a GPU.
     let err = s
         .launch("gemm_f16_v2", (1, 1, 1), (256, 1, 1), 60 * 1024, &args)

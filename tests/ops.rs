@@ -226,9 +226,14 @@ fn embeddings_and_gathers_match_reference() {
         backend::text_embed(&CpuBackend::default(), &mut a, &[11], &token, &pos, 1, 4).is_err()
     );
     let mut g = poisoned(8);
-    backend::gather_rows(&CpuBackend::default(), &mut g, &token, &[10, 0], 4).unwrap();
+    let cpu = CpuBackend::default();
+    let rows = backend::rows(&cpu, &[10, 0]).unwrap();
+    backend::gather_rows(&cpu, &mut g, &token, &rows, 2, 4).unwrap();
     assert_eq!(&g[..4], &token[40..44]);
-    assert!(backend::gather_rows(&CpuBackend::default(), &mut g, &token, &[11], 4).is_err());
+    let past_the_end = backend::rows(&cpu, &[11]).unwrap();
+    assert!(backend::gather_rows(&cpu, &mut g, &token, &past_the_end, 1, 4).is_err());
+    // More rows than the index holds.
+    assert!(backend::gather_rows(&cpu, &mut g, &token, &rows, 3, 4).is_err());
 }
 
 #[test]

@@ -68,8 +68,9 @@ pub fn text_embed(
 }
 
 /// `out[i] = x[rows[i]]`.
-pub fn gather_rows(out: &mut [f32], x: &[f32], rows: &[usize], dim: usize) {
+pub fn gather_rows(out: &mut [f32], x: &[f32], rows: &[u32], dim: usize) {
     for (i, &r) in rows.iter().enumerate() {
+        let r = r as usize;
         out[i * dim..][..dim].copy_from_slice(&x[r * dim..][..dim]);
     }
 }
@@ -135,14 +136,28 @@ macro_rules! host_buffer_ops {
             $crate::backend::host::text_embed(out, ids, token, pos, seq, dim);
             Ok(())
         }
+        fn upload_index(&self, rows: &[u32]) -> $crate::error::Result<Vec<u32>> {
+            Ok(rows.to_vec())
+        }
         fn gather_rows_unchecked(
             &self,
             out: &mut Vec<f32>,
             x: &Vec<f32>,
-            rows: &[usize],
+            rows: &Vec<u32>,
+            n: usize,
             dim: usize,
         ) -> $crate::error::Result<()> {
-            $crate::backend::host::gather_rows(out, x, rows, dim);
+            $crate::backend::host::gather_rows(out, x, &rows[..n], dim);
+            Ok(())
+        }
+        // Host backends have no launch overhead to save: nothing is recorded.
+        fn record(
+            &self,
+            _enqueue: &mut dyn FnMut() -> $crate::error::Result<()>,
+        ) -> $crate::error::Result<Option<()>> {
+            Ok(None)
+        }
+        fn replay(&self, _graph: &()) -> $crate::error::Result<()> {
             Ok(())
         }
     };

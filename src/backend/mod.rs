@@ -96,6 +96,10 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// A linear layer's weight (and optional bias), in the backend's preferred layout.
     type Linear: Send + Sync;
+    /// Row indices for [`gather_rows`], uploaded once ([`rows`]) so that a recorded graph can reuse them.
+    type Index: Send + Sync;
+    /// A recorded sequence of launches (a CUDA graph); `()` for backends that record nothing.
+    type Graph: Send;
 
     fn name(&self) -> &'static str;
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
@@ -165,14 +169,75 @@ pub trait Backend: Send + Sync {
         seq: usize,
         dim: usize,
     ) -> Result<()>;
-    /// `out[i] = x[rows[i]]` for rows of width `dim`.
+    fn upload_index(&self, rows: &[u32]) -> Result<Self::Index>;
+    /// `out[i] = x[rows[i]]` for the first `n` rows of the index, rows of width `dim`.
     fn gather_rows_unchecked(
         &self,
         out: &mut Self::Buf,
         x: &Self::Buf,
-        rows: &[usize],
+        rows: &Self::Index,
+        n: usize,
         dim: usize,
     ) -> Result<()>;
+
+    /// Records what `enqueue` launches into a graph without running it, or returns `None` where the backend does
+    /// not record (the caller then runs `enqueue` itself). `enqueue` may only launch work on buffers that outlive
+    /// the graph and must not copy from the host. See [`run_recorded`].
+    fn record(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>>;
+    /// Runs a recorded graph.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
+}
+
+/// Runs `enqueue` as the graph `graphs[key]`: recorded on first use where the backend records, replayed after;
+/// called directly where it does not. The caller keeps `graphs` with the buffers the graph uses (a graph holds
+/// their addresses), and drops both together.
+pub fn run_recorded<B: Backend>(
+    b: &B,
+    graphs: &mut std::collections::HashMap<usize, B::Graph>,
+    key: usize,
+    enqueue: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    if let Some(g) = graphs.get(&key) {
+        return b.replay(g);
+    }
+    match b.record(enqueue)? {
+        Some(g) => {
+            b.replay(&g)?;
+            graphs.insert(key, g);
+            Ok(())
+        }
+        None => enqueue(),
+    }
+}
+
+/// Row indices on a backend, for [`gather_rows`].
+pub struct Rows<B: Backend> {
+    index: B::Index,
+    len: usize,
+    /// The largest row (checked against the source of every gather).
+    max: Option<usize>,
+}
+
+impl<B: Backend> Rows<B> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Uploads row indices for [`gather_rows`].
+pub fn rows<B: Backend>(b: &B, rows: &[usize]) -> Result<Rows<B>> {
+    let idx: Vec<u32> = rows
+        .iter()
+        .map(|&r| u32::try_from(r).map_err(|_| Error::Shape(format!("row {r} exceeds 32 bits"))))
+        .collect::<Result<_>>()?;
+    Ok(Rows {
+        index: b.upload_index(&idx)?,
+        len: rows.len(),
+        max: rows.iter().copied().max(),
+    })
 }
 
 /// Checks a weight matrix `[n, k]` and bias `[n]` before a backend prepares them.
@@ -325,18 +390,28 @@ pub fn text_embed<B: Backend>(
     b.text_embed_unchecked(out, ids, token, pos, seq, dim)
 }
 
-/// Checked row gather.
+/// Checked row gather: `out[i] = x[rows[i]]` for the first `n` indices of `rows`.
 pub fn gather_rows<B: Backend>(
     b: &B,
     out: &mut B::Buf,
     x: &B::Buf,
-    rows: &[usize],
+    rows: &Rows<B>,
+    n: usize,
     dim: usize,
 ) -> Result<()> {
+    if n > rows.len {
+        return Err(Error::Shape(format!(
+            "gathering {n} rows with an index of {}",
+            rows.len
+        )));
+    }
     let have = b.len(x).checked_div(dim).unwrap_or(0);
-    if let Some(bad) = rows.iter().find(|&&r| r >= have) {
+    if let Some(bad) = rows.max.filter(|&m| m >= have) {
         return Err(Error::Shape(format!("row {bad} outside {have} rows")));
     }
-    need(b, out, rows.len() * dim, "gathered rows")?;
-    b.gather_rows_unchecked(out, x, rows, dim)
+    need(b, out, n * dim, "gathered rows")?;
+    if n == 0 {
+        return Ok(());
+    }
+    b.gather_rows_unchecked(out, x, &rows.index, n, dim)
 }

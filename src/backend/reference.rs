@@ -18,6 +18,8 @@ pub struct RefLinear {
 
 impl Backend for ReferenceBackend {
     type Buf = Vec<f32>;
+    type Index = Vec<u32>;
+    type Graph = ();
     type Linear = RefLinear;
 
     fn name(&self) -> &'static str {

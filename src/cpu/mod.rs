@@ -65,6 +65,8 @@ const ROWS_PER_TASK: usize = 8;
 
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
+    type Index = Vec<u32>;
+    type Graph = ();
     type Linear = PackedLinear;
 
     fn name(&self) -> &'static str {

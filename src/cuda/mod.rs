@@ -327,6 +327,21 @@ pub struct CudaBackend {
     exec: Exec,
     info: DeviceInfo,
     k: Kernels,
+    /// Why CUDA graphs are off (`CLIPRT_CUDA_GRAPHS=0`, or a capture that failed), or `None` while they are used.
+    graphs_off: std::sync::Mutex<Option<String>>,
+}
+
+/// A recorded CUDA graph (the towers' forward at one batch size: launch-free replays).
+pub struct Graph(cudarc::driver::CudaGraph);
+
+// SAFETY: a graph is used by one thread at a time: it lives in a tower's scratch, which a forward takes out of its
+// mutex for the whole call (CUDA requires serialized access to a graph, not a particular thread).
+unsafe impl Send for Graph {}
+
+/// `Some(reason)` when CUDA graphs are switched off by the environment.
+fn graphs_env() -> Option<String> {
+    (std::env::var("CLIPRT_CUDA_GRAPHS").as_deref() == Ok("0"))
+        .then(|| "off by CLIPRT_CUDA_GRAPHS=0".to_string())
 }
 
 /// The largest head dimension attention_f16_v1 handles (4 dimensions per lane).
@@ -385,13 +400,18 @@ impl CudaBackend {
         let info = describe(&ctx, ordinal)?;
         let k = Kernels::select(&choose(choices))?;
         let functions = load_functions(&ctx, &info.arch, &k.symbols())?;
+        // SAFETY: everything of this backend runs on its one stream, in order, so cudarc's per-buffer events (for
+        // multi-stream use) are not needed; they would also be recorded inside graph captures.
+        unsafe { ctx.disable_event_tracking() };
         Ok(CudaBackend {
+            // Not the legacy default stream: graph capture needs a real stream.
             exec: Exec::Cuda {
-                stream: ctx.default_stream(),
+                stream: ctx.new_stream()?,
                 functions,
             },
             info,
             k,
+            graphs_off: std::sync::Mutex::new(graphs_env()),
         })
     }
 
@@ -417,11 +437,25 @@ impl CudaBackend {
                 memory_bytes: 0,
             },
             k,
+            graphs_off: std::sync::Mutex::new(Some("the simulator runs launches eagerly".into())),
         })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// `None` while the towers' forwards are recorded as CUDA graphs (batch-1 latency without launch overhead),
+    /// else why not.
+    pub fn graphs_off(&self) -> Option<String> {
+        self.graphs_off.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Switches CUDA graphs off for this backend (`why` is what [`CudaBackend::graphs_off`] reports).
+    pub fn disable_graphs(&self, why: &str) {
+        if let Ok(mut g) = self.graphs_off.lock() {
+            *g = Some(why.to_string());
+        }
     }
 
     /// Whether this backend runs on the CPU simulator.
@@ -514,7 +548,9 @@ impl CudaBackend {
             return Ok(Vec::new());
         }
         match (&self.exec, &m.inner) {
-            (Exec::Cuda { stream, .. }, MemInner::Cuda(slice)) => Ok(stream.clone_dtoh(&slice.slice(0..len))?),
+            (Exec::Cuda { stream, .. }, MemInner::Cuda(slice)) => {
+                Ok(stream.clone_dtoh(&slice.slice(0..len))?)
+            }
             (Exec::Sim(sim), MemInner::Sim(mem)) => sim.read(mem, 0, len),
             _ => Err(Error::InvalidArgument("memory of another device".into())),
         }
@@ -784,6 +820,8 @@ fn choose<'a>(
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Linear = CudaLinear;
+    type Index = Mem;
+    type Graph = Graph;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -849,7 +887,8 @@ impl Backend for CudaBackend {
         let has_bias = i32::from(w.bias.is_some());
         // 16-byte cp.async chunks need K % 8 == 0 and 16-byte aligned operands (CUDA allocations are; checked
         // rather than assumed).
-        let vec = s.k.is_multiple_of(8) && x.data.ptr % 16 == 0 && w.w.ptr % 16 == 0;
+        let vec =
+            s.k.is_multiple_of(8) && x.data.ptr.is_multiple_of(16) && w.w.ptr.is_multiple_of(16);
         // v2 where it can run, else v1 (the selected variant or the fallback). v2 has no `vec` argument: it
         // always copies 16-byte chunks.
         let v2 = self.k.gemm.name == "v2" && vec;
@@ -1044,35 +1083,68 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn upload_index(&self, rows: &[u32]) -> Result<Mem> {
+        self.upload_u32(rows)
+    }
+
     fn gather_rows_unchecked(
         &self,
         out: &mut CudaBuf,
         x: &CudaBuf,
-        rows: &[usize],
+        rows: &Mem,
+        n: usize,
         dim: usize,
     ) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let idx: Vec<u32> = rows
-            .iter()
-            .map(|&r| {
-                u32::try_from(r).map_err(|_| Error::Shape(format!("row {r} exceeds 32 bits")))
-            })
-            .collect::<Result<_>>()?;
         // rows were checked by backend::gather_rows.
-        let dev_rows = self.upload_u32(&idx)?;
-        let (n, d) = (int(rows.len(), "rows")?, int(dim, "dim")?);
+        let (ni, d) = (int(n, "rows")?, int(dim, "dim")?);
         self.launch(
             self.k.gather_rows,
-            elementwise(rows.len() * dim),
+            elementwise(n * dim),
             &[
                 Arg::Mem(&out.data),
                 Arg::Mem(&x.data),
-                Arg::Mem(&dev_rows),
-                Arg::I32(n),
+                Arg::Mem(rows),
+                Arg::I32(ni),
                 Arg::I32(d),
             ],
         )
+    }
+
+    fn record(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<Option<Graph>> {
+        let Exec::Cuda { stream, .. } = &self.exec else {
+            // The simulator runs every launch as it comes.
+            return Ok(None);
+        };
+        let mut off = self
+            .graphs_off
+            .lock()
+            .map_err(|_| Error::Cuda("graph state poisoned".into()))?;
+        if off.is_some() {
+            return Ok(None);
+        }
+        // Thread-local mode: only this thread's unsafe calls (none, between begin and end) would break it.
+        stream.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )?;
+        let ran = enqueue();
+        let ended = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        match (ran, ended) {
+            (Ok(()), Ok(Some(g))) => Ok(Some(Graph(g))),
+            // Whatever broke the capture (an operation capture does not support, a driver without graphs), the
+            // work runs eagerly from now on; a genuine error recurs there and is reported then.
+            (ran, ended) => {
+                let why = match (ran, ended) {
+                    (Err(e), _) => e.to_string(),
+                    (_, Err(e)) => e.to_string(),
+                    _ => "the capture was invalidated".to_string(),
+                };
+                *off = Some(why);
+                Ok(None)
+            }
+        }
+    }
+
+    fn replay(&self, graph: &Graph) -> Result<()> {
+        Ok(graph.0.launch()?)
     }
 }

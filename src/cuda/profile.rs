@@ -402,11 +402,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
         let mut vs: Vec<&kernels::Variant> = op.variants.iter().collect();
         vs.sort_by_key(|v| v.name != op.default);
         for v in vs {
-            backends.push((
-                op_name,
-                v.name,
-                cfg.target.backend(&[(op_name, v.name)])?,
-            ));
+            backends.push((op_name, v.name, cfg.target.backend(&[(op_name, v.name)])?));
         }
     }
     let blas = cublas(&base);
@@ -458,7 +454,10 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
             report(&blas.row(&base, label, *s, &h, cfg.reps, flops_peak, &mut default_ms)?);
         }
     }
-    if blas.is_none() && !base.is_simulated() && list.iter().any(|(_, c)| matches!(c, Case::Gemm { .. })) {
+    if blas.is_none()
+        && !base.is_simulated()
+        && list.iter().any(|(_, c)| matches!(c, Case::Gemm { .. }))
+    {
         report(&Row {
             op: "gemm".into(),
             shape: "-".into(),

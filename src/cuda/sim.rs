@@ -119,7 +119,10 @@ fn rewrite_dynamic_shared(src: &str) -> Result<String> {
 fn translation_unit(module: &str) -> Result<String> {
     let src = kernels::module_source(module)
         .ok_or_else(|| Error::Cuda(format!("sim: no kernel module {module}")))?;
-    let mut tu = format!("#include \"runtime.hpp\"\n{}\n", rewrite_dynamic_shared(&src)?);
+    let mut tu = format!(
+        "#include \"runtime.hpp\"\n{}\n",
+        rewrite_dynamic_shared(&src)?
+    );
     for op in kernels::OPS.iter().filter(|o| o.module == module) {
         for v in op.variants {
             tu.push_str(&format!("SIM_REGISTER({})\n", v.symbol));
@@ -130,7 +133,8 @@ fn translation_unit(module: &str) -> Result<String> {
 
 /// The simulator binary, built at most once per process (parallel tests share it).
 fn binary() -> Result<PathBuf> {
-    static BINARY: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    static BINARY: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
     BINARY
         .get_or_init(|| find_or_build().map_err(|e| e.to_string()))
         .clone()
@@ -140,20 +144,21 @@ fn binary() -> Result<PathBuf> {
 /// The simulator binary for the current sources: from the cache, or built now (and cached).
 fn find_or_build() -> Result<PathBuf> {
     let cxx = compiler();
-    let version = Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .map_err(|e| {
-            Error::DeviceUnavailable(format!(
-                "CUDA simulator: no C++ compiler {cxx:?} ({e}); set CXX"
-            ))
-        })?;
+    let version = Command::new(&cxx).arg("--version").output().map_err(|e| {
+        Error::DeviceUnavailable(format!(
+            "CUDA simulator: no C++ compiler {cxx:?} ({e}); set CXX"
+        ))
+    })?;
     let mut units: Vec<(String, String)> = vec![("server".into(), SERVER.into())];
     for m in kernels::modules() {
         units.push((m.to_string(), translation_unit(m)?));
     }
     let mut h = crate::checksum::FNV_START;
-    for part in [RUNTIME.as_bytes(), &version.stdout, FLAGS.join(" ").as_bytes()] {
+    for part in [
+        RUNTIME.as_bytes(),
+        &version.stdout,
+        FLAGS.join(" ").as_bytes(),
+    ] {
         h = crate::checksum::fnv1a(h, part);
     }
     for (name, text) in &units {
@@ -176,18 +181,18 @@ fn find_or_build() -> Result<PathBuf> {
         std::thread::current().id()
     ));
     let built = build(&cxx, &work, &units);
-    let result = built.and_then(|bin| match &target {
+    let result = built.map(|bin| match &target {
         Some(t) => {
             if let Some(parent) = t.parent() {
                 let _ = std::fs::create_dir_all(parent);
             }
             // Atomic: another process either sees the old state or the whole binary.
             match std::fs::rename(&bin, t) {
-                Ok(()) => Ok(t.clone()),
-                Err(_) => Ok(bin),
+                Ok(()) => t.clone(),
+                Err(_) => bin,
             }
         }
-        None => Ok(bin),
+        None => bin,
     });
     if target.is_some() {
         let _ = std::fs::remove_dir_all(&work);
@@ -255,7 +260,9 @@ impl Simulator {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::DeviceUnavailable(format!("CUDA simulator {}: {e}", bin.display())))?;
+            .map_err(|e| {
+                Error::DeviceUnavailable(format!("CUDA simulator {}: {e}", bin.display()))
+            })?;
         let io = || Error::DeviceUnavailable("CUDA simulator: no pipes".into());
         let tx = BufWriter::new(child.stdin.take().ok_or_else(io)?);
         let rx = BufReader::new(child.stdout.take().ok_or_else(io)?);
@@ -341,7 +348,9 @@ impl Simulator {
         let r = self.request(&req, 8)?;
         let ptr = u64::from_le_bytes(r.try_into().map_err(|_| Error::Cuda("sim reply".into()))?);
         if ptr == 0 {
-            return Err(Error::Cuda(format!("simulator: out of memory for {bytes} bytes")));
+            return Err(Error::Cuda(format!(
+                "simulator: out of memory for {bytes} bytes"
+            )));
         }
         let mem = SimMem {
             sim: self.clone(),
@@ -438,7 +447,9 @@ mod tests {
     #[test]
     fn every_module_registers_its_kernels() {
         let tu = translation_unit("gemm").unwrap();
-        assert!(tu.contains("SIM_REGISTER(gemm_f16_v1)") && tu.contains("SIM_REGISTER(gemm_f16_v2)"));
+        assert!(
+            tu.contains("SIM_REGISTER(gemm_f16_v1)") && tu.contains("SIM_REGISTER(gemm_f16_v2)")
+        );
         assert!(tu.starts_with("#include \"runtime.hpp\""));
     }
 }

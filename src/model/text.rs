@@ -69,8 +69,9 @@ impl<B: Backend> TextTower<B> {
             .enumerate()
             .map(|(i, p)| i * seq + p)
             .collect();
+        let rows = backend::rows(b, &rows)?;
         let mut pooled = b.alloc(n * d)?;
-        backend::gather_rows(b, &mut pooled, &ws.x, &rows, d)?;
+        backend::gather_rows(b, &mut pooled, &ws.x, &rows, n, d)?;
         let mut normed = b.alloc(n * d)?;
         backend::layernorm(
             b,

@@ -1,7 +1,9 @@
 //! The image tower: patch embedding (im2col + GEMM, no bias), class token, position embedding, pre-LN, encoder,
 //! post-LN on the class token only, projection without bias.
 
-use crate::backend::{self, Backend, Epilogue, GemmShape, PatchShape};
+use std::collections::HashMap;
+
+use crate::backend::{self, Backend, Epilogue, GemmShape, PatchShape, Rows};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
@@ -33,19 +35,34 @@ struct Scratch<B: Backend> {
     /// Class token + patches + positions `[images · seq, D]`.
     embedded: B::Buf,
     encoder: Workspace<B>,
+    /// The class token's row of each image (`i · seq`).
+    class_rows: Rows<B>,
+    /// Class tokens, post-LN class tokens `[images, D]`, projections `[images, projection_dim]`.
+    pooled: B::Buf,
+    normed: B::Buf,
+    out: B::Buf,
+    /// The forward from pixels to projections, recorded per batch size (CUDA graphs): they hold the addresses of
+    /// the buffers above, so they live and die with them.
+    graphs: HashMap<usize, B::Graph>,
 }
 
 impl<B: Backend> Scratch<B> {
-    fn new(b: &B, c: &VisionConfig, images: usize) -> Result<Self> {
-        let (d, size) = (c.encoder.hidden_size, c.image_size);
+    fn new(b: &B, c: &VisionConfig, projection_dim: usize, images: usize) -> Result<Self> {
+        let (d, size, seq) = (c.encoder.hidden_size, c.image_size, c.seq_len());
         let patches = images * c.grid() * c.grid();
+        let class_rows: Vec<usize> = (0..images).map(|i| i * seq).collect();
         Ok(Scratch {
             images,
             pixels: b.alloc(images * c.num_channels * size * size)?,
             cols: b.alloc(patches * c.patch_dim())?,
             patches: b.alloc(patches * d)?,
-            embedded: b.alloc(images * c.seq_len() * d)?,
-            encoder: Workspace::new(b, images * c.seq_len(), &c.encoder)?,
+            embedded: b.alloc(images * seq * d)?,
+            encoder: Workspace::new(b, images * seq, &c.encoder)?,
+            class_rows: backend::rows(b, &class_rows)?,
+            pooled: b.alloc(images * d)?,
+            normed: b.alloc(images * d)?,
+            out: b.alloc(images * projection_dim)?,
+            graphs: HashMap::new(),
         })
     }
 }
@@ -102,71 +119,76 @@ impl<B: Backend> VisionTower<B> {
             patch: c.patch_size,
         };
         let (np, seq) = (ps.patches(), c.seq_len());
-        let mut s = self
-            .scratch
-            .take_or(|s| s.images >= batch, || Scratch::new(b, c, batch))?;
+        let mut s = self.scratch.take_or(
+            |s| s.images >= batch,
+            || Scratch::new(b, c, self.projection_dim, batch),
+        )?;
         b.write(&mut s.pixels, pixels)?;
-        backend::im2col(b, &mut s.cols, &s.pixels, ps)?;
-        let g = GemmShape {
-            m: batch * np,
-            n: d,
-            k: ps.patch_dim(),
-        };
-        backend::gemm(
-            b,
-            &mut s.patches,
-            &s.cols,
-            &self.patch_embedding,
-            g,
-            Epilogue::Store,
-        )?;
-        backend::vision_embed(
-            b,
-            &mut s.embedded,
-            &s.patches,
-            &self.class_embedding,
-            &self.position_embedding,
-            batch,
-            seq,
-            d,
-        )?;
-
-        let ws = &mut s.encoder;
+        let Scratch {
+            pixels,
+            cols,
+            patches,
+            embedded,
+            encoder: ws,
+            class_rows,
+            pooled,
+            normed,
+            out,
+            graphs,
+            ..
+        } = &mut s;
         let eps = c.encoder.layer_norm_eps;
-        backend::layernorm(
-            b,
-            &mut ws.x,
-            &s.embedded,
-            &self.pre_ln.0,
-            &self.pre_ln.1,
-            batch * seq,
-            d,
-            eps,
-        )?;
-        run_encoder(b, &self.layers, &c.encoder, ws, batch, seq, false)?;
-
-        let class_rows: Vec<usize> = (0..batch).map(|i| i * seq).collect();
-        let mut pooled = b.alloc(batch * d)?;
-        backend::gather_rows(b, &mut pooled, &ws.x, &class_rows, d)?;
-        let mut normed = b.alloc(batch * d)?;
-        backend::layernorm(
-            b,
-            &mut normed,
-            &pooled,
-            &self.post_ln.0,
-            &self.post_ln.1,
-            batch,
-            d,
-            eps,
-        )?;
-        let mut out = b.alloc(batch * self.projection_dim)?;
-        let g = GemmShape {
-            m: batch,
-            n: self.projection_dim,
-            k: d,
-        };
-        backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
+        // Everything from the uploaded pixels to the projections: one graph per batch size on a GPU.
+        backend::run_recorded(b, graphs, batch, &mut || {
+            backend::im2col(b, cols, pixels, ps)?;
+            let g = GemmShape {
+                m: batch * np,
+                n: d,
+                k: ps.patch_dim(),
+            };
+            backend::gemm(b, patches, cols, &self.patch_embedding, g, Epilogue::Store)?;
+            backend::vision_embed(
+                b,
+                embedded,
+                patches,
+                &self.class_embedding,
+                &self.position_embedding,
+                batch,
+                seq,
+                d,
+            )?;
+            backend::layernorm(
+                b,
+                &mut ws.x,
+                embedded,
+                &self.pre_ln.0,
+                &self.pre_ln.1,
+                batch * seq,
+                d,
+                eps,
+            )?;
+            run_encoder(b, &self.layers, &c.encoder, ws, batch, seq, false)?;
+            backend::gather_rows(b, pooled, &ws.x, class_rows, batch, d)?;
+            backend::layernorm(
+                b,
+                normed,
+                pooled,
+                &self.post_ln.0,
+                &self.post_ln.1,
+                batch,
+                d,
+                eps,
+            )?;
+            let g = GemmShape {
+                m: batch,
+                n: self.projection_dim,
+                k: d,
+            };
+            backend::gemm(b, out, normed, &self.projection, g, Epilogue::Store)
+        })?;
+        let mut result = b.download(&s.out)?;
+        result.truncate(batch * self.projection_dim);
         self.scratch.keep(s);
-        b.download(&out)
+        Ok(result)
     }
 }
