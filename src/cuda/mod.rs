@@ -172,10 +172,13 @@ enum Arg<'a> {
 
 /// Where the kernels run.
 enum Exec {
-    /// A CUDA device: one stream, the loaded functions by symbol.
+    /// A CUDA device: the stream everything runs on, the loaded functions by symbol, and a second stream that
+    /// graphs are recorded on and replayed from. Recording on a stream nobody else uses keeps other threads'
+    /// work (launches, frees) out of a graph; replays are ordered after and before the main stream's work.
     Cuda {
         stream: Arc<CudaStream>,
         functions: HashMap<&'static str, CudaFunction>,
+        graph_stream: Arc<CudaStream>,
     },
     /// The CPU simulator (src/cuda/sim): same kernels, same launches, no GPU.
     Sim(Arc<sim::Simulator>),
@@ -329,6 +332,8 @@ pub struct CudaBackend {
     k: Kernels,
     /// Why CUDA graphs are off (`CLIPRT_CUDA_GRAPHS=0`, or a capture that failed), or `None` while they are used.
     graphs_off: std::sync::Mutex<Option<String>>,
+    /// The thread recording a graph, if any: its launches go to the capture stream (see [`Exec::Cuda`]).
+    capturing: std::sync::Mutex<Option<std::thread::ThreadId>>,
 }
 
 /// A recorded CUDA graph (the towers' forward at one batch size: launch-free replays).
@@ -408,10 +413,12 @@ impl CudaBackend {
             exec: Exec::Cuda {
                 stream: ctx.new_stream()?,
                 functions,
+                graph_stream: ctx.new_stream()?,
             },
             info,
             k,
             graphs_off: std::sync::Mutex::new(graphs_env()),
+            capturing: std::sync::Mutex::new(None),
         })
     }
 
@@ -438,6 +445,7 @@ impl CudaBackend {
             },
             k,
             graphs_off: std::sync::Mutex::new(Some("the simulator runs launches eagerly".into())),
+            capturing: std::sync::Mutex::new(None),
         })
     }
 
@@ -564,7 +572,16 @@ impl CudaBackend {
     /// Launches `symbol` with `args` on the stream (or runs it on the simulator).
     fn launch(&self, symbol: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         match &self.exec {
-            Exec::Cuda { stream, functions } => {
+            Exec::Cuda {
+                stream,
+                functions,
+                graph_stream,
+            } => {
+                // The recording thread's launches go into its graph.
+                let me = std::thread::current().id();
+                let recording =
+                    *self.capturing.lock().unwrap_or_else(|p| p.into_inner()) == Some(me);
+                let stream = if recording { graph_stream } else { stream };
                 let f = functions
                     .get(symbol)
                     .ok_or_else(|| Error::Cuda(format!("kernel {symbol} is not loaded")))?;
@@ -1111,7 +1128,11 @@ impl Backend for CudaBackend {
     }
 
     fn record(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<Option<Graph>> {
-        let Exec::Cuda { stream, .. } = &self.exec else {
+        let Exec::Cuda {
+            graph_stream: stream,
+            ..
+        } = &self.exec
+        else {
             // The simulator runs every launch as it comes.
             return Ok(None);
         };
@@ -1145,6 +1166,18 @@ impl Backend for CudaBackend {
     }
 
     fn replay(&self, graph: &Graph) -> Result<()> {
-        Ok(graph.0.launch()?)
+        let Exec::Cuda {
+            stream,
+            graph_stream,
+            ..
+        } = &self.exec
+        else {
+            return Err(Error::Cuda("a graph replay without a CUDA device".into()));
+        };
+        // After the main stream's work so far (the uploaded inputs), before what follows (the download).
+        graph_stream.join(stream)?;
+        graph.0.launch()?;
+        stream.join(graph_stream)?;
+        Ok(())
     }
 }
