@@ -542,9 +542,13 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
                 .peak_gflops
                 .or_else(|| crate::cuda::peak_fp16_gflops(&info.name))
                 .unwrap_or(f64::NAN);
+            let graphs = |b: &crate::cuda::CudaBackend| match b.graphs_off() {
+                None => "graphs on".to_string(),
+                Some(why) => format!("graphs off: {why}"),
+            };
+            let device = format!("cuda:{n} {} ({})", info.name, graphs(&backend));
             let subject = build(cfg, backend)?;
-            let device = format!("cuda:{n} {}", info.name);
-            measure(
+            let measured = measure(
                 cfg,
                 &subject,
                 threads,
@@ -553,7 +557,10 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
                 "f16",
                 &device,
                 &mut report,
-            )
+            );
+            // A capture that failed during the run switched graphs off: say so next to the numbers.
+            eprintln!("cuda:{n} after the run: {}", graphs(&subject.model.backend));
+            measured
         }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(n) => Err(Error::DeviceUnavailable(format!(

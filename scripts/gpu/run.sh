@@ -6,7 +6,8 @@
 # 1. the environment (GPU, driver, NVRTC found), 2. `cliprt info --device cuda`, 3. the kernel check for the
 # device's arch, 4. the CUDA tests (a missing GPU is a failure here, not a skip), 4b. `cliprt profile` (every
 # kernel variant validated, then timed, cuBLAS alongside) on ViT-B/32's shapes, 5. `cliprt bench --device cuda`
-# for ViT-B/32 and ViT-L/14 at batch 1, 32, 256, 6. PyTorch fp16 + SDPA on the same shapes, 7. the fused top-k
+# for ViT-B/32 (batch 1, 32, 256, 1024) and ViT-L/14 (1, 32, 256), 6. PyTorch fp16 + SDPA on the same shapes,
+# 6b. ViT-B/32 batch 1 with CUDA graphs off (the latency they save), 7. the fused top-k
 # search on the GPU and on the machine's CPU (1M × 512 gallery), 8. the comparison tables. Every step has its
 # own time limit, and the limits add up to 6 minutes; logs go to RESULTS_DIR.
 set -uo pipefail
@@ -48,16 +49,21 @@ export CLIPRT_CACHE_DIR="$out/cache" CLIPRT_FIXTURES="$PWD/tests/fixtures"
 step info 15 .gpu/cliprt info --device cuda
 arch=$(sed -n 's/.*compute \([0-9]*\)\.\([0-9]*\).*/sm_\1\2/p' "$out/info.log" | head -1)
 step kernels 15 .gpu/cliprt kernels --check --arch "${arch:-sm_90},sm_80"
-step tests 90 env CLIPRT_REQUIRE_CUDA=1 CLIPRT_REQUIRE_NVRTC=1 .gpu/cuda-tests --test-threads=1 --nocapture
+# The simulator checks of the same tests ran in CI; here they would only spend device time (CLIPRT_SIM=0).
+step tests 90 env CLIPRT_REQUIRE_CUDA=1 CLIPRT_REQUIRE_NVRTC=1 CLIPRT_SIM=0 .gpu/cuda-tests --test-threads=1 --nocapture
 step profile 30 .gpu/cliprt profile --op all --arch vit-b-32 --batch 32,256 --reps 20
-# Limits: 35 s per step for ViT-B/32, 45 s for ViT-L/14 (the sum of every limit is 360 s).
+# Limits: 35 s per step for ViT-B/32 (which also runs batch 1024), 40 s for ViT-L/14, 10 s for batch-1 latency
+# without CUDA graphs (the sum of every limit is 360 s).
 for a in vit-b-32 vit-l-14; do
-    limit=$([ "$a" = vit-b-32 ] && echo 35 || echo 45)
-    step "bench-$a" "$limit" .gpu/cliprt bench --device cuda --arch "$a" --batch 1,32,256 --workload image,text \
+    limit=$([ "$a" = vit-b-32 ] && echo 35 || echo 40)
+    batches=$([ "$a" = vit-b-32 ] && echo 1,32,256,1024 || echo 1,32,256)
+    step "bench-$a" "$limit" .gpu/cliprt bench --device cuda --arch "$a" --batch "$batches" --workload image,text \
         --warmup 2 --reps 10 --json
-    step "torch-$a" "$limit" python3 tools/bench_torch.py --device cuda --dtype fp16 --arch "$a" --batch 1 32 256 \
-        --warmup 2 --reps 10 --json
+    step "torch-$a" "$limit" python3 tools/bench_torch.py --device cuda --dtype fp16 --arch "$a" \
+        --batch ${batches//,/ } --warmup 2 --reps 10 --json
 done
+step eager-b1 10 env CLIPRT_CUDA_GRAPHS=0 .gpu/cliprt bench --device cuda --arch vit-b-32 --batch 1 \
+    --workload image --warmup 2 --reps 20
 step search-cuda 25 .gpu/cliprt bench --device cuda --workload search --gallery 1000000 --dim 512 \
     --queries 1,64,1024 --k 10,100 --reps 5 --json
 step search-cpu 25 .gpu/cliprt bench --workload search --gallery 1000000 --dim 512 --queries 1,64,1024 --k 10,100 \
@@ -66,6 +72,9 @@ step search-cpu 25 .gpu/cliprt bench --workload search --gallery 1000000 --dim 5
     grep -v '^==' "$out/profile.log"
     echo
     cat "$out"/bench-*.log "$out"/torch-*.log | python3 scripts/gpu/compare.py
+    echo
+    echo "ViT-B/32 batch 1 without CUDA graphs:"
+    grep -v '^==' "$out/eager-b1.log"
     echo
     cat "$out"/search-*.log | python3 tools/compare_search.py
 } | tee "$out/summary.txt"

@@ -252,8 +252,14 @@ fn build(cxx: &str, work: &Path, units: &[(String, String)]) -> Result<PathBuf> 
 }
 
 impl Simulator {
-    /// Builds (or finds) the simulator and starts it.
+    /// Builds (or finds) the simulator and starts it. `CLIPRT_SIM=0` switches it off (a GPU machine's test run,
+    /// where the simulator would only cost time).
     pub fn start() -> Result<Arc<Simulator>> {
+        if std::env::var("CLIPRT_SIM").as_deref() == Ok("0") {
+            return Err(Error::DeviceUnavailable(
+                "the CUDA simulator is off (CLIPRT_SIM=0)".into(),
+            ));
+        }
         let bin = binary()?;
         let mut child = Command::new(&bin)
             .stdin(Stdio::piped())
