@@ -444,13 +444,25 @@ fn fixture_embeddings_match_hf_float64_on_gpu() {
 }
 
 fn check_fixtures(device: Device) {
+    // The simulator takes every 5th prompt (spread over short, long and truncated ones): its cost grows with the
+    // text batch, and each prompt's embedding does not depend on the others.
+    let step = if device == Device::CudaSim { 5 } else { 1 };
     for name in ["tiny-openai", "exotic", "tiny-openai-f16", "exotic-bf16"] {
         let clip = Clip::load(fixture(name), device).unwrap();
         let r = reference(name);
         let dim = clip.config().projection_dim;
         let img = clip.embed_pixels(&r.pixels, r.images.len()).unwrap();
-        let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+        let picked: Vec<usize> = (0..r.texts.len()).step_by(step).collect();
+        let texts: Vec<&str> = picked.iter().map(|&t| r.texts[t].as_str()).collect();
         let txt = clip.embed_texts(&texts).unwrap();
+        let want_text: Vec<f32> = picked
+            .iter()
+            .flat_map(|&t| r.text_embeds[t * dim..(t + 1) * dim].to_vec())
+            .collect();
+        let want_logits: Vec<f32> = (0..r.images.len())
+            .flat_map(|i| picked.iter().map(move |&t| (i, t)))
+            .map(|(i, t)| r.logits[i * r.texts.len() + t])
+            .collect();
         let wi = assert_rows_match(
             &img.data,
             &r.image_embeds,
@@ -461,7 +473,7 @@ fn check_fixtures(device: Device) {
         );
         let wt = assert_rows_match(
             &txt.data,
-            &r.text_embeds,
+            &want_text,
             dim,
             0.9995,
             0.05,
@@ -470,14 +482,18 @@ fn check_fixtures(device: Device) {
         let logits = clip.logits(&img, &txt).unwrap();
         assert_close(
             &logits,
-            &r.logits,
+            &want_logits,
             0.05 * r.logit_scale,
             0.0,
             &format!("{name} logits"),
         );
         println!(
-            "{name} on {device:?}: worst image cos {:.6} abs {:.2e}; text cos {:.6} abs {:.2e}",
-            wi.0, wi.1, wt.0, wt.1
+            "{name} on {device:?}: {} texts, worst image cos {:.6} abs {:.2e}; text cos {:.6} abs {:.2e}",
+            texts.len(),
+            wi.0,
+            wi.1,
+            wt.0,
+            wt.1
         );
     }
 }

@@ -12,7 +12,9 @@
 // cuLaunchKernel's error codes. A fault inside a kernel or a malformed request ends the server ("sim error: ..." on
 // stderr), like a sticky CUDA error.
 
+#include <condition_variable>
 #include <cstdarg>
+#include <functional>
 #include <map>
 #include <string>
 #include <thread>
@@ -114,6 +116,58 @@ void watchdog() {
     }
 }
 
+// The host threads that play CUDA threads, kept for the server's lifetime: creating a block's worth of threads
+// per launch (under AddressSanitizer) cost more than most simulated kernels.
+class Pool {
+public:
+    // Runs job(0) .. job(n - 1) on n pool threads and waits for all of them.
+    void run(unsigned n, const std::function<void(unsigned)>& job) {
+        {
+            std::unique_lock<std::mutex> l(m_);
+            while (workers_.size() < n) {
+                const unsigned id = (unsigned)workers_.size();
+                workers_.emplace_back([this, id] { work(id); });
+            }
+            job_ = &job;
+            active_ = n;
+            remaining_ = n;
+            generation_++;
+        }
+        start_.notify_all();
+        std::unique_lock<std::mutex> l(m_);
+        done_.wait(l, [&] { return remaining_ == 0; });
+        job_ = nullptr;
+    }
+
+private:
+    void work(unsigned id) {
+        unsigned long seen = 0;
+        std::unique_lock<std::mutex> l(m_);
+        for (;;) {
+            start_.wait(l, [&] { return generation_ != seen; });
+            seen = generation_;
+            if (id >= active_) continue;
+            const std::function<void(unsigned)>* job = job_;
+            l.unlock();
+            (*job)(id);
+            l.lock();
+            if (--remaining_ == 0) done_.notify_one();
+        }
+    }
+    std::mutex m_;
+    std::condition_variable start_, done_;
+    std::vector<std::thread> workers_;
+    const std::function<void(unsigned)>* job_ = nullptr;
+    unsigned active_ = 0, remaining_ = 0;
+    unsigned long generation_ = 0;
+};
+
+Pool& pool() {
+    // Never destroyed: its threads wait for work until the process exits.
+    static Pool* p = new Pool();
+    return *p;
+}
+
 // Runs every block of one launch. Threads persist across the blocks; blocks run one at a time because __shared__
 // arrays are statics.
 void run_launch(const Kernel& k, dim3 grid, dim3 block, size_t dynamic_bytes, void** args) {
@@ -140,7 +194,7 @@ void run_launch(const Kernel& k, dim3 grid, dim3 block, size_t dynamic_bytes, vo
     };
     prepare_block();
 
-    auto body = [&](unsigned tid) {
+    std::function<void(unsigned)> body = [&](unsigned tid) {
         threadIdx = uint3{tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y)};
         blockDim = block;
         gridDim = grid;
@@ -165,10 +219,7 @@ void run_launch(const Kernel& k, dim3 grid, dim3 block, size_t dynamic_bytes, vo
                 }
     };
     running.store(true);
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned t = 0; t < threads; t++) pool.emplace_back(body, t);
-    for (std::thread& t : pool) t.join();
+    pool().run(threads, body);
     running.store(false);
     std::free(g_dynamic);
     g_dynamic = nullptr;
