@@ -576,6 +576,46 @@ fn cuda_graph_replays_match_the_eager_forward() {
 }
 
 #[test]
+fn chunked_image_batches_match_one_batch() {
+    // On the simulator (and the GPU): a batch of 7 in chunks of 3 (three chunks, both parities, a short last one)
+    // gives exactly what one chunk of 7 gives. On the GPU this also exercises the pinned staging copies.
+    let config =
+        cliprt::config::ClipConfig::from_file(&fixture("tiny-openai").join("config.json")).unwrap();
+    let size = config.vision.image_size;
+    let pixels = random(7 * 3 * size * size, 31, 2.0);
+    for g in devices(&[]) {
+        let name = g.info().name.clone();
+        let whole = ClipModel::new(g, &config, ClipWeights::random(&config, 5)).unwrap();
+        whole.backend.set_image_chunk(7);
+        let want = whole.encode_images(&pixels, 7).unwrap();
+        whole.backend.set_image_chunk(3);
+        // Twice: recorded graphs (where there are) replay the same way.
+        for _ in 0..2 {
+            assert_eq!(
+                whole.encode_images(&pixels, 7).unwrap(),
+                want,
+                "chunks of 3 on {name}"
+            );
+        }
+        let cpu = ClipModel::new(
+            CpuBackend::default(),
+            &config,
+            ClipWeights::random(&config, 5),
+        )
+        .unwrap();
+        let dim = config.projection_dim;
+        assert_rows_match(
+            &want,
+            &cpu.encode_images(&pixels, 7).unwrap(),
+            dim,
+            0.9995,
+            0.05,
+            &format!("{name} vs cpu"),
+        );
+    }
+}
+
+#[test]
 fn gpu_top_k_matches_the_cpu_search() {
     for g in devices(&[]) {
         check_top_k(&g);

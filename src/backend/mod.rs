@@ -106,6 +106,16 @@ pub trait Backend: Send + Sync {
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// Copies `data` into the start of an existing buffer (which must hold at least `data.len()` values).
     fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// [`Backend::write`] for a model input that no queued work reads any more: a backend may copy it
+    /// asynchronously (ordered before the launches that follow), overlapping the copy with work already queued.
+    fn write_input(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()> {
+        self.write(buf, data)
+    }
+    /// The most images one forward pass should take at once: larger batches run in chunks of this size, so
+    /// that one chunk's upload overlaps the previous chunk's compute. Unlimited by default.
+    fn image_chunk(&self) -> usize {
+        usize::MAX
+    }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Prepares a linear layer from HF layout `w[out, in]` and an optional bias `[out]`.

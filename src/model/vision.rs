@@ -23,11 +23,12 @@ pub struct VisionTower<B: Backend> {
     scratch: Reuse<Scratch<B>>,
 }
 
-/// A forward pass's buffers for up to `images` images, kept between calls.
+/// A forward pass's buffers for chunks of up to `images` images, kept between calls. Inputs and outputs are
+/// double-buffered (chunk parity): one chunk's pixels upload while the previous chunk still runs.
 struct Scratch<B: Backend> {
     images: usize,
-    /// Pixels `[images, C, size, size]`.
-    pixels: B::Buf,
+    /// Pixels `[images, C, size, size]`, one per parity.
+    pixels: [B::Buf; 2],
     /// im2col rows `[images · patches, C·p²]`.
     cols: B::Buf,
     /// Patch embeddings `[images · patches, D]`.
@@ -37,12 +38,13 @@ struct Scratch<B: Backend> {
     encoder: Workspace<B>,
     /// The class token's row of each image (`i · seq`).
     class_rows: Rows<B>,
-    /// Class tokens, post-LN class tokens `[images, D]`, projections `[images, projection_dim]`.
+    /// Class tokens, post-LN class tokens `[images, D]`.
     pooled: B::Buf,
     normed: B::Buf,
-    out: B::Buf,
-    /// The forward from pixels to projections, recorded per batch size (CUDA graphs): they hold the addresses of
-    /// the buffers above, so they live and die with them.
+    /// Projections `[images, projection_dim]`, one per parity.
+    out: [B::Buf; 2],
+    /// The forward from pixels to projections, recorded per (chunk size, parity) (CUDA graphs): they hold the
+    /// addresses of the buffers above, so they live and die with them.
     graphs: HashMap<usize, B::Graph>,
 }
 
@@ -53,7 +55,10 @@ impl<B: Backend> Scratch<B> {
         let class_rows: Vec<usize> = (0..images).map(|i| i * seq).collect();
         Ok(Scratch {
             images,
-            pixels: b.alloc(images * c.num_channels * size * size)?,
+            pixels: [
+                b.alloc(images * c.num_channels * size * size)?,
+                b.alloc(images * c.num_channels * size * size)?,
+            ],
             cols: b.alloc(patches * c.patch_dim())?,
             patches: b.alloc(patches * d)?,
             embedded: b.alloc(images * seq * d)?,
@@ -61,7 +66,10 @@ impl<B: Backend> Scratch<B> {
             class_rows: backend::rows(b, &class_rows)?,
             pooled: b.alloc(images * d)?,
             normed: b.alloc(images * d)?,
-            out: b.alloc(images * projection_dim)?,
+            out: [
+                b.alloc(images * projection_dim)?,
+                b.alloc(images * projection_dim)?,
+            ],
             graphs: HashMap::new(),
         })
     }
@@ -111,19 +119,48 @@ impl<B: Backend> VisionTower<B> {
                 batch * per_image
             )));
         }
+        let chunk = b.image_chunk().clamp(1, batch);
+        let mut s = self.scratch.take_or(
+            |s| s.images >= chunk,
+            || Scratch::new(b, c, self.projection_dim, chunk),
+        )?;
+        let pd = self.projection_dim;
+        let mut result = Vec::with_capacity(batch * pd);
+        // Chunk k's pixels are converted and uploaded while chunk k − 1 runs; then chunk k − 1's outputs are
+        // downloaded (waiting for it) and chunk k is queued. Parity k % 2 was last used by chunk k − 2, which had
+        // finished before chunk k − 1 was queued.
+        let mut pending: Option<(usize, usize)> = None;
+        for (k, start) in (0..batch).step_by(chunk).enumerate() {
+            let (n, parity) = (chunk.min(batch - start), k % 2);
+            b.write_input(
+                &mut s.pixels[parity],
+                &pixels[start * per_image..(start + n) * per_image],
+            )?;
+            if let Some((n, parity)) = pending.take() {
+                result.extend_from_slice(&b.download(&s.out[parity])?[..n * pd]);
+            }
+            self.enqueue(b, &mut s, n, parity)?;
+            pending = Some((n, parity));
+        }
+        if let Some((n, parity)) = pending {
+            result.extend_from_slice(&b.download(&s.out[parity])?[..n * pd]);
+        }
+        self.scratch.keep(s);
+        Ok(result)
+    }
+
+    /// Queues the forward of `batch` images from `s.pixels[parity]` to `s.out[parity]`: one recorded graph per
+    /// (batch, parity) on backends that record.
+    fn enqueue(&self, b: &B, s: &mut Scratch<B>, batch: usize, parity: usize) -> Result<()> {
+        let c = &self.config;
         let d = c.encoder.hidden_size;
         let ps = PatchShape {
             batch,
             channels: c.num_channels,
-            image_size: size,
+            image_size: c.image_size,
             patch: c.patch_size,
         };
         let (np, seq) = (ps.patches(), c.seq_len());
-        let mut s = self.scratch.take_or(
-            |s| s.images >= batch,
-            || Scratch::new(b, c, self.projection_dim, batch),
-        )?;
-        b.write(&mut s.pixels, pixels)?;
         let Scratch {
             pixels,
             cols,
@@ -136,10 +173,10 @@ impl<B: Backend> VisionTower<B> {
             out,
             graphs,
             ..
-        } = &mut s;
+        } = s;
+        let (pixels, out) = (&pixels[parity], &mut out[parity]);
         let eps = c.encoder.layer_norm_eps;
-        // Everything from the uploaded pixels to the projections: one graph per batch size on a GPU.
-        backend::run_recorded(b, graphs, batch, &mut || {
+        backend::run_recorded(b, graphs, 2 * batch + parity, &mut || {
             backend::im2col(b, cols, pixels, ps)?;
             let g = GemmShape {
                 m: batch * np,
@@ -185,10 +222,6 @@ impl<B: Backend> VisionTower<B> {
                 k: d,
             };
             backend::gemm(b, out, normed, &self.projection, g, Epilogue::Store)
-        })?;
-        let mut result = b.download(&s.out)?;
-        result.truncate(batch * self.projection_dim);
-        self.scratch.keep(s);
-        Ok(result)
+        })
     }
 }
