@@ -13,6 +13,10 @@
 //                pipeline in 60 KiB of dynamic shared memory (the next two k tiles load while one is multiplied).
 //                Needs K % 8 == 0 and 16-byte aligned operands; the host runs v1 otherwise. Same epilogue as v1.
 //                Not yet measured on a GPU (not the default until it is).
+//   gemm_f16_v3  v1's 64×64×32 tile and 4 warps with a 4-stage cp.async pipeline (40 KiB dynamic shared memory):
+//                for small M (batch 1: 50 rows), where v1 waits a full memory latency per k tile and v2's 128-wide
+//                tiles leave most SMs idle (ViT-B/32's fc2 at batch 1 is 6 blocks of v2, 12 of v3, 96 k tiles
+//                each). Same conditions and epilogue as v2. Validated on the simulator; not yet measured.
 
 // The fused epilogue of every variant, on one f32 accumulator: + bias, then the residual add or the activation,
 // then the single fp16 store.
@@ -138,24 +142,80 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict
     warp_store<2, 4>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
 }
 
-#define G2_BM 128
-#define G2_BN 128
-#define G2_BK 32
-#define G2_STAGES 3
-#define G2_LDS (G2_BK + 8)
-// Dynamic shared memory of gemm_f16_v2 (src/cuda/mod.rs sets the function's limit to this).
-#define G2_SMEM (G2_STAGES * (G2_BM + G2_BN) * G2_LDS * 2)
+#define GP_BK 32
+#define GP_LDS (GP_BK + 8)
 
-// One stage: rows [row0, row0 + 128) × k [k0, k0 + 32) of a [rows, K] matrix, 16-byte cp.async, zero-filled past
-// the matrix edge (K % 8 == 0: a chunk is wholly inside or wholly outside a row).
-__device__ __forceinline__ void g2_load(half_t* tile, const half_t* __restrict__ g, int rows, int K, int row0, int k0) {
-    for (int c = threadIdx.x; c < G2_BM * (G2_BK / 8); c += blockDim.x) {
+// One stage of a pipelined variant: rows [row0, row0 + ROWS) × k [k0, k0 + 32) of a [rows, K] matrix, 16-byte
+// cp.async, zero-filled past the matrix edge (K % 8 == 0: a chunk is wholly inside or wholly outside a row).
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void gp_load(half_t* tile, const half_t* __restrict__ g, int rows, int K, int row0,
+                                        int k0) {
+    for (int c = threadIdx.x; c < ROWS * (GP_BK / 8); c += THREADS) {
         const int r = c >> 2, kc = (c & 3) * 8;
         const int gr = row0 + r, gk = k0 + kc;
         const bool inside = gr < rows && gk < K;
-        cp_async_16(tile + r * G2_LDS + kc, inside ? g + (size_t)gr * K + gk : g, inside ? 16 : 0);
+        cp_async_16(tile + r * GP_LDS + kc, inside ? g + (size_t)gr * K + gk : g, inside ? 16 : 0);
     }
 }
+
+// The multi-stage variants: a BM×BN block tile over WARPS_M × WARPS_N warps, STAGES k tiles of 32 in flight in
+// dynamic shared memory ([STAGES][BM][LDS] for x, then [STAGES][BN][LDS] for w); the next STAGES − 1 k tiles load
+// while one is multiplied. Needs K % 8 == 0 and 16-byte aligned operands (the host runs v1 otherwise).
+template <int BM, int BN, int STAGES, int WARPS_M, int WARPS_N>
+__device__ __forceinline__ void gemm_pipelined(half_t* smem, half_t* __restrict__ out, const half_t* __restrict__ x,
+                                               const half_t* __restrict__ w, const half_t* __restrict__ bias, int M,
+                                               int N, int K, int has_bias, int epilogue) {
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
+    constexpr int MI = WTM / 16, NJ = WTN / 8;
+    half_t* As = smem;
+    half_t* Bs = smem + STAGES * BM * GP_LDS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+    const int wm = (warp / WARPS_N) * WTM, wn = (warp % WARPS_N) * WTN;
+    const int ktiles = (K + GP_BK - 1) / GP_BK;
+
+    float acc[MI][NJ][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    // Prologue: the first STAGES − 1 k tiles in flight.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < ktiles) {
+            gp_load<BM, THREADS>(As + s * BM * GP_LDS, x, M, K, bm, s * GP_BK);
+            gp_load<BN, THREADS>(Bs + s * BN * GP_LDS, w, N, K, bn, s * GP_BK);
+        }
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; kt++) {
+        // Tile kt has landed (at most STAGES − 2 younger groups pending); every warp is done with tile kt − 1,
+        // whose stage the next load overwrites.
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) {
+            const int s = next % STAGES;
+            gp_load<BM, THREADS>(As + s * BM * GP_LDS, x, M, K, bm, next * GP_BK);
+            gp_load<BN, THREADS>(Bs + s * BN * GP_LDS, w, N, K, bn, next * GP_BK);
+        }
+        cp_async_commit();  // possibly empty: keeps the group count in step with kt
+        const half_t* A = As + (kt % STAGES) * BM * GP_LDS;
+        const half_t* B = Bs + (kt % STAGES) * BN * GP_LDS;
+        warp_mma_k<MI, NJ, GP_BK>(acc, A, B, GP_LDS, wm, wn, lane);
+    }
+    cp_async_wait<0>();
+
+    warp_store<MI, NJ>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
+}
+
+// Dynamic shared memory of the pipelined variants (src/cuda/mod.rs: GEMM_V2_SMEM, GEMM_V3_SMEM).
+#define G2_SMEM (3 * (128 + 128) * GP_LDS * 2)
+#define G3_SMEM (4 * (64 + 64) * GP_LDS * 2)
 
 // Grid: (ceil(N / 128), ceil(M / 128)); block: 256 threads; dynamic shared memory G2_SMEM bytes.
 extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict__ out, const half_t* __restrict__ x,
@@ -163,47 +223,14 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict
                                                               const half_t* __restrict__ bias, int M, int N, int K,
                                                               int has_bias, int epilogue) {
     extern __shared__ __align__(16) half_t smem[];
-    half_t* As = smem;                                  // [STAGES][BM][LDS]
-    half_t* Bs = smem + G2_STAGES * G2_BM * G2_LDS;     // [STAGES][BN][LDS]
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int bm = blockIdx.y * G2_BM, bn = blockIdx.x * G2_BN;
-    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
-    const int ktiles = (K + G2_BK - 1) / G2_BK;
+    gemm_pipelined<128, 128, 3, 2, 4>(smem, out, x, w, bias, M, N, K, has_bias, epilogue);
+}
 
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
-
-    // Prologue: the first STAGES − 1 k tiles in flight.
-#pragma unroll
-    for (int s = 0; s < G2_STAGES - 1; s++) {
-        if (s < ktiles) {
-            g2_load(As + s * G2_BM * G2_LDS, x, M, K, bm, s * G2_BK);
-            g2_load(Bs + s * G2_BN * G2_LDS, w, N, K, bn, s * G2_BK);
-        }
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < ktiles; kt++) {
-        // Tile kt has landed (at most STAGES − 2 younger groups pending); every warp is done with tile kt − 1,
-        // whose stage the next load overwrites.
-        cp_async_wait<G2_STAGES - 2>();
-        __syncthreads();
-        const int next = kt + G2_STAGES - 1;
-        if (next < ktiles) {
-            const int s = next % G2_STAGES;
-            g2_load(As + s * G2_BM * G2_LDS, x, M, K, bm, next * G2_BK);
-            g2_load(Bs + s * G2_BN * G2_LDS, w, N, K, bn, next * G2_BK);
-        }
-        cp_async_commit();  // possibly empty: keeps the group count in step with kt
-        const half_t* A = As + (kt % G2_STAGES) * G2_BM * G2_LDS;
-        const half_t* B = Bs + (kt % G2_STAGES) * G2_BN * G2_LDS;
-        warp_mma_k<4, 4, G2_BK>(acc, A, B, G2_LDS, wm, wn, lane);
-    }
-    cp_async_wait<0>();
-
-    warp_store<4, 4>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
+// Grid: (ceil(N / 64), ceil(M / 64)); block: 128 threads; dynamic shared memory G3_SMEM bytes.
+extern "C" __global__ void __launch_bounds__(128) gemm_f16_v3(half_t* __restrict__ out, const half_t* __restrict__ x,
+                                                              const half_t* __restrict__ w,
+                                                              const half_t* __restrict__ bias, int M, int N, int K,
+                                                              int has_bias, int epilogue) {
+    extern __shared__ __align__(16) half_t smem[];
+    gemm_pipelined<64, 64, 4, 2, 2>(smem, out, x, w, bias, M, N, K, has_bias, epilogue);
 }

@@ -54,6 +54,11 @@ pub const OPS: &[Op] = &[
                 symbol: "gemm_f16_v2",
                 about: "128x128x32 tile, 8 warps of 64x32, 3-stage cp.async pipeline (K % 8 == 0, else v1)",
             },
+            Variant {
+                name: "v3",
+                symbol: "gemm_f16_v3",
+                about: "64x64x32 tile, 4 warps, 4-stage cp.async pipeline, for small M (K % 8 == 0, else v1)",
+            },
         ],
         default: "v1",
     },

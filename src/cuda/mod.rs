@@ -250,12 +250,22 @@ const GEMM_V1: &str = "gemm_f16_v1";
 /// attention_f16_v1, the fallback for head dims v2 cannot take.
 const ATTENTION_V1: &str = "attention_f16_v1";
 
-/// Dynamic shared memory of gemm_f16_v2 (G2_SMEM in kernels/gemm.cu).
+/// Dynamic shared memory of gemm_f16_v2 and _v3 (G2_SMEM, G3_SMEM in kernels/gemm.cu).
 const GEMM_V2_SMEM: usize = 3 * (128 + 128) * 40 * 2;
+const GEMM_V3_SMEM: usize = 4 * (64 + 64) * 40 * 2;
 
 /// The dynamic shared memory a kernel must be allowed above the default 48 KiB.
 fn dynamic_smem_limit(symbol: &str) -> Option<usize> {
     (symbol == "gemm_f16_v2").then_some(GEMM_V2_SMEM)
+}
+
+/// The launch of a pipelined gemm variant: (block tile, threads, dynamic shared memory), or `None` for v1.
+fn pipelined_gemm(variant: &str) -> Option<(usize, u32, u32)> {
+    match variant {
+        "v2" => Some((128, 256, GEMM_V2_SMEM as u32)),
+        "v3" => Some((64, 128, GEMM_V3_SMEM as u32)),
+        _ => None,
+    }
 }
 
 impl Kernels {
@@ -370,9 +380,11 @@ pub struct CudaBackend {
     image_chunk: std::sync::atomic::AtomicUsize,
 }
 
-/// Images per forward chunk on a GPU: ViT-B/32 at 256 images is 12,800 rows per GEMM, past the size where the
-/// GEMMs run at full rate, and one chunk's upload (77 MB of fp16) hides behind the previous chunk's compute.
-pub const IMAGE_CHUNK: usize = 256;
+/// Images per forward chunk on a GPU. Only the first chunk's upload is exposed (the others hide behind the
+/// previous chunk's compute), so smaller is better until the GEMMs starve: 128 images are 6,400 rows per GEMM at
+/// ViT-B/32 (50 row tiles of v2 × 6 to 24 column tiles, several waves on 132 SMs) and 38 MB of fp16 pixels
+/// (≈ 1.5 ms over PCIe 4). A reasoned first choice, not a measured one: `CLIPRT_IMAGE_CHUNK` overrides it.
+pub const IMAGE_CHUNK: usize = 128;
 
 fn image_chunk_env() -> usize {
     std::env::var("CLIPRT_IMAGE_CHUNK")
@@ -1030,13 +1042,12 @@ impl Backend for CudaBackend {
         // rather than assumed).
         let vec =
             s.k.is_multiple_of(8) && x.data.ptr.is_multiple_of(16) && w.w.ptr.is_multiple_of(16);
-        // v2 where it can run, else v1 (the selected variant or the fallback). v2 has no `vec` argument: it
-        // always copies 16-byte chunks.
-        let v2 = self.k.gemm.name == "v2" && vec;
-        let (symbol, tile, threads, smem) = if v2 {
-            (self.k.gemm.symbol, 128, 256, GEMM_V2_SMEM as u32)
-        } else {
-            (GEMM_V1, 64, 128, 0)
+        // A pipelined variant (v2, v3) where it can run, else v1 (the selected variant or the fallback). The
+        // pipelined ones have no `vec` argument: they always copy 16-byte chunks.
+        let pipelined = pipelined_gemm(self.k.gemm.name).filter(|_| vec);
+        let (symbol, tile, threads, smem) = match pipelined {
+            Some((tile, threads, smem)) => (self.k.gemm.symbol, tile, threads, smem),
+            None => (GEMM_V1, 64, 128, 0),
         };
         let cfg = LaunchConfig {
             grid_dim: (s.n.div_ceil(tile) as u32, s.m.div_ceil(tile) as u32, 1),
@@ -1062,7 +1073,7 @@ impl Backend for CudaBackend {
             Arg::I32(has_bias),
             Arg::I32(epilogue_code(ep)),
         ];
-        if !v2 {
+        if pipelined.is_none() {
             args.push(Arg::I32(i32::from(vec)));
         }
         self.launch(symbol, cfg, &args)
