@@ -12,6 +12,8 @@
 //                      threshold). Writes k (score, index) pairs per (query, slice).
 //   topk_merge_f32_v1  one block per query: the same buffer-and-sort over the slices' candidates -> final top-k.
 //   k <= 2048 (sort buffer of 4096 pairs, 32 KiB of shared memory). Not yet measured on a GPU.
+//   Fixed (no version bump: a correctness fix): a warp could push candidates while a slower warp was still reading
+//   the round's pending count, so the two could disagree about compacting (whose barriers then mismatched).
 
 #define TK_SORT 4096
 #define TK_ROUND 256
@@ -104,6 +106,9 @@ extern "C" __global__ void __launch_bounds__(256) topk_f32_v1(float* __restrict_
         // At most TK_ROUND candidates per round: make room first.
         if (st.kept + st.pending + TK_ROUND > TK_SORT) tk_compact(st, k);
         const float thr = st.thr;
+        // Every thread has read pending (and so taken the same branch: tk_compact holds barriers) and thr before
+        // any thread pushes. Found by the simulator's ThreadSanitizer build.
+        __syncthreads();
         for (int r = base + warp; r < min(r1, base + TK_ROUND); r += warps) {
             const float* g = gallery + (size_t)r * dim;
             float dot = 0.0f;
@@ -135,6 +140,7 @@ extern "C" __global__ void __launch_bounds__(256) topk_merge_f32_v1(float* __res
     for (int base = 0; base < n; base += TK_ROUND) {
         if (st.kept + st.pending + TK_ROUND > TK_SORT) tk_compact(st, k);
         const float thr = st.thr;
+        __syncthreads();  // as in topk_f32_v1: all reads of pending and thr before the first push
         const int i = base + threadIdx.x;
         if (threadIdx.x < TK_ROUND && i < n) {
             const float s = cand_score[(size_t)q * n + i];

@@ -875,3 +875,140 @@ fn simulator_enforces_the_dynamic_shared_memory_limit() {
     s.launch("gemm_f16_v2", (1, 1, 1), (256, 1, 1), 60 * 1024, &args)
         .unwrap();
 }
+
+#[test]
+fn kernels_have_no_data_races_under_thread_sanitizer() {
+    // Every variant of every op at tiny shapes on the simulator built with ThreadSanitizer: a shared- or
+    // global-memory access that races with another CUDA thread's (no barrier between) ends it with the report.
+    use cliprt::cuda::sim::Sanitizer;
+    let racecheck = |choices: &[(&str, &str)]| -> Option<CudaBackend> {
+        match CudaBackend::simulated_with(choices, Sanitizer::Thread) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                assert!(std::env::var_os("CLIPRT_REQUIRE_SIM").is_none(), "{e}");
+                println!("skipped: no CUDA simulator ({e})");
+                None
+            }
+        }
+    };
+    let r = ReferenceBackend;
+    for v in cliprt::cuda::kernels::op("gemm").unwrap().variants {
+        let Some(g) = racecheck(&[("gemm", v.name)]) else {
+            return;
+        };
+        // More k tiles than pipeline stages, edges in both directions.
+        let (m, n, k) = (70, 72, 200);
+        let x = r16(&random(m * k, 1, 1.0));
+        let w = r16(&random(n * k, 2, 0.1));
+        let s = GemmShape { m, n, k };
+        let mut want = r.alloc(m * n).unwrap();
+        backend::gemm(
+            &r,
+            &mut want,
+            &r.upload(&x).unwrap(),
+            &r.linear(&w, n, k, None).unwrap(),
+            s,
+            Epilogue::Store,
+        )
+        .unwrap();
+        let mut out = poisoned(&g, m * n);
+        backend::gemm(
+            &g,
+            &mut out,
+            &g.upload(&x).unwrap(),
+            &g.linear(&w, n, k, None).unwrap(),
+            s,
+            Epilogue::Store,
+        )
+        .unwrap();
+        assert_close(
+            &g.download(&out).unwrap(),
+            &want,
+            2e-3,
+            3e-3,
+            &format!("racecheck gemm {}", v.name),
+        );
+    }
+    for v in cliprt::cuda::kernels::op("attention").unwrap().variants {
+        let Some(g) = racecheck(&[("attention", v.name)]) else {
+            return;
+        };
+        let s = AttnShape {
+            batch: 1,
+            seq: 40,
+            heads: 1,
+            head_dim: 64,
+            causal: true,
+        };
+        let qkv = r16(&random(40 * 3 * 64, 3, 1.0));
+        let mut want = r.alloc(40 * 64).unwrap();
+        backend::attention(&r, &mut want, &r.upload(&qkv).unwrap(), s).unwrap();
+        let mut out = poisoned(&g, 40 * 64);
+        backend::attention(&g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
+        assert_close(
+            &g.download(&out).unwrap(),
+            &want,
+            2e-3,
+            3e-3,
+            &format!("racecheck attention {}", v.name),
+        );
+    }
+    let Some(g) = racecheck(&[]) else { return };
+    check_layernorm_once(&g);
+    // The top-k kernels: candidates overflow the sort buffer several times (k = 300 over 1000 rows).
+    use cliprt::search::{self, Gallery, Storage};
+    let (n, d) = (1000, 16);
+    let rows = random(n * d, 9, 1.0);
+    let qs = random(2 * d, 10, 1.0);
+    let want = search::search(
+        &Gallery::new(Storage::F32(&rows), d, false).unwrap(),
+        &qs,
+        300,
+        1.0,
+    )
+    .unwrap();
+    let got = g
+        .search(&g.upload_gallery(&rows, d, false).unwrap(), &qs, 300, 1.0)
+        .unwrap();
+    assert_eq!(got.indices, want.indices);
+}
+
+fn check_layernorm_once(g: &CudaBackend) {
+    let r = ReferenceBackend;
+    let (rows, dim) = (9, 100);
+    let x = r16(&random(rows * dim, 11, 2.0));
+    let (gamma, beta) = (r16(&random(dim, 12, 1.0)), r16(&random(dim, 13, 1.0)));
+    let mut want = r.alloc(rows * dim).unwrap();
+    let (rg, rb) = (r.upload(&gamma).unwrap(), r.upload(&beta).unwrap());
+    backend::layernorm(
+        &r,
+        &mut want,
+        &r.upload(&x).unwrap(),
+        &rg,
+        &rb,
+        rows,
+        dim,
+        1e-5,
+    )
+    .unwrap();
+    let mut out = poisoned(g, rows * dim);
+    let (gg, gb) = (g.upload(&gamma).unwrap(), g.upload(&beta).unwrap());
+    backend::layernorm(
+        g,
+        &mut out,
+        &g.upload(&x).unwrap(),
+        &gg,
+        &gb,
+        rows,
+        dim,
+        1e-5,
+    )
+    .unwrap();
+    assert_close(
+        &g.download(&out).unwrap(),
+        &want,
+        3e-3,
+        3e-3,
+        "racecheck layernorm",
+    );
+}

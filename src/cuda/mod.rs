@@ -493,8 +493,17 @@ impl CudaBackend {
     /// checking kernels and launch logic without a GPU; slow, so for small shapes. Needs a C++20 compiler (`CXX`,
     /// default `c++`); without one, [`Error::DeviceUnavailable`].
     pub fn simulated(choices: &[(&str, &str)]) -> Result<CudaBackend> {
+        CudaBackend::simulated_with(choices, sim::Sanitizer::Address)
+    }
+
+    /// [`CudaBackend::simulated`] with the simulator built with `sanitizer` ([`sim::Sanitizer::Thread`] finds
+    /// data races between CUDA threads).
+    pub fn simulated_with(
+        choices: &[(&str, &str)],
+        sanitizer: sim::Sanitizer,
+    ) -> Result<CudaBackend> {
         let k = Kernels::select(&choose(choices))?;
-        let sim = sim::Simulator::start()?;
+        let sim = sim::Simulator::start_with(sanitizer)?;
         for symbol in k.symbols() {
             if let Some(bytes) = dynamic_smem_limit(symbol) {
                 sim.set_max_dynamic_smem(symbol, bytes as u32)?;

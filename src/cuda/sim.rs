@@ -17,16 +17,35 @@ use crate::error::{Error, Result};
 
 const RUNTIME: &str = include_str!("sim/runtime.hpp");
 const SERVER: &str = include_str!("sim/server.cpp");
-/// Sanitizers catch out-of-bounds and misaligned accesses; -O1 keeps the build and the run tolerable.
+/// -O1 keeps the build and the run tolerable.
 const FLAGS: &[&str] = &[
     "-std=c++20",
     "-O1",
     "-pthread",
-    "-fsanitize=address,undefined",
     "-fno-sanitize-recover=all",
     "-fno-omit-frame-pointer",
     "-w",
 ];
+
+/// The sanitizer the simulator is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sanitizer {
+    /// AddressSanitizer + UBSan: out-of-bounds global or shared accesses, misaligned vector loads. The default.
+    Address,
+    /// ThreadSanitizer + UBSan: data races between simulated CUDA threads, i.e. shared or global memory that two
+    /// threads touch (one writing) with no barrier, shuffle or other synchronization in between, the hazards
+    /// compute-sanitizer's racecheck looks for. Slower: for tiny shapes.
+    Thread,
+}
+
+impl Sanitizer {
+    fn flag(self) -> &'static str {
+        match self {
+            Sanitizer::Address => "-fsanitize=address,undefined",
+            Sanitizer::Thread => "-fsanitize=thread,undefined",
+        }
+    }
+}
 
 /// A kernel argument as cuLaunchKernel receives it.
 #[derive(Clone, Copy, Debug)]
@@ -131,18 +150,22 @@ fn translation_unit(module: &str) -> Result<String> {
     Ok(tu)
 }
 
-/// The simulator binary, built at most once per process (parallel tests share it).
-fn binary() -> Result<PathBuf> {
-    static BINARY: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
-        std::sync::OnceLock::new();
-    BINARY
-        .get_or_init(|| find_or_build().map_err(|e| e.to_string()))
+/// The simulator binary, built at most once per process and sanitizer (parallel tests share it).
+fn binary(sanitizer: Sanitizer) -> Result<PathBuf> {
+    type Built = std::sync::OnceLock<std::result::Result<PathBuf, String>>;
+    static ADDRESS: Built = Built::new();
+    static THREAD: Built = Built::new();
+    let cell = match sanitizer {
+        Sanitizer::Address => &ADDRESS,
+        Sanitizer::Thread => &THREAD,
+    };
+    cell.get_or_init(|| find_or_build(sanitizer).map_err(|e| e.to_string()))
         .clone()
         .map_err(Error::DeviceUnavailable)
 }
 
 /// The simulator binary for the current sources: from the cache, or built now (and cached).
-fn find_or_build() -> Result<PathBuf> {
+fn find_or_build(sanitizer: Sanitizer) -> Result<PathBuf> {
     let cxx = compiler();
     let version = Command::new(&cxx).arg("--version").output().map_err(|e| {
         Error::DeviceUnavailable(format!(
@@ -158,6 +181,7 @@ fn find_or_build() -> Result<PathBuf> {
         RUNTIME.as_bytes(),
         &version.stdout,
         FLAGS.join(" ").as_bytes(),
+        sanitizer.flag().as_bytes(),
     ] {
         h = crate::checksum::fnv1a(h, part);
     }
@@ -180,7 +204,7 @@ fn find_or_build() -> Result<PathBuf> {
         std::process::id(),
         std::thread::current().id()
     ));
-    let built = build(&cxx, &work, &units);
+    let built = build(&cxx, sanitizer, &work, &units);
     let result = built.map(|bin| match &target {
         Some(t) => {
             if let Some(parent) = t.parent() {
@@ -201,7 +225,12 @@ fn find_or_build() -> Result<PathBuf> {
 }
 
 /// Compiles every unit (two at a time) and links them into `work/cliprt-sim`.
-fn build(cxx: &str, work: &Path, units: &[(String, String)]) -> Result<PathBuf> {
+fn build(
+    cxx: &str,
+    sanitizer: Sanitizer,
+    work: &Path,
+    units: &[(String, String)],
+) -> Result<PathBuf> {
     let io = |e: std::io::Error| Error::Cuda(format!("sim build in {}: {e}", work.display()));
     std::fs::create_dir_all(work).map_err(io)?;
     std::fs::write(work.join("runtime.hpp"), RUNTIME).map_err(io)?;
@@ -214,6 +243,7 @@ fn build(cxx: &str, work: &Path, units: &[(String, String)]) -> Result<PathBuf> 
             std::fs::write(&src, text).map_err(io)?;
             let child = Command::new(cxx)
                 .args(FLAGS)
+                .arg(sanitizer.flag())
                 .arg("-c")
                 .arg(&src)
                 .arg("-o")
@@ -237,6 +267,7 @@ fn build(cxx: &str, work: &Path, units: &[(String, String)]) -> Result<PathBuf> 
     let bin = work.join("cliprt-sim");
     let out = Command::new(cxx)
         .args(FLAGS)
+        .arg(sanitizer.flag())
         .args(&objects)
         .arg("-o")
         .arg(&bin)
@@ -252,15 +283,20 @@ fn build(cxx: &str, work: &Path, units: &[(String, String)]) -> Result<PathBuf> 
 }
 
 impl Simulator {
-    /// Builds (or finds) the simulator and starts it. `CLIPRT_SIM=0` switches it off (a GPU machine's test run,
-    /// where the simulator would only cost time).
+    /// Builds (or finds) the simulator with AddressSanitizer and starts it. `CLIPRT_SIM=0` switches it off (a GPU
+    /// machine's test run, where the simulator would only cost time).
     pub fn start() -> Result<Arc<Simulator>> {
+        Simulator::start_with(Sanitizer::Address)
+    }
+
+    /// [`Simulator::start`] with the given sanitizer.
+    pub fn start_with(sanitizer: Sanitizer) -> Result<Arc<Simulator>> {
         if std::env::var("CLIPRT_SIM").as_deref() == Ok("0") {
             return Err(Error::DeviceUnavailable(
                 "the CUDA simulator is off (CLIPRT_SIM=0)".into(),
             ));
         }
-        let bin = binary()?;
+        let bin = binary(sanitizer)?;
         let mut child = Command::new(&bin)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

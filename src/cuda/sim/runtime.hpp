@@ -10,7 +10,8 @@
 //   - __shared__ arrays are per-launch statics (blocks of a launch run one after another), dynamic shared memory is
 //     an exact-size allocation poisoned with NaN before every block;
 //   - the server is built with AddressSanitizer and UBSan: an out-of-bounds global or shared access, or a misaligned
-//     vector load, stops it with a report.
+//     vector load, stops it with a report; or with ThreadSanitizer, which reports shared- or global-memory races
+//     between CUDA threads (barriers, shuffles and collectives are atomics it sees as synchronization).
 // Checked and fatal (the server prints "sim error: ..." and exits, like a sticky CUDA fault): a warp collective that
 // not all 32 lanes reach, lanes of one warp at different collectives, no barrier completing for a long time
 // (deadlock; CLIPRT_SIM_TIMEOUT_S, default 120),

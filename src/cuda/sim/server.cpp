@@ -23,6 +23,8 @@
 
 // Leaks at exit are the client's buffers still allocated when it closes the pipe: not worth a report.
 extern "C" const char* __asan_default_options() { return "detect_leaks=0"; }
+// The first data race ends the server with its report, like any other fault.
+extern "C" const char* __tsan_default_options() { return "halt_on_error=1 exitcode=70"; }
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
