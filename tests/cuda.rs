@@ -24,33 +24,33 @@ use cliprt::{Clip, Device, Error};
 use common::*;
 use half::f16;
 
-fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
+/// The backend `made`, or `None` after printing "skipped: {what} (why)"; with the environment variable `require`
+/// set, a missing backend fails the test instead.
+fn or_skip(made: Result<CudaBackend, Error>, require: &str, what: &str) -> Option<CudaBackend> {
+    match made {
         Ok(b) => Some(b),
         Err(e) => {
             assert!(
-                std::env::var_os("CLIPRT_REQUIRE_CUDA").is_none(),
-                "CLIPRT_REQUIRE_CUDA is set, but: {e}"
+                std::env::var_os(require).is_none(),
+                "{require} is set, but: {e}"
             );
-            println!("skipped: no CUDA device ({e})");
+            println!("skipped: {what} ({e})");
             None
         }
     }
 }
 
+fn gpu() -> Option<CudaBackend> {
+    or_skip(CudaBackend::new(0), "CLIPRT_REQUIRE_CUDA", "no CUDA device")
+}
+
 /// The CUDA backend on the CPU simulator with `choices` of kernel variants.
 fn sim(choices: &[(&str, &str)]) -> Option<CudaBackend> {
-    match CudaBackend::simulated(choices) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CLIPRT_REQUIRE_SIM").is_none(),
-                "CLIPRT_REQUIRE_SIM is set, but: {e}"
-            );
-            println!("skipped: no CUDA simulator ({e})");
-            None
-        }
-    }
+    or_skip(
+        CudaBackend::simulated(choices),
+        "CLIPRT_REQUIRE_SIM",
+        "no CUDA simulator",
+    )
 }
 
 /// Every device a kernel check runs on: the simulator, and the GPU when present.
@@ -91,7 +91,6 @@ fn gemm_matches_reference_with_every_epilogue() {
 }
 
 fn check_gemm(g: &CudaBackend, variant: &str) {
-    let r = ReferenceBackend;
     // The simulator's shapes: 1×1×1, odd sizes, K % 8 ≠ 0 (v1's element loads, v2's fallback), K % 32 ≠ 0 and
     // more k tiles than pipeline stages, past a 64 and a 128 tile in both directions.
     let small = [
@@ -124,35 +123,41 @@ fn check_gemm(g: &CudaBackend, variant: &str) {
         for (e, &ep) in eps.iter().enumerate() {
             for with_bias in [true, false] {
                 let seed = (case * 16 + e * 2 + usize::from(with_bias)) as u64;
-                let x = r16(&random(m * k, seed, 1.0));
-                let w = r16(&random(n * k, seed + 100, 1.0 / (k as f32).sqrt()));
-                let bias = r16(&random(n, seed + 200, 0.5));
-                let init = r16(&random(m * n, seed + 300, 1.0));
-                let bias = with_bias.then_some(bias.as_slice());
-                let s = GemmShape { m, n, k };
-
-                let (rl, rx) = (r.linear(&w, n, k, bias).unwrap(), r.upload(&x).unwrap());
-                let mut want = r.upload(&init).unwrap();
-                backend::gemm(&r, &mut want, &rx, &rl, s, ep).unwrap();
-
-                let (gl, gx) = (g.linear(&w, n, k, bias).unwrap(), g.upload(&x).unwrap());
-                let mut out = if ep == Epilogue::Accumulate {
-                    g.upload(&init).unwrap()
-                } else {
-                    poisoned(g, m * n)
-                };
-                backend::gemm(g, &mut out, &gx, &gl, s, ep).unwrap();
-                let got = g.download(&out).unwrap();
-                assert_close(
-                    &got,
-                    &want,
-                    2e-3,
-                    3e-3,
-                    &format!("gemm {variant} {s:?} {ep:?} bias {with_bias}"),
-                );
+                gemm_case(g, GemmShape { m, n, k }, ep, with_bias, seed, variant);
             }
         }
     }
+}
+
+/// One GEMM on `g` against the reference: random fp16-exact inputs from `seed`, the output poisoned (or the
+/// residual, for Accumulate).
+fn gemm_case(g: &CudaBackend, s: GemmShape, ep: Epilogue, with_bias: bool, seed: u64, label: &str) {
+    let r = ReferenceBackend;
+    let GemmShape { m, n, k } = s;
+    let x = r16(&random(m * k, seed, 1.0));
+    let w = r16(&random(n * k, seed + 100, 1.0 / (k as f32).sqrt()));
+    let bias = r16(&random(n, seed + 200, 0.5));
+    let init = r16(&random(m * n, seed + 300, 1.0));
+    let bias = with_bias.then_some(bias.as_slice());
+
+    let (rl, rx) = (r.linear(&w, n, k, bias).unwrap(), r.upload(&x).unwrap());
+    let mut want = r.upload(&init).unwrap();
+    backend::gemm(&r, &mut want, &rx, &rl, s, ep).unwrap();
+
+    let (gl, gx) = (g.linear(&w, n, k, bias).unwrap(), g.upload(&x).unwrap());
+    let mut out = if ep == Epilogue::Accumulate {
+        g.upload(&init).unwrap()
+    } else {
+        poisoned(g, m * n)
+    };
+    backend::gemm(g, &mut out, &gx, &gl, s, ep).unwrap();
+    assert_close(
+        &g.download(&out).unwrap(),
+        &want,
+        2e-3,
+        3e-3,
+        &format!("gemm {label} {s:?} {ep:?} bias {with_bias}"),
+    );
 }
 
 #[test]
@@ -161,7 +166,6 @@ fn attention_matches_reference() {
 }
 
 fn check_attention(g: &CudaBackend, variant: &str) {
-    let r = ReferenceBackend;
     // The simulator's shapes: CLIP's head dims (64, 80, 104 padded to 112, 128, and 36 for v2's fallback), a
     // causal sequence past one 64-query tile, partial 8-query and 32-key tiles, a single token.
     let small = [
@@ -195,20 +199,26 @@ fn check_attention(g: &CudaBackend, variant: &str) {
             head_dim,
             causal,
         };
-        let rows = batch * seq;
-        let qkv = r16(&random(rows * 3 * s.width(), 40 + i as u64, 1.0));
-        let mut want = r.alloc(rows * s.width()).unwrap();
-        backend::attention(&r, &mut want, &r.upload(&qkv).unwrap(), s).unwrap();
-        let mut out = poisoned(g, rows * s.width());
-        backend::attention(g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
-        assert_close(
-            &g.download(&out).unwrap(),
-            &want,
-            2e-3,
-            3e-3,
-            &format!("attention {variant} {s:?}"),
-        );
+        attention_case(g, s, 40 + i as u64, variant);
     }
+}
+
+/// One attention on `g` against the reference, random fp16-exact q|k|v from `seed`, the output poisoned.
+fn attention_case(g: &CudaBackend, s: AttnShape, seed: u64, label: &str) {
+    let r = ReferenceBackend;
+    let rows = s.batch * s.seq;
+    let qkv = r16(&random(rows * 3 * s.width(), seed, 1.0));
+    let mut want = r.alloc(rows * s.width()).unwrap();
+    backend::attention(&r, &mut want, &r.upload(&qkv).unwrap(), s).unwrap();
+    let mut out = poisoned(g, rows * s.width());
+    backend::attention(g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
+    assert_close(
+        &g.download(&out).unwrap(),
+        &want,
+        2e-3,
+        3e-3,
+        &format!("attention {label} {s:?}"),
+    );
 }
 
 #[test]
@@ -240,7 +250,6 @@ fn layernorm_matches_reference() {
 }
 
 fn check_layernorm(g: &CudaBackend, variant: &str) {
-    let r = ReferenceBackend;
     for (i, &(rows, dim)) in [
         (1, 64),
         (7, 33),
@@ -252,48 +261,35 @@ fn check_layernorm(g: &CudaBackend, variant: &str) {
     .iter()
     .enumerate()
     {
-        let seed = 70 + i as u64;
-        // An offset mean as in a residual stream: the two-pass variance must not cancel.
-        let x: Vec<f32> = r16(&random(rows * dim, seed, 3.0)
-            .iter()
-            .map(|v| v + 2.0)
-            .collect::<Vec<_>>());
-        let gamma = r16(&random(dim, seed + 1, 1.0));
-        let beta = r16(&random(dim, seed + 2, 0.5));
-        let mut want = r.alloc(rows * dim).unwrap();
-        let (rg, rb) = (r.upload(&gamma).unwrap(), r.upload(&beta).unwrap());
-        backend::layernorm(
-            &r,
-            &mut want,
-            &r.upload(&x).unwrap(),
-            &rg,
-            &rb,
-            rows,
-            dim,
-            1e-5,
-        )
-        .unwrap();
-        let mut out = poisoned(g, rows * dim);
-        let (gg, gb) = (g.upload(&gamma).unwrap(), g.upload(&beta).unwrap());
-        backend::layernorm(
-            g,
-            &mut out,
-            &g.upload(&x).unwrap(),
-            &gg,
-            &gb,
-            rows,
-            dim,
-            1e-5,
-        )
-        .unwrap();
-        assert_close(
-            &g.download(&out).unwrap(),
-            &want,
-            3e-3,
-            3e-3,
-            &format!("{variant} {rows}x{dim}"),
-        );
+        layernorm_case(g, rows, dim, 70 + i as u64, variant);
     }
+}
+
+/// One layernorm on `g` against the reference: rows with an offset mean, as in a residual stream (the two-pass
+/// variance must not cancel), the output poisoned.
+fn layernorm_case(g: &CudaBackend, rows: usize, dim: usize, seed: u64, label: &str) {
+    let r = ReferenceBackend;
+    let x: Vec<f32> = r16(&random(rows * dim, seed, 3.0)
+        .iter()
+        .map(|v| v + 2.0)
+        .collect::<Vec<_>>());
+    let gamma = r16(&random(dim, seed + 1, 1.0));
+    let beta = r16(&random(dim, seed + 2, 0.5));
+    let mut want = r.alloc(rows * dim).unwrap();
+    let (rg, rb) = (r.upload(&gamma).unwrap(), r.upload(&beta).unwrap());
+    let rx = r.upload(&x).unwrap();
+    backend::layernorm(&r, &mut want, &rx, &rg, &rb, rows, dim, 1e-5).unwrap();
+    let mut out = poisoned(g, rows * dim);
+    let (gg, gb) = (g.upload(&gamma).unwrap(), g.upload(&beta).unwrap());
+    let gx = g.upload(&x).unwrap();
+    backend::layernorm(g, &mut out, &gx, &gg, &gb, rows, dim, 1e-5).unwrap();
+    assert_close(
+        &g.download(&out).unwrap(),
+        &want,
+        3e-3,
+        3e-3,
+        &format!("layernorm {label} {rows}x{dim}"),
+    );
 }
 
 #[test]
@@ -881,52 +877,30 @@ fn kernels_have_no_data_races_under_thread_sanitizer() {
     // Every variant of every op at tiny shapes on the simulator built with ThreadSanitizer: a shared- or
     // global-memory access that races with another CUDA thread's (no barrier between) ends it with the report.
     use cliprt::cuda::sim::Sanitizer;
-    let racecheck = |choices: &[(&str, &str)]| -> Option<CudaBackend> {
-        match CudaBackend::simulated_with(choices, Sanitizer::Thread) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                assert!(std::env::var_os("CLIPRT_REQUIRE_SIM").is_none(), "{e}");
-                println!("skipped: no CUDA simulator ({e})");
-                None
-            }
-        }
+    let racecheck = |choices: &[(&str, &str)]| {
+        or_skip(
+            CudaBackend::simulated_with(choices, Sanitizer::Thread),
+            "CLIPRT_REQUIRE_SIM",
+            "no CUDA simulator",
+        )
     };
-    let r = ReferenceBackend;
     for v in cliprt::cuda::kernels::op("gemm").unwrap().variants {
         let Some(g) = racecheck(&[("gemm", v.name)]) else {
             return;
         };
         // More k tiles than pipeline stages, edges in both directions.
-        let (m, n, k) = (70, 72, 200);
-        let x = r16(&random(m * k, 1, 1.0));
-        let w = r16(&random(n * k, 2, 0.1));
-        let s = GemmShape { m, n, k };
-        let mut want = r.alloc(m * n).unwrap();
-        backend::gemm(
-            &r,
-            &mut want,
-            &r.upload(&x).unwrap(),
-            &r.linear(&w, n, k, None).unwrap(),
-            s,
-            Epilogue::Store,
-        )
-        .unwrap();
-        let mut out = poisoned(&g, m * n);
-        backend::gemm(
+        let s = GemmShape {
+            m: 70,
+            n: 72,
+            k: 200,
+        };
+        gemm_case(
             &g,
-            &mut out,
-            &g.upload(&x).unwrap(),
-            &g.linear(&w, n, k, None).unwrap(),
             s,
-            Epilogue::Store,
-        )
-        .unwrap();
-        assert_close(
-            &g.download(&out).unwrap(),
-            &want,
-            2e-3,
-            3e-3,
-            &format!("racecheck gemm {}", v.name),
+            Epilogue::Accumulate,
+            true,
+            1,
+            &format!("racecheck {}", v.name),
         );
     }
     for v in cliprt::cuda::kernels::op("attention").unwrap().variants {
@@ -940,21 +914,10 @@ fn kernels_have_no_data_races_under_thread_sanitizer() {
             head_dim: 64,
             causal: true,
         };
-        let qkv = r16(&random(40 * 3 * 64, 3, 1.0));
-        let mut want = r.alloc(40 * 64).unwrap();
-        backend::attention(&r, &mut want, &r.upload(&qkv).unwrap(), s).unwrap();
-        let mut out = poisoned(&g, 40 * 64);
-        backend::attention(&g, &mut out, &g.upload(&qkv).unwrap(), s).unwrap();
-        assert_close(
-            &g.download(&out).unwrap(),
-            &want,
-            2e-3,
-            3e-3,
-            &format!("racecheck attention {}", v.name),
-        );
+        attention_case(&g, s, 3, &format!("racecheck {}", v.name));
     }
     let Some(g) = racecheck(&[]) else { return };
-    check_layernorm_once(&g);
+    layernorm_case(&g, 9, 100, 11, "racecheck");
     // The top-k kernels: candidates overflow the sort buffer several times (k = 300 over 1000 rows).
     use cliprt::search::{self, Gallery, Storage};
     let (n, d) = (1000, 16);
@@ -971,44 +934,4 @@ fn kernels_have_no_data_races_under_thread_sanitizer() {
         .search(&g.upload_gallery(&rows, d, false).unwrap(), &qs, 300, 1.0)
         .unwrap();
     assert_eq!(got.indices, want.indices);
-}
-
-fn check_layernorm_once(g: &CudaBackend) {
-    let r = ReferenceBackend;
-    let (rows, dim) = (9, 100);
-    let x = r16(&random(rows * dim, 11, 2.0));
-    let (gamma, beta) = (r16(&random(dim, 12, 1.0)), r16(&random(dim, 13, 1.0)));
-    let mut want = r.alloc(rows * dim).unwrap();
-    let (rg, rb) = (r.upload(&gamma).unwrap(), r.upload(&beta).unwrap());
-    backend::layernorm(
-        &r,
-        &mut want,
-        &r.upload(&x).unwrap(),
-        &rg,
-        &rb,
-        rows,
-        dim,
-        1e-5,
-    )
-    .unwrap();
-    let mut out = poisoned(g, rows * dim);
-    let (gg, gb) = (g.upload(&gamma).unwrap(), g.upload(&beta).unwrap());
-    backend::layernorm(
-        g,
-        &mut out,
-        &g.upload(&x).unwrap(),
-        &gg,
-        &gb,
-        rows,
-        dim,
-        1e-5,
-    )
-    .unwrap();
-    assert_close(
-        &g.download(&out).unwrap(),
-        &want,
-        3e-3,
-        3e-3,
-        "racecheck layernorm",
-    );
 }
