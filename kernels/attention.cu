@@ -13,7 +13,12 @@
 //                     S = Q·Kᵀ on mma.sync m16n8k16 (head dims padded to a multiple of 16: 104 -> 112), online
 //                     softmax in f32 on the accumulators, P re-packed as the A operand of P·V (V read with
 //                     ldmatrix.trans). Causal blocks past the tile's last query are skipped. Head dim <= 128.
-//                     Not yet measured or run on a GPU: validated by `cliprt profile` and tests/cuda.rs there.
+//                     Not yet measured or run on a GPU: validated on the simulator (tests/cuda.rs).
+//   attention_f16_v3  v2's math with K and V resident: one CTA per (batch, head, 64-query tile) loads Q and every K
+//                     and V row it can see into dynamic shared memory by cp.async at once, then its warps run over
+//                     the key blocks with no barrier (causal: each warp stops at its own last query). For CLIP's
+//                     short sequences: (64 + 2·seq)·(hd + 8)·2 bytes must fit the device's opt-in shared memory
+//                     (ViT-L/14's 257 tokens at hd 64: 84 KB); the host runs v2 otherwise. Not yet measured.
 
 #define A1_QUERIES 8
 #define A1_KEYS 32
@@ -94,148 +99,182 @@ extern "C" __global__ void __launch_bounds__(256) attention_f16_v1(half_t* __res
 #define A2_Q 64
 #define A2_KB 32
 #define A2_MAXD 128
-#define A2_LDS (A2_MAXD + 8)
 
-// One (batch, head, 64-query tile) for a padded head dim D (a multiple of 16).
+// One warp's running state over the key blocks: the output accumulators of its 16 queries (rows qa = q0 + 16·warp
+// + g and qb = qa + 8 of the mma fragments) and the online-softmax max and sum of those two rows.
 template <int D>
-__device__ __forceinline__ void attention_v2_tile(half_t* __restrict__ out, const half_t* __restrict__ qkv,
-                                                  half_t* sq, half_t* sk, half_t* sv, int seq, int heads, int hd,
-                                                  int causal, float scale) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, t4 = lane & 3;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * A2_Q;
-    const int width = heads * hd;
-    const size_t row_stride = 3 * (size_t)width;
-    const half_t* base = qkv + (size_t)b * seq * row_stride + h * hd;
-
-    // Q tile, zero-padded (rows past seq, dims past hd), 8 halves (16 bytes) per copy.
-    for (int c = threadIdx.x; c < A2_Q * (D / 8); c += blockDim.x) {
-        const int r = c / (D / 8), d = (c % (D / 8)) * 8, q = q0 + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (q < seq && d < hd) v = *(const uint4*)(base + (size_t)q * row_stride + d);
-        *(uint4*)(sq + r * A2_LDS + d) = v;
-    }
-
+struct A2State {
     float o[D / 8][4];
+    float m[2], l[2];
+};
+
+template <int D>
+__device__ __forceinline__ void a2_init(A2State<D>& st) {
 #pragma unroll
     for (int j = 0; j < D / 8; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) o[j][e] = 0.0f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
-    const int qa = q0 + warp * 16 + g, qb = qa + 8;  // the two query rows this thread's accumulators hold
+        for (int e = 0; e < 4; e++) st.o[j][e] = 0.0f;
+    st.m[0] = st.m[1] = NEG_INF;
+    st.l[0] = st.l[1] = 0.0f;
+}
 
-    const int kv_end = causal ? min(seq, q0 + A2_Q) : seq;
-    for (int k0 = 0; k0 < kv_end; k0 += A2_KB) {
-        __syncthreads();  // the previous block's K and V are consumed (and Q is stored, on the first pass)
-        for (int c = threadIdx.x; c < A2_KB * (D / 8); c += blockDim.x) {
-            const int r = c / (D / 8), d = (c % (D / 8)) * 8, key = k0 + r;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (key < seq && d < hd) {
-                const half_t* src = base + (size_t)key * row_stride + d;
-                kv = *(const uint4*)(src + width);
-                vv = *(const uint4*)(src + 2 * width);
-            }
-            *(uint4*)(sk + r * A2_LDS + d) = kv;
-            *(uint4*)(sv + r * A2_LDS + d) = vv;
-        }
-        __syncthreads();
-
-        // S = Q_w · K_blockᵀ: 16 queries × 32 keys, 4 n8 tiles.
-        float s[4][4];
+// Keys k0 .. k0 + 31 for one warp: K rows sk[0..31] and V rows sv[0..31] (row stride lds halves, zero rows past
+// the sequence), the warp's 16 Q rows at sq (row stride lds). S = Q·Kᵀ on mma.sync, scale and mask, online softmax
+// in f32 on the accumulators, then O += P·V with P re-packed as A fragments and V read by ldmatrix.trans.
+template <int D>
+__device__ __forceinline__ void a2_key_block(A2State<D>& st, const half_t* sq, const half_t* sk, const half_t* sv,
+                                             int lds, int k0, int seq, int qa, int qb, int causal, float scale,
+                                             int lane) {
+    const int t4 = lane & 3;
+    // S = Q_w · K_blockᵀ: 16 queries × 32 keys, 4 n8 tiles.
+    float s[4][4];
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+    for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+        for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < D; kk += 16) {
-            unsigned a[4];
-            ldmatrix_x4(a, sq + (warp * 16 + (lane & 15)) * A2_LDS + kk + (lane >> 4) * 8);
+    for (int kk = 0; kk < D; kk += 16) {
+        unsigned a[4];
+        ldmatrix_x4(a, sq + (lane & 15) * lds + kk + (lane >> 4) * 8);
 #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
-                unsigned t[4];
-                ldmatrix_x4(t, sk + (j * 8 + (lane & 7) + ((lane >> 4) << 3)) * A2_LDS + kk + ((lane >> 3) & 1) * 8);
-                const unsigned b0[2] = {t[0], t[1]}, b1[2] = {t[2], t[3]};
-                mma_m16n8k16(s[j], a, b0);
-                mma_m16n8k16(s[j + 1], a, b1);
-            }
-        }
-
-        // Scale and mask; accumulator e is row (e < 2 ? qa : qb), key k0 + 8j + 2·t4 + (e & 1).
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = k0 + j * 8 + t4 * 2 + (e & 1), q = e < 2 ? qa : qb;
-                const bool live = key < seq && (!causal || key <= q);
-                s[j][e] = live ? s[j][e] * scale : NEG_INF;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-            }
-        // A row's 32 scores live in the 4 threads of a quad.
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
-        }
-        float alpha[2], rowsum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const float m_new = fmaxf(m[r], mx[r]);
-            // A row with nothing live yet keeps m = −∞ and contributes zeros.
-            alpha[r] = m_new == NEG_INF ? 1.0f : expf(m[r] - m_new);
-            m[r] = m_new;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = e >> 1;
-                const float p = s[j][e] == NEG_INF ? 0.0f : expf(s[j][e] - m[r]);
-                s[j][e] = p;
-                rowsum[r] += p;
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            rowsum[r] += __shfl_xor_sync(FULL_MASK, rowsum[r], 1);
-            rowsum[r] += __shfl_xor_sync(FULL_MASK, rowsum[r], 2);
-            l[r] = l[r] * alpha[r] + rowsum[r];
-        }
-#pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-            o[j][0] *= alpha[0];
-            o[j][1] *= alpha[0];
-            o[j][2] *= alpha[1];
-            o[j][3] *= alpha[1];
-        }
-
-        // O += P · V_block: P's accumulators are exactly the A fragments of two k16 steps (keys 0-15, 16-31).
-#pragma unroll
-        for (int ks = 0; ks < 2; ks++) {
-            const unsigned a[4] = {pack_f16x2(s[2 * ks][0], s[2 * ks][1]), pack_f16x2(s[2 * ks][2], s[2 * ks][3]),
-                                   pack_f16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                                   pack_f16x2(s[2 * ks + 1][2], s[2 * ks + 1][3])};
-#pragma unroll
-            for (int n0 = 0; n0 < D; n0 += 16) {
-                // Matrices (keys 0-7, d n0..), (keys 8-15, d n0..), (keys 0-7, d n0+8..), (keys 8-15, d n0+8..),
-                // transposed on load: b0, b1 of d tiles n0 and n0 + 8.
-                unsigned t[4];
-                ldmatrix_x4_trans(t, sv + (ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * A2_LDS + n0 + (lane >> 4) * 8);
-                const unsigned b0[2] = {t[0], t[1]}, b1[2] = {t[2], t[3]};
-                mma_m16n8k16(o[n0 / 8], a, b0);
-                mma_m16n8k16(o[n0 / 8 + 1], a, b1);
-            }
+        for (int j = 0; j < 4; j += 2) {
+            unsigned t[4];
+            ldmatrix_x4(t, sk + (j * 8 + (lane & 7) + ((lane >> 4) << 3)) * lds + kk + ((lane >> 3) & 1) * 8);
+            const unsigned b0[2] = {t[0], t[1]}, b1[2] = {t[2], t[3]};
+            mma_m16n8k16(s[j], a, b0);
+            mma_m16n8k16(s[j + 1], a, b1);
         }
     }
 
+    // Scale and mask; accumulator e is row (e < 2 ? qa : qb), key k0 + 8j + 2·t4 + (e & 1).
+    float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = k0 + j * 8 + t4 * 2 + (e & 1), q = e < 2 ? qa : qb;
+            const bool live = key < seq && (!causal || key <= q);
+            s[j][e] = live ? s[j][e] * scale : NEG_INF;
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+        }
+    // A row's 32 scores live in the 4 threads of a quad.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+    }
+    float alpha[2], rowsum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const float m_new = fmaxf(st.m[r], mx[r]);
+        // A row with nothing live yet keeps m = −∞ and contributes zeros.
+        alpha[r] = m_new == NEG_INF ? 1.0f : expf(st.m[r] - m_new);
+        st.m[r] = m_new;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = e >> 1;
+            const float p = s[j][e] == NEG_INF ? 0.0f : expf(s[j][e] - st.m[r]);
+            s[j][e] = p;
+            rowsum[r] += p;
+        }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        rowsum[r] += __shfl_xor_sync(FULL_MASK, rowsum[r], 1);
+        rowsum[r] += __shfl_xor_sync(FULL_MASK, rowsum[r], 2);
+        st.l[r] = st.l[r] * alpha[r] + rowsum[r];
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        st.o[j][0] *= alpha[0];
+        st.o[j][1] *= alpha[0];
+        st.o[j][2] *= alpha[1];
+        st.o[j][3] *= alpha[1];
+    }
+
+    // O += P · V_block: P's accumulators are exactly the A fragments of two k16 steps (keys 0-15, 16-31).
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        const unsigned a[4] = {pack_f16x2(s[2 * ks][0], s[2 * ks][1]), pack_f16x2(s[2 * ks][2], s[2 * ks][3]),
+                               pack_f16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]),
+                               pack_f16x2(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+#pragma unroll
+        for (int n0 = 0; n0 < D; n0 += 16) {
+            // Matrices (keys 0-7, d n0..), (keys 8-15, d n0..), (keys 0-7, d n0+8..), (keys 8-15, d n0+8..),
+            // transposed on load: b0, b1 of d tiles n0 and n0 + 8.
+            unsigned t[4];
+            ldmatrix_x4_trans(t, sv + (ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * lds + n0 + (lane >> 4) * 8);
+            const unsigned b0[2] = {t[0], t[1]}, b1[2] = {t[2], t[3]};
+            mma_m16n8k16(st.o[n0 / 8], a, b0);
+            mma_m16n8k16(st.o[n0 / 8 + 1], a, b1);
+        }
+    }
+}
+
+// The warp's normalized outputs: rows qa, qb of head h, dims below hd.
+template <int D>
+__device__ __forceinline__ void a2_store(const A2State<D>& st, half_t* __restrict__ out, int b, int h, int seq,
+                                         int width, int hd, int qa, int qb, int lane) {
+    const int t4 = lane & 3;
     // l > 0 for every real query row (its own key, or key 0, is live).
-    const float inv[2] = {l[0] > 0.0f ? 1.0f / l[0] : 0.0f, l[1] > 0.0f ? 1.0f / l[1] : 0.0f};
+    const float inv[2] = {st.l[0] > 0.0f ? 1.0f / st.l[0] : 0.0f, st.l[1] > 0.0f ? 1.0f / st.l[1] : 0.0f};
 #pragma unroll
     for (int j = 0; j < D / 8; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int q = e < 2 ? qa : qb, d = j * 8 + t4 * 2 + (e & 1);
-            if (q < seq && d < hd) out[((size_t)b * seq + q) * width + h * hd + d] = f2h(o[j][e] * inv[e >> 1]);
+            if (q < seq && d < hd) out[((size_t)b * seq + q) * width + h * hd + d] = f2h(st.o[j][e] * inv[e >> 1]);
         }
+}
+
+// Rows [row0, row0 + rows) of one head's q, k or v (part 0, 1, 2) into a shared tile of row stride lds, zero past
+// the sequence and past hd; 16-byte copies, by cp.async when `async` (collected by the caller's wait), else
+// through registers.
+template <int D>
+__device__ __forceinline__ void a2_load_rows(half_t* tile, int lds, const half_t* __restrict__ base, size_t row_stride,
+                                             int part, int width, int row0, int rows, int seq, int hd, bool async) {
+    for (int c = threadIdx.x; c < rows * (D / 8); c += blockDim.x) {
+        const int r = c / (D / 8), d = (c % (D / 8)) * 8, t = row0 + r;
+        const bool in = t < seq && d < hd;
+        const half_t* src = base + (size_t)t * row_stride + part * width + d;
+        half_t* dst = tile + r * lds + d;
+        if (async) {
+            cp_async_16(dst, in ? src : base, in ? 16 : 0);
+        } else {
+            *(uint4*)dst = in ? *(const uint4*)src : make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+#define A2_LDS (A2_MAXD + 8)
+
+// attention_f16_v2's (batch, head, 64-query tile) for a padded head dim D (a multiple of 16): K and V stream
+// through shared memory in blocks of 32.
+template <int D>
+__device__ __forceinline__ void attention_v2_tile(half_t* __restrict__ out, const half_t* __restrict__ qkv,
+                                                  half_t* sq, half_t* sk, half_t* sv, int seq, int heads, int hd,
+                                                  int causal, float scale) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * A2_Q;
+    const int width = heads * hd;
+    const size_t row_stride = 3 * (size_t)width;
+    const half_t* base = qkv + (size_t)b * seq * row_stride + h * hd;
+    a2_load_rows<D>(sq, A2_LDS, base, row_stride, 0, width, q0, A2_Q, seq, hd, false);
+
+    A2State<D> st;
+    a2_init(st);
+    const int qa = q0 + warp * 16 + (lane >> 2), qb = qa + 8;
+    const int kv_end = causal ? min(seq, q0 + A2_Q) : seq;
+    for (int k0 = 0; k0 < kv_end; k0 += A2_KB) {
+        __syncthreads();  // the previous block's K and V are consumed (and Q is stored, on the first pass)
+        a2_load_rows<D>(sk, A2_LDS, base, row_stride, 1, width, k0, A2_KB, seq, hd, false);
+        a2_load_rows<D>(sv, A2_LDS, base, row_stride, 2, width, k0, A2_KB, seq, hd, false);
+        __syncthreads();
+        a2_key_block<D>(st, sq + warp * 16 * A2_LDS, sk, sv, A2_LDS, k0, seq, qa, qb, causal, scale, lane);
+    }
+    a2_store<D>(st, out, b, h, seq, width, hd, qa, qb, lane);
 }
 
 // Grid: (ceil(seq / 64), heads, batch); block: 128 threads (4 warps). head_dim % 8 == 0 and <= 128 (the host
@@ -250,4 +289,52 @@ extern "C" __global__ void __launch_bounds__(128) attention_f16_v2(half_t* __res
     else if (hd <= 80) attention_v2_tile<80>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
     else if (hd <= 112) attention_v2_tile<112>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
     else attention_v2_tile<128>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
+}
+
+// attention_f16_v3's tile: Q, and every K and V row the tile can see, land in dynamic shared memory by cp.async in
+// one go (row stride D + 8); then each warp runs over the key blocks with no barrier.
+template <int D>
+__device__ __forceinline__ void attention_v3_tile(half_t* __restrict__ out, const half_t* __restrict__ qkv,
+                                                  half_t* smem, int seq, int heads, int hd, int causal, float scale) {
+    constexpr int LDS = D + 8;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * A2_Q;
+    const int width = heads * hd;
+    const size_t row_stride = 3 * (size_t)width;
+    const half_t* base = qkv + (size_t)b * seq * row_stride + h * hd;
+    const int kv_end = causal ? min(seq, q0 + A2_Q) : seq;
+    const int kv_rows = (kv_end + A2_KB - 1) / A2_KB * A2_KB;
+    // Layout (the host sizes it for the whole sequence): Q [64][LDS], K [seq32][LDS], V [seq32][LDS].
+    const int seq32 = (seq + A2_KB - 1) / A2_KB * A2_KB;
+    half_t* sq = smem;
+    half_t* sk = sq + A2_Q * LDS;
+    half_t* sv = sk + seq32 * LDS;
+    a2_load_rows<D>(sq, LDS, base, row_stride, 0, width, q0, A2_Q, seq, hd, true);
+    a2_load_rows<D>(sk, LDS, base, row_stride, 1, width, 0, kv_rows, seq, hd, true);
+    a2_load_rows<D>(sv, LDS, base, row_stride, 2, width, 0, kv_rows, seq, hd, true);
+    cp_async_wait_all();
+    __syncthreads();
+
+    A2State<D> st;
+    a2_init(st);
+    const int qa = q0 + warp * 16 + (lane >> 2), qb = qa + 8;
+    // Causal: the warp's own last query bounds its keys (other warps' keys are not needed by this one).
+    const int warp_end = causal ? min(kv_end, q0 + warp * 16 + 16) : kv_end;
+    for (int k0 = 0; k0 < warp_end; k0 += A2_KB) {
+        a2_key_block<D>(st, sq + warp * 16 * LDS, sk + k0 * LDS, sv + k0 * LDS, LDS, k0, seq, qa, qb, causal, scale,
+                        lane);
+    }
+    a2_store<D>(st, out, b, h, seq, width, hd, qa, qb, lane);
+}
+
+// Grid: (ceil(seq / 64), heads, batch); block: 128 threads; dynamic shared memory (64 + 2·ceil32(seq))·(D + 8)·2
+// bytes for the padded head dim D (src/cuda/mod.rs: attention_v3_smem). head_dim % 8 == 0 and <= 128.
+extern "C" __global__ void __launch_bounds__(128) attention_f16_v3(half_t* __restrict__ out,
+                                                                   const half_t* __restrict__ qkv, int seq,
+                                                                   int heads, int hd, int causal, float scale) {
+    extern __shared__ __align__(16) half_t smem[];
+    if (hd <= 64) attention_v3_tile<64>(out, qkv, smem, seq, heads, hd, causal, scale);
+    else if (hd <= 80) attention_v3_tile<80>(out, qkv, smem, seq, heads, hd, causal, scale);
+    else if (hd <= 112) attention_v3_tile<112>(out, qkv, smem, seq, heads, hd, causal, scale);
+    else attention_v3_tile<128>(out, qkv, smem, seq, heads, hd, causal, scale);
 }

@@ -166,7 +166,7 @@ fn attention_matches_reference() {
 }
 
 fn check_attention(g: &CudaBackend, variant: &str) {
-    // The simulator's shapes: CLIP's head dims (64, 80, 104 padded to 112, 128, and 36 for v2's fallback), a
+    // The simulator's shapes: CLIP's head dims (64, 80, 104 padded to 112, 128, and 36 for v2's and v3's fallback), a
     // causal sequence past one 64-query tile, partial 8-query and 32-key tiles, a single token.
     let small = [
         (2, 50, 2, 64, false),
@@ -176,6 +176,7 @@ fn check_attention(g: &CudaBackend, variant: &str) {
         (1, 1, 1, 64, true),
         (1, 70, 1, 128, false),
         (2, 19, 3, 36, true),
+        (1, 400, 1, 128, false), // K and V past v3's 227 KiB: v3 falls back to v2
     ];
     // (batch, seq, heads, head_dim, causal): CLIP's sequences (50, 77, 197, 257, 577), head dims 64/80/104, and
     // lengths that leave partial 8-query and 32-key tiles.

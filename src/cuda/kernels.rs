@@ -75,6 +75,11 @@ pub const OPS: &[Op] = &[
                 symbol: "attention_f16_v2",
                 about: "tensor cores, FlashAttention-2 style: 64 queries per block, 32-key blocks (hd % 8 == 0)",
             },
+            Variant {
+                name: "v3",
+                symbol: "attention_f16_v3",
+                about: "v2's math with K and V resident in shared memory, loaded once by cp.async (else v2)",
+            },
         ],
         default: "v1",
     },

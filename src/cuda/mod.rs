@@ -47,6 +47,8 @@ pub struct DeviceInfo {
     /// The NVRTC target the kernels are compiled for, e.g. `sm_90`.
     pub arch: String,
     pub memory_bytes: usize,
+    /// The most shared memory one block may opt in to (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).
+    pub max_shared_per_block: usize,
 }
 
 /// Runs a cudarc call that may panic (a symbol the installed driver lacks) and turns both failure kinds into
@@ -97,6 +99,9 @@ fn describe(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceInfo> {
         compute_capability: (major, minor),
         arch: format!("sm_{major}{minor}"),
         memory_bytes: ctx.mem_get_info()?.1,
+        max_shared_per_block: ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )? as usize,
     })
 }
 
@@ -249,14 +254,36 @@ struct Kernels {
 const GEMM_V1: &str = "gemm_f16_v1";
 /// attention_f16_v1, the fallback for head dims v2 cannot take.
 const ATTENTION_V1: &str = "attention_f16_v1";
+/// attention_f16_v2, the fallback for sequences whose K and V do not fit v3's shared memory.
+const ATTENTION_V2: &str = "attention_f16_v2";
+/// The opt-in shared memory per block the simulator grants (an H100's, 227 KiB).
+const SIM_MAX_SHARED: usize = 227 * 1024;
+
+/// Dynamic shared memory of attention_f16_v3 for `seq` tokens at head dim `hd`: Q [64] and K, V [seq rounded up to
+/// 32] rows of the padded head dim + 8 halves (kernels/attention.cu).
+fn attention_v3_smem(seq: usize, hd: usize) -> usize {
+    let d = match hd {
+        0..=64 => 64,
+        65..=80 => 80,
+        81..=112 => 112,
+        _ => 128,
+    };
+    (64 + 2 * seq.div_ceil(32) * 32) * (d + 8) * 2
+}
 
 /// Dynamic shared memory of gemm_f16_v2 and _v3 (G2_SMEM, G3_SMEM in kernels/gemm.cu).
 const GEMM_V2_SMEM: usize = 3 * (128 + 128) * 40 * 2;
 const GEMM_V3_SMEM: usize = 4 * (64 + 64) * 40 * 2;
 
-/// The dynamic shared memory a kernel must be allowed above the default 48 KiB.
-fn dynamic_smem_limit(symbol: &str) -> Option<usize> {
-    (symbol == "gemm_f16_v2").then_some(GEMM_V2_SMEM)
+/// The dynamic shared memory a kernel must be allowed above the default 48 KiB, on a device granting `max` per
+/// block.
+fn dynamic_smem_limit(symbol: &str, max: usize) -> Option<usize> {
+    match symbol {
+        "gemm_f16_v2" => Some(GEMM_V2_SMEM),
+        // Whatever the device grants: the host checks each launch's need against it.
+        "attention_f16_v3" => Some(max),
+        _ => None,
+    }
 }
 
 /// The launch of a pipelined gemm variant: (block tile, threads, dynamic shared memory), or `None` for v1.
@@ -296,6 +323,7 @@ impl Kernels {
             self.gemm.symbol,
             GEMM_V1,
             self.attention.symbol,
+            ATTENTION_V2,
             ATTENTION_V1,
             self.layernorm,
             self.im2col,
@@ -312,9 +340,10 @@ impl Kernels {
 /// Compiles (or reads from the cache) each module holding one of `symbols` once, and loads the functions.
 fn load_functions(
     ctx: &Arc<CudaContext>,
-    arch: &str,
+    info: &DeviceInfo,
     symbols: &[&'static str],
 ) -> Result<HashMap<&'static str, CudaFunction>> {
+    let arch = info.arch.as_str();
     let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
     let mut functions = HashMap::new();
     for &symbol in symbols {
@@ -333,7 +362,7 @@ fn load_functions(
             }
         };
         let f = module.load_function(symbol)?;
-        if let Some(bytes) = dynamic_smem_limit(symbol) {
+        if let Some(bytes) = dynamic_smem_limit(symbol, info.max_shared_per_block) {
             // Above the default 48 KiB a kernel's dynamic shared memory must be allowed explicitly.
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -467,7 +496,7 @@ impl CudaBackend {
         let ctx = context(ordinal)?;
         let info = describe(&ctx, ordinal)?;
         let k = Kernels::select(&choose(choices))?;
-        let functions = load_functions(&ctx, &info.arch, &k.symbols())?;
+        let functions = load_functions(&ctx, &info, &k.symbols())?;
         // SAFETY: everything of this backend runs on its one stream, in order, so cudarc's per-buffer events (for
         // multi-stream use) are not needed; they would also be recorded inside graph captures.
         unsafe { ctx.disable_event_tracking() };
@@ -505,7 +534,7 @@ impl CudaBackend {
         let k = Kernels::select(&choose(choices))?;
         let sim = sim::Simulator::start_with(sanitizer)?;
         for symbol in k.symbols() {
-            if let Some(bytes) = dynamic_smem_limit(symbol) {
+            if let Some(bytes) = dynamic_smem_limit(symbol, SIM_MAX_SHARED) {
                 sim.set_max_dynamic_smem(symbol, bytes as u32)?;
             }
         }
@@ -517,6 +546,8 @@ impl CudaBackend {
                 compute_capability: (9, 0),
                 arch: "sim".into(),
                 memory_bytes: 0,
+                // An H100's.
+                max_shared_per_block: SIM_MAX_SHARED,
             },
             k,
             graphs_off: std::sync::Mutex::new(Some("the simulator runs launches eagerly".into())),
@@ -1138,12 +1169,16 @@ impl Backend for CudaBackend {
         );
         // CLIP scales queries by head_dim^−½ before the product.
         let scale = (s.head_dim as f32).sqrt().recip();
-        // v2 copies 16-byte (8-half) chunks of each head: head dims that are a multiple of 8 (all of CLIP's).
-        let v2 = self.k.attention.name == "v2" && s.head_dim.is_multiple_of(8);
-        let (symbol, queries_per_block, threads) = if v2 {
-            (self.k.attention.symbol, 64, 128)
-        } else {
-            (ATTENTION_V1, 8, 256)
+        // v2 and v3 copy 16-byte (8-half) chunks of each head: head dims that are a multiple of 8 (all of CLIP's);
+        // v3 also needs the sequence's K and V to fit in shared memory, else v2 runs.
+        let tensor_cores = s.head_dim.is_multiple_of(8);
+        let v3_smem = attention_v3_smem(s.seq, s.head_dim);
+        let (symbol, queries_per_block, threads, smem) = match self.k.attention.name {
+            "v3" if tensor_cores && v3_smem <= self.info.max_shared_per_block => {
+                (self.k.attention.symbol, 64, 128, v3_smem as u32)
+            }
+            "v2" | "v3" if tensor_cores => (ATTENTION_V2, 64, 128, 0),
+            _ => (ATTENTION_V1, 8, 256, 0),
         };
         let cfg = LaunchConfig {
             grid_dim: (
@@ -1152,9 +1187,9 @@ impl Backend for CudaBackend {
                 s.batch as u32,
             ),
             block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
-        // attention_f16_v1 and _v2 take the same list.
+        // Every attention variant takes the same list.
         self.launch(
             symbol,
             cfg,
