@@ -7,8 +7,8 @@
 # device's arch, 4. the CUDA tests (a missing GPU is a failure here, not a skip), 4b. `cliprt profile` (every
 # kernel variant validated, then timed, cuBLAS alongside) on ViT-B/32's shapes, 5. `cliprt bench --device cuda`
 # for ViT-B/32 (batch 1, 32, 256, 1024) and ViT-L/14 (1, 32, 256), 6. PyTorch fp16 + SDPA on the same shapes,
-# 6b. ViT-B/32 batch 1 with CUDA graphs off (the latency they save), 6c. ViT-B/32 with the opt-in gemm variants
-# v2 and v3 (attention v2), 7. the fused top-k search on the GPU (1M × 512 gallery; the CPU side is measured on
+# 6b. ViT-B/32 batch 1 with CUDA graphs off (the latency they save), 6c. ViT-B/32 with the opt-in gemm and
+# attention variants v2 and v3, 7. the fused top-k search on the GPU (1M × 512 gallery; the CPU side is measured on
 # the dev box), 8. the comparison tables. Every step has its
 # own time limit, and the limits add up to 6 minutes; logs go to RESULTS_DIR.
 set -uo pipefail
@@ -68,7 +68,7 @@ step eager-b1 10 env CLIPRT_CUDA_GRAPHS=0 .gpu/cliprt bench --device cuda --arch
 # The image tower end to end with the opt-in variants (the bench steps above run the defaults).
 step variant-v2 15 env CLIPRT_KERNEL_GEMM=v2 CLIPRT_KERNEL_ATTENTION=v2 .gpu/cliprt bench --device cuda \
     --arch vit-b-32 --batch 1,256,1024 --workload image --warmup 2 --reps 10
-step variant-v3 10 env CLIPRT_KERNEL_GEMM=v3 CLIPRT_KERNEL_ATTENTION=v2 .gpu/cliprt bench --device cuda \
+step variant-v3 10 env CLIPRT_KERNEL_GEMM=v3 CLIPRT_KERNEL_ATTENTION=v3 .gpu/cliprt bench --device cuda \
     --arch vit-b-32 --batch 1,256 --workload image --warmup 2 --reps 10
 step search-cuda 25 .gpu/cliprt bench --device cuda --workload search --gallery 1000000 --dim 512 \
     --queries 1,64,1024 --k 10,100 --reps 5 --json
@@ -80,7 +80,7 @@ step search-cuda 25 .gpu/cliprt bench --device cuda --workload search --gallery 
     echo "ViT-B/32 batch 1 without CUDA graphs:"
     grep -v '^==' "$out/eager-b1.log"
     echo
-    for v in v2 v3; do echo "ViT-B/32 image tower with gemm $v, attention v2:"; grep -v '^==' "$out/variant-$v.log"; done
+    for v in v2 v3; do echo "ViT-B/32 image tower with gemm $v, attention $v:"; grep -v '^==' "$out/variant-$v.log"; done
     echo
     cat "$out"/search-*.log | python3 tools/compare_search.py
 } | tee "$out/summary.txt"
