@@ -936,3 +936,42 @@ fn kernels_have_no_data_races_under_thread_sanitizer() {
         .unwrap();
     assert_eq!(got.indices, want.indices);
 }
+
+#[test]
+fn ldmatrix_loads_are_free_of_bank_conflicts() {
+    // The padded shared-memory row strides (40 halves in the GEMMs, head dim + 8 in attention) are meant to put
+    // the 8 rows of every ldmatrix matrix in distinct banks: the simulator counts the extra wavefronts.
+    let gemm = GemmShape {
+        m: 70,
+        n: 72,
+        k: 200,
+    };
+    let attn = AttnShape {
+        batch: 1,
+        seq: 40,
+        heads: 1,
+        head_dim: 104,
+        causal: false,
+    };
+    for (op, v) in cliprt::cuda::OPS
+        .iter()
+        .filter(|o| o.name == "gemm" || o.name == "attention")
+        .flat_map(|o| o.variants.iter().map(move |v| (o.name, v.name)))
+    {
+        let Some(g) = sim(&[(op, v)]) else { return };
+        match op {
+            "gemm" => gemm_case(&g, gemm, Epilogue::Store, false, 1, "bank check"),
+            _ => attention_case(&g, attn, 2, "bank check"),
+        }
+        let stats = g.simulator_stats().unwrap();
+        println!("{op} {v}: {stats:?}");
+        if op == "attention" && v == "v1" {
+            continue; // CUDA cores, no ldmatrix
+        }
+        assert!(stats.ldmatrix_matrices > 0, "{op} {v}: no ldmatrix seen");
+        assert_eq!(
+            stats.ldmatrix_extra_wavefronts, 0,
+            "{op} {v}: bank conflicts"
+        );
+    }
+}

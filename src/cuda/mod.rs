@@ -579,6 +579,17 @@ impl CudaBackend {
         }
     }
 
+    /// The simulator's shared-memory statistics (bank conflicts of ldmatrix) since this backend started; an error
+    /// on a real device.
+    pub fn simulator_stats(&self) -> Result<sim::SimStats> {
+        match &self.exec {
+            Exec::Sim(sim) => sim.stats(),
+            Exec::Cuda { .. } => Err(Error::InvalidArgument(
+                "shared-memory statistics come from the CUDA simulator only".into(),
+            )),
+        }
+    }
+
     /// Whether this backend runs on the CPU simulator.
     pub fn is_simulated(&self) -> bool {
         matches!(self.exec, Exec::Sim(_))

@@ -55,6 +55,15 @@ pub enum SimArg {
     F32(f32),
 }
 
+/// Shared-memory statistics of a simulator since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// 8×8 matrices loaded by ldmatrix.
+    pub ldmatrix_matrices: u64,
+    /// Wavefronts beyond one per matrix: the cost of shared-memory bank conflicts (0 for a conflict-free layout).
+    pub ldmatrix_extra_wavefronts: u64,
+}
+
 /// The simulator process.
 pub struct Simulator {
     proc: Mutex<Proc>,
@@ -426,6 +435,20 @@ impl Simulator {
         req.extend_from_slice(&(name.len() as u16).to_le_bytes());
         req.extend_from_slice(name.as_bytes());
         req
+    }
+
+    /// The shared-memory statistics so far.
+    pub fn stats(&self) -> Result<SimStats> {
+        let r = self.request(b"S", 16)?;
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&r[8 * i..8 * i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Ok(SimStats {
+            ldmatrix_matrices: word(0),
+            ldmatrix_extra_wavefronts: word(1),
+        })
     }
 
     /// The kernel's dynamic shared memory limit (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).

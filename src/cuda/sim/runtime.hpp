@@ -219,6 +219,15 @@ __device__ __forceinline__ half_t f2h(float x) {
 }
 
 namespace sim {
+// Shared-memory bank statistics of the running server (reported by the 'S' request): ldmatrix matrices loaded,
+// and the extra wavefronts their bank conflicts cost.
+extern std::atomic<unsigned long long> ldmatrix_matrices, ldmatrix_extra_wavefronts;
+
+// Each 8×8 matrix of an ldmatrix is 8 rows of 16 bytes, one wavefront when the rows cover distinct banks (32 banks
+// of 4 bytes); every row sharing a bank with another costs one more. Only address differences matter, so the
+// host addresses of the simulated shared memory give the same answer as the device's.
+void count_bank_conflicts(const Slot* all);
+
 inline half_t half_at(const void* row, int col) {
     half_t h;
     std::memcpy(&h, (const char*)row + 2 * col, 2);
@@ -236,6 +245,7 @@ inline void ldmatrix(unsigned r[4], const half_t* p, bool trans) {
     s.mask = 0xffffffffu;
     s.p = p;
     const Slot* all = exchange(s, trans ? "ldmatrix.trans" : "ldmatrix");
+    if (self.lane == 0) count_bank_conflicts(all);
     const int g = self.lane >> 2, t = self.lane & 3;
     for (int i = 0; i < 4; i++) {
         if (trans) {

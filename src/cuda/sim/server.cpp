@@ -8,10 +8,13 @@
 //                                            limit, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
 //   'L' u16 name length, name, u32 grid[3], u32 block[3], u32 dynamic smem, u32 count, count × (u8 kind, u64 bits)
 //                                         -> u8 status, u32 length, message
+//   'S'                                   -> u64 ldmatrix matrices, u64 extra wavefronts from bank conflicts
+//                                            (since the server started)
 // A launch error (unknown kernel, wrong arguments, bad geometry) is a status 1 reply and the server goes on, like
 // cuLaunchKernel's error codes. A fault inside a kernel or a malformed request ends the server ("sim error: ..." on
 // stderr), like a sticky CUDA error.
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdarg>
 #include <functional>
@@ -36,6 +39,20 @@ namespace sim {
 thread_local ThreadState self;
 Barrier* block_barrier = nullptr;
 std::atomic<unsigned long> progress{0};
+std::atomic<unsigned long long> ldmatrix_matrices{0}, ldmatrix_extra_wavefronts{0};
+
+void count_bank_conflicts(const Slot* all) {
+    for (int m = 0; m < 4; m++) {
+        int hits[32] = {0};
+        int worst = 0;
+        for (int r = 0; r < 8; r++) {
+            const uintptr_t word = (uintptr_t)all[8 * m + r].p / 4;
+            for (int w = 0; w < 4; w++) worst = std::max(worst, ++hits[(word + w) % 32]);
+        }
+        ldmatrix_matrices.fetch_add(1, std::memory_order_relaxed);
+        ldmatrix_extra_wavefronts.fetch_add((unsigned long long)(worst - 1), std::memory_order_relaxed);
+    }
+}
 
 namespace {
 const char* g_kernel = "";
@@ -359,6 +376,11 @@ int main() {
             }
             case 'L':
                 launch_request();
+                break;
+            case 'S':
+                put<uint64_t>(ldmatrix_matrices.load());
+                put<uint64_t>(ldmatrix_extra_wavefronts.load());
+                std::fflush(stdout);
                 break;
             default:
                 fail("malformed request (op byte 0x%02x)", op);
