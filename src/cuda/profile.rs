@@ -427,13 +427,20 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
                 peak_fraction: None,
                 vs_default: None,
             };
+            let before = g.simulator_stats().ok();
             if let Err(e) = validate(g, case, &h, &mut b)? {
                 row.status = format!("FAILED: {e}");
                 report(&row);
                 continue;
             }
-            if g.is_simulated() {
-                row.status = "ok (validated on the simulator; not timed)".into();
+            if let (Some(before), Ok(after)) = (before, g.simulator_stats()) {
+                // The simulator validates and counts ldmatrix bank conflicts; it does not time.
+                let extra = after.ldmatrix_extra_wavefronts - before.ldmatrix_extra_wavefronts;
+                let matrices = after.ldmatrix_matrices - before.ldmatrix_matrices;
+                row.status = format!(
+                    "ok (validated on the simulator, not timed; ldmatrix bank conflicts: {extra} extra wavefronts \
+                     over {matrices} matrices)"
+                );
                 report(&row);
                 continue;
             }
