@@ -41,7 +41,7 @@ pub struct ModelIdentity {
     pub model: String,
     pub dim: usize,
     pub logit_scale: f32,
-    /// The normalized embedding of [`PROBE_TEXT`]: depends on every weight of the text tower.
+    /// The normalized embedding of a fixed probe text: depends on every weight of the text tower.
     pub probe: Vec<f32>,
 }
 

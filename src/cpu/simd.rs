@@ -1,6 +1,6 @@
 //! Hand-written SIMD for the CPU backend's row-wise ops (layernorm, softmax, activations, L2 normalize).
 //!
-//! Each op is written once, generic over a [`Simd`] tier (16-lane AVX-512, 8-lane AVX2+FMA, or 1-lane scalar), and
+//! Each op is written once, generic over a `Simd` tier (16-lane AVX-512, 8-lane AVX2+FMA, or 1-lane scalar), and
 //! instantiated per tier inside a `#[target_feature]` wrapper so the intrinsics inline. The scalar tier runs the
 //! same algorithm (same polynomials, same order of operations per lane), which makes it the twin every vector tier
 //! is tested against. Callers pick a tier with [`Isa`]; a tier the CPU lacks falls back to scalar, so the safe

@@ -22,7 +22,7 @@ pub struct Variant {
     pub about: &'static str,
 }
 
-/// An op: the kernels/<module>.cu that holds its variants, and the default one.
+/// An op: the `kernels/<module>.cu` that holds its variants, and the default one.
 #[derive(Debug)]
 pub struct Op {
     pub name: &'static str,
@@ -170,7 +170,7 @@ pub fn op(name: &str) -> Option<&'static Op> {
     OPS.iter().find(|o| o.name == name)
 }
 
-/// The module (kernels/<module>.cu) that defines kernel `symbol`.
+/// The module (`kernels/<module>.cu`) that defines kernel `symbol`.
 pub fn module_of(symbol: &str) -> Option<&'static str> {
     OPS.iter()
         .find(|o| o.variants.iter().any(|v| v.symbol == symbol))

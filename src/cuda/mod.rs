@@ -1,7 +1,7 @@
 //! The CUDA backend: fp16 storage, f32 accumulation, cliprt's own kernels (kernels/*.cu) compiled at run time by
 //! NVRTC to CUBIN for the device's exact arch and cached on disk.
 //!
-//! Everything CUDA is loaded dynamically (cudarc `dynamic-loading`, NVRTC by hand in [`nvrtc`]), so the binary
+//! Everything CUDA is loaded dynamically (cudarc `dynamic-loading`, NVRTC by hand in `nvrtc.rs`), so the binary
 //! builds and starts anywhere. Missing driver, no device, or no NVRTC: [`Error::DeviceUnavailable`] with the
 //! reason, never a panic (cudarc panics on a missing library, so the driver is probed before cudarc touches it),
 //! and the CPU backend keeps working in the same process.

@@ -1,4 +1,4 @@
-//! The CLIP model, written once over the [`Backend`](crate::backend::Backend) trait.
+//! The CLIP model, written once over the [`Backend`] trait.
 
 pub mod layers;
 pub mod text;
