@@ -542,6 +542,48 @@ fn gpu_matches_cpu_on_synthetic_vit_b_32_and_vit_l_14() {
     }
 }
 
+/// The whole ViT-B/32 at its real shapes on the simulator against the CPU, for every variant set (slow: minutes
+/// per set on 2 cores; `cargo test --release --test cuda -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn simulator_matches_cpu_on_synthetic_vit_b_32() {
+    let config = presets::by_name("vit-b-32").unwrap();
+    let cpu = ClipModel::new(
+        CpuBackend::default(),
+        &config,
+        ClipWeights::random(&config, 7),
+    )
+    .unwrap();
+    let size = config.vision.image_size;
+    let pixels = random(3 * size * size, 8, 2.0);
+    let rows = cliprt::bench::prompt_ids()[..2].to_vec();
+    let tb = TextBatch::new(&rows, &config.text).unwrap();
+    let (ci, ct) = (
+        cpu.encode_images(&pixels, 1).unwrap(),
+        cpu.encode_texts(&tb).unwrap(),
+    );
+    for v in ["v1", "v2", "v3"] {
+        let Some(g) = sim(&[("gemm", v), ("attention", v)]) else {
+            return;
+        };
+        let model = ClipModel::new(g, &config, ClipWeights::random(&config, 7)).unwrap();
+        let t = std::time::Instant::now();
+        let (gi, gt) = (
+            model.encode_images(&pixels, 1).unwrap(),
+            model.encode_texts(&tb).unwrap(),
+        );
+        let dim = config.projection_dim;
+        let wi = assert_rows_match(&gi, &ci, dim, 0.999, 0.05, &format!("{v} image"));
+        let wt = assert_rows_match(&gt, &ct, dim, 0.999, 0.05, &format!("{v} text"));
+        println!(
+            "vit-b-32 gemm+attention {v} on the simulator vs cpu: image cos {:.6}, text cos {:.6} ({:.0} s)",
+            wi.0,
+            wt.0,
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
+
 #[test]
 fn cuda_graph_replays_match_the_eager_forward() {
     if gpu().is_none() {
