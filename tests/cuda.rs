@@ -370,10 +370,15 @@ fn check_embedding_plumbing(g: &CudaBackend) {
         .map(|v| ((v + 1.0) * 48.0) as u32 % vocab as u32)
         .collect();
     let mut want = r.alloc(ids.len() * dim).unwrap();
+    let id_rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+    let (rids, gids) = (
+        backend::rows(&r, &id_rows).unwrap(),
+        backend::rows(g, &id_rows).unwrap(),
+    );
     backend::text_embed(
         &r,
         &mut want,
-        &ids,
+        &rids,
         &r.upload(&token).unwrap(),
         &r.upload(&pos).unwrap(),
         seq,
@@ -384,7 +389,7 @@ fn check_embedding_plumbing(g: &CudaBackend) {
     backend::text_embed(
         g,
         &mut out,
-        &ids,
+        &gids,
         &g.upload(&token).unwrap(),
         &g.upload(&pos).unwrap(),
         seq,
@@ -609,6 +614,18 @@ fn cuda_graph_replays_match_the_eager_forward() {
             assert_eq!(
                 got, want,
                 "batch {batch}: a replay differs from the eager forward"
+            );
+        }
+    }
+    // The text tower too, with different prompts at the same shape (the ids are rewritten, the graph replayed).
+    let prompts = cliprt::bench::prompt_ids();
+    for rows in [&prompts[..2], &prompts[2..4], &prompts[..2]] {
+        let tb = TextBatch::new(rows, &config.text).unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                recorded.encode_texts(&tb).unwrap(),
+                eager.encode_texts(&tb).unwrap(),
+                "text: a replay differs from the eager forward"
             );
         }
     }

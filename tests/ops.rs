@@ -219,14 +219,18 @@ fn embeddings_and_gathers_match_reference() {
     let pos = random(3 * 4, 7, 1.0);
     let ids = [10u32, 0, 5, 1, 1, 1];
     let (mut a, mut b) = (poisoned(24), poisoned(24));
-    backend::text_embed(&CpuBackend::default(), &mut a, &ids, &token, &pos, 3, 4).unwrap();
-    backend::text_embed(&ReferenceBackend, &mut b, &ids, &token, &pos, 3, 4).unwrap();
-    assert_eq!(a, b);
-    assert!(
-        backend::text_embed(&CpuBackend::default(), &mut a, &[11], &token, &pos, 1, 4).is_err()
-    );
-    let mut g = poisoned(8);
     let cpu = CpuBackend::default();
+    let as_rows = |v: &[u32]| v.iter().map(|&i| i as usize).collect::<Vec<_>>();
+    let mut cpu_ids = backend::rows(&cpu, &as_rows(&ids)).unwrap();
+    let ref_ids = backend::rows(&ReferenceBackend, &as_rows(&ids)).unwrap();
+    backend::text_embed(&cpu, &mut a, &cpu_ids, &token, &pos, 3, 4).unwrap();
+    backend::text_embed(&ReferenceBackend, &mut b, &ref_ids, &token, &pos, 3, 4).unwrap();
+    assert_eq!(a, b);
+    // Rewritten in place: an id past the vocabulary, then more ids than the index holds.
+    backend::write_rows(&cpu, &mut cpu_ids, &[11, 0, 0]).unwrap();
+    assert!(backend::text_embed(&cpu, &mut a, &cpu_ids, &token, &pos, 3, 4).is_err());
+    assert!(backend::write_rows(&cpu, &mut cpu_ids, &[0; 7]).is_err());
+    let mut g = poisoned(8);
     let rows = backend::rows(&cpu, &[10, 0]).unwrap();
     backend::gather_rows(&cpu, &mut g, &token, &rows, 2, 4).unwrap();
     assert_eq!(&g[..4], &token[40..44]);

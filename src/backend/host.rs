@@ -127,17 +127,31 @@ macro_rules! host_buffer_ops {
         fn text_embed_unchecked(
             &self,
             out: &mut Vec<f32>,
-            ids: &[u32],
+            ids: &Vec<u32>,
+            n: usize,
             token: &Vec<f32>,
             pos: &Vec<f32>,
             seq: usize,
             dim: usize,
         ) -> $crate::error::Result<()> {
-            $crate::backend::host::text_embed(out, ids, token, pos, seq, dim);
+            $crate::backend::host::text_embed(out, &ids[..n], token, pos, seq, dim);
             Ok(())
         }
         fn upload_index(&self, rows: &[u32]) -> $crate::error::Result<Vec<u32>> {
             Ok(rows.to_vec())
+        }
+        fn write_index(&self, index: &mut Vec<u32>, rows: &[u32]) -> $crate::error::Result<()> {
+            let have = index.len();
+            index
+                .get_mut(..rows.len())
+                .ok_or_else(|| {
+                    $crate::error::Error::Shape(format!(
+                        "writing {} indices into an index of {have}",
+                        rows.len()
+                    ))
+                })?
+                .copy_from_slice(rows);
+            Ok(())
         }
         fn gather_rows_unchecked(
             &self,

@@ -169,17 +169,21 @@ pub trait Backend: Send + Sync {
         seq: usize,
         dim: usize,
     ) -> Result<()>;
-    /// `out[b, t] = token[ids[b, t]] + pos[t]` for `ids[batch, seq]`.
+    /// `out[b, t] = token[ids[b, t]] + pos[t]` for the first `n` ids of the index, `[n / seq, seq]`.
+    #[allow(clippy::too_many_arguments)]
     fn text_embed_unchecked(
         &self,
         out: &mut Self::Buf,
-        ids: &[u32],
+        ids: &Self::Index,
+        n: usize,
         token: &Self::Buf,
         pos: &Self::Buf,
         seq: usize,
         dim: usize,
     ) -> Result<()>;
     fn upload_index(&self, rows: &[u32]) -> Result<Self::Index>;
+    /// Overwrites the start of an index with `rows` (it must hold at least that many).
+    fn write_index(&self, index: &mut Self::Index, rows: &[u32]) -> Result<()>;
     /// `out[i] = x[rows[i]]` for the first `n` rows of the index, rows of width `dim`.
     fn gather_rows_unchecked(
         &self,
@@ -201,10 +205,10 @@ pub trait Backend: Send + Sync {
 /// Runs `enqueue` as the graph `graphs[key]`: recorded on first use where the backend records, replayed after;
 /// called directly where it does not. The caller keeps `graphs` with the buffers the graph uses (a graph holds
 /// their addresses), and drops both together.
-pub fn run_recorded<B: Backend>(
+pub fn run_recorded<B: Backend, K: std::hash::Hash + Eq>(
     b: &B,
-    graphs: &mut std::collections::HashMap<usize, B::Graph>,
-    key: usize,
+    graphs: &mut std::collections::HashMap<K, B::Graph>,
+    key: K,
     enqueue: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     if let Some(g) = graphs.get(&key) {
@@ -220,10 +224,12 @@ pub fn run_recorded<B: Backend>(
     }
 }
 
-/// Row indices on a backend, for [`gather_rows`].
+/// Row indices (or token ids) on a backend, for [`gather_rows`] and [`text_embed`].
 pub struct Rows<B: Backend> {
     index: B::Index,
     len: usize,
+    /// How many the index holds.
+    capacity: usize,
     /// The largest row (checked against the source of every gather).
     max: Option<usize>,
 }
@@ -246,8 +252,25 @@ pub fn rows<B: Backend>(b: &B, rows: &[usize]) -> Result<Rows<B>> {
     Ok(Rows {
         index: b.upload_index(&idx)?,
         len: rows.len(),
+        capacity: rows.len(),
         max: rows.iter().copied().max(),
     })
+}
+
+/// Replaces the contents of `rows` with `values` (at most its capacity), in place: a recorded graph that reads the
+/// index sees the new values.
+pub fn write_rows<B: Backend>(b: &B, rows: &mut Rows<B>, values: &[u32]) -> Result<()> {
+    if values.len() > rows.capacity {
+        return Err(Error::Shape(format!(
+            "{} indices into an index of {}",
+            values.len(),
+            rows.capacity
+        )));
+    }
+    b.write_index(&mut rows.index, values)?;
+    rows.len = values.len();
+    rows.max = values.iter().map(|&v| v as usize).max();
+    Ok(())
 }
 
 /// Checks a weight matrix `[n, k]` and bias `[n]` before a backend prepares them.
@@ -377,27 +400,28 @@ pub fn vision_embed<B: Backend>(
 pub fn text_embed<B: Backend>(
     b: &B,
     out: &mut B::Buf,
-    ids: &[u32],
+    ids: &Rows<B>,
     token: &B::Buf,
     pos: &B::Buf,
     seq: usize,
     dim: usize,
 ) -> Result<()> {
-    if seq == 0 || !ids.len().is_multiple_of(seq) {
-        return Err(Error::Shape(format!(
-            "{} ids are not whole rows of {seq}",
-            ids.len()
-        )));
+    let n = ids.len;
+    if seq == 0 || !n.is_multiple_of(seq) {
+        return Err(Error::Shape(format!("{n} ids are not whole rows of {seq}")));
     }
     let vocab = b.len(token).checked_div(dim).unwrap_or(0);
-    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+    if let Some(bad) = ids.max.filter(|&m| m >= vocab) {
         return Err(Error::Shape(format!(
             "token id {bad} outside a vocabulary of {vocab}"
         )));
     }
     need(b, pos, seq * dim, "position embedding")?;
-    need(b, out, ids.len() * dim, "text embeddings")?;
-    b.text_embed_unchecked(out, ids, token, pos, seq, dim)
+    need(b, out, n * dim, "text embeddings")?;
+    if n == 0 {
+        return Ok(());
+    }
+    b.text_embed_unchecked(out, &ids.index, n, token, pos, seq, dim)
 }
 
 /// Checked row gather: `out[i] = x[rows[i]]` for the first `n` indices of `rows`.

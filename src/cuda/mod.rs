@@ -168,6 +168,16 @@ enum MemInner {
     Sim(sim::SimMem),
 }
 
+impl Mem {
+    /// The allocation's size.
+    fn bytes(&self) -> usize {
+        match &self.inner {
+            MemInner::Cuda(slice) => slice.len(),
+            MemInner::Sim(m) => m.bytes(),
+        }
+    }
+}
+
 /// A kernel argument.
 #[derive(Clone, Copy)]
 enum Arg<'a> {
@@ -1263,24 +1273,21 @@ impl Backend for CudaBackend {
     fn text_embed_unchecked(
         &self,
         out: &mut CudaBuf,
-        ids: &[u32],
+        ids: &Mem,
+        n: usize,
         token: &CudaBuf,
         pos: &CudaBuf,
         seq: usize,
         dim: usize,
     ) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // ids were checked against the vocabulary by backend::text_embed.
-        let dev_ids = self.upload_u32(ids)?;
-        let (rows, s, d) = (int(ids.len(), "rows")?, int(seq, "seq")?, int(dim, "dim")?);
+        // ids were checked against the vocabulary by backend::text_embed / write_rows' callers.
+        let (rows, s, d) = (int(n, "rows")?, int(seq, "seq")?, int(dim, "dim")?);
         self.launch(
             self.k.text_embed,
-            elementwise(ids.len() * dim),
+            elementwise(n * dim),
             &[
                 Arg::Mem(&out.data),
-                Arg::Mem(&dev_ids),
+                Arg::Mem(ids),
                 Arg::Mem(&token.data),
                 Arg::Mem(&pos.data),
                 Arg::I32(rows),
@@ -1292,6 +1299,18 @@ impl Backend for CudaBackend {
 
     fn upload_index(&self, rows: &[u32]) -> Result<Mem> {
         self.upload_u32(rows)
+    }
+
+    fn write_index(&self, index: &mut Mem, rows: &[u32]) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(rows);
+        if bytes.len() > index.bytes() {
+            return Err(Error::Shape(format!(
+                "writing {} indices into an index of {}",
+                rows.len(),
+                index.bytes() / 4
+            )));
+        }
+        self.write_bytes(index, bytes)
     }
 
     fn gather_rows_unchecked(

@@ -1,9 +1,11 @@
 //! The text tower: token + position embedding, causal encoder, final LayerNorm and projection applied to the
 //! pooled (end-of-text) row of each text only — LayerNorm is row-wise, so normalizing just those rows is exact.
 
-use crate::backend::{self, Backend, Epilogue, GemmShape};
+use std::collections::HashMap;
+
+use crate::backend::{self, Backend, Epilogue, GemmShape, Rows};
 use crate::config::TextConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
 use crate::tokenizer::TextBatch;
 use crate::weights::TextWeights;
@@ -17,7 +19,44 @@ pub struct TextTower<B: Backend> {
     final_ln: (B::Buf, B::Buf),
     projection: B::Linear,
     projection_dim: usize,
-    workspace: Reuse<Workspace<B>>,
+    scratch: Reuse<Scratch<B>>,
+}
+
+/// A forward pass's buffers for up to `texts` texts of `rows` ids in all, kept between calls.
+struct Scratch<B: Backend> {
+    texts: usize,
+    encoder: Workspace<B>,
+    /// Token ids `[texts · seq]` and each text's pooled row, rewritten per call (outside any graph).
+    ids: Rows<B>,
+    pool: Rows<B>,
+    /// Pooled rows, after the final LayerNorm `[texts, D]`; projections `[texts, projection_dim]`.
+    pooled: B::Buf,
+    normed: B::Buf,
+    out: B::Buf,
+    /// The forward from ids to projections, recorded per (texts, seq) (CUDA graphs).
+    graphs: HashMap<(usize, usize), B::Graph>,
+}
+
+impl<B: Backend> Scratch<B> {
+    fn new(
+        b: &B,
+        c: &TextConfig,
+        projection_dim: usize,
+        texts: usize,
+        rows: usize,
+    ) -> Result<Self> {
+        let d = c.encoder.hidden_size;
+        Ok(Scratch {
+            texts,
+            encoder: Workspace::new(b, rows, &c.encoder)?,
+            ids: backend::rows(b, &vec![0; rows])?,
+            pool: backend::rows(b, &vec![0; texts])?,
+            pooled: b.alloc(texts * d)?,
+            normed: b.alloc(texts * d)?,
+            out: b.alloc(texts * projection_dim)?,
+            graphs: HashMap::new(),
+        })
+    }
 }
 
 impl<B: Backend> TextTower<B> {
@@ -40,7 +79,7 @@ impl<B: Backend> TextTower<B> {
                 None,
             )?,
             projection_dim,
-            workspace: Reuse::default(),
+            scratch: Reuse::default(),
         })
     }
 
@@ -49,48 +88,74 @@ impl<B: Backend> TextTower<B> {
         let c = &self.config.encoder;
         let d = c.hidden_size;
         let (n, seq) = (batch.batch, batch.seq_len);
-        let mut ws = self
-            .workspace
-            .take_or(|w| w.rows >= n * seq, || Workspace::new(b, n * seq, c))?;
-        backend::text_embed(
-            b,
-            &mut ws.x,
-            &batch.ids,
-            &self.token_embedding,
-            &self.position_embedding,
-            seq,
-            d,
+        if n == 0 {
+            return Err(Error::EmptyInput("no texts given"));
+        }
+        // Checked here, before the ids reach the device: a recorded graph's replay does not run backend's checks.
+        let vocab = b.len(&self.token_embedding) / d;
+        if let Some(bad) = batch.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Shape(format!(
+                "token id {bad} outside a vocabulary of {vocab}"
+            )));
+        }
+        let mut s = self.scratch.take_or(
+            |s| s.encoder.rows >= n * seq && s.texts >= n,
+            || Scratch::new(b, &self.config, self.projection_dim, n, n * seq),
         )?;
-        run_encoder(b, &self.layers, c, &mut ws, n, seq, true)?;
-
-        let rows: Vec<usize> = batch
+        backend::write_rows(b, &mut s.ids, &batch.ids)?;
+        let pool: Vec<u32> = batch
             .pool
             .iter()
             .enumerate()
-            .map(|(i, p)| i * seq + p)
-            .collect();
-        let rows = backend::rows(b, &rows)?;
-        let mut pooled = b.alloc(n * d)?;
-        backend::gather_rows(b, &mut pooled, &ws.x, &rows, n, d)?;
-        let mut normed = b.alloc(n * d)?;
-        backend::layernorm(
-            b,
-            &mut normed,
-            &pooled,
-            &self.final_ln.0,
-            &self.final_ln.1,
-            n,
-            d,
-            c.layer_norm_eps,
-        )?;
-        let mut out = b.alloc(n * self.projection_dim)?;
-        let g = GemmShape {
-            m: n,
-            n: self.projection_dim,
-            k: d,
-        };
-        backend::gemm(b, &mut out, &normed, &self.projection, g, Epilogue::Store)?;
-        self.workspace.keep(ws);
-        b.download(&out)
+            .map(|(i, p)| {
+                u32::try_from(i * seq + p)
+                    .map_err(|_| Error::Shape("pooled row past 32 bits".into()))
+            })
+            .collect::<Result<_>>()?;
+        backend::write_rows(b, &mut s.pool, &pool)?;
+        let Scratch {
+            encoder: ws,
+            ids,
+            pool,
+            pooled,
+            normed,
+            out,
+            graphs,
+            ..
+        } = &mut s;
+        // Everything from the ids to the projections: one graph per (texts, seq) on a GPU.
+        backend::run_recorded(b, graphs, (n, seq), &mut || {
+            backend::text_embed(
+                b,
+                &mut ws.x,
+                ids,
+                &self.token_embedding,
+                &self.position_embedding,
+                seq,
+                d,
+            )?;
+            run_encoder(b, &self.layers, c, ws, n, seq, true)?;
+            backend::gather_rows(b, pooled, &ws.x, pool, n, d)?;
+            backend::layernorm(
+                b,
+                normed,
+                pooled,
+                &self.final_ln.0,
+                &self.final_ln.1,
+                n,
+                d,
+                c.layer_norm_eps,
+            )?;
+            let g = GemmShape {
+                m: n,
+                n: self.projection_dim,
+                k: d,
+            };
+            backend::gemm(b, out, normed, &self.projection, g, Epilogue::Store)
+        })?;
+        let mut result = b.download(&s.out)?;
+        result.truncate(n * self.projection_dim);
+        self.scratch.keep(s);
+        Ok(result)
     }
 }

@@ -45,7 +45,7 @@ struct Scratch<B: Backend> {
     out: [B::Buf; 2],
     /// The forward from pixels to projections, recorded per (chunk size, parity) (CUDA graphs): they hold the
     /// addresses of the buffers above, so they live and die with them.
-    graphs: HashMap<usize, B::Graph>,
+    graphs: HashMap<(usize, usize), B::Graph>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -176,7 +176,7 @@ impl<B: Backend> VisionTower<B> {
         } = s;
         let (pixels, out) = (&pixels[parity], &mut out[parity]);
         let eps = c.encoder.layer_norm_eps;
-        backend::run_recorded(b, graphs, 2 * batch + parity, &mut || {
+        backend::run_recorded(b, graphs, (batch, parity), &mut || {
             backend::im2col(b, cols, pixels, ps)?;
             let g = GemmShape {
                 m: batch * np,
