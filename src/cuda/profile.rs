@@ -67,6 +67,24 @@ pub struct Row {
     pub vs_default: Option<f64>,
 }
 
+impl Row {
+    /// A row with its status and no timing yet (`fill` adds it).
+    fn untimed(op: &str, shape: &str, variant: &str, status: &str, unit: &'static str) -> Row {
+        Row {
+            op: op.into(),
+            shape: shape.into(),
+            variant: variant.into(),
+            status: status.into(),
+            median_ms: None,
+            min_ms: None,
+            rate: None,
+            unit,
+            peak_fraction: None,
+            vs_default: None,
+        }
+    }
+}
+
 /// One problem instance.
 #[derive(Clone, Copy, Debug)]
 enum Case {
@@ -411,22 +429,12 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
         let mut default_ms = None;
         for (op, variant, g) in backends.iter().filter(|(o, _, _)| *o == case.op()) {
             let mut b = alloc(g, case, &h)?;
-            let mut row = Row {
-                op: op.to_string(),
-                shape: label.clone(),
-                variant: variant.to_string(),
-                status: "ok".into(),
-                median_ms: None,
-                min_ms: None,
-                rate: None,
-                unit: if matches!(case, Case::LayerNorm { .. }) {
-                    "GB/s"
-                } else {
-                    "TFLOP/s"
-                },
-                peak_fraction: None,
-                vs_default: None,
+            let unit = if matches!(case, Case::LayerNorm { .. }) {
+                "GB/s"
+            } else {
+                "TFLOP/s"
             };
+            let mut row = Row::untimed(op, label, variant, "ok", unit);
             let before = g.simulator_stats().ok();
             if let Err(e) = validate(g, case, &h, &mut b)? {
                 row.status = format!("FAILED: {e}");
@@ -465,18 +473,13 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
         && !base.is_simulated()
         && list.iter().any(|(_, c)| matches!(c, Case::Gemm { .. }))
     {
-        report(&Row {
-            op: "gemm".into(),
-            shape: "-".into(),
-            variant: "cublas".into(),
-            status: "skipped: libcublas not found (add its folder to LD_LIBRARY_PATH)".into(),
-            median_ms: None,
-            min_ms: None,
-            rate: None,
-            unit: "TFLOP/s",
-            peak_fraction: None,
-            vs_default: None,
-        });
+        report(&Row::untimed(
+            "gemm",
+            "-",
+            "cublas",
+            "skipped: libcublas not found (add its folder to LD_LIBRARY_PATH)",
+            "TFLOP/s",
+        ));
     }
     Ok(())
 }
@@ -566,18 +569,7 @@ impl Blas {
             .iter()
             .map(|v| v.to_f32())
             .collect();
-        let mut row = Row {
-            op: "gemm".into(),
-            shape: label.to_string(),
-            variant: "cublas".into(),
-            status: "ok (no epilogue)".into(),
-            median_ms: None,
-            min_ms: None,
-            rate: None,
-            unit: "TFLOP/s",
-            peak_fraction: None,
-            vs_default: None,
-        };
+        let mut row = Row::untimed("gemm", label, "cublas", "ok (no epilogue)", "TFLOP/s");
         let bad = samples(s.m).into_iter().try_for_each(|r| {
             let want: Vec<f64> = (0..s.n)
                 .map(|c| {
