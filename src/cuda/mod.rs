@@ -955,10 +955,6 @@ impl CudaBackend {
         }
         Ok(top)
     }
-
-    fn upload_u32(&self, v: &[u32]) -> Result<Mem> {
-        self.upload_bytes(bytemuck::cast_slice(v))
-    }
 }
 
 /// The pick function of [`Kernels::select`] for explicit `(op, variant)` choices over the defaults/overrides.
@@ -1298,7 +1294,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_index(&self, rows: &[u32]) -> Result<Mem> {
-        self.upload_u32(rows)
+        self.upload_bytes(bytemuck::cast_slice(rows))
     }
 
     fn write_index(&self, index: &mut Mem, rows: &[u32]) -> Result<()> {
