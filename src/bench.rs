@@ -15,6 +15,7 @@ use crate::backend::reference::ReferenceBackend;
 use crate::backend::Backend;
 use crate::clip::Device;
 use crate::config::{presets, ClipConfig, EncoderConfig};
+use crate::cpu::peak::{peak_gflops, Unit};
 use crate::cpu::{CpuBackend, Isa, Precision};
 use crate::error::{Error, Result};
 use crate::model::ClipModel;
@@ -207,8 +208,13 @@ pub struct Measurement {
     pub seq: Option<usize>,
     pub precision: &'static str,
     pub device: String,
-    /// SIMD tier of the CPU backend.
+    /// SIMD tier of the CPU backend (the GPU architecture on CUDA).
     pub isa: String,
+    /// The matrix engine that ran the products: amx-bf16, avx512-bf16, avx512-f32, avx2, scalar (CPU);
+    /// cuda-f16 / cuda-f32; f64-reference.
+    pub engine: String,
+    /// Why that engine runs (CPU model workloads; empty elsewhere).
+    pub engine_reason: String,
     pub threads: usize,
     pub items_per_s: f64,
     /// Median over the timed runs.
@@ -217,7 +223,8 @@ pub struct Measurement {
     pub ms_max: f64,
     pub reps: usize,
     pub gflops_per_s: f64,
-    /// `gflops_per_s / peak_gflops`, against the peak of the precision run (bf16: twice the f32 peak).
+    /// `gflops_per_s / peak_gflops`, against the measured peak of the engine that ran (AMX: `tdpbf16ps`;
+    /// avx512-bf16: `vdpbf16ps`; f32: FMAs). NaN where no peak is known (the AMX emulator).
     pub peak_fraction: f64,
     pub peak_gflops: f64,
     /// Seconds to build the model (random weights or checkpoint read, plus packing).
@@ -264,114 +271,6 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-/// The machine's f32 peak on `threads` threads, measured: every thread runs independent FMA chains (24 registers
-/// deep, enough to hide the FMA latency) on the widest tier for ≈ 0.3 s, all at once so the all-core clock applies;
-/// each thread times itself, and the rates add up.
-pub fn measure_peak_gflops(threads: usize, isa: Isa) -> f64 {
-    // Sized so one run lasts ≈ 0.1 s even at 64 FLOP/cycle and 5 GHz; the best of 3 skips clock ramp-up.
-    let iters = 10_000_000usize;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                s.spawn(move || {
-                    (0..3)
-                        .map(|_| {
-                            let t = Instant::now();
-                            let flops = fma_chains(isa, iters);
-                            flops / t.elapsed().as_secs_f64()
-                        })
-                        .fold(0.0, f64::max)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(0.0))
-            .sum::<f64>()
-            / 1e9
-    })
-}
-
-/// Runs `iters` steps of independent FMA chains on the widest tier; returns the FLOPs done.
-fn fma_chains(isa: Isa, iters: usize) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if isa == Isa::Avx512 && isa.available() {
-            // SAFETY: AVX-512F is present; the asm touches only the registers it declares.
-            unsafe { fma_avx512(iters) };
-            return (iters * 20 * 16 * 2) as f64;
-        }
-        if isa == Isa::Avx2 && isa.available() {
-            // SAFETY: AVX2 and FMA are present; the asm touches only the registers it declares.
-            unsafe { fma_avx2(iters) };
-            return (iters * 12 * 8 * 2) as f64;
-        }
-    }
-    let mut acc = [1.0f32; 16];
-    for _ in 0..iters / 16 {
-        for a in &mut acc {
-            *a = a.mul_add(0.999_999, 1e-7);
-        }
-    }
-    std::hint::black_box(acc);
-    (iters / 16 * 16 * 2) as f64
-}
-
-// Written in asm: with intrinsics, LLVM spills some of the chains to the stack and the loop measures store
-// forwarding instead of the FMA units.
-/// 20 independent `vfmadd231ps zmm` chains per iteration (20 > latency × pipes on any current x86).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_avx512(iters: usize) {
-    std::arch::asm!(
-        "vxorps xmm30, xmm30, xmm30",
-        "vxorps xmm31, xmm31, xmm31",
-        "2:",
-        "vfmadd231ps zmm0, zmm30, zmm31", "vfmadd231ps zmm1, zmm30, zmm31",
-        "vfmadd231ps zmm2, zmm30, zmm31", "vfmadd231ps zmm3, zmm30, zmm31",
-        "vfmadd231ps zmm4, zmm30, zmm31", "vfmadd231ps zmm5, zmm30, zmm31",
-        "vfmadd231ps zmm6, zmm30, zmm31", "vfmadd231ps zmm7, zmm30, zmm31",
-        "vfmadd231ps zmm8, zmm30, zmm31", "vfmadd231ps zmm9, zmm30, zmm31",
-        "vfmadd231ps zmm10, zmm30, zmm31", "vfmadd231ps zmm11, zmm30, zmm31",
-        "vfmadd231ps zmm12, zmm30, zmm31", "vfmadd231ps zmm13, zmm30, zmm31",
-        "vfmadd231ps zmm14, zmm30, zmm31", "vfmadd231ps zmm15, zmm30, zmm31",
-        "vfmadd231ps zmm16, zmm30, zmm31", "vfmadd231ps zmm17, zmm30, zmm31",
-        "vfmadd231ps zmm18, zmm30, zmm31", "vfmadd231ps zmm19, zmm30, zmm31",
-        "dec {n}",
-        "jnz 2b",
-        n = inout(reg) iters.max(1) => _,
-        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
-        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-        out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
-        out("zmm18") _, out("zmm19") _, out("zmm30") _, out("zmm31") _,
-        options(nostack, nomem),
-    );
-}
-
-/// 12 independent `vfmadd231ps ymm` chains per iteration.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_avx2(iters: usize) {
-    std::arch::asm!(
-        "vxorps ymm14, ymm14, ymm14",
-        "vxorps ymm15, ymm15, ymm15",
-        "2:",
-        "vfmadd231ps ymm0, ymm14, ymm15", "vfmadd231ps ymm1, ymm14, ymm15",
-        "vfmadd231ps ymm2, ymm14, ymm15", "vfmadd231ps ymm3, ymm14, ymm15",
-        "vfmadd231ps ymm4, ymm14, ymm15", "vfmadd231ps ymm5, ymm14, ymm15",
-        "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
-        "vfmadd231ps ymm8, ymm14, ymm15", "vfmadd231ps ymm9, ymm14, ymm15",
-        "vfmadd231ps ymm10, ymm14, ymm15", "vfmadd231ps ymm11, ymm14, ymm15",
-        "dec {n}",
-        "jnz 2b",
-        n = inout(reg) iters.max(1) => _,
-        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
-        out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-        out("ymm14") _, out("ymm15") _,
-        options(nostack, nomem),
-    );
 }
 
 /// Times `f`: `warmup` untimed runs, then `reps` timed ones; returns (median, min, max) in ms.
@@ -502,37 +401,35 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
     match cfg.device {
         Device::Cpu => {
             let backend = CpuBackend::from_env(cfg.precision)?;
-            let peak = cfg
-                .peak_gflops
-                .unwrap_or_else(|| measure_peak_gflops(threads, backend.isa()));
-            let subject = build(cfg, backend)?;
-            let (isa, precision) = (backend.isa().name(), backend.precision().name());
-            measure(
-                cfg,
-                &subject,
-                threads,
+            let engine = backend.engine();
+            let peak = cfg.peak_gflops.unwrap_or_else(|| {
+                engine.peak_unit().map_or(f64::NAN, |u| peak_gflops(threads, u))
+            });
+            let run = Run {
+                isa: backend.isa().name().into(),
+                engine: engine.name().into(),
+                engine_reason: backend.reason().into(),
+                precision: backend.precision().name(),
+                device: "cpu".into(),
                 peak,
-                isa,
-                precision,
-                "cpu",
-                &mut report,
-            )
+            };
+            let subject = build(cfg, backend)?;
+            measure(cfg, &subject, threads, &run, &mut report)
         }
         Device::Reference => {
             let peak = cfg
                 .peak_gflops
-                .unwrap_or_else(|| measure_peak_gflops(threads, Isa::Scalar));
-            let subject = build(cfg, ReferenceBackend)?;
-            measure(
-                cfg,
-                &subject,
-                threads,
+                .unwrap_or_else(|| peak_gflops(threads, Unit::Fma(Isa::Scalar)));
+            let run = Run {
+                isa: "f64".into(),
+                engine: "f64-reference".into(),
+                engine_reason: String::new(),
+                precision: "f64",
+                device: "reference".into(),
                 peak,
-                "f64",
-                "f64",
-                "reference",
-                &mut report,
-            )
+            };
+            let subject = build(cfg, ReferenceBackend)?;
+            measure(cfg, &subject, threads, &run, &mut report)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
@@ -547,17 +444,16 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
                 Some(why) => format!("graphs off: {why}"),
             };
             let device = format!("cuda:{n} {} ({})", info.name, graphs(&backend));
-            let subject = build(cfg, backend)?;
-            let measured = measure(
-                cfg,
-                &subject,
-                threads,
+            let run = Run {
+                isa: info.arch.clone(),
+                engine: "cuda-f16".into(),
+                engine_reason: String::new(),
+                precision: "f16",
+                device,
                 peak,
-                &info.arch,
-                "f16",
-                &device,
-                &mut report,
-            );
+            };
+            let subject = build(cfg, backend)?;
+            let measured = measure(cfg, &subject, threads, &run, &mut report);
             // A capture that failed during the run switched graphs off: say so next to the numbers.
             eprintln!("cuda:{n} after the run: {}", graphs(&subject.model.backend));
             measured
@@ -609,15 +505,22 @@ fn build<B: Backend>(cfg: &BenchConfig, backend: B) -> Result<Subject<B>> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every measurement of one backend shares.
+struct Run {
+    isa: String,
+    engine: String,
+    engine_reason: String,
+    precision: &'static str,
+    device: String,
+    /// The engine's peak GFLOP/s (measured, or given).
+    peak: f64,
+}
+
 fn measure<B: Backend>(
     cfg: &BenchConfig,
     s: &Subject<B>,
     threads: usize,
-    peak: f64,
-    isa: &str,
-    precision: &'static str,
-    device: &str,
+    run: &Run,
     report: &mut impl FnMut(&Measurement),
 ) -> Result<()> {
     let c = &s.model.config;
@@ -665,20 +568,16 @@ fn measure<B: Backend>(
                 }
             };
             let gflops = flops / (ms / 1e3) / 1e9;
-            // vdpbf16ps does two multiply–adds per f32 lane: the bf16 peak is twice the f32 one.
-            let peak = if precision == "bf16" {
-                2.0 * peak
-            } else {
-                peak
-            };
             report(&Measurement {
                 arch: s.arch.clone(),
                 workload,
                 batch,
                 seq,
-                precision,
-                device: device.to_string(),
-                isa: isa.to_string(),
+                precision: run.precision,
+                device: run.device.clone(),
+                isa: run.isa.clone(),
+                engine: run.engine.clone(),
+                engine_reason: run.engine_reason.clone(),
                 threads,
                 items_per_s: batch as f64 / (ms / 1e3),
                 ms_per_batch: ms,
@@ -686,8 +585,8 @@ fn measure<B: Backend>(
                 ms_max: hi,
                 reps: cfg.reps.max(1),
                 gflops_per_s: gflops,
-                peak_fraction: gflops / peak,
-                peak_gflops: peak,
+                peak_fraction: gflops / run.peak,
+                peak_gflops: run.peak,
                 load_s: s.load_s,
                 weights_mb,
                 peak_rss_mb: peak_rss_mb(),
@@ -702,12 +601,13 @@ fn measure<B: Backend>(
 /// The table header matching [`table_row`].
 pub fn table_header() -> String {
     format!(
-        "{:<12} {:<10} {:>5} {:>4} {:>5} {:>10} {:>10} {:>17} {:>9} {:>6}",
+        "{:<12} {:<10} {:>5} {:>4} {:>5} {:>12} {:>10} {:>10} {:>17} {:>9} {:>6}",
         "arch",
         "workload",
         "batch",
         "seq/k",
         "prec",
+        "engine",
         "items/s",
         "ms/batch",
         "spread (min–max)",
@@ -725,13 +625,14 @@ pub fn table_row(m: &Measurement) -> String {
         Workload::Search => "search",
     };
     format!(
-        "{:<12} {:<10} {:>5} {:>4} {:>5} {:>10.2} {:>10.2} {:>17} {:>9.1} {:>5.1}%",
+        "{:<12} {:<10} {:>5} {:>4} {:>5} {:>12} {:>10.2} {:>10.2} {:>17} {:>9.1} {:>5.1}%",
         m.arch,
         workload,
         m.batch,
         // Search rows show k in the seq column.
         m.seq.or(m.k).map_or("-".into(), |s| s.to_string()),
         m.precision,
+        m.engine,
         m.items_per_s,
         m.ms_per_batch,
         format!("{:.1}–{:.1}", m.ms_min, m.ms_max),

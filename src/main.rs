@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use cliprt::{npy, AlphaMode, Clip, Device, Error, Result};
+use cliprt::cpu::{MatrixEngine, Precision};
 
 #[derive(Parser)]
 #[command(
@@ -368,16 +369,20 @@ fn run(command: Command) -> Result<()> {
                 if first {
                     first = false;
                     println!(
-                        "cliprt {} on {} ({}, {} threads, peak {:.0} GFLOP/s {}); model built in {:.2} s, weights {:.0} MB f32",
+                        "cliprt {} on {} ({}, engine {}, {} threads, peak {:.0} GFLOP/s {}); model built in {:.2} s, weights {:.0} MB f32",
                         env!("CARGO_PKG_VERSION"),
                         m.device,
                         m.isa,
+                        m.engine,
                         m.threads,
                         m.peak_gflops,
                         if peak_gflops.is_some() { "given" } else { "measured" },
                         m.load_s,
                         m.weights_mb
                     );
+                    if !m.engine_reason.is_empty() {
+                        println!("engine {}: {}", m.engine, m.engine_reason);
+                    }
                     println!("{}", cliprt::bench::table_header());
                 }
                 println!("{}", cliprt::bench::table_row(m));
@@ -572,6 +577,13 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
+/// The CPU's model name from /proc/cpuinfo (Linux), e.g. "AMD EPYC 9B45".
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
 /// Prints the CPU tier and the CUDA status (the latter never fails here; see `cuda_status`).
 fn print_devices(device: Device) {
     let isa = cliprt::cpu::Isa::best();
@@ -581,10 +593,18 @@ fn print_devices(device: Device) {
         ""
     };
     println!(
-        "cpu:              {} SIMD{bf16}, {} threads",
+        "cpu:              {} ({} SIMD{bf16}, {} threads)",
+        cpu_model().unwrap_or_else(|| "unknown model".into()),
         isa.name(),
         rayon::current_num_threads()
     );
+    println!("amx:              {}", cliprt::cpu::amx::support().describe());
+    let engines: Vec<_> = MatrixEngine::available_engines().iter().map(|e| e.name()).collect();
+    println!("cpu engines:      {}", engines.join(", "));
+    for p in [Precision::F32, Precision::Bf16] {
+        let c = cliprt::cpu::engine::choose(isa, p);
+        println!("{:<18}{} ({})", format!("{} engine:", p.name()), c.engine.name(), c.reason);
+    }
     let n = match device {
         Device::Cuda(n) => n,
         _ => 0,

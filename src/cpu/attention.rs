@@ -4,13 +4,15 @@
 //! Per head: `S = Q·Kᵀ` (S is at most 257 × 257 floats, 264 KB: it stays in L2), a SIMD softmax per row with the
 //! 1/√d scale and the causal mask folded in, then `O = P·V` written straight into the head's columns of the output.
 //! On AVX-512 both products run the GEMM micro-kernel: Kᵀ is packed into 32-column panels, V is read in place
-//! (masked loads make any head dim work: 64, 80, 104). Other tiers use the `gemm` crate for the two products.
+//! (masked loads make any head dim work: 64, 80, 104). The AMX engines run both products on tiles
+//! (`amx::attention`); the AVX2 and scalar tiers use the `gemm` crate.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use super::isa::Isa;
+use super::MatrixEngine;
 use super::matmul::{sgemm, NR};
 use super::simd;
 use crate::backend::AttnShape;
@@ -49,7 +51,8 @@ impl OutPtr {
 
 /// `out[b·seq + i, h·hd..(h+1)·hd] = softmax(q_i·Kᵀ/√hd [causal]) · V` for every (b, h); `qkv` rows are `[q | k | v]`.
 /// Lengths are checked by the caller (backend::attention).
-pub fn attention(isa: Isa, out: &mut [f32], qkv: &[f32], s: AttnShape) {
+pub fn attention(engine: MatrixEngine, out: &mut [f32], qkv: &[f32], s: AttnShape) {
+    let isa = engine.isa();
     let (d, seq) = (s.width(), s.seq);
     assert!(qkv.len() >= s.batch * seq * 3 * d && out.len() >= s.batch * seq * d);
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -57,7 +60,12 @@ pub fn attention(isa: Isa, out: &mut [f32], qkv: &[f32], s: AttnShape) {
     (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / s.heads, bh % s.heads);
         let head = &qkv[b * seq * 3 * d + h * s.head_dim..];
-        if avx512 {
+        if let Some(mode) = engine.tiles() {
+            // SAFETY: as below; the engine is AMX only where its tiles can run.
+            unsafe {
+                super::amx::attention_head(mode, isa, out_ptr.get().add(b * seq * d + h * s.head_dim), head, s)
+            }
+        } else if avx512 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F checked above; the asserts bound every row this head touches.
             unsafe {

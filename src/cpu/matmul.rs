@@ -19,13 +19,16 @@
 //! - **Threads.** Jobs go to rayon; the N split is made finer when there are few row blocks, so batch 1 (50 rows)
 //!   still gives every core several jobs.
 //!
-//! Without AVX-512 (or with a lower tier forced) the `gemm` crate runs the product on the pre-transposed weight and a
-//! SIMD pass applies bias and activation.
+//! On the AMX engines the weight is packed into tiles instead and `amx::gemm` runs the product. Without AVX-512 (or
+//! with a lower tier forced) the `gemm` crate runs the product on the pre-transposed weight and a SIMD pass applies
+//! bias and activation.
 
 use rayon::prelude::*;
 
+use super::amx::{self, PackedB};
 use super::isa::{has_avx512_bf16, Isa};
 use super::simd;
+use super::MatrixEngine;
 use crate::backend::{Activation, Epilogue};
 
 /// Columns per packed weight panel.
@@ -84,6 +87,8 @@ enum Packed {
     Bf16(Vec<u32>),
     /// `Wᵀ[k, n]` row-major for the `gemm` crate.
     Transposed(Vec<f32>),
+    /// AMX B tiles (see `amx::gemm`).
+    Amx(PackedB),
 }
 
 /// A linear layer prepared for the CPU: packed weight `[n, k]` and optional bias `[n]`.
@@ -92,20 +97,6 @@ pub struct PackedLinear {
     bias: Option<Vec<f32>>,
     pub n: usize,
     pub k: usize,
-}
-
-/// Which kernel family runs a given (tier, precision).
-fn packed_kind(isa: Isa, precision: Precision) -> (bool, Precision) {
-    let avx512 = isa == Isa::Avx512 && isa.available();
-    match precision {
-        Precision::Bf16 if avx512 && has_avx512_bf16() => (true, Precision::Bf16),
-        _ => (avx512, Precision::F32),
-    }
-}
-
-/// The precision a CPU with tier `isa` actually runs when asked for `precision` (bf16 needs AVX512_BF16).
-pub fn effective_precision(isa: Isa, precision: Precision) -> Precision {
-    packed_kind(isa, precision).1
 }
 
 /// A zeroed buffer for packed weights, backed by transparent huge pages where the OS allows: the kernels stream
@@ -133,19 +124,11 @@ fn bf16_bits(x: f32) -> u32 {
 }
 
 impl PackedLinear {
-    /// Packs `w[n, k]` (HF layout) for `isa` and `precision`. Shapes are checked by the caller.
-    pub fn new(
-        w: &[f32],
-        n: usize,
-        k: usize,
-        bias: Option<&[f32]>,
-        isa: Isa,
-        precision: Precision,
-    ) -> Self {
+    /// Packs `w[n, k]` (HF layout) for `engine`. Shapes are checked by the caller.
+    pub fn new(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, engine: MatrixEngine) -> Self {
         let panels = n.div_ceil(NR);
-        let packed = match packed_kind(isa, precision) {
-            // packed_kind never picks F16: the CPU has no fp16 arithmetic and runs f32 instead.
-            (true, Precision::F32 | Precision::F16) => {
+        let packed = match engine {
+            MatrixEngine::Avx512F32 => {
                 let mut p = weight_buffer::<f32>(panels * k * NR);
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
                     let base = (col / NR) * k * NR + col % NR;
@@ -155,7 +138,7 @@ impl PackedLinear {
                 }
                 Packed::F32(p)
             }
-            (true, Precision::Bf16) => {
+            MatrixEngine::Avx512Bf16 => {
                 let kp = k.div_ceil(2);
                 let mut p = weight_buffer::<u32>(panels * kp * NR);
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
@@ -167,7 +150,10 @@ impl PackedLinear {
                 }
                 Packed::Bf16(p)
             }
-            (false, _) => {
+            MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
+                Packed::Amx(PackedB::new(n, k, |j, t| w[j * k + t]))
+            }
+            MatrixEngine::Avx2 | MatrixEngine::Scalar => {
                 let mut t = vec![0.0f32; n * k];
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
                     for (kk, &v) in row.iter().enumerate() {
@@ -190,7 +176,7 @@ impl PackedLinear {
     }
 
     /// `out[m, n] (+)= a[m, k] · Wᵀ` with the epilogue `ep`. `a` holds ≥ m·k values and `out` ≥ m·n (asserted).
-    pub fn run(&self, isa: Isa, a: &[f32], m: usize, out: &mut [f32], ep: Epilogue) {
+    pub fn run(&self, engine: MatrixEngine, a: &[f32], m: usize, out: &mut [f32], ep: Epilogue) {
         let (n, k) = (self.n, self.k);
         assert!(a.len() >= m * k && out.len() >= m * n);
         if m == 0 || n == 0 {
@@ -202,7 +188,12 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             Packed::Bf16(p) => avx512::run_bf16(a, m, k, p, n, self.bias.as_deref(), out, ep),
             Packed::Transposed(t) => {
-                run_fallback(isa, a, m, k, t, n, self.bias.as_deref(), out, ep)
+                run_fallback(engine.isa(), a, m, k, t, n, self.bias.as_deref(), out, ep)
+            }
+            Packed::Amx(p) => {
+                // Packed::Amx is only built for the AMX engines, so tiles() is Some; an engine mismatch is a bug.
+                let mode = engine.tiles().expect("AMX weights run on an AMX engine");
+                amx::gemm(mode, engine.isa(), a, m, k, p, self.bias.as_deref(), out, ep)
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("packed layouts are only built on x86_64"),
@@ -776,7 +767,7 @@ pub(crate) mod avx512 {
 
     /// Converts rows of f32 to bf16 pairs (round to nearest even), `kp` pairs per row, zero-padding odd k.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn to_bf16_rows(src: &[f32], k: usize, dst: &mut [u32], kp: usize) {
+    pub(crate) unsafe fn to_bf16_rows(src: &[f32], k: usize, dst: &mut [u32], kp: usize) {
         for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(kp)) {
             let mut i = 0;
             while i < k {

@@ -1,25 +1,33 @@
-//! The CPU backend: f32 (or bf16 GEMMs on AVX512_BF16 CPUs), our own AVX-512 GEMM micro-kernel with weights packed
-//! once at load (the `gemm` crate on CPUs without AVX-512), hand-written SIMD for the row-wise ops, rayon threads.
+//! The CPU backend: a matrix engine ([`MatrixEngine`]: AMX bf16 tiles, AVX-512 bf16 or f32 micro-kernels, or the
+//! `gemm` crate on AVX2/scalar) for the GEMMs and attention products, with weights packed once at load for it;
+//! hand-written SIMD for the row-wise ops; rayon threads.
 //!
-//! The SIMD tier is chosen once per backend ([`Isa`]); `CLIPRT_CPU_ISA` forces a lower one.
+//! The engine is chosen once per backend ([`engine::choose`], with the reason kept for the bench);
+//! `CLIPRT_CPU_ISA` caps the SIMD tier and `CLIPRT_CPU_ENGINE` forces an engine.
 
+pub mod amx;
 pub mod attention;
+pub mod engine;
 pub mod isa;
 pub mod matmul;
+pub mod peak;
 pub mod simd;
+
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::backend::{check_linear, host, AttnShape, Backend, Epilogue, GemmShape};
 use crate::error::Result;
+pub use engine::MatrixEngine;
 pub use isa::Isa;
 pub use matmul::{PackedLinear, Precision};
 
 /// The multithreaded CPU backend.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CpuBackend {
-    isa: Isa,
-    precision: Precision,
+    engine: MatrixEngine,
+    reason: Arc<str>,
 }
 
 impl Default for CpuBackend {
@@ -30,33 +38,60 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend on tier `isa`, or the best available tier below it, computing GEMMs in `precision`. bf16 needs
-    /// AVX-512 with AVX512_BF16; elsewhere it falls back to f32: [`CpuBackend::isa`] and
-    /// [`CpuBackend::precision`] say what runs.
+    /// A backend at SIMD tier `isa` (or the best available tier below it) on the fastest engine for `precision`
+    /// there: bf16 runs on AMX, else on `vdpbf16ps` where it pays off, else as f32 ([`engine::choose`]).
+    /// [`CpuBackend::engine`] and [`CpuBackend::precision`] say what runs, [`CpuBackend::reason`] why.
     pub fn new(isa: Isa, precision: Precision) -> Self {
-        let isa = Isa::ALL
-            .into_iter()
-            .rev()
-            .find(|&i| i <= isa && i.available())
-            .unwrap_or(Isa::Scalar);
+        let c = engine::choose(isa, precision);
         CpuBackend {
-            isa,
-            precision: matmul::effective_precision(isa, precision),
+            engine: c.engine,
+            reason: c.reason.into(),
         }
     }
 
-    /// The tier from `CLIPRT_CPU_ISA` (best available when unset) with `precision`.
+    /// A backend on exactly this engine, or an error when the CPU lacks it.
+    pub fn with_engine(engine: MatrixEngine) -> Result<Self> {
+        if !engine.available() {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "CPU engine {} is not available on this machine",
+                engine.name()
+            )));
+        }
+        Ok(CpuBackend {
+            engine,
+            reason: "engine chosen by the caller".into(),
+        })
+    }
+
+    /// `CLIPRT_CPU_ENGINE` when set, else the tier from `CLIPRT_CPU_ISA` (best available when unset) with the
+    /// fastest engine for `precision`.
     pub fn from_env(precision: Precision) -> Result<Self> {
+        if let Some(e) = MatrixEngine::from_env()? {
+            let mut b = CpuBackend::with_engine(e)?;
+            b.reason = "forced by CLIPRT_CPU_ENGINE".into();
+            return Ok(b);
+        }
         Ok(CpuBackend::new(Isa::from_env()?, precision))
     }
 
+    /// The SIMD tier of the row-wise ops.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.engine.isa()
+    }
+
+    /// The matrix engine of the GEMMs and attention products.
+    pub fn engine(&self) -> MatrixEngine {
+        self.engine
+    }
+
+    /// Why this engine runs.
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 
     /// The precision the GEMMs actually run in.
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.engine.precision()
     }
 }
 
@@ -76,7 +111,7 @@ impl Backend for CpuBackend {
 
     fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<PackedLinear> {
         check_linear(w, n, k, bias)?;
-        Ok(PackedLinear::new(w, n, k, bias, self.isa, self.precision))
+        Ok(PackedLinear::new(w, n, k, bias, self.engine))
     }
     fn linear_dims(&self, lin: &PackedLinear) -> (usize, usize, bool) {
         (lin.n, lin.k, lin.has_bias())
@@ -90,7 +125,7 @@ impl Backend for CpuBackend {
         s: GemmShape,
         ep: Epilogue,
     ) -> Result<()> {
-        w.run(self.isa, x, s.m, out, ep);
+        w.run(self.engine, x, s.m, out, ep);
         Ok(())
     }
 
@@ -104,20 +139,20 @@ impl Backend for CpuBackend {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        let (gamma, beta) = (&gamma[..dim], &beta[..dim]);
+        let (gamma, beta, isa) = (&gamma[..dim], &beta[..dim], self.isa());
         out[..rows * dim]
             .par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x[..rows * dim].par_chunks(dim * ROWS_PER_TASK))
             .for_each(|(o, x)| {
                 for (o, x) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                    simd::layernorm(self.isa, o, x, gamma, beta, eps);
+                    simd::layernorm(isa, o, x, gamma, beta, eps);
                 }
             });
         Ok(())
     }
 
     fn attention_unchecked(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, s: AttnShape) -> Result<()> {
-        attention::attention(self.isa, out, qkv, s);
+        attention::attention(self.engine, out, qkv, s);
         Ok(())
     }
 }

@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::cpu::peak::{peak_gflops, Unit};
+
 use super::{search, search_reference, to_bf16_pairs, Gallery, Storage};
-use crate::bench::{measure_peak_gflops, peak_rss_mb, time_runs, Measurement, Workload};
+use crate::bench::{peak_rss_mb, time_runs, Measurement, Workload};
 use crate::cpu::{Isa, Precision};
 use crate::error::{Error, Result};
 
@@ -59,6 +61,7 @@ struct Point {
     precision: &'static str,
     device: String,
     isa: String,
+    engine: String,
     threads: usize,
     peak: f64,
     load_s: f64,
@@ -77,6 +80,8 @@ impl Point {
             precision: self.precision,
             device: self.device,
             isa: self.isa,
+            engine: self.engine,
+            engine_reason: String::new(),
             threads: self.threads,
             items_per_s: self.nq as f64 / (ms / 1e3),
             ms_per_batch: ms,
@@ -121,10 +126,13 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
         && crate::cpu::isa::has_avx512_bf16()
         && isa == Isa::Avx512;
     let precision = if bf16 { "bf16" } else { "f32" };
-    let peak = cfg
-        .peak_gflops
-        .unwrap_or_else(|| measure_peak_gflops(threads, isa))
-        * if bf16 { 2.0 } else { 1.0 };
+    // The engine of the scoring loop and the unit whose measured peak it is compared with.
+    let (engine, unit) = if bf16 {
+        ("avx512-bf16", Unit::Dpbf16)
+    } else {
+        (crate::cpu::engine::choose(isa, Precision::F32).engine.name(), Unit::Fma(isa))
+    };
+    let peak = cfg.peak_gflops.unwrap_or_else(|| peak_gflops(threads, unit));
     for &n in &cfg.galleries {
         for &dim in &cfg.dims {
             let t = Instant::now();
@@ -162,6 +170,7 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
                         precision,
                         device: "cpu".into(),
                         isa: isa.name().into(),
+                        engine: engine.into(),
                         threads,
                         peak,
                         load_s,
@@ -215,6 +224,7 @@ fn run_cuda(
                         precision: "f32",
                         device: format!("cuda:{ordinal} {}", info.name),
                         isa: info.arch.clone(),
+                        engine: "cuda-f32".into(),
                         threads: 1,
                         peak,
                         load_s,

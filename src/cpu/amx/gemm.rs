@@ -1,0 +1,316 @@
+//! The AMX bf16 GEMM: `C[m, n] (+)= A[m, k] · W[n, k]ᵀ (+ bias, activation)`, generic over [`Tiles`].
+//!
+//! - **Tiles.** Every tile is 16 rows × 64 bytes (one configuration, loaded once per job): an accumulator holds
+//!   16 × 16 f32, an A tile 16 rows × 32 bf16 of k, a B tile 16 k-pairs × 16 columns × 2 bf16 (the VNNI pair
+//!   layout `tdpbf16ps` reads).
+//! - **Register blocking.** A 32 × 32 block of C lives in 4 accumulators (tmm0–3); each k step of 32 loads 2 A
+//!   tiles (tmm4–5) and 2 B tiles (tmm6–7) and issues 4 `tdpbf16ps`, so each loaded tile feeds two products. With 8
+//!   tile registers this 2 × 2 block is the largest that still leaves room for the operands.
+//! - **Packing.** Weights are packed once at load ([`PackedB`]): per 16-column tile, its k steps back to back, each
+//!   1 KB step a contiguous B tile (stride 64 B), zero past n and k. Columns are padded to 32 (a whole 2-tile panel;
+//!   CLIP's widths are multiples of 32, so nothing is wasted there). A is converted to bf16 per call into a
+//!   thread-local buffer, rows padded to 32 and k to 32 with zeros (the padding of k must be zero: it meets B's zero
+//!   rows and must add nothing; padded rows are computed and never stored).
+//! - **Epilogue.** Accumulators are stored to a 4 KB block on the stack, then each valid row is added into C or
+//!   copied, and the bias and activation are applied on the backend's SIMD tier before the row reaches C: one pass
+//!   over C, as in the f32 kernel.
+//! - **Threads.** A job is a group of ≤ [`ROW_BLOCKS_PER_JOB`] row blocks × a group of panels, sized so the jobs
+//!   split evenly over the threads. Inside a job, panels are the outer loop: a panel's B (32 columns × k) is read
+//!   once per job and the job's A rows (≤ 128 × k bf16, 196 KB at k = 768) stay in L2 across panels.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::tiles::{TileConfig, Tiles};
+use crate::backend::Epilogue;
+use crate::cpu::matmul::TileStore;
+use crate::cpu::{simd, Isa};
+
+/// Rows of an A tile and of an accumulator.
+pub const TILE_ROWS: usize = 16;
+/// k elements per A tile row (64 bytes of bf16) = one k step.
+pub const K_STEP: usize = 32;
+/// f32 columns per accumulator (64 bytes).
+pub const TILE_COLS: usize = 16;
+/// Rows and columns of the 2 × 2 register block.
+pub const BLOCK: usize = 32;
+/// u32 (bf16 pairs) per packed B tile: 16 pair-rows × 16 columns.
+const B_TILE_U32: usize = (K_STEP / 2) * TILE_COLS;
+/// Most row blocks per job (128 rows).
+const ROW_BLOCKS_PER_JOB: usize = 4;
+
+/// bf16 bits of `x`, rounded to nearest even (what `vcvtne2ps2bf16` does; NaN stays NaN).
+#[inline]
+fn bf16_bits(x: f32) -> u32 {
+    u32::from(half::bf16::from_f32(x).to_bits())
+}
+
+/// A matrix `W[n, k]` packed into B tiles (see the module docs), ready for [`run_blocks`].
+#[derive(Clone, Debug, Default)]
+pub struct PackedB {
+    data: Vec<u32>,
+    pub n: usize,
+    pub k: usize,
+    /// k steps of 32.
+    pub ksteps: usize,
+}
+
+impl PackedB {
+    /// Packs `W[n, k]`, element (column j, reduction index t) read through `get(j, t)`.
+    pub fn new(n: usize, k: usize, get: impl Fn(usize, usize) -> f32) -> PackedB {
+        let mut p = PackedB::default();
+        p.repack(n, k, get);
+        p
+    }
+
+    /// Packs into this buffer, reusing its allocation (the attention heads repack K and V per head).
+    pub fn repack(&mut self, n: usize, k: usize, get: impl Fn(usize, usize) -> f32) {
+        let ksteps = k.div_ceil(K_STEP);
+        let tiles = n.next_multiple_of(BLOCK) / TILE_COLS;
+        self.data.clear();
+        self.data.resize(tiles * ksteps * B_TILE_U32, 0);
+        for j in 0..n {
+            let col = (j / TILE_COLS) * ksteps * B_TILE_U32 + j % TILE_COLS;
+            for pair in 0..k.div_ceil(2) {
+                let (t0, t1) = (2 * pair, 2 * pair + 1);
+                let hi = if t1 < k { bf16_bits(get(j, t1)) } else { 0 };
+                let at = col + (pair / (K_STEP / 2)) * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS;
+                self.data[at] = bf16_bits(get(j, t0)) | hi << 16;
+            }
+        }
+        (self.n, self.k, self.ksteps) = (n, k, ksteps);
+    }
+
+    /// 32-column panels.
+    fn panels(&self) -> usize {
+        self.n.div_ceil(BLOCK)
+    }
+
+    /// The first B tile of panel `p` (its second tile follows `ksteps` tiles later).
+    fn panel(&self, p: usize) -> *const u32 {
+        self.data[2 * p * self.ksteps * B_TILE_U32..].as_ptr()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// `m` rows of bf16 A for [`run_blocks`]: `[m padded to 32][ksteps · 16]` bf16 pairs, zero padded.
+#[derive(Default)]
+pub struct PackedA {
+    data: Vec<u32>,
+    /// Pairs per row (`ksteps · 16`).
+    pairs: usize,
+}
+
+impl PackedA {
+    /// Converts `m` rows of `k` values, row `i` read from `row(i)`, rounding to nearest even.
+    pub fn fill<'a>(&mut self, m: usize, k: usize, row: impl Fn(usize) -> &'a [f32] + Sync) {
+        let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
+        let rows = m.next_multiple_of(BLOCK);
+        self.pairs = pairs;
+        self.data.resize(rows * pairs, 0);
+        let bf16 = crate::cpu::isa::has_avx512_bf16();
+        let convert = |i: usize, dst: &mut [u32]| {
+            if i >= m {
+                return dst.fill(0);
+            }
+            let src = &row(i)[..k];
+            let done = k.div_ceil(2);
+            #[cfg(target_arch = "x86_64")]
+            if bf16 {
+                // SAFETY: AVX512_BF16 detected; one row of k floats into ⌈k/2⌉ pairs.
+                unsafe { crate::cpu::matmul::avx512::to_bf16_rows(src, k, &mut dst[..done], done) };
+                dst[done..].fill(0);
+                return;
+            }
+            let _ = bf16;
+            for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
+                *d = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&v| bf16_bits(v)) << 16;
+            }
+            dst[done..].fill(0);
+        };
+        // Large A (a GEMM's activations) converts in parallel; an attention head's few rows do not pay for it.
+        if rows * pairs >= 1 << 16 {
+            self.data.par_chunks_mut(pairs).enumerate().for_each(|(i, d)| convert(i, d));
+        } else {
+            self.data.chunks_mut(pairs).enumerate().for_each(|(i, d)| convert(i, d));
+        }
+    }
+
+    fn row(&self, i: usize) -> *const u32 {
+        self.data[i * self.pairs..].as_ptr()
+    }
+}
+
+/// The single tile configuration of every kernel here.
+static CONFIG: TileConfig = TileConfig::full();
+
+/// One 32 × 32 block: `c[32][32] = A[a.., 32 rows] · B panel` over `ksteps` k steps (configuration loaded).
+#[inline(always)]
+unsafe fn block<T: Tiles>(t: &mut T, a: *const u32, lda_pairs: usize, b: *const u32, ksteps: usize, c: &mut [f32; BLOCK * BLOCK]) {
+    let lda = lda_pairs * 4;
+    let b1 = b.add(ksteps * B_TILE_U32);
+    t.zero::<0>();
+    t.zero::<1>();
+    t.zero::<2>();
+    t.zero::<3>();
+    for s in 0..ksteps {
+        let a0 = a.add(s * K_STEP / 2) as *const u8;
+        t.load::<4>(a0, lda);
+        t.load::<5>(a0.add(TILE_ROWS * lda), lda);
+        t.load::<6>(b.add(s * B_TILE_U32) as *const u8, 64);
+        t.load::<7>(b1.add(s * B_TILE_U32) as *const u8, 64);
+        t.dpbf16ps::<0, 4, 6>();
+        t.dpbf16ps::<1, 4, 7>();
+        t.dpbf16ps::<2, 5, 6>();
+        t.dpbf16ps::<3, 5, 7>();
+    }
+    let c = c.as_mut_ptr();
+    let ldc = BLOCK * 4;
+    t.store::<0>(c as *mut u8, ldc);
+    t.store::<1>(c.add(TILE_COLS) as *mut u8, ldc);
+    t.store::<2>(c.add(TILE_ROWS * BLOCK) as *mut u8, ldc);
+    t.store::<3>(c.add(TILE_ROWS * BLOCK + TILE_COLS) as *mut u8, ldc);
+}
+
+/// Writes the valid `rows × cols` of a computed block into C at `out` (row stride `ldo`) with the store rule `st`
+/// (its bias pointer at the block's first column).
+#[inline(always)]
+unsafe fn store_block(isa: Isa, c: &[f32; BLOCK * BLOCK], out: *mut f32, ldo: usize, rows: usize, cols: usize, st: TileStore) {
+    let bias = (!st.bias.is_null()).then(|| std::slice::from_raw_parts(st.bias, cols));
+    for i in 0..rows {
+        let dst = std::slice::from_raw_parts_mut(out.add(i * ldo), cols);
+        let src = &c[i * BLOCK..][..cols];
+        if st.load_c {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
+        if bias.is_some() || st.act.is_some() {
+            simd::bias_act(isa, dst, bias, st.act);
+        }
+    }
+}
+
+/// `out[rows, n] (+)= A · B` for row blocks `row_blocks` and panels `panels`, single-threaded, with a loaded
+/// configuration. `m` bounds the rows stored.
+///
+/// # Safety
+/// `out` must be valid for `m` rows of stride `ldo` covering `b.n` columns; `st.bias`, when set, for `b.n` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_blocks<T: Tiles>(
+    t: &mut T,
+    isa: Isa,
+    a: &PackedA,
+    m: usize,
+    b: &PackedB,
+    row_blocks: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+    st: TileStore,
+) {
+    let mut c = [0f32; BLOCK * BLOCK];
+    for p in panels {
+        let (col, cols) = (p * BLOCK, BLOCK.min(b.n - p * BLOCK));
+        let st = TileStore {
+            bias: if st.bias.is_null() { st.bias } else { st.bias.add(col) },
+            ..st
+        };
+        for rb in row_blocks.clone() {
+            let r0 = rb * BLOCK;
+            block(t, a.row(r0), a.pairs, b.panel(p), b.ksteps, &mut c);
+            store_block(isa, &c, out.add(r0 * ldo + col), ldo, BLOCK.min(m - r0), cols, st);
+        }
+    }
+}
+
+thread_local! {
+    /// The bf16 copy of A, reused across calls on this thread.
+    static A_SCRATCH: RefCell<PackedA> = RefCell::new(PackedA::default());
+}
+
+/// A raw pointer that jobs may share: each job writes a disjoint rectangle of C.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for disjoint writes, one job per rectangle of C.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// (row blocks per job, panels per job) for `row_blocks × panels` blocks on the pool's threads: among panel-group
+/// sizes ≤ 8, the one whose jobs split most evenly (the slowest thread sets the time), larger on ties.
+fn job_shape(row_blocks: usize, panels: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per = ROW_BLOCKS_PER_JOB.min(row_blocks).max(1);
+    let row_groups = row_blocks.div_ceil(rows_per);
+    let cost = |per: usize| (row_groups * panels.div_ceil(per)).div_ceil(threads) * per;
+    let per = (1..=8usize.min(panels).max(1)).rev().min_by_key(|&p| cost(p)).unwrap_or(1);
+    (rows_per, per)
+}
+
+/// The threaded GEMM on tile unit `T` (see the module docs). Shapes are checked by the caller: `a` holds ≥ m·k
+/// values, `out` ≥ m·n, `bias` ≥ n.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Tiles + Default>(isa: Isa, a: &[f32], m: usize, k: usize, w: &PackedB, bias: Option<&[f32]>, out: &mut [f32], ep: Epilogue) {
+    let n = w.n;
+    assert!(w.k == k && a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let st = TileStore {
+        load_c: ep == Epilogue::Accumulate,
+        bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        act: match ep {
+            Epilogue::Activation(act) => Some(act),
+            _ => None,
+        },
+    };
+    let mut run = |packed: &mut PackedA| {
+        packed.fill(m, k, |i| &a[i * k..(i + 1) * k]);
+        let (row_blocks, panels) = (m.div_ceil(BLOCK), w.panels());
+        let (rows_per, panels_per) = job_shape(row_blocks, panels);
+        let row_groups = row_blocks.div_ceil(rows_per);
+        let jobs = row_groups * panels.div_ceil(panels_per);
+        let c = SendPtr(out.as_mut_ptr());
+        let (packed, st) = (&*packed, SendStore(st));
+        (0..jobs).into_par_iter().for_each(|j| {
+            let (rg, pg) = (j % row_groups, j / row_groups);
+            let rows = rg * rows_per..((rg + 1) * rows_per).min(row_blocks);
+            let cols = pg * panels_per..((pg + 1) * panels_per).min(panels);
+            let mut t = T::default();
+            // SAFETY: the asserts above bound every row and column written; jobs write disjoint rectangles; the
+            // caller selected T = Native only where AMX is usable.
+            unsafe {
+                t.configure(&CONFIG);
+                run_blocks(&mut t, isa, packed, m, w, rows, cols, c.get(), n, st.get());
+                t.release();
+            }
+        });
+    };
+    // A nested call on this thread (rayon work stealing) finds the scratch borrowed and uses a fresh buffer.
+    A_SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        Err(_) => run(&mut PackedA::default()),
+    });
+}
+
+/// A [`TileStore`] that jobs may share: its bias pointer is only read.
+#[derive(Clone, Copy)]
+struct SendStore(TileStore);
+// SAFETY: the bias pointer is read-only and outlives the parallel loop.
+unsafe impl Send for SendStore {}
+unsafe impl Sync for SendStore {}
+impl SendStore {
+    fn get(self) -> TileStore {
+        self.0
+    }
+}

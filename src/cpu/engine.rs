@@ -1,0 +1,244 @@
+//! The CPU's matrix engine: which unit runs the GEMMs and attention products, chosen once per machine.
+//!
+//! | engine | GEMM | when |
+//! |---|---|---|
+//! | `amx-bf16` | AMX tiles, `tdpbf16ps` | bf16 asked, CPUID has AMX-TILE + AMX-BF16, Linux granted the tile state |
+//! | `avx512-bf16` | `vdpbf16ps` micro-kernel | bf16 asked, no AMX, AVX512_BF16 measured ≥ 1.3× the f32 FMA rate |
+//! | `avx512-f32` | f32 FMA micro-kernel | f32 asked, or bf16 does not pay off on this core |
+//! | `avx2` | the `gemm` crate | no AVX-512 |
+//! | `scalar` | the `gemm` crate, scalar row ops | forced (`CLIPRT_CPU_ISA=scalar`) |
+//! | `amx-bf16-emu` | the AMX kernels on the tile emulator | only when asked (tests, `CLIPRT_CPU_ENGINE`) |
+//!
+//! Why measure `vdpbf16ps`: on Zen 4/5 one `vdpbf16ps` does twice the work of one FMA at the same rate, so bf16
+//! doubles the GEMM peak; on Intel cores before AMX (and on AMX Xeons' vector units) it issues at half the FMA rate
+//! and is no faster than f32 once the conversions are paid (measured on a Xeon: the whole ViT-B/32 tower 0.74× the
+//! f32 speed). A 2 ms measurement per process decides, and the bench prints the reason.
+//!
+//! `CLIPRT_CPU_ENGINE=<name>` forces an engine (its precision comes with it); an engine the CPU lacks is an error.
+
+use std::sync::OnceLock;
+
+use super::amx::{self, TileMode};
+use super::peak::{self, Unit};
+use super::{Isa, Precision};
+use crate::error::{Error, Result};
+
+/// A CPU matrix engine. Ordered slowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MatrixEngine {
+    Scalar,
+    Avx2,
+    Avx512F32,
+    Avx512Bf16,
+    /// The AMX kernels on [`amx::tiles::Emulator`]: for tests and for checking the AMX path without AMX.
+    AmxBf16Emulated,
+    AmxBf16,
+}
+
+/// `vdpbf16ps` must beat the f32 FMAs by this much to be chosen: below it, converting activations to bf16 costs
+/// more than the faster products save (the ViT-B/32 tower is ≈ 1.7× faster at a measured 2.0× rate on Zen 5).
+const BF16_MIN_SPEEDUP: f64 = 1.3;
+
+impl MatrixEngine {
+    pub const ALL: [MatrixEngine; 6] = [
+        MatrixEngine::Scalar,
+        MatrixEngine::Avx2,
+        MatrixEngine::Avx512F32,
+        MatrixEngine::Avx512Bf16,
+        MatrixEngine::AmxBf16Emulated,
+        MatrixEngine::AmxBf16,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatrixEngine::Scalar => "scalar",
+            MatrixEngine::Avx2 => "avx2",
+            MatrixEngine::Avx512F32 => "avx512-f32",
+            MatrixEngine::Avx512Bf16 => "avx512-bf16",
+            MatrixEngine::AmxBf16Emulated => "amx-bf16-emu",
+            MatrixEngine::AmxBf16 => "amx-bf16",
+        }
+    }
+
+    /// The arithmetic of the products.
+    pub fn precision(self) -> Precision {
+        match self {
+            MatrixEngine::Avx512Bf16 | MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// The SIMD tier of the row-wise ops (LayerNorm, softmax, epilogues) that run beside the engine.
+    pub fn isa(self) -> Isa {
+        match self {
+            MatrixEngine::Scalar => Isa::Scalar,
+            MatrixEngine::Avx2 => Isa::Avx2,
+            MatrixEngine::AmxBf16Emulated => Isa::best(),
+            _ => Isa::Avx512,
+        }
+    }
+
+    /// Which tile implementation runs, for the AMX engines.
+    pub fn tiles(self) -> Option<TileMode> {
+        match self {
+            MatrixEngine::AmxBf16 => Some(TileMode::Native),
+            MatrixEngine::AmxBf16Emulated => Some(TileMode::Emulated),
+            _ => None,
+        }
+    }
+
+    /// Whether this machine runs the engine (the emulator runs everywhere).
+    pub fn available(self) -> bool {
+        match self {
+            MatrixEngine::Scalar | MatrixEngine::AmxBf16Emulated => true,
+            MatrixEngine::Avx2 => Isa::Avx2.available(),
+            MatrixEngine::Avx512F32 => Isa::Avx512.available(),
+            MatrixEngine::Avx512Bf16 => Isa::Avx512.available() && Unit::Dpbf16.available(),
+            MatrixEngine::AmxBf16 => Isa::Avx512.available() && amx::support().bf16_usable(),
+        }
+    }
+
+    /// Every engine this machine runs, slowest first (the emulator included).
+    pub fn available_engines() -> Vec<MatrixEngine> {
+        MatrixEngine::ALL.into_iter().filter(|e| e.available()).collect()
+    }
+
+    /// The unit whose measured peak `cliprt bench` reports against (none for the emulator).
+    pub fn peak_unit(self) -> Option<Unit> {
+        match self {
+            MatrixEngine::Scalar => Some(Unit::Fma(Isa::Scalar)),
+            MatrixEngine::Avx2 => Some(Unit::Fma(Isa::Avx2)),
+            MatrixEngine::Avx512F32 => Some(Unit::Fma(Isa::Avx512)),
+            MatrixEngine::Avx512Bf16 => Some(Unit::Dpbf16),
+            MatrixEngine::AmxBf16 => Some(Unit::AmxBf16),
+            MatrixEngine::AmxBf16Emulated => None,
+        }
+    }
+
+    /// The engine named by `CLIPRT_CPU_ENGINE`, if set.
+    pub fn from_env() -> Result<Option<MatrixEngine>> {
+        match std::env::var("CLIPRT_CPU_ENGINE") {
+            Ok(v) if !v.is_empty() => {
+                let e: MatrixEngine = v.parse()?;
+                if !e.available() {
+                    return Err(Error::InvalidArgument(format!(
+                        "CLIPRT_CPU_ENGINE={v}, but this CPU cannot run {v}"
+                    )));
+                }
+                Ok(Some(e))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl std::str::FromStr for MatrixEngine {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<MatrixEngine> {
+        MatrixEngine::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
+            let names: Vec<_> = MatrixEngine::ALL.iter().map(|e| e.name()).collect();
+            Error::InvalidArgument(format!("unknown CPU engine {s:?}: one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// An engine and why it was chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub engine: MatrixEngine,
+    pub reason: String,
+}
+
+/// `vdpbf16ps` throughput over f32 FMA throughput on one core, measured once per process (≈ 2 ms); `None` without
+/// AVX512_BF16.
+pub fn bf16_speedup() -> Option<f64> {
+    static SPEEDUP: OnceLock<Option<f64>> = OnceLock::new();
+    *SPEEDUP.get_or_init(|| {
+        if !(Unit::Dpbf16.available() && Unit::Fma(Isa::Avx512).available()) {
+            return None;
+        }
+        // Interleaved, best of 5 each: a busy neighbour core slows both alike.
+        let (mut fma, mut dp) = (0f64, 0f64);
+        for _ in 0..5 {
+            fma = fma.max(peak::rate(Unit::Fma(Isa::Avx512), 20_000));
+            dp = dp.max(peak::rate(Unit::Dpbf16, 20_000));
+        }
+        Some(dp / fma)
+    })
+}
+
+/// The fastest engine for `precision` at vector tier `isa` or below, with the reason.
+pub fn choose(isa: Isa, precision: Precision) -> Choice {
+    let isa = Isa::ALL.into_iter().rev().find(|&i| i <= isa && i.available()).unwrap_or(Isa::Scalar);
+    let vector = match isa {
+        Isa::Scalar => MatrixEngine::Scalar,
+        Isa::Avx2 => MatrixEngine::Avx2,
+        Isa::Avx512 => MatrixEngine::Avx512F32,
+    };
+    let f32_choice = |reason: String| Choice {
+        engine: vector,
+        reason,
+    };
+    if precision != Precision::Bf16 {
+        let why = match precision {
+            Precision::F16 => "f16 asked: the CPU has no f16 arithmetic worth using, f32 runs",
+            _ => "f32 asked",
+        };
+        return f32_choice(format!("{why}; widest SIMD tier: {}", isa.name()));
+    }
+    if isa != Isa::Avx512 {
+        return f32_choice(format!("bf16 asked, but the bf16 engines need AVX-512 (tier {}): f32 runs", isa.name()));
+    }
+    let amx = amx::support();
+    if amx.bf16_usable() {
+        return Choice {
+            engine: MatrixEngine::AmxBf16,
+            reason: "bf16 asked; AMX-BF16 tiles usable (1024 FLOP/cycle/core)".into(),
+        };
+    }
+    let no_amx = match &amx.permission {
+        Err(why) if amx.tile => format!("AMX present but {why}"),
+        _ => "no AMX".to_string(),
+    };
+    match bf16_speedup() {
+        None => f32_choice(format!("bf16 asked; {no_amx}, no AVX512_BF16: f32 runs")),
+        Some(x) if x >= BF16_MIN_SPEEDUP => Choice {
+            engine: MatrixEngine::Avx512Bf16,
+            reason: format!("bf16 asked; {no_amx}; vdpbf16ps measured {x:.2}× the f32 FMA rate"),
+        },
+        Some(x) => f32_choice(format!(
+            "bf16 asked; {no_amx}; vdpbf16ps measured only {x:.2}× the f32 FMA rate (< {BF16_MIN_SPEEDUP}): f32 is faster here"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_precisions_match() {
+        for e in MatrixEngine::ALL {
+            assert_eq!(e.name().parse::<MatrixEngine>().unwrap(), e);
+        }
+        assert!("amx".parse::<MatrixEngine>().is_err());
+        assert_eq!(MatrixEngine::AmxBf16Emulated.precision(), Precision::Bf16);
+        assert!(MatrixEngine::AmxBf16Emulated.available());
+    }
+
+    #[test]
+    fn choices_are_available_and_honour_the_precision() {
+        for isa in Isa::ALL {
+            for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+                let c = choose(isa, p);
+                assert!(c.engine.available(), "{c:?}");
+                assert!(c.engine.isa() <= isa.max(Isa::Scalar) || !isa.available(), "{c:?}");
+                assert!(!c.reason.is_empty());
+                if p != Precision::Bf16 {
+                    assert_eq!(c.engine.precision(), Precision::F32);
+                }
+                assert_ne!(c.engine, MatrixEngine::AmxBf16Emulated, "the emulator is never chosen");
+            }
+        }
+    }
+}
