@@ -183,7 +183,24 @@ impl Clip {
     /// reference device, it runs f32. A CUDA device always runs fp16 with f32 accumulation. [`Clip::precision`]
     /// says what runs.
     pub fn load_with(dir: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Clip> {
-        let dir = dir.as_ref();
+        Clip::load_opened(dir.as_ref(), || Opened::new(device, precision))
+    }
+
+    /// [`Clip::load`] on a given CPU backend, e.g. one engine of [`crate::cpu::MatrixEngine`]
+    /// (`CpuBackend::with_engine`): what the tests use to run every engine, the AMX emulator included.
+    pub fn load_on_cpu(dir: impl AsRef<Path>, cpu: CpuBackend) -> Result<Clip> {
+        Clip::load_opened(dir.as_ref(), || Ok(Opened::Cpu(cpu)))
+    }
+
+    /// The matrix engine of a CPU model (`None` on other devices).
+    pub fn cpu_engine(&self) -> Option<crate::cpu::MatrixEngine> {
+        match &self.engine {
+            Engine::Cpu(m) => Some(m.backend.engine()),
+            _ => None,
+        }
+    }
+
+    fn load_opened(dir: &Path, open: impl FnOnce() -> Result<Opened>) -> Result<Clip> {
         if !dir.exists() {
             return Err(Error::NotFound(dir.to_path_buf()));
         }
@@ -212,7 +229,7 @@ impl Clip {
         } else {
             PreprocessConfig::openai(config.vision.image_size)
         };
-        let backend = Opened::new(device, precision)?;
+        let backend = open()?;
         let ckpt = Checkpoint::open(dir)?;
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
         let (logit_scale, stored_dtype) =

@@ -216,8 +216,14 @@ fn zero_shot_probabilities_sum_to_one_and_rank() {
     }
 }
 
+/// Every bf16 engine this machine runs (avx512-bf16 where it exists, the AMX emulator everywhere, AMX where
+/// present) on the fixtures: embeddings of real images and texts within cosine 0.999 of f32 and of HF float64.
+///
+/// These toy models (widths 24–64, embeddings of 20–64 dims) average bf16's rounding over few terms, so their
+/// cosines are lower than a real model's: worst measured 0.99924 (exotic, text, vs f32 and vs HF float64; the
+/// image rows ≥ 0.99995). At CLIP's real shapes the bar is 0.9999 (tests/amx.rs, tools/parity.py).
 #[test]
-fn bf16_embeddings_stay_within_cosine_0_999_of_f32() {
+fn bf16_engines_stay_within_cosine_0_999_of_f32() {
     let img = fixture("images");
     let images: Vec<std::path::PathBuf> = ["square.png", "big_landscape.png", "portrait.png"]
         .iter()
@@ -228,30 +234,48 @@ fn bf16_embeddings_stay_within_cosine_0_999_of_f32() {
         "a diagram",
         "a very long sentence about many different things",
     ];
+    let engines: Vec<_> = cliprt::cpu::MatrixEngine::available_engines()
+        .into_iter()
+        .filter(|e| e.precision() == cliprt::Precision::Bf16)
+        .collect();
     for model in ["tiny-openai", "exotic", "exotic-bf16"] {
         let f32m = load(model, Device::Cpu);
-        let bf16 = Clip::load_with(fixture(model), Device::Cpu, cliprt::Precision::Bf16).unwrap();
-        if bf16.precision() != cliprt::Precision::Bf16 {
-            println!("skipped: this CPU has no AVX512_BF16");
-            return;
-        }
-        for (a, b, what) in [
-            (
-                f32m.embed_image_files(&images).unwrap(),
-                bf16.embed_image_files(&images).unwrap(),
-                "image",
-            ),
-            (
-                f32m.embed_texts(&texts).unwrap(),
-                bf16.embed_texts(&texts).unwrap(),
-                "text",
-            ),
-        ] {
-            for i in 0..a.rows {
-                let c = cosine(a.row(i), b.row(i));
-                println!("{model} {what}[{i}] bf16 vs f32 cosine {c:.6}");
-                assert!(c >= 0.999, "{model} {what}[{i}]: cosine {c}");
+        let r = reference(model);
+        let dim = f32m.config().projection_dim;
+        for &engine in &engines {
+            let cpu = cliprt::cpu::CpuBackend::with_engine(engine).unwrap();
+            let bf16 = Clip::load_on_cpu(fixture(model), cpu).unwrap();
+            for (a, b, what) in [
+                (
+                    f32m.embed_image_files(&images).unwrap(),
+                    bf16.embed_image_files(&images).unwrap(),
+                    "image",
+                ),
+                (
+                    f32m.embed_texts(&texts).unwrap(),
+                    bf16.embed_texts(&texts).unwrap(),
+                    "text",
+                ),
+            ] {
+                for i in 0..a.rows {
+                    let c = cosine(a.row(i), b.row(i));
+                    println!("{model} {} {what}[{i}] vs f32 cosine {c:.7}", engine.name());
+                    assert!(c >= 0.999, "{model} {} {what}[{i}]: cosine {c}", engine.name());
+                }
             }
+            // Against HF float64 on the reference pixels and texts.
+            let emb = bf16.embed_pixels(&r.pixels, r.images.len()).unwrap();
+            let rtexts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+            let txt = bf16.embed_texts(&rtexts).unwrap();
+            let what = format!("{model} {}", engine.name());
+            let fi = f32m.embed_pixels(&r.pixels, r.images.len()).unwrap();
+            let ft = f32m.embed_texts(&rtexts).unwrap();
+            let hf = |got: &[f32], want: &[f32], kind: &str| {
+                assert_rows_match(got, want, dim, 0.999, 0.05, &format!("{what} {kind}")).0
+            };
+            let (hi, ht) = (hf(&emb.data, &r.image_embeds, "image"), hf(&txt.data, &r.text_embeds, "text"));
+            let (vi, vt) = (hf(&emb.data, &fi.data, "image vs f32"), hf(&txt.data, &ft.data, "text vs f32"));
+            println!("{what} worst cosine: vs HF float64 image {hi:.7} text {ht:.7}; vs f32 image {vi:.7} text {vt:.7}");
         }
     }
 }

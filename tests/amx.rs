@@ -1,0 +1,103 @@
+//! The AMX path: on every machine through the tile emulator at CLIP's real shapes, and, where the CPU has AMX, the
+//! real instructions against the emulator and the f64 reference. (Every op on every engine, the emulator included,
+//! is also checked at awkward shapes in tests/ops.rs.)
+
+mod common;
+
+use cliprt::backend::reference::ReferenceBackend;
+use cliprt::backend::{self, Activation, AttnShape, Backend, Epilogue, GemmShape};
+use cliprt::bench::prompt_ids;
+use cliprt::config::presets;
+use cliprt::cpu::{CpuBackend, MatrixEngine, Precision};
+use cliprt::model::ClipModel;
+use cliprt::tokenizer::TextBatch;
+use cliprt::weights::ClipWeights;
+use common::*;
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Random-weight ViT-B/32 at the real shapes, 2 images and 4 prompts: every bf16 engine here (the AMX emulator
+/// always) within cosine 0.9999 of the f32 engine.
+#[test]
+fn bf16_engines_on_vit_b_32_match_f32() {
+    let config = presets::by_name("vit-b-32").unwrap();
+    let f32m = ClipModel::new(CpuBackend::default(), &config, ClipWeights::random(&config, 3)).unwrap();
+    let size = config.vision.image_size;
+    let pixels = random(2 * 3 * size * size, 11, 1.5);
+    let rows: Vec<Vec<u32>> = prompt_ids().into_iter().take(4).collect();
+    let texts = TextBatch::new(&rows, &config.text).unwrap();
+    let (want_img, want_txt) = (
+        f32m.encode_images(&pixels, 2).unwrap(),
+        f32m.encode_texts(&texts).unwrap(),
+    );
+    let dim = config.projection_dim;
+    for engine in MatrixEngine::available_engines() {
+        if engine.precision() != Precision::Bf16 {
+            continue;
+        }
+        let cpu = CpuBackend::with_engine(engine).unwrap();
+        let m = ClipModel::new(cpu, &config, ClipWeights::random(&config, 3)).unwrap();
+        for (got, want, what) in [
+            (m.encode_images(&pixels, 2).unwrap(), &want_img, "image"),
+            (m.encode_texts(&texts).unwrap(), &want_txt, "text"),
+        ] {
+            for (i, (g, w)) in got.chunks_exact(dim).zip(want.chunks_exact(dim)).enumerate() {
+                let c = cosine(g, w);
+                println!("vit-b-32 {} {what}[{i}] vs f32 cosine {c:.7}", engine.name());
+                assert!(c >= 0.9999, "{} {what}[{i}]: cosine {c}", engine.name());
+            }
+        }
+    }
+}
+
+/// Where the CPU has AMX: the tile instructions give what the emulator gives (up to the order of the f32 adds
+/// inside one `tdpbf16ps`, which the SDM leaves to the implementation), and both the f64 product of the
+/// bf16-rounded inputs.
+#[test]
+fn native_amx_matches_the_emulator_and_the_f64_product() {
+    if !MatrixEngine::AmxBf16.available() {
+        println!(
+            "skipped: no usable AMX here ({})",
+            cliprt::cpu::amx::support().describe()
+        );
+        return;
+    }
+    let native = CpuBackend::with_engine(MatrixEngine::AmxBf16).unwrap();
+    let emu = CpuBackend::with_engine(MatrixEngine::AmxBf16Emulated).unwrap();
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
+    let mut seed = 40;
+    for &(m, n, k) in &[(1usize, 1usize, 1usize), (50, 768, 768), (197, 130, 257), (77, 2048, 512), (33, 768, 3072)] {
+        for ep in [Epilogue::Store, Epilogue::Accumulate, Epilogue::Activation(Activation::QuickGelu)] {
+            seed += 1;
+            let (w, b, x) = (random(n * k, seed, 0.5), random(n, seed + 1, 0.5), random(m * k, seed + 2, 1.0));
+            let init = random(m * n, seed + 3, 1.0);
+            let s = GemmShape { m, n, k };
+            let run = |cpu: &CpuBackend| {
+                let mut out = if ep == Epilogue::Accumulate { init.clone() } else { vec![f32::NAN; m * n] };
+                backend::gemm(cpu, &mut out, &x, &cpu.linear(&w, n, k, Some(&b)).unwrap(), s, ep).unwrap();
+                out
+            };
+            let rf = ReferenceBackend;
+            let mut want = init.clone();
+            let (xr, wr) = (round(&x), round(&w));
+            backend::gemm(&rf, &mut want, &xr, &rf.linear(&wr, n, k, Some(&b)).unwrap(), s, ep).unwrap();
+            let (got, emulated) = (run(&native), run(&emu));
+            let what = format!("amx {s:?} {ep:?}");
+            assert_close(&got, &emulated, 1e-5 * (k as f32).sqrt(), 1e-5, &format!("{what} vs emulator"));
+            assert_close(&got, &want, 1e-5 * (k as f32).sqrt(), 1e-5, &format!("{what} vs f64"));
+        }
+    }
+    for causal in [false, true] {
+        let s = AttnShape { batch: 2, seq: 77, heads: 3, head_dim: 64, causal };
+        let qkv = random(2 * 77 * 3 * s.width(), 9, 2.0);
+        let (mut got, mut emulated) = (vec![f32::NAN; 2 * 77 * s.width()], vec![f32::NAN; 2 * 77 * s.width()]);
+        backend::attention(&native, &mut got, &qkv, s).unwrap();
+        backend::attention(&emu, &mut emulated, &qkv, s).unwrap();
+        assert_close(&got, &emulated, 1e-5, 1e-5, &format!("amx attention {s:?} vs emulator"));
+    }
+}
