@@ -1,20 +1,28 @@
-"""The reference side of `cliprt bench`: the same workloads on PyTorch + transformers (and ONNX Runtime for the image
-tower), same synthetic shapes, same batch, same thread count, printing the same table.
+"""The reference side of `cliprt bench`: the same workloads on PyTorch + transformers, ONNX Runtime and OpenVINO, same
+synthetic shapes, same batch, same thread count, printing the same table.
 
     python -m venv tools/.venv && tools/.venv/bin/pip install -r tools/requirements.txt
     tools/.venv/bin/python tools/bench_torch.py --arch vit-b-32 --threads 2 --batch 1 8 32 --workload image text
-    tools/.venv/bin/python tools/bench_torch.py --runtime ort --workload image --batch 1 8 32
+    tools/.venv/bin/python tools/bench_torch.py --runtime ort openvino openvino-bf16 torch-bf16 --batch 1 8 32
     python3 tools/bench_torch.py --device cuda --dtype fp16 --arch vit-l-14 --batch 1 32 256 --json
 
 PyTorch runs under torch.inference_mode with SDPA attention, fp32 on the CPU or fp16 (or fp32) on CUDA. On CUDA a
 measurement covers what `cliprt bench --device cuda` covers: inputs copied from the host, outputs copied back
 (then the stream is synchronized). The text tower runs twice: padded to 77 tokens
 (OpenAI's clip.tokenize) and padded to the longest prompt of the batch (HF's processor with padding=True), on the
-same 32 real prompts `cliprt bench` uses. ONNX Runtime runs the image tower exported by torch.onnx at a fixed batch
-(all graph optimizations on, intra-op threads = --threads).
+same 32 real prompts `cliprt bench` uses. The other runtimes run the same transformers module, converted per batch
+size (fixed shapes; text padded to the longest prompt, as `torch-padlong`):
+
+- `torch-bf16`: the module cast with `model.to(torch.bfloat16)` (oneDNN's bf16 kernels: AMX or AVX512_BF16);
+- `ort`: ONNX Runtime on the torch.onnx export, all graph optimizations, intra-op threads = --threads (f32; its CPU
+  provider has no bf16 path);
+- `openvino` / `openvino-bf16`: OpenVINO on `ov.convert_model` of the module, one stream, LATENCY hint,
+  `INFERENCE_NUM_THREADS` = --threads, `INFERENCE_PRECISION_HINT` f32 or bf16 (bf16 runs on AMX or AVX512_BF16
+  where the CPU has them; elsewhere OpenVINO falls back to f32 and says so in `precision_used`).
 """
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -88,33 +96,74 @@ def row(arch, workload, batch, seq, runtime, stats, device="cpu", dtype="fp32"):
                               ms_max=hi)), flush=True)
         return
     seq = "-" if seq is None else str(seq)
-    print(f"{arch:<12} {workload:<10} {batch:>5} {seq:>4} {runtime:>11} {batch / ms * 1000:>10.2f} {ms:>10.2f} "
+    print(f"{arch:<12} {workload:<10} {batch:>5} {seq:>4} {runtime:>13} {dtype:>5} {batch / ms * 1000:>10.2f} {ms:>10.2f} "
           f"{f'{lo:.1f}–{hi:.1f}':>17}", flush=True)
 
 
-def ort_image(model, img, batch, threads, warmup, reps):
+class ImageTower(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        out = self.m.get_image_features(pixel_values=x)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+
+class TextTower(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, ids, mask):
+        out = self.m.get_text_features(input_ids=ids, attention_mask=mask)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+
+def tower_inputs(workload, img, batch):
+    """(module wrapper, named example inputs) for one tower at one batch size."""
+    if workload == "image":
+        return ImageTower, {"x": torch.randn(batch, 3, img, img)}
+    ids, mask = prompt_ids(batch)
+    return TextTower, {"ids": ids, "mask": mask}
+
+
+def ort_run(model, workload, img, batch, threads, warmup, reps):
     import onnxruntime as ort
 
-    class Tower(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m.get_image_features(pixel_values=x)
-
-    x = torch.randn(batch, 3, img, img)
+    wrap, inputs = tower_inputs(workload, img, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "vision.onnx")
-        torch.onnx.export(Tower(model), (x,), path, input_names=["x"], output_names=["y"], opset_version=17,
-                          dynamo=False)
+        path = os.path.join(tmp, "tower.onnx")
+        torch.onnx.export(wrap(model), tuple(inputs.values()), path, input_names=list(inputs),
+                          output_names=["y"], opset_version=17, dynamo=False)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
+        feed = {k: v.numpy() for k, v in inputs.items()}
         return time_runs(lambda: sess.run(None, feed), warmup, reps)
+
+
+def openvino_run(model, workload, img, batch, threads, precision, warmup, reps):
+    """OpenVINO on the converted module; returns (timings, the inference precision OpenVINO reports)."""
+    import openvino as ov
+
+    wrap, inputs = tower_inputs(workload, img, batch)
+    ovm = ov.convert_model(wrap(model), example_input=tuple(inputs.values()))
+    core = ov.Core()
+    compiled = core.compile_model(ovm, "CPU", {
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+    })
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    used = next((short for name, short in [("bfloat16", "bf16"), ("float32", "f32"), ("float16", "f16")]
+                 if name in hint), hint)
+    request = compiled.create_infer_request()
+    feed = [v.numpy() for v in inputs.values()]
+    return time_runs(lambda: request.infer(feed), warmup, reps), used
 
 
 def main():
@@ -124,7 +173,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--workload", nargs="+", default=["image", "text"], choices=["image", "text"])
-    ap.add_argument("--runtime", nargs="+", default=["torch"], choices=["torch", "ort"])
+    ap.add_argument("--runtime", nargs="+", default=["torch"],
+                    choices=["torch", "torch-bf16", "ort", "openvino", "openvino-bf16"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
     ap.add_argument("--warmup", type=int, default=1)
@@ -133,7 +183,7 @@ def main():
     args = ap.parse_args()
     JSON = args.json
     if args.device == "cpu" and args.dtype != "fp32":
-        ap.error("the CPU comparison runs fp32")
+        ap.error("--dtype is for CUDA; on the CPU pick the precision by runtime (torch-bf16, openvino-bf16)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, img = build_model(args.arch)
@@ -157,28 +207,46 @@ def main():
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"{args.threads} threads"
     if not JSON:
         print(f"torch {torch.__version__}, {name}, {args.dtype}")
-        print(f"{'arch':<12} {'workload':<10} {'batch':>5} {'seq':>4} {'runtime':>11} {'items/s':>10} "
+        print(f"{'arch':<12} {'workload':<10} {'batch':>5} {'seq':>4} {'runtime':>13} {'prec':>5} {'items/s':>10} "
               f"{'ms/batch':>10} {'spread (min–max)':>17}")
     report = dict(device=args.device, dtype=args.dtype)
+    cpu_only = {"ort", "openvino", "openvino-bf16", "torch-bf16"}
+    if dev.type != "cpu" and cpu_only & set(args.runtime):
+        ap.error(f"{', '.join(sorted(cpu_only & set(args.runtime)))}: CPU comparisons only")
+    bf16_model = None
     with torch.inference_mode():
         for workload in args.workload:
             for runtime in args.runtime:
                 for batch in args.batch:
-                    if workload == "image" and runtime == "torch":
+                    if runtime == "torch" and workload == "image":
                         x = torch.randn(batch, 3, img, img)
                         stats = timed(lambda: model.get_image_features(pixel_values=x.to(dev, dtype)))
                         row(args.arch, "image", batch, None, "torch", stats, **report)
-                    elif workload == "image" and runtime == "ort":
-                        if dev.type != "cpu":
-                            ap.error("the ONNX Runtime comparison is CPU only")
-                        stats = ort_image(model, img, batch, args.threads, args.warmup, args.reps)
-                        row(args.arch, "image", batch, None, "onnxruntime", stats, **report)
-                    elif workload == "text" and runtime == "torch":
+                    elif runtime == "torch" and workload == "text":
                         for pad, label in [(77, "torch-pad77"), (None, "torch-padlong")]:
                             ids, mask = prompt_ids(batch, pad)
                             stats = timed(lambda: model.get_text_features(input_ids=ids.to(dev),
                                                                           attention_mask=mask.to(dev)))
                             row(args.arch, "text", batch, ids.shape[1], label, stats, **report)
+                    elif runtime == "torch-bf16":
+                        if bf16_model is None:
+                            bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+                        wrap, inputs = tower_inputs(workload, img, batch)
+                        tower = wrap(bf16_model)
+                        args_in = [v.to(torch.bfloat16) if v.is_floating_point() else v for v in inputs.values()]
+                        stats = timed(lambda: tower(*args_in))
+                        seq = None if workload == "image" else inputs["ids"].shape[1]
+                        row(args.arch, workload, batch, seq, "torch-bf16", stats, device="cpu", dtype="bf16")
+                    elif runtime == "ort":
+                        stats = ort_run(model, workload, img, batch, args.threads, args.warmup, args.reps)
+                        seq = None if workload == "image" else prompt_ids(batch)[0].shape[1]
+                        row(args.arch, workload, batch, seq, "onnxruntime", stats, **report)
+                    else:
+                        precision = "bf16" if runtime == "openvino-bf16" else "f32"
+                        stats, used = openvino_run(model, workload, img, batch, args.threads, precision,
+                                                   args.warmup, args.reps)
+                        seq = None if workload == "image" else prompt_ids(batch)[0].shape[1]
+                        row(args.arch, workload, batch, seq, runtime, stats, device="cpu", dtype=used)
 
 
 if __name__ == "__main__":

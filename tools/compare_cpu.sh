@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# The CPU comparison of BENCHMARKS.md in one run: cliprt (f32, bf16) against PyTorch and ONNX Runtime, same threads.
-#   tools/compare_cpu.sh [python] [threads]     (python: a venv with tools/requirements.txt + onnxruntime)
+# The CPU comparison of BENCHMARKS.md in one run, every runtime at f32 and bf16 on the same shapes and threads:
+# cliprt (its f32 engine and its bf16 engine: amx-bf16, avx512-bf16, or f32 where bf16 does not pay off) against
+# PyTorch (f32, bf16), ONNX Runtime (f32) and OpenVINO (f32, bf16). ViT-B/32 image at batch 1, 8, 32, the text
+# tower on the 32 real short prompts, ViT-L/14 image at batch 8. Ends with tools/compare_table.py's summary.
+#   tools/compare_cpu.sh [python] [threads] [out.jsonl]   (python: a venv with tools/requirements.txt)
 set -euo pipefail
 PY=${1:-tools/.venv/bin/python}
 T=${2:-2}
+OUT=${3:-target/compare_cpu.jsonl}
 B=target/release/cliprt
+PEERS="torch torch-bf16 ort openvino openvino-bf16"
 cargo build --release --quiet
-echo "== cliprt f32"
-$B --threads "$T" bench --workload image --batch 1,8,32 --reps 7
-$B --threads "$T" bench --workload text --batch 32 --reps 7
-echo "== cliprt bf16"
-$B --threads "$T" bench --workload image --batch 1,8,32 --reps 7 --precision bf16
-echo "== PyTorch + ONNX Runtime"
-$PY tools/bench_torch.py --threads "$T" --batch 1 8 32 --workload image --runtime torch ort --reps 7 2>/dev/null
-$PY tools/bench_torch.py --threads "$T" --batch 32 --workload text --reps 7 2>/dev/null
-echo "== ViT-L/14 batch 8"
-$B --threads "$T" bench --arch vit-l-14 --workload image --batch 8 --reps 3
-$PY tools/bench_torch.py --arch vit-l-14 --threads "$T" --batch 8 --workload image --reps 3 2>/dev/null
+: > "$OUT"
+echo "== machine"
+grep -m1 "model name" /proc/cpuinfo || true
+$B info | grep -E "^(cpu|amx|f32 engine|bf16 engine)"
+# Quiet peers: their warnings go to stderr, their rows (JSON) to $OUT.
+peer() { $PY tools/bench_torch.py --json --threads "$T" "$@" 2>/dev/null | tee -a "$OUT"; }
+ours() { $B --threads "$T" bench --json "$@" | tee -a "$OUT"; }
+echo "== ViT-B/32 image, batch 1 8 32"
+for p in f32 bf16; do ours --workload image --batch 1,8,32 --reps 7 --precision $p; done
+peer --batch 1 8 32 --workload image --runtime $PEERS --reps 7
+echo "== ViT-B/32 text, batch 32 (real short prompts)"
+for p in f32 bf16; do ours --workload text --batch 32 --reps 7 --precision $p; done
+peer --batch 32 --workload text --runtime $PEERS --reps 7
+echo "== ViT-L/14 image, batch 8"
+for p in f32 bf16; do ours --arch vit-l-14 --workload image --batch 8 --reps 3 --precision $p; done
+peer --arch vit-l-14 --batch 8 --workload image --runtime $PEERS --reps 3
+echo "== summary ($T threads)"
+python3 tools/compare_table.py "$OUT"

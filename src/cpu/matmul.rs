@@ -521,6 +521,24 @@ pub(crate) mod avx512 {
         st: TileStore,
         pf: *const u32,
     ) {
+        tile_bf16_lda::<R, 0>(kp, a, lda, b, c, ldc, cols, st, pf)
+    }
+
+    /// [`tile_bf16`] with the A row stride (in pairs) known at compile time when `LDA > 0`, as [`tile_f32_lda`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_bf16_lda<const R: usize, const LDA: usize>(
+        kp: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+        pf: *const u32,
+    ) {
+        let lda = if LDA > 0 { LDA } else { lda };
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
         for kk in 0..kp {
             let next = pf.wrapping_add(kk * NR) as *const i8;
@@ -809,7 +827,25 @@ pub(crate) mod avx512 {
                 panel
             };
             let (ap, cp) = (a.add(t.r0 * kp + t.k0), c.add(t.r0 * n + t.col));
-            by_rows!(t.rows, tile_bf16, t.klen, ap, kp, panel, cp, n, t.cols, t.st, next);
+            // CLIP's common (tile height, K/2) pairs get a compile-time stride, as in job_f32.
+            macro_rules! fixed {
+                ($r:literal, $kp:literal) => {
+                    tile_bf16_lda::<$r, $kp>(t.klen, ap, kp, panel, cp, n, t.cols, t.st, next)
+                };
+            }
+            match (t.rows, kp) {
+                (8, 384) => fixed!(8, 384),
+                (7, 384) => fixed!(7, 384),
+                (8, 1536) => fixed!(8, 1536),
+                (7, 1536) => fixed!(7, 1536),
+                (8, 512) => fixed!(8, 512),
+                (7, 512) => fixed!(7, 512),
+                (8, 2048) => fixed!(8, 2048),
+                (7, 2048) => fixed!(7, 2048),
+                (8, 256) => fixed!(8, 256),
+                (8, 1024) => fixed!(8, 1024),
+                _ => by_rows!(t.rows, tile_bf16, t.klen, ap, kp, panel, cp, n, t.cols, t.st, next),
+            }
         });
     }
 

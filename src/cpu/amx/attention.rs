@@ -43,7 +43,8 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
     let run = |sc: &mut HeadScratch| {
         let row = |i: usize| &head[i * 3 * d..];
-        sc.q.fill(seq, hd, |i| &row(i)[..hd]);
+        // Sequential fills: this runs inside a rayon task, and P is converted while the tiles are configured.
+        sc.q.fill(seq, hd, false, |i| &row(i)[..hd]);
         sc.k.repack(seq, hd, |j, c| row(j)[d + c]);
         sc.v.repack(hd, seq, |c, j| row(j)[2 * d + c]);
         let lds = seq.next_multiple_of(BLOCK);
@@ -58,7 +59,7 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
             simd::softmax(isa, &mut r[..seq], keys, scale);
         }
         let scores = &sc.scores;
-        sc.p.fill(seq, seq, |i| &scores[i * lds..i * lds + seq]);
+        sc.p.fill(seq, seq, false, |i| &scores[i * lds..i * lds + seq]);
         run_blocks(&mut t, isa, &sc.p, seq, &sc.v, row_blocks, 0..hd.div_ceil(BLOCK), out, d, PLAIN);
         t.release();
     };

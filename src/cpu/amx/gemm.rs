@@ -107,8 +107,10 @@ pub struct PackedA {
 }
 
 impl PackedA {
-    /// Converts `m` rows of `k` values, row `i` read from `row(i)`, rounding to nearest even.
-    pub fn fill<'a>(&mut self, m: usize, k: usize, row: impl Fn(usize) -> &'a [f32] + Sync) {
+    /// Converts `m` rows of `k` values, row `i` read from `row(i)`, rounding to nearest even; on rayon's threads when
+    /// `parallel`. A caller holding a loaded tile configuration must pass `false`: a rayon wait could run another
+    /// task on this thread, whose `tilerelease` would wipe the caller's tiles.
+    pub fn fill<'a>(&mut self, m: usize, k: usize, parallel: bool, row: impl Fn(usize) -> &'a [f32] + Sync) {
         let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
         let rows = m.next_multiple_of(BLOCK);
         self.pairs = pairs;
@@ -133,8 +135,8 @@ impl PackedA {
             }
             dst[done..].fill(0);
         };
-        // Large A (a GEMM's activations) converts in parallel; an attention head's few rows do not pay for it.
-        if rows * pairs >= 1 << 16 {
+        // Large A (a GEMM's activations) converts in parallel; a few rows do not pay for the fork.
+        if parallel && rows * pairs >= 1 << 16 {
             self.data.par_chunks_mut(pairs).enumerate().for_each(|(i, d)| convert(i, d));
         } else {
             self.data.chunks_mut(pairs).enumerate().for_each(|(i, d)| convert(i, d));
@@ -275,7 +277,7 @@ pub fn gemm<T: Tiles + Default>(isa: Isa, a: &[f32], m: usize, k: usize, w: &Pac
         },
     };
     let mut run = |packed: &mut PackedA| {
-        packed.fill(m, k, |i| &a[i * k..(i + 1) * k]);
+        packed.fill(m, k, true, |i| &a[i * k..(i + 1) * k]);
         let (row_blocks, panels) = (m.div_ceil(BLOCK), w.panels());
         let (rows_per, panels_per) = job_shape(row_blocks, panels);
         let row_groups = row_blocks.div_ceil(rows_per);

@@ -7,7 +7,7 @@
 //! - [`attention`]: one attention head with Q·Kᵀ and P·V on tiles.
 //!
 //! AMX-BF16 does 1024 FLOP per cycle per core (one 16 × 16 × 32 `tdpbf16ps` every 16 cycles), 16× an AVX-512 f32
-//! core; ARCHITECTURE.md ("CPU matrix engines") says how the engine is chosen.
+//! core; `cpu::engine` says when the AMX engine is chosen.
 
 pub mod attention;
 pub mod detect;
