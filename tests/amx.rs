@@ -26,7 +26,12 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn bf16_engines_on_vit_b_32_match_f32() {
     let config = presets::by_name("vit-b-32").unwrap();
-    let f32m = ClipModel::new(CpuBackend::default(), &config, ClipWeights::random(&config, 3)).unwrap();
+    let f32m = ClipModel::new(
+        CpuBackend::default(),
+        &config,
+        ClipWeights::random(&config, 3),
+    )
+    .unwrap();
     let size = config.vision.image_size;
     let pixels = random(2 * 3 * size * size, 11, 1.5);
     let rows: Vec<Vec<u32>> = prompt_ids().into_iter().take(4).collect();
@@ -46,9 +51,16 @@ fn bf16_engines_on_vit_b_32_match_f32() {
             (m.encode_images(&pixels, 2).unwrap(), &want_img, "image"),
             (m.encode_texts(&texts).unwrap(), &want_txt, "text"),
         ] {
-            for (i, (g, w)) in got.chunks_exact(dim).zip(want.chunks_exact(dim)).enumerate() {
+            for (i, (g, w)) in got
+                .chunks_exact(dim)
+                .zip(want.chunks_exact(dim))
+                .enumerate()
+            {
                 let c = cosine(g, w);
-                println!("vit-b-32 {} {what}[{i}] vs f32 cosine {c:.7}", engine.name());
+                println!(
+                    "vit-b-32 {} {what}[{i}] vs f32 cosine {c:.7}",
+                    engine.name()
+                );
                 assert!(c >= 0.9999, "{} {what}[{i}]: cosine {c}", engine.name());
             }
         }
@@ -69,35 +81,100 @@ fn native_amx_matches_the_emulator_and_the_f64_product() {
     }
     let native = CpuBackend::with_engine(MatrixEngine::AmxBf16).unwrap();
     let emu = CpuBackend::with_engine(MatrixEngine::AmxBf16Emulated).unwrap();
-    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    };
     let mut seed = 40;
-    for &(m, n, k) in &[(1usize, 1usize, 1usize), (50, 768, 768), (197, 130, 257), (77, 2048, 512), (33, 768, 3072)] {
-        for ep in [Epilogue::Store, Epilogue::Accumulate, Epilogue::Activation(Activation::QuickGelu)] {
+    for &(m, n, k) in &[
+        (1usize, 1usize, 1usize),
+        (50, 768, 768),
+        (197, 130, 257),
+        (77, 2048, 512),
+        (33, 768, 3072),
+    ] {
+        for ep in [
+            Epilogue::Store,
+            Epilogue::Accumulate,
+            Epilogue::Activation(Activation::QuickGelu),
+        ] {
             seed += 1;
-            let (w, b, x) = (random(n * k, seed, 0.5), random(n, seed + 1, 0.5), random(m * k, seed + 2, 1.0));
+            let (w, b, x) = (
+                random(n * k, seed, 0.5),
+                random(n, seed + 1, 0.5),
+                random(m * k, seed + 2, 1.0),
+            );
             let init = random(m * n, seed + 3, 1.0);
             let s = GemmShape { m, n, k };
             let run = |cpu: &CpuBackend| {
-                let mut out = if ep == Epilogue::Accumulate { init.clone() } else { vec![f32::NAN; m * n] };
-                backend::gemm(cpu, &mut out, &x, &cpu.linear(&w, n, k, Some(&b)).unwrap(), s, ep).unwrap();
+                let mut out = if ep == Epilogue::Accumulate {
+                    init.clone()
+                } else {
+                    vec![f32::NAN; m * n]
+                };
+                backend::gemm(
+                    cpu,
+                    &mut out,
+                    &x,
+                    &cpu.linear(&w, n, k, Some(&b)).unwrap(),
+                    s,
+                    ep,
+                )
+                .unwrap();
                 out
             };
             let rf = ReferenceBackend;
             let mut want = init.clone();
             let (xr, wr) = (round(&x), round(&w));
-            backend::gemm(&rf, &mut want, &xr, &rf.linear(&wr, n, k, Some(&b)).unwrap(), s, ep).unwrap();
+            backend::gemm(
+                &rf,
+                &mut want,
+                &xr,
+                &rf.linear(&wr, n, k, Some(&b)).unwrap(),
+                s,
+                ep,
+            )
+            .unwrap();
             let (got, emulated) = (run(&native), run(&emu));
             let what = format!("amx {s:?} {ep:?}");
-            assert_close(&got, &emulated, 1e-5 * (k as f32).sqrt(), 1e-5, &format!("{what} vs emulator"));
-            assert_close(&got, &want, 1e-5 * (k as f32).sqrt(), 1e-5, &format!("{what} vs f64"));
+            assert_close(
+                &got,
+                &emulated,
+                1e-5 * (k as f32).sqrt(),
+                1e-5,
+                &format!("{what} vs emulator"),
+            );
+            assert_close(
+                &got,
+                &want,
+                1e-5 * (k as f32).sqrt(),
+                1e-5,
+                &format!("{what} vs f64"),
+            );
         }
     }
     for causal in [false, true] {
-        let s = AttnShape { batch: 2, seq: 77, heads: 3, head_dim: 64, causal };
+        let s = AttnShape {
+            batch: 2,
+            seq: 77,
+            heads: 3,
+            head_dim: 64,
+            causal,
+        };
         let qkv = random(2 * 77 * 3 * s.width(), 9, 2.0);
-        let (mut got, mut emulated) = (vec![f32::NAN; 2 * 77 * s.width()], vec![f32::NAN; 2 * 77 * s.width()]);
+        let (mut got, mut emulated) = (
+            vec![f32::NAN; 2 * 77 * s.width()],
+            vec![f32::NAN; 2 * 77 * s.width()],
+        );
         backend::attention(&native, &mut got, &qkv, s).unwrap();
         backend::attention(&emu, &mut emulated, &qkv, s).unwrap();
-        assert_close(&got, &emulated, 1e-5, 1e-5, &format!("amx attention {s:?} vs emulator"));
+        assert_close(
+            &got,
+            &emulated,
+            1e-5,
+            1e-5,
+            &format!("amx attention {s:?} vs emulator"),
+        );
     }
 }

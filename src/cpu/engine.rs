@@ -63,7 +63,9 @@ impl MatrixEngine {
     /// The arithmetic of the products.
     pub fn precision(self) -> Precision {
         match self {
-            MatrixEngine::Avx512Bf16 | MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => Precision::Bf16,
+            MatrixEngine::Avx512Bf16 | MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
+                Precision::Bf16
+            }
             _ => Precision::F32,
         }
     }
@@ -100,7 +102,10 @@ impl MatrixEngine {
 
     /// Every engine this machine runs, slowest first (the emulator included).
     pub fn available_engines() -> Vec<MatrixEngine> {
-        MatrixEngine::ALL.into_iter().filter(|e| e.available()).collect()
+        MatrixEngine::ALL
+            .into_iter()
+            .filter(|e| e.available())
+            .collect()
     }
 
     /// The unit whose measured peak `cliprt bench` reports against (none for the emulator).
@@ -135,10 +140,16 @@ impl MatrixEngine {
 impl std::str::FromStr for MatrixEngine {
     type Err = Error;
     fn from_str(s: &str) -> Result<MatrixEngine> {
-        MatrixEngine::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
-            let names: Vec<_> = MatrixEngine::ALL.iter().map(|e| e.name()).collect();
-            Error::InvalidArgument(format!("unknown CPU engine {s:?}: one of {}", names.join(", ")))
-        })
+        MatrixEngine::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = MatrixEngine::ALL.iter().map(|e| e.name()).collect();
+                Error::InvalidArgument(format!(
+                    "unknown CPU engine {s:?}: one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -169,7 +180,11 @@ pub fn bf16_speedup() -> Option<f64> {
 
 /// The fastest engine for `precision` at vector tier `isa` or below, with the reason.
 pub fn choose(isa: Isa, precision: Precision) -> Choice {
-    let isa = Isa::ALL.into_iter().rev().find(|&i| i <= isa && i.available()).unwrap_or(Isa::Scalar);
+    let isa = Isa::ALL
+        .into_iter()
+        .rev()
+        .find(|&i| i <= isa && i.available())
+        .unwrap_or(Isa::Scalar);
     let vector = match isa {
         Isa::Scalar => MatrixEngine::Scalar,
         Isa::Avx2 => MatrixEngine::Avx2,
@@ -187,7 +202,10 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
         return f32_choice(format!("{why}; widest SIMD tier: {}", isa.name()));
     }
     if isa != Isa::Avx512 {
-        return f32_choice(format!("bf16 asked, but the bf16 engines need AVX-512 (tier {}): f32 runs", isa.name()));
+        return f32_choice(format!(
+            "bf16 asked, but the bf16 engines need AVX-512 (tier {}): f32 runs",
+            isa.name()
+        ));
     }
     let amx = amx::support();
     if amx.bf16_usable() {
@@ -232,12 +250,19 @@ mod tests {
             for p in [Precision::F32, Precision::Bf16, Precision::F16] {
                 let c = choose(isa, p);
                 assert!(c.engine.available(), "{c:?}");
-                assert!(c.engine.isa() <= isa.max(Isa::Scalar) || !isa.available(), "{c:?}");
+                assert!(
+                    c.engine.isa() <= isa.max(Isa::Scalar) || !isa.available(),
+                    "{c:?}"
+                );
                 assert!(!c.reason.is_empty());
                 if p != Precision::Bf16 {
                     assert_eq!(c.engine.precision(), Precision::F32);
                 }
-                assert_ne!(c.engine, MatrixEngine::AmxBf16Emulated, "the emulator is never chosen");
+                assert_ne!(
+                    c.engine,
+                    MatrixEngine::AmxBf16Emulated,
+                    "the emulator is never chosen"
+                );
             }
         }
     }

@@ -46,7 +46,11 @@ pub fn peak_gflops(threads: usize, unit: Unit) -> f64 {
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| s.spawn(move || (0..3).map(|_| rate(unit, iters)).fold(0.0, f64::max)))
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>() / 1e9
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0.0))
+            .sum::<f64>()
+            / 1e9
     })
 }
 
@@ -106,63 +110,49 @@ fn run(unit: Unit, iters: usize) -> f64 {
 }
 
 // Written in asm: with intrinsics, LLVM spills some of the chains to the stack and the loop measures store
-// forwarding instead of the FMA units.
-/// 20 independent `vfmadd231ps zmm` chains per iteration (20 > latency × pipes on any current x86).
+// forwarding instead of the units.
+/// An asm loop of 20 independent `$op zmmN, zmm30, zmm31` chains per iteration (20 > latency × pipes on any
+/// current x86), zmm30/31 zeroed first.
+macro_rules! zmm_chains {
+    ($iters:expr, $op:literal) => {
+        std::arch::asm!(
+            "vxorps xmm30, xmm30, xmm30",
+            "vxorps xmm31, xmm31, xmm31",
+            "2:",
+            concat!($op, " zmm0, zmm30, zmm31"), concat!($op, " zmm1, zmm30, zmm31"),
+            concat!($op, " zmm2, zmm30, zmm31"), concat!($op, " zmm3, zmm30, zmm31"),
+            concat!($op, " zmm4, zmm30, zmm31"), concat!($op, " zmm5, zmm30, zmm31"),
+            concat!($op, " zmm6, zmm30, zmm31"), concat!($op, " zmm7, zmm30, zmm31"),
+            concat!($op, " zmm8, zmm30, zmm31"), concat!($op, " zmm9, zmm30, zmm31"),
+            concat!($op, " zmm10, zmm30, zmm31"), concat!($op, " zmm11, zmm30, zmm31"),
+            concat!($op, " zmm12, zmm30, zmm31"), concat!($op, " zmm13, zmm30, zmm31"),
+            concat!($op, " zmm14, zmm30, zmm31"), concat!($op, " zmm15, zmm30, zmm31"),
+            concat!($op, " zmm16, zmm30, zmm31"), concat!($op, " zmm17, zmm30, zmm31"),
+            concat!($op, " zmm18, zmm30, zmm31"), concat!($op, " zmm19, zmm30, zmm31"),
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) $iters.max(1) => _,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
+            out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+            out("zmm18") _, out("zmm19") _, out("zmm30") _, out("zmm31") _,
+            options(nostack, nomem),
+        )
+    };
+}
+
+/// 20 independent `vfmadd231ps zmm` chains per iteration.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fma_avx512(iters: usize) {
-    std::arch::asm!(
-        "vxorps xmm30, xmm30, xmm30",
-        "vxorps xmm31, xmm31, xmm31",
-        "2:",
-        "vfmadd231ps zmm0, zmm30, zmm31", "vfmadd231ps zmm1, zmm30, zmm31",
-        "vfmadd231ps zmm2, zmm30, zmm31", "vfmadd231ps zmm3, zmm30, zmm31",
-        "vfmadd231ps zmm4, zmm30, zmm31", "vfmadd231ps zmm5, zmm30, zmm31",
-        "vfmadd231ps zmm6, zmm30, zmm31", "vfmadd231ps zmm7, zmm30, zmm31",
-        "vfmadd231ps zmm8, zmm30, zmm31", "vfmadd231ps zmm9, zmm30, zmm31",
-        "vfmadd231ps zmm10, zmm30, zmm31", "vfmadd231ps zmm11, zmm30, zmm31",
-        "vfmadd231ps zmm12, zmm30, zmm31", "vfmadd231ps zmm13, zmm30, zmm31",
-        "vfmadd231ps zmm14, zmm30, zmm31", "vfmadd231ps zmm15, zmm30, zmm31",
-        "vfmadd231ps zmm16, zmm30, zmm31", "vfmadd231ps zmm17, zmm30, zmm31",
-        "vfmadd231ps zmm18, zmm30, zmm31", "vfmadd231ps zmm19, zmm30, zmm31",
-        "dec {n}",
-        "jnz 2b",
-        n = inout(reg) iters.max(1) => _,
-        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
-        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-        out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
-        out("zmm18") _, out("zmm19") _, out("zmm30") _, out("zmm31") _,
-        options(nostack, nomem),
-    );
+    zmm_chains!(iters, "vfmadd231ps");
 }
 
 /// 20 independent `vdpbf16ps zmm` chains per iteration, the bf16 twin of [`fma_avx512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn dpbf16_avx512(iters: usize) {
-    std::arch::asm!(
-        "vxorps xmm30, xmm30, xmm30",
-        "vxorps xmm31, xmm31, xmm31",
-        "2:",
-        "vdpbf16ps zmm0, zmm30, zmm31", "vdpbf16ps zmm1, zmm30, zmm31",
-        "vdpbf16ps zmm2, zmm30, zmm31", "vdpbf16ps zmm3, zmm30, zmm31",
-        "vdpbf16ps zmm4, zmm30, zmm31", "vdpbf16ps zmm5, zmm30, zmm31",
-        "vdpbf16ps zmm6, zmm30, zmm31", "vdpbf16ps zmm7, zmm30, zmm31",
-        "vdpbf16ps zmm8, zmm30, zmm31", "vdpbf16ps zmm9, zmm30, zmm31",
-        "vdpbf16ps zmm10, zmm30, zmm31", "vdpbf16ps zmm11, zmm30, zmm31",
-        "vdpbf16ps zmm12, zmm30, zmm31", "vdpbf16ps zmm13, zmm30, zmm31",
-        "vdpbf16ps zmm14, zmm30, zmm31", "vdpbf16ps zmm15, zmm30, zmm31",
-        "vdpbf16ps zmm16, zmm30, zmm31", "vdpbf16ps zmm17, zmm30, zmm31",
-        "vdpbf16ps zmm18, zmm30, zmm31", "vdpbf16ps zmm19, zmm30, zmm31",
-        "dec {n}",
-        "jnz 2b",
-        n = inout(reg) iters.max(1) => _,
-        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
-        out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-        out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
-        out("zmm18") _, out("zmm19") _, out("zmm30") _, out("zmm31") _,
-        options(nostack, nomem),
-    );
+    zmm_chains!(iters, "vdpbf16ps");
 }
 
 /// 12 independent `vfmadd231ps ymm` chains per iteration.

@@ -52,7 +52,18 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
         let mut t = T::default();
         t.configure(&TileConfig::full());
         let row_blocks = 0..seq.div_ceil(BLOCK);
-        run_blocks(&mut t, isa, &sc.q, seq, &sc.k, row_blocks.clone(), 0..seq.div_ceil(BLOCK), sc.scores.as_mut_ptr(), lds, PLAIN);
+        run_blocks(
+            &mut t,
+            isa,
+            &sc.q,
+            seq,
+            &sc.k,
+            row_blocks.clone(),
+            0..seq.div_ceil(BLOCK),
+            sc.scores.as_mut_ptr(),
+            lds,
+            PLAIN,
+        );
         let scale = 1.0 / (hd as f32).sqrt();
         for (i, r) in sc.scores.chunks_exact_mut(lds).enumerate() {
             let keys = if s.causal { i + 1 } else { seq };
@@ -60,7 +71,18 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
         }
         let scores = &sc.scores;
         sc.p.fill(seq, seq, false, |i| &scores[i * lds..i * lds + seq]);
-        run_blocks(&mut t, isa, &sc.p, seq, &sc.v, row_blocks, 0..hd.div_ceil(BLOCK), out, d, PLAIN);
+        run_blocks(
+            &mut t,
+            isa,
+            &sc.p,
+            seq,
+            &sc.v,
+            row_blocks,
+            0..hd.div_ceil(BLOCK),
+            out,
+            d,
+            PLAIN,
+        );
         t.release();
     };
     // Re-entered on this thread through work stealing: use fresh buffers.

@@ -75,7 +75,8 @@ impl PackedB {
             for pair in 0..k.div_ceil(2) {
                 let (t0, t1) = (2 * pair, 2 * pair + 1);
                 let hi = if t1 < k { bf16_bits(get(j, t1)) } else { 0 };
-                let at = col + (pair / (K_STEP / 2)) * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS;
+                let at =
+                    col + (pair / (K_STEP / 2)) * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS;
                 self.data[at] = bf16_bits(get(j, t0)) | hi << 16;
             }
         }
@@ -110,7 +111,13 @@ impl PackedA {
     /// Converts `m` rows of `k` values, row `i` read from `row(i)`, rounding to nearest even; on rayon's threads when
     /// `parallel`. A caller holding a loaded tile configuration must pass `false`: a rayon wait could run another
     /// task on this thread, whose `tilerelease` would wipe the caller's tiles.
-    pub fn fill<'a>(&mut self, m: usize, k: usize, parallel: bool, row: impl Fn(usize) -> &'a [f32] + Sync) {
+    pub fn fill<'a>(
+        &mut self,
+        m: usize,
+        k: usize,
+        parallel: bool,
+        row: impl Fn(usize) -> &'a [f32] + Sync,
+    ) {
         let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
         let rows = m.next_multiple_of(BLOCK);
         self.pairs = pairs;
@@ -137,9 +144,15 @@ impl PackedA {
         };
         // Large A (a GEMM's activations) converts in parallel; a few rows do not pay for the fork.
         if parallel && rows * pairs >= 1 << 16 {
-            self.data.par_chunks_mut(pairs).enumerate().for_each(|(i, d)| convert(i, d));
+            self.data
+                .par_chunks_mut(pairs)
+                .enumerate()
+                .for_each(|(i, d)| convert(i, d));
         } else {
-            self.data.chunks_mut(pairs).enumerate().for_each(|(i, d)| convert(i, d));
+            self.data
+                .chunks_mut(pairs)
+                .enumerate()
+                .for_each(|(i, d)| convert(i, d));
         }
     }
 
@@ -153,7 +166,14 @@ static CONFIG: TileConfig = TileConfig::full();
 
 /// One 32 × 32 block: `c[32][32] = A[a.., 32 rows] · B panel` over `ksteps` k steps (configuration loaded).
 #[inline(always)]
-unsafe fn block<T: Tiles>(t: &mut T, a: *const u32, lda_pairs: usize, b: *const u32, ksteps: usize, c: &mut [f32; BLOCK * BLOCK]) {
+unsafe fn block<T: Tiles>(
+    t: &mut T,
+    a: *const u32,
+    lda_pairs: usize,
+    b: *const u32,
+    ksteps: usize,
+    c: &mut [f32; BLOCK * BLOCK],
+) {
     let lda = lda_pairs * 4;
     let b1 = b.add(ksteps * B_TILE_U32);
     t.zero::<0>();
@@ -182,7 +202,15 @@ unsafe fn block<T: Tiles>(t: &mut T, a: *const u32, lda_pairs: usize, b: *const 
 /// Writes the valid `rows × cols` of a computed block into C at `out` (row stride `ldo`) with the store rule `st`
 /// (its bias pointer at the block's first column).
 #[inline(always)]
-unsafe fn store_block(isa: Isa, c: &[f32; BLOCK * BLOCK], out: *mut f32, ldo: usize, rows: usize, cols: usize, st: TileStore) {
+unsafe fn store_block(
+    isa: Isa,
+    c: &[f32; BLOCK * BLOCK],
+    out: *mut f32,
+    ldo: usize,
+    rows: usize,
+    cols: usize,
+    st: TileStore,
+) {
     let bias = (!st.bias.is_null()).then(|| std::slice::from_raw_parts(st.bias, cols));
     for i in 0..rows {
         let dst = std::slice::from_raw_parts_mut(out.add(i * ldo), cols);
@@ -220,13 +248,25 @@ pub(crate) unsafe fn run_blocks<T: Tiles>(
     for p in panels {
         let (col, cols) = (p * BLOCK, BLOCK.min(b.n - p * BLOCK));
         let st = TileStore {
-            bias: if st.bias.is_null() { st.bias } else { st.bias.add(col) },
+            bias: if st.bias.is_null() {
+                st.bias
+            } else {
+                st.bias.add(col)
+            },
             ..st
         };
         for rb in row_blocks.clone() {
             let r0 = rb * BLOCK;
             block(t, a.row(r0), a.pairs, b.panel(p), b.ksteps, &mut c);
-            store_block(isa, &c, out.add(r0 * ldo + col), ldo, BLOCK.min(m - r0), cols, st);
+            store_block(
+                isa,
+                &c,
+                out.add(r0 * ldo + col),
+                ldo,
+                BLOCK.min(m - r0),
+                cols,
+                st,
+            );
         }
     }
 }
@@ -255,16 +295,30 @@ fn job_shape(row_blocks: usize, panels: usize) -> (usize, usize) {
     let rows_per = ROW_BLOCKS_PER_JOB.min(row_blocks).max(1);
     let row_groups = row_blocks.div_ceil(rows_per);
     let cost = |per: usize| (row_groups * panels.div_ceil(per)).div_ceil(threads) * per;
-    let per = (1..=8usize.min(panels).max(1)).rev().min_by_key(|&p| cost(p)).unwrap_or(1);
+    let per = (1..=8usize.min(panels).max(1))
+        .rev()
+        .min_by_key(|&p| cost(p))
+        .unwrap_or(1);
     (rows_per, per)
 }
 
 /// The threaded GEMM on tile unit `T` (see the module docs). Shapes are checked by the caller: `a` holds ≥ m·k
 /// values, `out` ≥ m·n, `bias` ≥ n.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm<T: Tiles + Default>(isa: Isa, a: &[f32], m: usize, k: usize, w: &PackedB, bias: Option<&[f32]>, out: &mut [f32], ep: Epilogue) {
+pub fn gemm<T: Tiles + Default>(
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    w: &PackedB,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    ep: Epilogue,
+) {
     let n = w.n;
-    assert!(w.k == k && a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n));
+    assert!(
+        w.k == k && a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n)
+    );
     if m == 0 || n == 0 {
         return;
     }

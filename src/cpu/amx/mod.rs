@@ -30,10 +30,23 @@ pub enum TileMode {
 
 /// `out[m, n] (+)= a[m, k] · Wᵀ` with epilogue `ep` (see [`gemm::gemm`]).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(mode: TileMode, isa: Isa, a: &[f32], m: usize, k: usize, w: &PackedB, bias: Option<&[f32]>, out: &mut [f32], ep: Epilogue) {
+pub fn gemm(
+    mode: TileMode,
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    w: &PackedB,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    ep: Epilogue,
+) {
     match mode {
         TileMode::Native => {
-            assert!(support().bf16_usable(), "AMX selected on a machine where it is unusable");
+            assert!(
+                support().bf16_usable(),
+                "AMX selected on a machine where it is unusable"
+            );
             gemm::gemm::<tiles::Native>(isa, a, m, k, w, bias, out, ep)
         }
         TileMode::Emulated => gemm::gemm::<tiles::Emulator>(isa, a, m, k, w, bias, out, ep),
@@ -44,7 +57,13 @@ pub fn gemm(mode: TileMode, isa: Isa, a: &[f32], m: usize, k: usize, w: &PackedB
 ///
 /// # Safety
 /// As [`attention::head`].
-pub(crate) unsafe fn attention_head(mode: TileMode, isa: Isa, out: *mut f32, head: &[f32], s: AttnShape) {
+pub(crate) unsafe fn attention_head(
+    mode: TileMode,
+    isa: Isa,
+    out: *mut f32,
+    head: &[f32],
+    s: AttnShape,
+) {
     match mode {
         TileMode::Native => attention::head::<tiles::Native>(isa, out, head, s),
         TileMode::Emulated => attention::head::<tiles::Emulator>(isa, out, head, s),

@@ -65,6 +65,7 @@ impl TileConfig {
 /// Every method is `unsafe`: pointers must be valid for the configured rows × bytes at the given stride, a
 /// configuration must be loaded before any other call, and [`Native`] needs a CPU with AMX-TILE and AMX-BF16 whose
 /// tile state this process was granted (see `detect`).
+#[allow(clippy::missing_safety_doc)] // one contract for every method, stated above
 pub trait Tiles {
     /// `ldtilecfg`: loads a configuration and zeroes every tile.
     unsafe fn configure(&mut self, cfg: &TileConfig);
@@ -175,7 +176,9 @@ fn ftz(x: f32) -> f32 {
 impl Emulator {
     /// (rows, bytes per row) of tile `t`; panics where the hardware raises #UD (no configuration loaded).
     fn shape(&self, t: u8) -> (usize, usize) {
-        let shapes = self.shapes.expect("AMX tile used with no configuration loaded (#UD)");
+        let shapes = self
+            .shapes
+            .expect("AMX tile used with no configuration loaded (#UD)");
         assert!((t as usize) < TILES, "tile register tmm{t} does not exist");
         shapes[t as usize]
     }
@@ -228,7 +231,9 @@ impl Tiles for Emulator {
             "ldtilecfg: palette 1 has 8 tiles; entries 8..16 must be zero (#GP)"
         );
         self.shapes = Some(shapes);
-        self.data.iter_mut().for_each(|t| *t = [[0; MAX_COLSB]; MAX_ROWS]);
+        self.data
+            .iter_mut()
+            .for_each(|t| *t = [[0; MAX_COLSB]; MAX_ROWS]);
     }
 
     unsafe fn zero<const T: u8>(&mut self) {
@@ -258,7 +263,10 @@ impl Tiles for Emulator {
         let ((c_rows, c_colsb), (a_rows, a_colsb), (b_rows, b_colsb)) =
             (self.shape(C), self.shape(A), self.shape(B));
         // The #UD conditions of the SDM: distinct registers, and shapes that chain (C = A·B).
-        assert!(C != A && C != B && A != B, "tdpbf16ps: tile registers must differ (#UD)");
+        assert!(
+            C != A && C != B && A != B,
+            "tdpbf16ps: tile registers must differ (#UD)"
+        );
         assert!(
             c_rows == a_rows && c_colsb == b_colsb && a_colsb / 4 == b_rows && a_colsb % 4 == 0,
             "tdpbf16ps: C {c_rows}×{c_colsb}B, A {a_rows}×{a_colsb}B, B {b_rows}×{b_colsb}B do not chain (#UD)"
@@ -266,17 +274,18 @@ impl Tiles for Emulator {
         let (pairs, cols) = (a_colsb / 4, c_colsb / 4);
         let mut out = [[0f32; MAX_COLSB / 4]; MAX_ROWS];
         for (m, acc) in out.iter_mut().enumerate().take(c_rows) {
-            let mut tmp: [f32; MAX_COLSB / 4] = std::array::from_fn(|n| {
-                if n < cols {
-                    self.f32_at(C, m, n)
-                } else {
-                    0.0
-                }
-            });
+            let mut tmp: [f32; MAX_COLSB / 4] =
+                std::array::from_fn(|n| if n < cols { self.f32_at(C, m, n) } else { 0.0 });
             for k in 0..pairs {
-                let (a0, a1) = (bf16_daz(self.bf16_at(A, m, 2 * k)), bf16_daz(self.bf16_at(A, m, 2 * k + 1)));
+                let (a0, a1) = (
+                    bf16_daz(self.bf16_at(A, m, 2 * k)),
+                    bf16_daz(self.bf16_at(A, m, 2 * k + 1)),
+                );
                 for (n, t) in tmp.iter_mut().enumerate().take(cols) {
-                    let (b0, b1) = (bf16_daz(self.bf16_at(B, k, 2 * n)), bf16_daz(self.bf16_at(B, k, 2 * n + 1)));
+                    let (b0, b1) = (
+                        bf16_daz(self.bf16_at(B, k, 2 * n)),
+                        bf16_daz(self.bf16_at(B, k, 2 * n + 1)),
+                    );
                     // A bf16 × bf16 product has ≤ 16 significant bits, so it is exact in f32; each add rounds
                     // to nearest even, in the SDM's order (the even element first).
                     *t = ftz(*t + a0 * b0);
@@ -290,7 +299,9 @@ impl Tiles for Emulator {
 
     unsafe fn release(&mut self) {
         self.shapes = None;
-        self.data.iter_mut().for_each(|t| *t = [[0; MAX_COLSB]; MAX_ROWS]);
+        self.data
+            .iter_mut()
+            .for_each(|t| *t = [[0; MAX_COLSB]; MAX_ROWS]);
     }
 }
 
@@ -314,14 +325,23 @@ mod tests {
         let cfg = TileConfig::with_shapes(shapes);
         let a = [[1.0f32, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.25, 8.0]];
         // B[k][j] for k in 0..4 (logical), j in 0..3.
-        let b = [[1.0f32, 0.0, 2.0], [0.5, 1.0, -1.0], [2.0, 3.0, 0.0], [1.0, -2.0, 0.5]];
-        let a_bytes: Vec<u8> = a.iter().flatten().flat_map(|&x| bf16(x).to_le_bytes()).collect();
+        let b = [
+            [1.0f32, 0.0, 2.0],
+            [0.5, 1.0, -1.0],
+            [2.0, 3.0, 0.0],
+            [1.0, -2.0, 0.5],
+        ];
+        let a_bytes: Vec<u8> = a
+            .iter()
+            .flatten()
+            .flat_map(|&x| bf16(x).to_le_bytes())
+            .collect();
         // VNNI pairs: row p holds (B[2p][j], B[2p+1][j]) for each j.
         let mut b_bytes = Vec::new();
-        for p in 0..2 {
-            for j in 0..3 {
-                b_bytes.extend(bf16(b[2 * p][j]).to_le_bytes());
-                b_bytes.extend(bf16(b[2 * p + 1][j]).to_le_bytes());
+        for rows in b.chunks_exact(2) {
+            for (&even, &odd) in rows[0].iter().zip(&rows[1]) {
+                b_bytes.extend(bf16(even).to_le_bytes());
+                b_bytes.extend(bf16(odd).to_le_bytes());
             }
         }
         let c0 = [[10.0f32, 20.0, 30.0], [0.0, 0.0, 0.0]];
@@ -341,9 +361,19 @@ mod tests {
         }
         let mut out = [7u8; 3 * 12];
         unsafe { e.store::<0>(out.as_mut_ptr(), 12) };
-        assert_eq!(&out[24..], &[7u8; 12], "a store writes only the configured rows");
-        assert!(e.data[0][2..].iter().flatten().all(|&b| b == 0), "rows past the shape stay zero");
-        assert!(e.data[0][0][12..].iter().all(|&b| b == 0), "bytes past the shape stay zero");
+        assert_eq!(
+            &out[24..],
+            &[7u8; 12],
+            "a store writes only the configured rows"
+        );
+        assert!(
+            e.data[0][2..].iter().flatten().all(|&b| b == 0),
+            "rows past the shape stay zero"
+        );
+        assert!(
+            e.data[0][0][12..].iter().all(|&b| b == 0),
+            "bytes past the shape stay zero"
+        );
     }
 
     #[test]
