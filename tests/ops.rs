@@ -357,3 +357,57 @@ fn gemm_at_clip_strides_matches_reference() {
         }
     }
 }
+
+/// The MLP with its residual (`x += act(input·W1ᵀ + b1)·W2ᵀ + b2`): on the bf16 engines the hidden activations go
+/// from fc1's epilogue to fc2 in bf16, which must give exactly what the two separate GEMMs give (the same f32
+/// values, rounded the same way); and every engine must match the f64 reference.
+#[test]
+fn mlp_equals_its_two_gemms_on_every_engine() {
+    let mut seed = 1300;
+    // (rows, dim, hidden): odd widths, a hidden width that is not a multiple of a panel, CLIP's own, and a dim too
+    // deep for the bf16 kernel's single k chunk (the fused path then falls back to two GEMMs).
+    for &(m, d, h) in &[(1usize, 7usize, 13usize), (7, 64, 96), (50, 65, 130), (77, 768, 3072), (33, 1600, 40)] {
+        for act in [Activation::QuickGelu, Activation::Gelu] {
+            seed += 1;
+            // Weights at 1/√fan-in, as in a real model, so activations stay of order one.
+            let (s1, s2) = (1.0 / (d as f32).sqrt(), 1.0 / (h as f32).sqrt());
+            let (w1, b1) = (random(h * d, seed, s1), random(h, seed + 1, 0.3));
+            let (w2, b2) = (random(d * h, seed + 2, s2), random(d, seed + 3, 0.3));
+            let input = random(m * d, seed + 4, 1.0);
+            let x0 = random(m * d, seed + 5, 1.0);
+            let s = backend::MlpShape { rows: m, dim: d, hidden: h };
+            for cpu in engines() {
+                let (fc1, fc2) = (
+                    cpu.linear(&w1, h, d, Some(&b1)).unwrap(),
+                    cpu.linear(&w2, d, h, Some(&b2)).unwrap(),
+                );
+                let mut fused = x0.clone();
+                let mut hidden = poisoned(m * h);
+                backend::mlp(&cpu, &mut fused, &mut hidden, &input, &fc1, &fc2, s, act).unwrap();
+                let mut two = x0.clone();
+                let mut hid = poisoned(m * h);
+                backend::gemm(&cpu, &mut hid, &input, &fc1, s.fc1(), Epilogue::Activation(act)).unwrap();
+                backend::gemm(&cpu, &mut two, &hid, &fc2, s.fc2(), Epilogue::Accumulate).unwrap();
+                let what = format!("mlp {} {s:?} {act:?}", cpu.engine().name());
+                assert_eq!(
+                    fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    two.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{what}: fused and two GEMMs differ"
+                );
+                // Against f64: the bf16 engines round the inputs, the weights and the hidden activations.
+                let rf = ReferenceBackend;
+                let mut want = x0.clone();
+                let mut rh = poisoned(m * h);
+                let (r1, r2) = (rf.linear(&w1, h, d, Some(&b1)).unwrap(), rf.linear(&w2, d, h, Some(&b2)).unwrap());
+                backend::mlp(&rf, &mut want, &mut rh, &input, &r1, &r2, s, act).unwrap();
+                // bf16: three roundings of 2⁻⁹ on terms of order one, summed like a random walk.
+                let (atol, rtol) = if is_bf16(&cpu) {
+                    (2e-2, 1e-2)
+                } else {
+                    (1e-5 * (h as f32).sqrt(), 1e-5)
+                };
+                assert_close(&fused, &want, atol, rtol, &what);
+            }
+        }
+    }
+}

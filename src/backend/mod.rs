@@ -50,6 +50,31 @@ pub struct GemmShape {
     pub k: usize,
 }
 
+/// The MLP of an encoder layer: `rows × dim` in and out, `hidden` wide in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlpShape {
+    pub rows: usize,
+    pub dim: usize,
+    pub hidden: usize,
+}
+
+impl MlpShape {
+    pub fn fc1(&self) -> GemmShape {
+        GemmShape {
+            m: self.rows,
+            n: self.hidden,
+            k: self.dim,
+        }
+    }
+    pub fn fc2(&self) -> GemmShape {
+        GemmShape {
+            m: self.rows,
+            n: self.dim,
+            k: self.hidden,
+        }
+    }
+}
+
 /// Multi-head self-attention over packed `[q | k | v]` rows: `qkv[batch·seq, 3·heads·head_dim]` →
 /// `out[batch·seq, heads·head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +162,23 @@ pub trait Backend: Send + Sync {
         s: GemmShape,
         ep: Epilogue,
     ) -> Result<()>;
+    /// The MLP with its residual: `x += act(input · fc1ᵀ + b1) · fc2ᵀ + b2`, `hidden` holding the activations in
+    /// between. A backend may hand them to fc2 in its own format instead (the CPU's bf16 engines store them as
+    /// bf16 straight from fc1's epilogue, so fc2 needs no conversion pass); the default is two GEMMs.
+    #[allow(clippy::too_many_arguments)]
+    fn mlp_unchecked(
+        &self,
+        x: &mut Self::Buf,
+        hidden: &mut Self::Buf,
+        input: &Self::Buf,
+        fc1: &Self::Linear,
+        fc2: &Self::Linear,
+        s: MlpShape,
+        act: Activation,
+    ) -> Result<()> {
+        self.gemm_unchecked(hidden, input, fc1, s.fc1(), Epilogue::Activation(act))?;
+        self.gemm_unchecked(x, hidden, fc2, s.fc2(), Epilogue::Accumulate)
+    }
     /// Row-wise LayerNorm over `rows × dim` with f32 statistics.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_unchecked(
@@ -321,6 +363,38 @@ pub fn gemm<B: Backend>(
         return Ok(());
     }
     b.gemm_unchecked(out, x, w, s, ep)
+}
+
+/// Checked MLP with residual; see [`Backend::mlp_unchecked`].
+#[allow(clippy::too_many_arguments)]
+pub fn mlp<B: Backend>(
+    b: &B,
+    x: &mut B::Buf,
+    hidden: &mut B::Buf,
+    input: &B::Buf,
+    fc1: &B::Linear,
+    fc2: &B::Linear,
+    s: MlpShape,
+    act: Activation,
+) -> Result<()> {
+    for (w, want, name) in [(fc1, s.fc1(), "fc1"), (fc2, s.fc2(), "fc2")] {
+        let (n, k, _) = b.linear_dims(w);
+        if (n, k) != (want.n, want.k) {
+            return Err(Error::Shape(format!("mlp {s:?}: {name} weight is [{n}, {k}]")));
+        }
+    }
+    need(b, input, s.rows * s.dim, "mlp input")?;
+    need(b, x, s.rows * s.dim, "mlp residual")?;
+    need(b, hidden, s.rows * s.hidden, "mlp hidden")?;
+    if s.rows == 0 || s.dim == 0 {
+        return Ok(());
+    }
+    if s.hidden == 0 {
+        // No hidden units: only fc2's bias remains, which the checked GEMMs handle on every backend.
+        gemm(b, hidden, input, fc1, s.fc1(), Epilogue::Activation(act))?;
+        return gemm(b, x, hidden, fc2, s.fc2(), Epilogue::Accumulate);
+    }
+    b.mlp_unchecked(x, hidden, input, fc1, fc2, s, act)
 }
 
 /// Checked LayerNorm.

@@ -84,11 +84,7 @@ unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape) {
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
     let panels = seq.div_ceil(NR);
     let lds = panels * NR;
-    let plain = TileStore {
-        load_c: false,
-        bias: std::ptr::null(),
-        act: None,
-    };
+    let plain = TileStore::PLAIN;
     with_scratch(panels * hd * NR + seq * lds, |buf| {
         let (kt, scores) = buf.split_at_mut(panels * hd * NR);
         // Kᵀ in panels: kt[p][c][j] = k[32p + j][c], zero past the sequence.

@@ -201,6 +201,62 @@ impl PackedLinear {
     }
 }
 
+/// The MLP with its residual, `x += act(input · fc1ᵀ + b1) · fc2ᵀ + b2`, with the hidden activations handed from
+/// fc1's epilogue to fc2 in bf16 on the bf16 engines: no f32 round trip through memory and no conversion pass
+/// before fc2 (the largest of a layer's four, `rows × 4·width`). The result is the same as two GEMMs: the same
+/// f32 values are rounded the same way, only where it happens moves. Returns false, having done nothing, where
+/// the weights' layout has no fused path (f32 engines; fc1 too deep for a single k chunk); the caller then runs
+/// the two GEMMs.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_mlp(
+    engine: MatrixEngine,
+    fc1: &PackedLinear,
+    fc2: &PackedLinear,
+    input: &[f32],
+    m: usize,
+    x: &mut [f32],
+    act: Activation,
+) -> bool {
+    let (d, hidden) = (fc1.k, fc1.n);
+    assert!(fc2.k == hidden && fc2.n == d && input.len() >= m * d && x.len() >= m * d);
+    match (&fc1.w, &fc2.w) {
+        (Packed::Amx(w1), Packed::Amx(w2)) => {
+            let Some(mode) = engine.tiles() else {
+                return false;
+            };
+            let (b1, b2) = (fc1.bias.as_deref(), fc2.bias.as_deref());
+            amx::mlp(mode, engine.isa(), input, m, (w1, b1), act, (w2, b2), x);
+            true
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Packed::Bf16(w1), Packed::Bf16(w2)) if d > 0 && avx512::single_k_chunk(d) => {
+            let (b1, b2) = (fc1.bias.as_deref(), fc2.bias.as_deref());
+            avx512::with_bf16_scratch(|a| {
+                avx512::to_bf16_pairs(input, m, d, a);
+                let mut rest = |h: &mut Vec<u32>| {
+                    h.resize(m * hidden.div_ceil(2), 0);
+                    let fc1_out = avx512::Dest::Pairs(h);
+                    avx512::run_bf16_pairs(a, m, d, w1, hidden, b1, fc1_out, Epilogue::Activation(act));
+                    let fc2_out = avx512::Dest::F32(x);
+                    avx512::run_bf16_pairs(h, m, hidden, w2, d, b2, fc2_out, Epilogue::Accumulate);
+                };
+                // A nested call on this thread (rayon work stealing) finds the buffer borrowed: a fresh one.
+                HIDDEN_BF16.with(|s| match s.try_borrow_mut() {
+                    Ok(mut buf) => rest(&mut buf),
+                    Err(_) => rest(&mut Vec::new()),
+                });
+            });
+            true
+        }
+        _ => false,
+    }
+}
+
+thread_local! {
+    /// A fused MLP's hidden activations in bf16 pairs, reused across calls on this thread.
+    static HIDDEN_BF16: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` through the `gemm` crate, with explicit (row, column) strides.
 ///
 /// The gemm crate's contract is `dst := alpha·dst + beta·lhs·rhs` (the reverse of BLAS's naming): alpha = 1 with
@@ -322,6 +378,19 @@ pub(crate) struct TileStore {
     /// Points at the bias of the tile's first column, or null.
     pub bias: *const f32,
     pub act: Option<Activation>,
+    /// Store bf16 pairs (round to nearest even) instead of f32: C is then `u32` pairs, its row stride and column
+    /// offsets counted in pairs. Only with `load_c` false (a fused MLP's fc1, whose output only fc2 reads).
+    pub to_bf16: bool,
+}
+
+impl TileStore {
+    /// Store the product as it is.
+    pub const PLAIN: TileStore = TileStore {
+        load_c: false,
+        bias: std::ptr::null(),
+        act: None,
+        to_bf16: false,
+    };
 }
 
 /// Job partition of an `m × n` product: row blocks × panel groups.
@@ -415,7 +484,8 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// Adds C / bias, applies the activation, stores the first `cols` columns of an `R × NR` accumulator tile.
+    /// Adds C / bias, applies the activation, stores the first `cols` columns of an `R × NR` accumulator tile (as
+    /// bf16 pairs when `st.to_bf16`).
     #[inline(always)]
     unsafe fn store_tile<const R: usize>(
         acc: &[[__m512; NV]; R],
@@ -426,24 +496,42 @@ pub(crate) mod avx512 {
     ) {
         let masks: [__mmask16; NV] = std::array::from_fn(|j| mask16(cols.saturating_sub(16 * j)));
         for (i, row) in acc.iter().enumerate() {
+            let mut v = [_mm512_setzero_ps(); NV];
             for (j, &m) in masks.iter().enumerate() {
                 if m == 0 {
                     continue;
                 }
                 let p = c.add(i * ldc + 16 * j);
-                let mut v = row[j];
+                v[j] = row[j];
                 if st.load_c {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, p));
+                    v[j] = _mm512_add_ps(v[j], _mm512_maskz_loadu_ps(m, p));
                 }
                 if !st.bias.is_null() {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, st.bias.add(16 * j)));
+                    v[j] = _mm512_add_ps(v[j], _mm512_maskz_loadu_ps(m, st.bias.add(16 * j)));
                 }
                 if let Some(a) = st.act {
-                    v = generic::activation::<Avx512>(v, a);
+                    v[j] = generic::activation::<Avx512>(v[j], a);
                 }
-                _mm512_mask_storeu_ps(p, m, v);
+                if !st.to_bf16 {
+                    _mm512_mask_storeu_ps(p, m, v[j]);
+                }
+            }
+            if st.to_bf16 {
+                store_pairs(v, (c as *mut u32).add(i * ldc), cols);
             }
         }
+    }
+
+    /// Stores the first `cols` of 48 values as ⌈cols/2⌉ bf16 pairs (an odd last column pairs with the zero beside
+    /// it: lanes past `cols` hold 0, as the weight panel is zero there and the bias load masked).
+    #[inline(always)]
+    unsafe fn store_pairs(v: [__m512; NV], dst: *mut u32, cols: usize) {
+        let pairs = cols.div_ceil(2);
+        // cvtne2ps2bf16 puts its second operand in the low half: columns 0–31, then 32–47.
+        let lo: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v[1], v[0]));
+        let hi: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_setzero_ps(), v[2]));
+        _mm512_mask_storeu_epi32(dst as *mut i32, mask16(pairs), lo);
+        _mm512_mask_storeu_epi32(dst.add(16) as *mut i32, mask16(pairs.saturating_sub(16)), hi);
     }
 
     /// `C[R, cols] (+)= A[R, kc] · B[kc, cols]`, A rows at stride `lda`, B rows at stride `ldb` (cols ≤ NR, read
@@ -620,6 +708,7 @@ pub(crate) mod avx512 {
                 Epilogue::Activation(a) if last => Some(a),
                 _ => None,
             },
+            to_bf16: false,
         }
     }
 
@@ -754,7 +843,7 @@ pub(crate) mod avx512 {
             a.as_ptr(),
             w.as_ptr(),
             bias,
-            out,
+            out.as_mut_ptr(),
             |jobs, j, a, w, b, c| unsafe { job_f32(jobs, j, a, m, k, w, n, b, c, ep) },
         );
     }
@@ -768,15 +857,11 @@ pub(crate) mod avx512 {
         a: *const A,
         w: *const W,
         bias: Option<&[f32]>,
-        out: &mut [f32],
+        out: *mut f32,
         job: impl Fn(&Jobs, usize, *const A, *const W, *const f32, *mut f32) + Sync,
     ) {
         let jobs = Jobs::new(m, n);
-        let (ap, wp, cp) = (
-            SendPtr(a as *mut A),
-            SendPtr(w as *mut W),
-            SendPtr(out.as_mut_ptr()),
-        );
+        let (ap, wp, cp) = (SendPtr(a as *mut A), SendPtr(w as *mut W), SendPtr(out));
         let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
         (0..jobs.count())
             .into_par_iter()
@@ -816,17 +901,25 @@ pub(crate) mod avx512 {
         w: *const u32,
         n: usize,
         bias: *const f32,
-        c: *mut f32,
+        (c, ldc, to_bf16): (*mut f32, usize, bool),
         ep: Epilogue,
     ) {
-        for_each_tile(jobs, j, m, kp, n, bias, ep, |t| {
+        for_each_tile(jobs, j, m, kp, n, bias, ep, |mut t| {
             let panel = w.add(t.p * kp * NR + t.k0 * NR);
             let next = if t.has_next {
                 panel.add(kp * NR)
             } else {
                 panel
             };
-            let (ap, cp) = (a.add(t.r0 * kp + t.k0), c.add(t.r0 * n + t.col));
+            t.st.to_bf16 = to_bf16;
+            // A bf16-pair C counts its stride and columns in pairs (panels start at even columns).
+            let cp = if to_bf16 {
+                (c as *mut u32).add(t.r0 * ldc + t.col / 2) as *mut f32
+            } else {
+                c.add(t.r0 * ldc + t.col)
+            };
+            let ap = a.add(t.r0 * kp + t.k0);
+            let n = ldc;
             // CLIP's common (tile height, K/2) pairs get a compile-time stride, as in job_f32.
             macro_rules! fixed {
                 ($r:literal, $kp:literal) => {
@@ -849,9 +942,81 @@ pub(crate) mod avx512 {
         });
     }
 
+    /// Converts `m` rows of `k` floats into bf16 pairs `[m][⌈k/2⌉]` (in parallel).
+    pub(super) fn to_bf16_pairs(a: &[f32], m: usize, k: usize, dst: &mut Vec<u32>) {
+        assert!(has_avx512_bf16() && a.len() >= m * k);
+        let kp = k.div_ceil(2);
+        dst.resize(m * kp, 0);
+        if k == 0 {
+            return;
+        }
+        dst[..m * kp]
+            .par_chunks_mut(kp * 16)
+            .zip(a[..m * k].par_chunks(k * 16))
+            // SAFETY: AVX512_BF16 asserted above; chunk lengths match (16 rows of kp pairs / k floats).
+            .for_each(|(d, s)| unsafe { to_bf16_rows(s, k, d, kp) });
+    }
+
+    /// Where a product's C goes: f32 `[m][n]`, or bf16 pairs `[m][⌈n/2⌉]` (a fused MLP's fc1).
+    pub(super) enum Dest<'a> {
+        F32(&'a mut [f32]),
+        Pairs(&'a mut [u32]),
+    }
+
+    /// bf16 packed product on A already in bf16 pairs `[m][⌈k/2⌉]`: the tiles run `vdpbf16ps`. `Dest::Pairs`
+    /// needs a single k chunk ([`single_k_chunk`]) and an epilogue that does not read C.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_bf16_pairs(
+        abf: &[u32],
+        m: usize,
+        k: usize,
+        w: &[u32],
+        n: usize,
+        bias: Option<&[f32]>,
+        out: Dest,
+        ep: Epilogue,
+    ) {
+        assert!(has_avx512_bf16());
+        let kp = k.div_ceil(2);
+        assert!(abf.len() >= m * kp);
+        assert!(w.len() >= n.div_ceil(NR) * kp * NR && bias.is_none_or(|b| b.len() >= n));
+        let c = match out {
+            Dest::F32(out) => {
+                assert!(out.len() >= m * n);
+                if k == 0 {
+                    return zero_k(out, m, n, bias, ep);
+                }
+                (out.as_mut_ptr(), n, false)
+            }
+            Dest::Pairs(out) => {
+                let np = n.div_ceil(2);
+                assert!(out.len() >= m * np && ep != Epilogue::Accumulate && single_k_chunk(k) && k > 0);
+                (out.as_mut_ptr() as *mut f32, np, true)
+            }
+        };
+        // SAFETY: as in run_f32; the bf16 A holds m·kp pairs, C m rows of its stride.
+        par_jobs(m, n, abf.as_ptr(), w.as_ptr(), bias, c.0, |jobs, j, a, w, b, cp| unsafe {
+            job_bf16(jobs, j, a, m, kp, w, n, b, (cp, c.1, c.2), ep)
+        });
+    }
+
+    /// Whether a bf16 product over `k` runs in one k chunk (its tiles then store C once, so C may be bf16).
+    pub(super) fn single_k_chunk(k: usize) -> bool {
+        k_chunks(k.div_ceil(2), 1).0 == 1
+    }
+
     thread_local! {
         /// The bf16 copy of A, reused across calls on this thread (no allocation per layer once warm).
         static BF16_SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` with this thread's bf16 scratch (a fresh buffer when a nested call, through rayon work stealing,
+    /// finds it borrowed).
+    pub(super) fn with_bf16_scratch<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
+        BF16_SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut buf) => f(&mut buf),
+            Err(_) => f(&mut Vec::new()),
+        })
     }
 
     /// bf16 packed product: A is converted to bf16 pairs once (in parallel), then the tiles run `vdpbf16ps`.
@@ -866,34 +1031,9 @@ pub(crate) mod avx512 {
         out: &mut [f32],
         ep: Epilogue,
     ) {
-        assert!(has_avx512_bf16());
-        let kp = k.div_ceil(2);
-        assert!(w.len() >= n.div_ceil(NR) * kp * NR && bias.is_none_or(|b| b.len() >= n));
-        if k == 0 {
-            return zero_k(out, m, n, bias, ep);
-        }
-        let mut run = |abf: &mut Vec<u32>| {
-            abf.resize(m * kp, 0);
-            abf[..m * kp]
-                .par_chunks_mut(kp * 16)
-                .zip(a[..m * k].par_chunks(k * 16))
-                // SAFETY: AVX512_BF16 asserted above; chunk lengths match (16 rows of kp pairs / k floats).
-                .for_each(|(d, s)| unsafe { to_bf16_rows(s, k, d, kp) });
-            // SAFETY: as in run_f32; the bf16 copy holds m·kp pairs.
-            par_jobs(
-                m,
-                n,
-                abf.as_ptr(),
-                w.as_ptr(),
-                bias,
-                out,
-                |jobs, j, a, w, b, c| unsafe { job_bf16(jobs, j, a, m, kp, w, n, b, c, ep) },
-            );
-        };
-        // A nested call on this thread (rayon work stealing) finds the scratch borrowed and uses a fresh buffer.
-        BF16_SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut buf) => run(&mut buf),
-            Err(_) => run(&mut Vec::new()),
+        with_bf16_scratch(|abf| {
+            to_bf16_pairs(a, m, k, abf);
+            run_bf16_pairs(abf, m, k, w, n, bias, Dest::F32(out), ep)
         });
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backend::{check_linear, host, AttnShape, Backend, Epilogue, GemmShape};
+use crate::backend::{check_linear, host, Activation, AttnShape, Backend, Epilogue, GemmShape, MlpShape};
 use crate::error::Result;
 pub use engine::MatrixEngine;
 pub use isa::Isa;
@@ -126,6 +126,23 @@ impl Backend for CpuBackend {
         ep: Epilogue,
     ) -> Result<()> {
         w.run(self.engine, x, s.m, out, ep);
+        Ok(())
+    }
+
+    fn mlp_unchecked(
+        &self,
+        x: &mut Vec<f32>,
+        hidden: &mut Vec<f32>,
+        input: &Vec<f32>,
+        fc1: &PackedLinear,
+        fc2: &PackedLinear,
+        s: MlpShape,
+        act: Activation,
+    ) -> Result<()> {
+        if !matmul::fused_mlp(self.engine, fc1, fc2, input, s.rows, x, act) {
+            self.gemm_unchecked(hidden, input, fc1, s.fc1(), Epilogue::Activation(act))?;
+            self.gemm_unchecked(x, hidden, fc2, s.fc2(), Epilogue::Accumulate)?;
+        }
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The pre-LN transformer encoder layer shared by both towers, and the activation workspace it runs in.
 
-use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
+use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape};
 use crate::config::EncoderConfig;
 use crate::error::Result;
 use crate::weights::LayerWeights;
@@ -168,30 +168,20 @@ pub fn run_encoder<B: Backend>(
             d,
             c.layer_norm_eps,
         )?;
-        let act = Epilogue::Activation(c.activation);
-        backend::gemm(
+        let mlp = MlpShape {
+            rows,
+            dim: d,
+            hidden: i,
+        };
+        backend::mlp(
             b,
+            &mut ws.x,
             &mut ws.mlp,
             &ws.norm,
             &l.fc1,
-            GemmShape {
-                m: rows,
-                n: i,
-                k: d,
-            },
-            act,
-        )?;
-        backend::gemm(
-            b,
-            &mut ws.x,
-            &ws.mlp,
             &l.fc2,
-            GemmShape {
-                m: rows,
-                n: d,
-                k: i,
-            },
-            Epilogue::Accumulate,
+            mlp,
+            c.activation,
         )?;
     }
     Ok(())

@@ -27,12 +27,6 @@ thread_local! {
     static SCRATCH: RefCell<HeadScratch> = RefCell::new(HeadScratch::default());
 }
 
-const PLAIN: TileStore = TileStore {
-    load_c: false,
-    bias: std::ptr::null(),
-    act: None,
-};
-
 /// One head: `head` starts at this head's q columns of the batch item's first `[q | k | v]` row; `out` at the head's
 /// first output column. Rows are `3·width` apart in `head` and `width` apart in `out`.
 ///
@@ -62,7 +56,7 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
             0..seq.div_ceil(BLOCK),
             sc.scores.as_mut_ptr(),
             lds,
-            PLAIN,
+            TileStore::PLAIN,
         );
         let scale = 1.0 / (hd as f32).sqrt();
         for (i, r) in sc.scores.chunks_exact_mut(lds).enumerate() {
@@ -81,7 +75,7 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
             0..hd.div_ceil(BLOCK),
             out,
             d,
-            PLAIN,
+            TileStore::PLAIN,
         );
         t.release();
     };

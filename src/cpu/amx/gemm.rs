@@ -156,8 +156,25 @@ impl PackedA {
         }
     }
 
+    /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs ([`gemm_packed`] with
+    /// `to_bf16`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the stores.
+    pub fn prepare(&mut self, m: usize, k: usize) {
+        let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
+        let rows = m.next_multiple_of(BLOCK);
+        self.pairs = pairs;
+        self.data.resize(rows * pairs, 0);
+        let written = k.div_ceil(2);
+        for (i, row) in self.data.chunks_mut(pairs).enumerate() {
+            row[if i < m { written } else { 0 }..].fill(0);
+        }
+    }
+
     fn row(&self, i: usize) -> *const u32 {
         self.data[i * self.pairs..].as_ptr()
+    }
+
+    fn row_mut(&mut self, i: usize) -> *mut u32 {
+        self.data[i * self.pairs..].as_mut_ptr()
     }
 }
 
@@ -212,6 +229,22 @@ unsafe fn store_block(
     st: TileStore,
 ) {
     let bias = (!st.bias.is_null()).then(|| std::slice::from_raw_parts(st.bias, cols));
+    if st.to_bf16 {
+        // C is bf16 pairs (`ldo` counted in pairs): bias and activation in f32, then rounded; an odd last column
+        // pairs with a zero.
+        let mut row = [0f32; BLOCK];
+        for i in 0..rows {
+            row[..cols].copy_from_slice(&c[i * BLOCK..][..cols]);
+            if bias.is_some() || st.act.is_some() {
+                simd::bias_act(isa, &mut row[..cols], bias, st.act);
+            }
+            let dst = (out as *mut u32).add(i * ldo);
+            for (p, pair) in row[..cols].chunks(2).enumerate() {
+                *dst.add(p) = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&v| bf16_bits(v)) << 16;
+            }
+        }
+        return;
+    }
     for i in 0..rows {
         let dst = std::slice::from_raw_parts_mut(out.add(i * ldo), cols);
         let src = &c[i * BLOCK..][..cols];
@@ -227,10 +260,11 @@ unsafe fn store_block(
 }
 
 /// `out[rows, n] (+)= A · B` for row blocks `row_blocks` and panels `panels`, single-threaded, with a loaded
-/// configuration. `m` bounds the rows stored.
+/// configuration. `m` bounds the rows stored. With `st.to_bf16`, `out` holds bf16 pairs and `ldo` counts pairs.
 ///
 /// # Safety
-/// `out` must be valid for `m` rows of stride `ldo` covering `b.n` columns; `st.bias`, when set, for `b.n` values.
+/// `out` must be valid for `m` rows of stride `ldo` covering `b.n` columns (⌈b.n/2⌉ pairs with `to_bf16`);
+/// `st.bias`, when set, for `b.n` values.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_blocks<T: Tiles>(
     t: &mut T,
@@ -258,15 +292,13 @@ pub(crate) unsafe fn run_blocks<T: Tiles>(
         for rb in row_blocks.clone() {
             let r0 = rb * BLOCK;
             block(t, a.row(r0), a.pairs, b.panel(p), b.ksteps, &mut c);
-            store_block(
-                isa,
-                &c,
-                out.add(r0 * ldo + col),
-                ldo,
-                BLOCK.min(m - r0),
-                cols,
-                st,
-            );
+            // Panels start at even columns, so a pair never straddles two of them.
+            let at = if st.to_bf16 {
+                (out as *mut u32).add(r0 * ldo + col / 2) as *mut f32
+            } else {
+                out.add(r0 * ldo + col)
+            };
+            store_block(isa, &c, at, ldo, BLOCK.min(m - r0), cols, st);
         }
     }
 }
@@ -302,6 +334,19 @@ fn job_shape(row_blocks: usize, panels: usize) -> (usize, usize) {
     (rows_per, per)
 }
 
+/// The store rule of epilogue `ep` with `bias`.
+fn store_rule(ep: Epilogue, bias: Option<&[f32]>) -> TileStore {
+    TileStore {
+        load_c: ep == Epilogue::Accumulate,
+        bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        act: match ep {
+            Epilogue::Activation(act) => Some(act),
+            _ => None,
+        },
+        to_bf16: false,
+    }
+}
+
 /// The threaded GEMM on tile unit `T` (see the module docs). Shapes are checked by the caller: `a` holds ≥ m·k
 /// values, `out` ≥ m·n, `bias` ≥ n.
 #[allow(clippy::too_many_arguments)]
@@ -322,40 +367,99 @@ pub fn gemm<T: Tiles + Default>(
     if m == 0 || n == 0 {
         return;
     }
-    let st = TileStore {
-        load_c: ep == Epilogue::Accumulate,
-        bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        act: match ep {
-            Epilogue::Activation(act) => Some(act),
-            _ => None,
-        },
-    };
-    let mut run = |packed: &mut PackedA| {
+    with_a_scratch(|packed| {
         packed.fill(m, k, true, |i| &a[i * k..(i + 1) * k]);
-        let (row_blocks, panels) = (m.div_ceil(BLOCK), w.panels());
-        let (rows_per, panels_per) = job_shape(row_blocks, panels);
-        let row_groups = row_blocks.div_ceil(rows_per);
-        let jobs = row_groups * panels.div_ceil(panels_per);
-        let c = SendPtr(out.as_mut_ptr());
-        let (packed, st) = (&*packed, SendStore(st));
-        (0..jobs).into_par_iter().for_each(|j| {
-            let (rg, pg) = (j % row_groups, j / row_groups);
-            let rows = rg * rows_per..((rg + 1) * rows_per).min(row_blocks);
-            let cols = pg * panels_per..((pg + 1) * panels_per).min(panels);
-            let mut t = T::default();
-            // SAFETY: the asserts above bound every row and column written; jobs write disjoint rectangles; the
-            // caller selected T = Native only where AMX is usable.
+        // SAFETY: out holds m·n values (asserted).
+        unsafe { gemm_packed::<T>(isa, packed, m, w, out.as_mut_ptr(), n, store_rule(ep, bias)) };
+    });
+}
+
+/// The MLP with its residual on tile unit `T`: `x += act(input·W1ᵀ + b1)·W2ᵀ + b2`, the hidden activations stored
+/// by fc1's epilogue straight into fc2's bf16 A operand (no f32 round trip, no conversion pass). Shapes are checked
+/// by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn mlp<T: Tiles + Default>(
+    isa: Isa,
+    input: &[f32],
+    m: usize,
+    (w1, b1): (&PackedB, Option<&[f32]>),
+    act: crate::backend::Activation,
+    (w2, b2): (&PackedB, Option<&[f32]>),
+    x: &mut [f32],
+) {
+    let (d, hidden) = (w1.k, w1.n);
+    assert!(w2.k == hidden && w2.n == d && input.len() >= m * d && x.len() >= m * d);
+    assert!(b1.is_none_or(|b| b.len() >= hidden) && b2.is_none_or(|b| b.len() >= d));
+    if m == 0 || d == 0 {
+        return;
+    }
+    thread_local! {
+        static HIDDEN: RefCell<PackedA> = RefCell::new(PackedA::default());
+    }
+    with_a_scratch(|packed| {
+        let mut run = |h: &mut PackedA| {
+            packed.fill(m, d, true, |i| &input[i * d..(i + 1) * d]);
+            h.prepare(m, hidden);
+            let fc1 = TileStore {
+                to_bf16: true,
+                ..store_rule(crate::backend::Epilogue::Activation(act), b1)
+            };
+            // SAFETY: h holds m (padded) rows of h.pairs pairs, x m·d values (asserted).
             unsafe {
-                t.configure(&CONFIG);
-                run_blocks(&mut t, isa, packed, m, w, rows, cols, c.get(), n, st.get());
-                t.release();
+                gemm_packed::<T>(isa, packed, m, w1, h.row_mut(0) as *mut f32, h.pairs, fc1);
+                let fc2 = store_rule(Epilogue::Accumulate, b2);
+                gemm_packed::<T>(isa, h, m, w2, x.as_mut_ptr(), d, fc2);
             }
-        });
-    };
-    // A nested call on this thread (rayon work stealing) finds the scratch borrowed and uses a fresh buffer.
+        };
+        HIDDEN.with(|s| match s.try_borrow_mut() {
+            Ok(mut h) => run(&mut h),
+            Err(_) => run(&mut PackedA::default()),
+        })
+    });
+}
+
+/// Runs `f` with this thread's bf16 A scratch (a fresh one when a nested call, through rayon work stealing, finds
+/// it borrowed).
+fn with_a_scratch<R>(f: impl FnOnce(&mut PackedA) -> R) -> R {
     A_SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut buf) => run(&mut buf),
-        Err(_) => run(&mut PackedA::default()),
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut PackedA::default()),
+    })
+}
+
+/// `out (+)= a · wᵀ` over every block, jobs on rayon's threads, each with its own tile configuration.
+///
+/// # Safety
+/// `out` must be valid for `m` rows of stride `ldo` (f32, or bf16 pairs with `st.to_bf16`) covering `w.n` columns;
+/// `st.bias` for `w.n` values; `a` must hold `m` rows of `w.k` values; `T = Native` only where AMX is usable.
+unsafe fn gemm_packed<T: Tiles + Default>(
+    isa: Isa,
+    a: &PackedA,
+    m: usize,
+    w: &PackedB,
+    out: *mut f32,
+    ldo: usize,
+    st: TileStore,
+) {
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    let (row_blocks, panels) = (m.div_ceil(BLOCK), w.panels());
+    let (rows_per, panels_per) = job_shape(row_blocks, panels);
+    let row_groups = row_blocks.div_ceil(rows_per);
+    let jobs = row_groups * panels.div_ceil(panels_per);
+    let (c, st) = (SendPtr(out), SendStore(st));
+    (0..jobs).into_par_iter().for_each(|j| {
+        let (rg, pg) = (j % row_groups, j / row_groups);
+        let rows = rg * rows_per..((rg + 1) * rows_per).min(row_blocks);
+        let cols = pg * panels_per..((pg + 1) * panels_per).min(panels);
+        let mut t = T::default();
+        // SAFETY: the caller's contract bounds every row and column written; jobs write disjoint rectangles.
+        unsafe {
+            t.configure(&CONFIG);
+            run_blocks(&mut t, isa, a, m, w, rows, cols, c.get(), ldo, st.get());
+            t.release();
+        }
     });
 }
 

@@ -53,6 +53,30 @@ pub fn gemm(
     }
 }
 
+/// The MLP with its residual, hidden activations handed to fc2 in bf16 (see [`gemm::mlp`]).
+#[allow(clippy::too_many_arguments)]
+pub fn mlp(
+    mode: TileMode,
+    isa: Isa,
+    input: &[f32],
+    m: usize,
+    fc1: (&PackedB, Option<&[f32]>),
+    act: crate::backend::Activation,
+    fc2: (&PackedB, Option<&[f32]>),
+    x: &mut [f32],
+) {
+    match mode {
+        TileMode::Native => {
+            assert!(
+                support().bf16_usable(),
+                "AMX selected on a machine where it is unusable"
+            );
+            gemm::mlp::<tiles::Native>(isa, input, m, fc1, act, fc2, x)
+        }
+        TileMode::Emulated => gemm::mlp::<tiles::Emulator>(isa, input, m, fc1, act, fc2, x),
+    }
+}
+
 /// One attention head on tiles (see [`attention::head`]).
 ///
 /// # Safety
