@@ -384,6 +384,18 @@ pub(crate) struct TileStore {
 }
 
 impl TileStore {
+    /// The same rule for the tile starting at column `col` (the bias pointer moves along).
+    pub fn at_column(self, col: usize) -> TileStore {
+        TileStore {
+            bias: if self.bias.is_null() {
+                self.bias
+            } else {
+                self.bias.wrapping_add(col)
+            },
+            ..self
+        }
+    }
+
     /// Store the product as it is.
     pub const PLAIN: TileStore = TileStore {
         load_c: false,
@@ -775,14 +787,7 @@ pub(crate) mod avx512 {
             let st = chunk_store(ep, ch, chunks, bias);
             for p in p0..p0 + np {
                 let col = p * NR;
-                let st = TileStore {
-                    bias: if st.bias.is_null() {
-                        st.bias
-                    } else {
-                        st.bias.add(col)
-                    },
-                    ..st
-                };
+                let st = st.at_column(col);
                 for t in t0..t0 + nt {
                     let (r0, rows) = tile_span(m, jobs.tiles, t);
                     f(Tile {

@@ -281,14 +281,7 @@ pub(crate) unsafe fn run_blocks<T: Tiles>(
     let mut c = [0f32; BLOCK * BLOCK];
     for p in panels {
         let (col, cols) = (p * BLOCK, BLOCK.min(b.n - p * BLOCK));
-        let st = TileStore {
-            bias: if st.bias.is_null() {
-                st.bias
-            } else {
-                st.bias.add(col)
-            },
-            ..st
-        };
+        let st = st.at_column(col);
         for rb in row_blocks.clone() {
             let r0 = rb * BLOCK;
             block(t, a.row(r0), a.pairs, b.panel(p), b.ksteps, &mut c);
