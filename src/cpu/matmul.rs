@@ -372,7 +372,7 @@ pub(crate) fn tile_span(m: usize, tiles: usize, t: usize) -> (usize, usize) {
 }
 
 /// What a tile does when it stores: add C's old value, add the bias, apply the activation (in that order).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct TileStore {
     pub load_c: bool,
     /// Points at the bias of the tile's first column, or null.
