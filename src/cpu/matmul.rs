@@ -151,7 +151,7 @@ impl PackedLinear {
                 Packed::Bf16(p)
             }
             MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
-                Packed::Amx(PackedB::new(n, k, |j, t| w[j * k + t]))
+                Packed::Amx(PackedB::from_rows(n, k, |j| &w[j * k..(j + 1) * k]))
             }
             MatrixEngine::Avx2 | MatrixEngine::Scalar => {
                 let mut t = vec![0.0f32; n * k];

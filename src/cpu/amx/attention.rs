@@ -39,8 +39,8 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
         let row = |i: usize| &head[i * 3 * d..];
         // Sequential fills: this runs inside a rayon task, and P is converted while the tiles are configured.
         sc.q.fill(seq, hd, false, |i| &row(i)[..hd]);
-        sc.k.repack(seq, hd, |j, c| row(j)[d + c]);
-        sc.v.repack(hd, seq, |c, j| row(j)[2 * d + c]);
+        sc.k.repack_rows(seq, hd, |j| &row(j)[d..d + hd]);
+        sc.v.repack_cols(hd, seq, |j| &row(j)[2 * d..2 * d + hd]);
         let lds = seq.next_multiple_of(BLOCK);
         sc.scores.resize(seq * lds, 0.0);
         let mut t = T::default();

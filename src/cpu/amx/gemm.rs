@@ -46,6 +46,38 @@ fn bf16_bits(x: f32) -> u32 {
     u32::from(half::bf16::from_f32(x).to_bits())
 }
 
+/// The u32 of a bf16 pair, low element first.
+#[inline(always)]
+fn pair_bits(lo: u16, hi: u16) -> u32 {
+    u32::from(lo) | u32::from(hi) << 16
+}
+
+/// `dst[i] = bf16(src[i])`, rounded to nearest even (NaN stays NaN); 16 at a time where the CPU has AVX512_BF16.
+fn bf16_row(src: &[f32], dst: &mut [u16]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::isa::has_avx512_bf16() {
+        // SAFETY: AVX512_BF16 detected; the call reads and writes whole chunks of 16 inside both slices.
+        done = unsafe { bf16_chunks_avx512(src, dst) };
+    }
+    for (d, &s) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = half::bf16::from_f32(s).to_bits();
+    }
+}
+
+/// Converts the whole chunks of 16 of [`bf16_row`]; returns how many values it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_chunks_avx512(src: &[f32], dst: &mut [u16]) -> usize {
+    use std::arch::x86_64::*;
+    let whole = src.len().min(dst.len()) / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i))));
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+    }
+    whole
+}
+
 /// A matrix `W[n, k]` packed into B tiles (see the module docs), ready for [`run_blocks`].
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
@@ -57,30 +89,61 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs `W[n, k]`, element (column j, reduction index t) read through `get(j, t)`.
-    pub fn new(n: usize, k: usize, get: impl Fn(usize, usize) -> f32) -> PackedB {
+    /// Packs `W[n, k]` given by its rows: `row(j)` holds the k values of output column j (a weight in HF layout,
+    /// or attention's K with the keys as columns).
+    pub fn from_rows<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
         let mut p = PackedB::default();
-        p.repack(n, k, get);
+        p.repack_rows(n, k, row);
         p
     }
 
-    /// Packs into this buffer, reusing its allocation (the attention heads repack K and V per head).
-    pub fn repack(&mut self, n: usize, k: usize, get: impl Fn(usize, usize) -> f32) {
+    /// Zeroed room for `W[n, k]`, reusing the allocation (attention repacks K and V per head).
+    fn reset(&mut self, n: usize, k: usize) {
         let ksteps = k.div_ceil(K_STEP);
         let tiles = n.next_multiple_of(BLOCK) / TILE_COLS;
         self.data.clear();
         self.data.resize(tiles * ksteps * B_TILE_U32, 0);
+        (self.n, self.k, self.ksteps) = (n, k, ksteps);
+    }
+
+    /// Where pair `pair` (k indices 2·pair, 2·pair + 1) of column `j` lives.
+    #[inline(always)]
+    fn at(&self, j: usize, pair: usize) -> usize {
+        let tile = (j / TILE_COLS) * self.ksteps + pair / (K_STEP / 2);
+        tile * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS + j % TILE_COLS
+    }
+
+    /// [`PackedB::from_rows`] into this buffer: each row is converted to bf16 in one vector pass, then its pairs
+    /// are placed (one column of every B tile it spans).
+    pub fn repack_rows<'a>(&mut self, n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
+        self.reset(n, k);
+        let mut bf = vec![0u16; k.next_multiple_of(2)];
         for j in 0..n {
-            let col = (j / TILE_COLS) * ksteps * B_TILE_U32 + j % TILE_COLS;
-            for pair in 0..k.div_ceil(2) {
-                let (t0, t1) = (2 * pair, 2 * pair + 1);
-                let hi = if t1 < k { bf16_bits(get(j, t1)) } else { 0 };
-                let at =
-                    col + (pair / (K_STEP / 2)) * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS;
-                self.data[at] = bf16_bits(get(j, t0)) | hi << 16;
+            bf16_row(&row(j)[..k], &mut bf[..k]);
+            for (pair, v) in bf.chunks_exact(2).enumerate() {
+                let at = self.at(j, pair);
+                self.data[at] = pair_bits(v[0], v[1]);
             }
         }
-        (self.n, self.k, self.ksteps) = (n, k, ksteps);
+    }
+
+    /// Packs `W[n, k]` given by its columns: `col(t)` holds the n values of reduction index t (attention's V,
+    /// keys along k): two of them make one pair-row of every B tile they span.
+    pub fn repack_cols<'a>(&mut self, n: usize, k: usize, col: impl Fn(usize) -> &'a [f32]) {
+        self.reset(n, k);
+        let (mut lo, mut hi) = (vec![0u16; n], vec![0u16; n]);
+        for pair in 0..k.div_ceil(2) {
+            bf16_row(&col(2 * pair)[..n], &mut lo);
+            if 2 * pair + 1 < k {
+                bf16_row(&col(2 * pair + 1)[..n], &mut hi);
+            } else {
+                hi.fill(0);
+            }
+            for j in 0..n {
+                let at = self.at(j, pair);
+                self.data[at] = pair_bits(lo[j], hi[j]);
+            }
+        }
     }
 
     /// 32-column panels.
