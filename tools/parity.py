@@ -54,6 +54,9 @@ def main():
     ap.add_argument("--models", default=os.path.join(os.path.dirname(__file__), "models"))
     ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"])
     ap.add_argument("--engine", help="CLIPRT_CPU_ENGINE for the bf16 run (e.g. amx-bf16-emu)")
+    ap.add_argument("--torch-bf16", action="store_true",
+                    help="also print PyTorch bf16 (model.to(torch.bfloat16)) against HF float64: the same "
+                         "rounding in another runtime, to tell bf16's own error from cliprt's")
     args = ap.parse_args()
     precisions = sorted(set(args.precision) | ({"f32"} if "bf16" in args.precision else set()), reverse=True)
     results = {}
@@ -86,6 +89,21 @@ def main():
                 outs[precision] = {"image": R.normalize(np.load(oi).astype(np.float64)),
                                    "text": R.normalize(np.load(ot).astype(np.float64))}
             refs = {"image": R.normalize(img_ref), "text": R.normalize(txt_ref)}
+            if args.torch_bf16:
+                import torch
+                pixels = R.pixels_of(R.processor({}), paths)
+                enc = tok(TEXTS, truncation=True, max_length=77, padding=True, return_tensors="pt")
+                m16 = build(arch, d).to(torch.bfloat16)
+                with torch.no_grad():
+                    vi = m16.visual_projection(m16.vision_model(
+                        pixel_values=torch.from_numpy(pixels).to(torch.bfloat16)).pooler_output)
+                    ti = m16.text_projection(m16.text_model(
+                        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output)
+                row = {}
+                for what, got in [("image", vi), ("text", ti)]:
+                    g = R.normalize(got.double().numpy())
+                    row[what] = {"worst_cosine": float(np.min(np.sum(g * refs[what], axis=1)))}
+                print(f"{arch} torch-bf16 (for comparison)", json.dumps(row), flush=True)
             for precision in precisions:
                 row = {}
                 for what in ("image", "text"):
