@@ -155,11 +155,6 @@ impl PackedB {
     fn panel(&self, p: usize) -> *const u32 {
         self.data[2 * p * self.ksteps * B_TILE_U32..].as_ptr()
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 4
-    }
 }
 
 /// `m` rows of bf16 A for [`run_blocks`]: `[m padded to 32][ksteps · 16]` bf16 pairs, zero padded.

@@ -48,7 +48,8 @@ impl TileConfig {
         }
     }
 
-    /// A palette-1 configuration with the given (rows, bytes per row) for tiles 0..8.
+    /// A palette-1 configuration with the given (rows, bytes per row) for tiles 0..8 (the emulator's tests).
+    #[cfg(test)]
     pub fn with_shapes(shapes: [(u8, u16); TILES]) -> TileConfig {
         let mut c = TileConfig::full();
         for (t, (r, b)) in shapes.into_iter().enumerate() {
@@ -203,7 +204,8 @@ impl Emulator {
         u16::from_le_bytes([b[0], b[1]])
     }
 
-    /// Tile `t`'s row `r` as f32 values (for tests).
+    /// Tile `t`'s row `r` as f32 values.
+    #[cfg(test)]
     pub fn row_f32(&self, t: u8, r: usize) -> Vec<f32> {
         let (_, colsb) = self.shape(t);
         (0..colsb / 4).map(|c| self.f32_at(t, r, c)).collect()
