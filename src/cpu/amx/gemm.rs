@@ -11,9 +11,10 @@
 //!   CLIP's widths are multiples of 32, so nothing is wasted there). A is converted to bf16 per call into a
 //!   thread-local buffer, rows padded to 32 and k to 32 with zeros (the padding of k must be zero: it meets B's zero
 //!   rows and must add nothing; padded rows are computed and never stored).
-//! - **Epilogue.** Accumulators are stored to a 4 KB block on the stack, then each valid row is added into C or
-//!   copied, and the bias and activation are applied on the backend's SIMD tier before the row reaches C: one pass
-//!   over C, as in the f32 kernel.
+//! - **Epilogue.** Accumulators are stored to a 4 KB block on the stack, then each valid row gets C added (the
+//!   residual), the bias and the activation before it is written: one pass over C, as in the f32 kernel; in
+//!   AVX-512 on AMX hosts (two vectors a row), portably elsewhere (the emulator on other machines). A fused MLP's
+//!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]).
 //! - **Threads.** A job is a group of ≤ [`ROW_BLOCKS_PER_JOB`] row blocks × a group of panels, sized so the jobs
 //!   split evenly over the threads. Inside a job, panels are the outer loop: a panel's B (32 columns × k) is read
 //!   once per job and the job's A rows (≤ 128 × k bf16, 196 KB at k = 768) stay in L2 across panels.
