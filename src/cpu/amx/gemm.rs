@@ -15,7 +15,7 @@
 //!   residual), the bias and the activation before it is written: one pass over C, as in the f32 kernel; in
 //!   AVX-512 on AMX hosts (two vectors a row), portably elsewhere (the emulator on other machines). A fused MLP's
 //!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]).
-//! - **Threads.** A job is a group of ≤ [`ROW_BLOCKS_PER_JOB`] row blocks × a group of panels, sized so the jobs
+//! - **Threads.** A job is a group of ≤ `ROW_BLOCKS_PER_JOB` (4) row blocks × a group of panels, sized so the jobs
 //!   split evenly over the threads. Inside a job, panels are the outer loop: a panel's B (32 columns × k) is read
 //!   once per job and the job's A rows (≤ 128 × k bf16, 196 KB at k = 768) stay in L2 across panels.
 
@@ -79,7 +79,7 @@ unsafe fn bf16_chunks_avx512(src: &[f32], dst: &mut [u16]) -> usize {
     whole
 }
 
-/// A matrix `W[n, k]` packed into B tiles (see the module docs), ready for [`run_blocks`].
+/// A matrix `W[n, k]` packed into B tiles (see the module docs), ready for the tile kernels.
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
     data: Vec<u32>,
@@ -158,7 +158,7 @@ impl PackedB {
     }
 }
 
-/// `m` rows of bf16 A for [`run_blocks`]: `[m padded to 32][ksteps · 16]` bf16 pairs, zero padded.
+/// `m` rows of bf16 A for the tile kernels: `[m padded to 32][ksteps · 16]` bf16 pairs, zero padded.
 #[derive(Default)]
 pub struct PackedA {
     data: Vec<u32>,
@@ -215,8 +215,8 @@ impl PackedA {
         }
     }
 
-    /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs ([`gemm_packed`] with
-    /// `to_bf16`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the stores.
+    /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs (a fused MLP's fc1,
+    /// `TileStore::to_bf16`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the stores.
     pub fn prepare(&mut self, m: usize, k: usize) {
         let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
         let rows = m.next_multiple_of(BLOCK);

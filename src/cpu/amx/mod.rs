@@ -3,7 +3,7 @@
 //! - [`detect`]: CPUID and the Linux permission for the tile state.
 //! - [`tiles`]: the tile-ops layer, with the real instructions ([`tiles::Native`]) and an emulator that follows the
 //!   Intel SDM ([`tiles::Emulator`]), so the whole AMX path runs and is tested on every machine.
-//! - [`gemm`]: the register-blocked GEMM with weights packed once at load and fused epilogues.
+//! - [`mod@gemm`]: the register-blocked GEMM with weights packed once at load and fused epilogues.
 //! - [`attention`]: one attention head with Q·Kᵀ and P·V on tiles.
 //!
 //! AMX-BF16 does 1024 FLOP per cycle per core (one 16 × 16 × 32 `tdpbf16ps` every 16 cycles), 16× an AVX-512 f32
