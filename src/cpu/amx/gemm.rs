@@ -216,7 +216,8 @@ impl PackedA {
     }
 
     /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs (a fused MLP's fc1,
-    /// `TileStore::to_bf16`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the stores.
+    /// `TileStore::to_bf16`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to
+    /// the stores.
     pub fn prepare(&mut self, m: usize, k: usize) {
         let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
         let rows = m.next_multiple_of(BLOCK);
