@@ -369,7 +369,8 @@ fn run(command: Command) -> Result<()> {
                 if first {
                     first = false;
                     println!(
-                        "cliprt {} on {} ({}, engine {}, {} threads, peak {:.0} GFLOP/s {}); model built in {:.2} s, weights {:.0} MB f32",
+                        "cliprt {} on {} ({}, engine {}, {} threads, peak {:.0} GFLOP/s {}); \
+                         model built in {:.2} s, weights {:.0} MB f32",
                         env!("CARGO_PKG_VERSION"),
                         m.device,
                         m.isa,

@@ -275,7 +275,9 @@ fn bf16_engines_stay_within_cosine_0_999_of_f32() {
             };
             let (hi, ht) = (hf(&emb.data, &r.image_embeds, "image"), hf(&txt.data, &r.text_embeds, "text"));
             let (vi, vt) = (hf(&emb.data, &fi.data, "image vs f32"), hf(&txt.data, &ft.data, "text vs f32"));
-            println!("{what} worst cosine: vs HF float64 image {hi:.7} text {ht:.7}; vs f32 image {vi:.7} text {vt:.7}");
+            println!(
+                "{what} worst cosine: vs HF float64 image {hi:.7} text {ht:.7}; vs f32 image {vi:.7} text {vt:.7}"
+            );
         }
     }
 }

@@ -96,8 +96,8 @@ def row(arch, workload, batch, seq, runtime, stats, device="cpu", dtype="fp32"):
                               ms_max=hi)), flush=True)
         return
     seq = "-" if seq is None else str(seq)
-    print(f"{arch:<12} {workload:<10} {batch:>5} {seq:>4} {runtime:>13} {dtype:>5} {batch / ms * 1000:>10.2f} {ms:>10.2f} "
-          f"{f'{lo:.1f}–{hi:.1f}':>17}", flush=True)
+    print(f"{arch:<12} {workload:<10} {batch:>5} {seq:>4} {runtime:>13} {dtype:>5} "
+          f"{batch / ms * 1000:>10.2f} {ms:>10.2f} {f'{lo:.1f}–{hi:.1f}':>17}", flush=True)
 
 
 class ImageTower(torch.nn.Module):

@@ -225,7 +225,8 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
             reason: format!("bf16 asked; {no_amx}; vdpbf16ps measured {x:.2}× the f32 FMA rate"),
         },
         Some(x) => f32_choice(format!(
-            "bf16 asked; {no_amx}; vdpbf16ps measured only {x:.2}× the f32 FMA rate (< {BF16_MIN_SPEEDUP}): f32 is faster here"
+            "bf16 asked; {no_amx}; vdpbf16ps measured only {x:.2}× the f32 FMA rate \
+             (< {BF16_MIN_SPEEDUP}): f32 is faster here"
         )),
     }
 }
