@@ -9,10 +9,10 @@
 //! | `scalar` | the `gemm` crate, scalar row ops | forced (`CLIPRT_CPU_ISA=scalar`) |
 //! | `amx-bf16-emu` | the AMX kernels on the tile emulator | only when asked (tests, `CLIPRT_CPU_ENGINE`) |
 //!
-//! Why measure `vdpbf16ps`: on Zen 4/5 one `vdpbf16ps` does twice the work of one FMA at the same rate, so bf16
-//! doubles the GEMM peak; on Intel cores before AMX (and on AMX Xeons' vector units) it issues at half the FMA rate
-//! and is no faster than f32 once the conversions are paid (measured on a Xeon: the whole ViT-B/32 tower 0.74× the
-//! f32 speed). A 2 ms measurement per process decides, and the bench prints the reason.
+//! Why measure `vdpbf16ps`: on Zen 5 one `vdpbf16ps` does twice the work of one FMA at the same rate (measured
+//! 2.0×), so bf16 doubles the GEMM peak; on the Intel Xeon of the CPU-engines issue the `vdpbf16ps` path ran the
+//! whole ViT-B/32 tower at 0.74× the f32 speed, i.e. it is no faster than f32 there once the conversions are paid.
+//! Rather than a table of CPU models, a 2 ms measurement per process decides, and the bench prints the reason.
 //!
 //! `CLIPRT_CPU_ENGINE=<name>` forces an engine (its precision comes with it); an engine the CPU lacks is an error.
 
