@@ -15,8 +15,8 @@ use crate::backend::reference::ReferenceBackend;
 use crate::backend::Backend;
 use crate::clip::Device;
 use crate::config::{presets, ClipConfig, EncoderConfig};
-use crate::cpu::peak::{peak_gflops, Unit};
-use crate::cpu::{CpuBackend, Isa, Precision};
+use crate::cpu::peak::peak_gflops;
+use crate::cpu::{CpuBackend, Precision};
 use crate::error::{Error, Result};
 use crate::model::ClipModel;
 use crate::tokenizer::{ClipTokenizer, TextBatch};
@@ -417,9 +417,8 @@ fn run_models(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result
             measure(cfg, &subject, threads, &run, &mut report)
         }
         Device::Reference => {
-            let peak = cfg
-                .peak_gflops
-                .unwrap_or_else(|| peak_gflops(threads, Unit::Fma(Isa::Scalar)));
+            // The f64 oracle has no engine peak worth dividing by (plain loops in f64): NaN unless given.
+            let peak = cfg.peak_gflops.unwrap_or(f64::NAN);
             let run = Run {
                 isa: "f64".into(),
                 engine: "f64-reference".into(),
