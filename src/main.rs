@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use cliprt::{npy, AlphaMode, Clip, Device, Error, Result};
 use cliprt::cpu::{MatrixEngine, Precision};
+use cliprt::{npy, AlphaMode, Clip, Device, Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -377,7 +377,11 @@ fn run(command: Command) -> Result<()> {
                         m.engine,
                         m.threads,
                         m.peak_gflops,
-                        if peak_gflops.is_some() { "given" } else { "measured" },
+                        if peak_gflops.is_some() {
+                            "given"
+                        } else {
+                            "measured"
+                        },
                         m.load_s,
                         m.weights_mb
                     );
@@ -599,12 +603,23 @@ fn print_devices(device: Device) {
         isa.name(),
         rayon::current_num_threads()
     );
-    println!("amx:              {}", cliprt::cpu::amx::support().describe());
-    let engines: Vec<_> = MatrixEngine::available_engines().iter().map(|e| e.name()).collect();
+    println!(
+        "amx:              {}",
+        cliprt::cpu::amx::support().describe()
+    );
+    let engines: Vec<_> = MatrixEngine::available_engines()
+        .iter()
+        .map(|e| e.name())
+        .collect();
     println!("cpu engines:      {}", engines.join(", "));
     for p in [Precision::F32, Precision::Bf16] {
         let c = cliprt::cpu::engine::choose(isa, p);
-        println!("{:<18}{} ({})", format!("{} engine:", p.name()), c.engine.name(), c.reason);
+        println!(
+            "{:<18}{} ({})",
+            format!("{} engine:", p.name()),
+            c.engine.name(),
+            c.reason
+        );
     }
     let n = match device {
         Device::Cuda(n) => n,

@@ -24,19 +24,37 @@ fn a_forced_cpu_engine_runs_and_an_unknown_one_is_a_clear_error() {
     let run = |engine: &str| {
         Command::new(env!("CARGO_BIN_EXE_cliprt"))
             .env("CLIPRT_CPU_ENGINE", engine)
-            .args(["bench", "--workload", "text", "--batch", "1", "--warmup", "0", "--reps", "1", "--json"])
+            .args([
+                "bench",
+                "--workload",
+                "text",
+                "--batch",
+                "1",
+                "--warmup",
+                "0",
+                "--reps",
+                "1",
+                "--json",
+            ])
             .output()
             .unwrap()
     };
     let out = run("amx-bf16-emu");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(m["engine"], "amx-bf16-emu");
     assert_eq!(m["precision"], "bf16");
     assert!(m["peak_fraction"].is_null() || m["peak_fraction"].as_f64().is_none_or(f64::is_nan));
     let out = run("tpu");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("unknown CPU engine") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("unknown CPU engine") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -305,7 +323,13 @@ fn info_reports_devices_and_a_missing_gpu_is_a_clear_error() {
     assert!(ok, "{err}");
     assert!(out.contains("cpu:") && out.contains("cuda:"), "{out}");
     // The matrix engines: what CPUID says about AMX, every engine here (the emulator always), and each precision's.
-    for line in ["amx:", "cpu engines:", "amx-bf16-emu", "f32 engine:", "bf16 engine:"] {
+    for line in [
+        "amx:",
+        "cpu engines:",
+        "amx-bf16-emu",
+        "f32 engine:",
+        "bf16 engine:",
+    ] {
         assert!(out.contains(line), "{line} missing in {out}");
     }
     // Where a GPU and NVRTC work, `--device cuda` succeeds instead; ask for a device that cannot exist.

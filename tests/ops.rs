@@ -34,7 +34,9 @@ fn is_bf16(cpu: &CpuBackend) -> bool {
 
 /// Values rounded to bf16 (nearest even) and back: what a bf16 engine multiplies.
 fn bf16_rounded(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
 }
 
 /// The reference GEMM of `x · wᵀ (+ b)` from `init`, on inputs rounded as `cpu` rounds them.
@@ -55,7 +57,15 @@ fn reference_gemm(
     };
     let rf = ReferenceBackend;
     let mut want = init.to_vec();
-    backend::gemm(&rf, &mut want, &x, &rf.linear(&w, s.n, s.k, bias).unwrap(), s, ep).unwrap();
+    backend::gemm(
+        &rf,
+        &mut want,
+        &x,
+        &rf.linear(&w, s.n, s.k, bias).unwrap(),
+        s,
+        ep,
+    )
+    .unwrap();
     want
 }
 
@@ -283,7 +293,10 @@ fn embeddings_and_gathers_match_reference() {
 fn bf16_gemm_is_close_to_the_f64_product() {
     // The unrounded product: what bf16 costs in accuracy, on every bf16 engine here.
     let bf16: Vec<CpuBackend> = engines().into_iter().filter(is_bf16).collect();
-    assert!(!bf16.is_empty(), "the AMX emulator is a bf16 engine on every machine");
+    assert!(
+        !bf16.is_empty(),
+        "the AMX emulator is a bf16 engine on every machine"
+    );
     let mut seed = 500;
     for &m in &[1usize, 13, 50, 197] {
         for &(n, k) in &[(1usize, 1usize), (33, 7), (65, 50), (96, 257), (40, 1537)] {
@@ -366,7 +379,13 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
     let mut seed = 1300;
     // (rows, dim, hidden): odd widths, a hidden width that is not a multiple of a panel, CLIP's own, and a dim too
     // deep for the bf16 kernel's single k chunk (the fused path then falls back to two GEMMs).
-    for &(m, d, h) in &[(1usize, 7usize, 13usize), (7, 64, 96), (50, 65, 130), (77, 768, 3072), (33, 1600, 40)] {
+    for &(m, d, h) in &[
+        (1usize, 7usize, 13usize),
+        (7, 64, 96),
+        (50, 65, 130),
+        (77, 768, 3072),
+        (33, 1600, 40),
+    ] {
         for act in [Activation::QuickGelu, Activation::Gelu] {
             seed += 1;
             // Weights at 1/√fan-in, as in a real model, so activations stay of order one.
@@ -375,7 +394,11 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
             let (w2, b2) = (random(d * h, seed + 2, s2), random(d, seed + 3, 0.3));
             let input = random(m * d, seed + 4, 1.0);
             let x0 = random(m * d, seed + 5, 1.0);
-            let s = backend::MlpShape { rows: m, dim: d, hidden: h };
+            let s = backend::MlpShape {
+                rows: m,
+                dim: d,
+                hidden: h,
+            };
             for cpu in engines() {
                 let (fc1, fc2) = (
                     cpu.linear(&w1, h, d, Some(&b1)).unwrap(),
@@ -386,7 +409,15 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
                 backend::mlp(&cpu, &mut fused, &mut hidden, &input, &fc1, &fc2, s, act).unwrap();
                 let mut two = x0.clone();
                 let mut hid = poisoned(m * h);
-                backend::gemm(&cpu, &mut hid, &input, &fc1, s.fc1(), Epilogue::Activation(act)).unwrap();
+                backend::gemm(
+                    &cpu,
+                    &mut hid,
+                    &input,
+                    &fc1,
+                    s.fc1(),
+                    Epilogue::Activation(act),
+                )
+                .unwrap();
                 backend::gemm(&cpu, &mut two, &hid, &fc2, s.fc2(), Epilogue::Accumulate).unwrap();
                 let what = format!("mlp {} {s:?} {act:?}", cpu.engine().name());
                 assert_eq!(
@@ -398,7 +429,10 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
                 let rf = ReferenceBackend;
                 let mut want = x0.clone();
                 let mut rh = poisoned(m * h);
-                let (r1, r2) = (rf.linear(&w1, h, d, Some(&b1)).unwrap(), rf.linear(&w2, d, h, Some(&b2)).unwrap());
+                let (r1, r2) = (
+                    rf.linear(&w1, h, d, Some(&b1)).unwrap(),
+                    rf.linear(&w2, d, h, Some(&b2)).unwrap(),
+                );
                 backend::mlp(&rf, &mut want, &mut rh, &input, &r1, &r2, s, act).unwrap();
                 // bf16: three roundings of 2⁻⁹ on terms of order one, summed like a random walk.
                 let (atol, rtol) = if is_bf16(&cpu) {

@@ -260,7 +260,11 @@ fn bf16_engines_stay_within_cosine_0_999_of_f32() {
                 for i in 0..a.rows {
                     let c = cosine(a.row(i), b.row(i));
                     println!("{model} {} {what}[{i}] vs f32 cosine {c:.7}", engine.name());
-                    assert!(c >= 0.999, "{model} {} {what}[{i}]: cosine {c}", engine.name());
+                    assert!(
+                        c >= 0.999,
+                        "{model} {} {what}[{i}]: cosine {c}",
+                        engine.name()
+                    );
                 }
             }
             // Against HF float64 on the reference pixels and texts.
@@ -273,8 +277,14 @@ fn bf16_engines_stay_within_cosine_0_999_of_f32() {
             let hf = |got: &[f32], want: &[f32], kind: &str| {
                 assert_rows_match(got, want, dim, 0.999, 0.05, &format!("{what} {kind}")).0
             };
-            let (hi, ht) = (hf(&emb.data, &r.image_embeds, "image"), hf(&txt.data, &r.text_embeds, "text"));
-            let (vi, vt) = (hf(&emb.data, &fi.data, "image vs f32"), hf(&txt.data, &ft.data, "text vs f32"));
+            let (hi, ht) = (
+                hf(&emb.data, &r.image_embeds, "image"),
+                hf(&txt.data, &r.text_embeds, "text"),
+            );
+            let (vi, vt) = (
+                hf(&emb.data, &fi.data, "image vs f32"),
+                hf(&txt.data, &ft.data, "text vs f32"),
+            );
             println!(
                 "{what} worst cosine: vs HF float64 image {hi:.7} text {ht:.7}; vs f32 image {vi:.7} text {vt:.7}"
             );

@@ -380,7 +380,9 @@ pub fn mlp<B: Backend>(
     for (w, want, name) in [(fc1, s.fc1(), "fc1"), (fc2, s.fc2(), "fc2")] {
         let (n, k, _) = b.linear_dims(w);
         if (n, k) != (want.n, want.k) {
-            return Err(Error::Shape(format!("mlp {s:?}: {name} weight is [{n}, {k}]")));
+            return Err(Error::Shape(format!(
+                "mlp {s:?}: {name} weight is [{n}, {k}]"
+            )));
         }
     }
     need(b, input, s.rows * s.dim, "mlp input")?;

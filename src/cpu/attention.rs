@@ -12,9 +12,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use super::MatrixEngine;
 use super::matmul::{sgemm, NR};
 use super::simd;
+use super::MatrixEngine;
 use crate::backend::AttnShape;
 
 thread_local! {
@@ -63,7 +63,13 @@ pub fn attention(engine: MatrixEngine, out: &mut [f32], qkv: &[f32], s: AttnShap
         if let Some(mode) = engine.tiles() {
             // SAFETY: as below; the engine is AMX only where its tiles can run.
             unsafe {
-                super::amx::attention_head(mode, isa, out_ptr.get().add(b * seq * d + h * s.head_dim), head, s)
+                super::amx::attention_head(
+                    mode,
+                    isa,
+                    out_ptr.get().add(b * seq * d + h * s.head_dim),
+                    head,
+                    s,
+                )
             }
         } else if avx512 {
             #[cfg(target_arch = "x86_64")]

@@ -193,7 +193,17 @@ impl PackedLinear {
             Packed::Amx(p) => {
                 // Packed::Amx is only built for the AMX engines, so tiles() is Some; an engine mismatch is a bug.
                 let mode = engine.tiles().expect("AMX weights run on an AMX engine");
-                amx::gemm(mode, engine.isa(), a, m, k, p, self.bias.as_deref(), out, ep)
+                amx::gemm(
+                    mode,
+                    engine.isa(),
+                    a,
+                    m,
+                    k,
+                    p,
+                    self.bias.as_deref(),
+                    out,
+                    ep,
+                )
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("packed layouts are only built on x86_64"),
@@ -236,7 +246,16 @@ pub fn fused_mlp(
                 let mut rest = |h: &mut Vec<u32>| {
                     h.resize(m * hidden.div_ceil(2), 0);
                     let fc1_out = avx512::Dest::Pairs(h);
-                    avx512::run_bf16_pairs(a, m, d, w1, hidden, b1, fc1_out, Epilogue::Activation(act));
+                    avx512::run_bf16_pairs(
+                        a,
+                        m,
+                        d,
+                        w1,
+                        hidden,
+                        b1,
+                        fc1_out,
+                        Epilogue::Activation(act),
+                    );
                     let fc2_out = avx512::Dest::F32(x);
                     avx512::run_bf16_pairs(h, m, hidden, w2, d, b2, fc2_out, Epilogue::Accumulate);
                 };
@@ -564,7 +583,11 @@ pub(crate) mod avx512 {
         let lo: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v[1], v[0]));
         let hi: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_setzero_ps(), v[2]));
         _mm512_mask_storeu_epi32(dst as *mut i32, mask16(pairs), lo);
-        _mm512_mask_storeu_epi32(dst.add(16) as *mut i32, mask16(pairs.saturating_sub(16)), hi);
+        _mm512_mask_storeu_epi32(
+            dst.add(16) as *mut i32,
+            mask16(pairs.saturating_sub(16)),
+            hi,
+        );
     }
 
     /// `C[R, cols] (+)= A[R, kc] · B[kc, cols]`, A rows at stride `lda`, B rows at stride `ldb` (cols ≤ NR, read
@@ -1020,14 +1043,24 @@ pub(crate) mod avx512 {
             }
             Dest::Pairs(out) => {
                 let np = n.div_ceil(2);
-                assert!(out.len() >= m * np && ep != Epilogue::Accumulate && single_k_chunk(k) && k > 0);
+                assert!(
+                    out.len() >= m * np && ep != Epilogue::Accumulate && single_k_chunk(k) && k > 0
+                );
                 (out.as_mut_ptr() as *mut f32, np, true)
             }
         };
         // SAFETY: as in run_f32; the bf16 A holds m·kp pairs, C m rows of its stride.
-        par_jobs(m, n, abf.as_ptr(), w.as_ptr(), bias, c.0, |jobs, j, a, w, b, cp| unsafe {
-            job_bf16(jobs, j, a, m, kp, w, n, b, (cp, c.1, c.2), ep)
-        });
+        par_jobs(
+            m,
+            n,
+            abf.as_ptr(),
+            w.as_ptr(),
+            bias,
+            c.0,
+            |jobs, j, a, w, b, cp| unsafe {
+                job_bf16(jobs, j, a, m, kp, w, n, b, (cp, c.1, c.2), ep)
+            },
+        );
     }
 
     /// Whether a bf16 product over `k` runs in one k chunk (its tiles then store C once, so C may be bf16).

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backend::{check_linear, host, Activation, AttnShape, Backend, Epilogue, GemmShape, MlpShape};
+use crate::backend::{
+    check_linear, host, Activation, AttnShape, Backend, Epilogue, GemmShape, MlpShape,
+};
 use crate::error::Result;
 pub use engine::MatrixEngine;
 pub use isa::Isa;

@@ -130,9 +130,16 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
     let (engine, unit) = if bf16 {
         ("avx512-bf16", Unit::Dpbf16)
     } else {
-        (crate::cpu::engine::choose(isa, Precision::F32).engine.name(), Unit::Fma(isa))
+        (
+            crate::cpu::engine::choose(isa, Precision::F32)
+                .engine
+                .name(),
+            Unit::Fma(isa),
+        )
     };
-    let peak = cfg.peak_gflops.unwrap_or_else(|| peak_gflops(threads, unit));
+    let peak = cfg
+        .peak_gflops
+        .unwrap_or_else(|| peak_gflops(threads, unit));
     for &n in &cfg.galleries {
         for &dim in &cfg.dims {
             let t = Instant::now();

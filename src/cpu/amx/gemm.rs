@@ -73,7 +73,8 @@ unsafe fn bf16_chunks_avx512(src: &[f32], dst: &mut [u16]) -> usize {
     use std::arch::x86_64::*;
     let whole = src.len().min(dst.len()) / 16 * 16;
     for i in (0..whole).step_by(16) {
-        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i))));
+        let h: __m256i =
+            std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i))));
         _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
     }
     whole
