@@ -118,9 +118,25 @@ fn weight_buffer<T: Copy + Default>(len: usize) -> Vec<T> {
     buf
 }
 
-/// bf16 bits of `x`, rounded to nearest even (what `vcvtne2ps2bf16` does).
-fn bf16_bits(x: f32) -> u32 {
-    u32::from(half::bf16::from_f32(x).to_bits())
+/// The bf16 pair of one or two values (a lone last value pairs with 0), the first in the low half, each rounded to
+/// nearest even (what `vcvtne2ps2bf16` does; NaN stays NaN).
+pub(crate) fn bf16_pair(pair: &[f32]) -> u32 {
+    let bits = |x: f32| u32::from(half::bf16::from_f32(x).to_bits());
+    bits(pair[0]) | pair.get(1).map_or(0, |&v| bits(v)) << 16
+}
+
+/// One row of f32 as its ⌈len/2⌉ bf16 pairs at the start of `dst`; vectorized where the CPU has AVX512_BF16.
+pub(crate) fn row_to_bf16_pairs(src: &[f32], dst: &mut [u32]) {
+    let pairs = src.len().div_ceil(2);
+    #[cfg(target_arch = "x86_64")]
+    if pairs > 0 && has_avx512_bf16() {
+        // SAFETY: AVX512_BF16 detected; one row of src.len() floats into its pairs.
+        unsafe { avx512::to_bf16_rows(src, src.len(), &mut dst[..pairs], pairs) };
+        return;
+    }
+    for (d, pair) in dst[..pairs].iter_mut().zip(src.chunks(2)) {
+        *d = bf16_pair(pair);
+    }
 }
 
 impl PackedLinear {
@@ -144,8 +160,7 @@ impl PackedLinear {
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
                     let base = (col / NR) * kp * NR + col % NR;
                     for (t, pair) in row.chunks(2).enumerate() {
-                        let hi = pair.get(1).map_or(0, |&v| bf16_bits(v));
-                        p[base + t * NR] = bf16_bits(pair[0]) | (hi << 16);
+                        p[base + t * NR] = bf16_pair(pair);
                     }
                 }
                 Packed::Bf16(p)

@@ -13,6 +13,7 @@ pub mod topk;
 use rayon::prelude::*;
 
 use crate::cpu::isa::{has_avx512_bf16, Isa};
+use crate::cpu::matmul::bf16_pair;
 use crate::error::{Error, Result};
 use crate::similarity::scaled_inv_norm;
 use kernel::Sink;
@@ -121,11 +122,6 @@ impl<'a> Gallery<'a> {
     }
 }
 
-/// bf16 bits of `x`, rounded to nearest even (NaN stays NaN).
-fn bf16_bits(x: f32) -> u32 {
-    half::bf16::from_f32(x).to_bits().into()
-}
-
 /// `[rows, dim]` f32 → bf16 pairs for [`Storage::Bf16`] (round to nearest even; an odd `dim` is zero-padded).
 pub fn to_bf16_pairs(data: &[f32], dim: usize) -> Vec<u32> {
     let dp = dim.div_ceil(2);
@@ -135,7 +131,7 @@ pub fn to_bf16_pairs(data: &[f32], dim: usize) -> Vec<u32> {
         .zip(data.par_chunks(dim.max(1)))
         .for_each(|(o, row)| {
             for (p, pair) in o.iter_mut().zip(row.chunks(2)) {
-                *p = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&v| bf16_bits(v)) << 16;
+                *p = bf16_pair(pair);
             }
         });
     out
@@ -258,7 +254,7 @@ fn pack_queries(
                         for c in 0..width {
                             let q = p * width + c;
                             b[(p * dp + kp) * width + c] =
-                                bf16_bits(value(q, 2 * kp)) | bf16_bits(value(q, 2 * kp + 1)) << 16;
+                                bf16_pair(&[value(q, 2 * kp), value(q, 2 * kp + 1)]);
                         }
                     }
                 }

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::tiles::{TileConfig, Tiles};
 use crate::backend::Epilogue;
-use crate::cpu::matmul::TileStore;
+use crate::cpu::matmul::{bf16_pair, row_to_bf16_pairs, TileStore};
 use crate::cpu::{simd, Isa};
 
 /// Rows of an A tile and of an accumulator.
@@ -40,12 +40,6 @@ pub const BLOCK: usize = 32;
 const B_TILE_U32: usize = (K_STEP / 2) * TILE_COLS;
 /// Most row blocks per job (128 rows).
 const ROW_BLOCKS_PER_JOB: usize = 4;
-
-/// bf16 bits of `x`, rounded to nearest even (what `vcvtne2ps2bf16` does; NaN stays NaN).
-#[inline]
-fn bf16_bits(x: f32) -> u32 {
-    u32::from(half::bf16::from_f32(x).to_bits())
-}
 
 /// The u32 of a bf16 pair, low element first.
 #[inline(always)]
@@ -115,16 +109,16 @@ impl PackedB {
         tile * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS + j % TILE_COLS
     }
 
-    /// [`PackedB::from_rows`] into this buffer: each row is converted to bf16 in one vector pass, then its pairs
-    /// are placed (one column of every B tile it spans).
+    /// [`PackedB::from_rows`] into this buffer: each row is converted to bf16 pairs in one vector pass, then the
+    /// pairs are placed (one column of every B tile it spans).
     pub fn repack_rows<'a>(&mut self, n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
         self.reset(n, k);
-        let mut bf = vec![0u16; k.next_multiple_of(2)];
+        let mut pairs = vec![0u32; k.div_ceil(2)];
         for j in 0..n {
-            bf16_row(&row(j)[..k], &mut bf[..k]);
-            for (pair, v) in bf.chunks_exact(2).enumerate() {
+            row_to_bf16_pairs(&row(j)[..k], &mut pairs);
+            for (pair, &v) in pairs.iter().enumerate() {
                 let at = self.at(j, pair);
-                self.data[at] = pair_bits(v[0], v[1]);
+                self.data[at] = v;
             }
         }
     }
@@ -182,25 +176,12 @@ impl PackedA {
         let rows = m.next_multiple_of(BLOCK);
         self.pairs = pairs;
         self.data.resize(rows * pairs, 0);
-        let bf16 = crate::cpu::isa::has_avx512_bf16();
         let convert = |i: usize, dst: &mut [u32]| {
             if i >= m {
                 return dst.fill(0);
             }
-            let src = &row(i)[..k];
-            let done = k.div_ceil(2);
-            #[cfg(target_arch = "x86_64")]
-            if bf16 {
-                // SAFETY: AVX512_BF16 detected; one row of k floats into ⌈k/2⌉ pairs.
-                unsafe { crate::cpu::matmul::avx512::to_bf16_rows(src, k, &mut dst[..done], done) };
-                dst[done..].fill(0);
-                return;
-            }
-            let _ = bf16;
-            for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
-                *d = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&v| bf16_bits(v)) << 16;
-            }
-            dst[done..].fill(0);
+            row_to_bf16_pairs(&row(i)[..k], dst);
+            dst[k.div_ceil(2)..].fill(0);
         };
         // Large A (a GEMM's activations) converts in parallel; a few rows do not pay for the fork.
         if parallel && rows * pairs >= 1 << 16 {
@@ -306,7 +287,7 @@ unsafe fn store_block(
             }
             let dst = (out as *mut u32).add(i * ldo);
             for (p, pair) in row[..cols].chunks(2).enumerate() {
-                *dst.add(p) = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&v| bf16_bits(v)) << 16;
+                *dst.add(p) = bf16_pair(pair);
             }
         }
         return;
