@@ -20,9 +20,7 @@
 //                     short sequences: (64 + 2·seq)·(hd + 8)·2 bytes must fit the device's opt-in shared memory
 //                     (ViT-L/14's 257 tokens at hd 64: 84 KB); the host runs v2 otherwise. Not yet measured.
 
-#define A1_QUERIES 8
 #define A1_KEYS 32
-#define A1_MAX_HD 128
 // K rows padded to an odd stride: lane j reading key j's element d hits bank (j·129 + d) mod 32, all different.
 #define A1_KSTRIDE (A1_MAX_HD + 1)
 
@@ -96,7 +94,6 @@ extern "C" __global__ void __launch_bounds__(256) attention_f16_v1(half_t* __res
     }
 }
 
-#define A2_Q 64
 #define A2_KB 32
 #define A2_MAXD 128
 
@@ -328,7 +325,7 @@ __device__ __forceinline__ void attention_v3_tile(half_t* __restrict__ out, cons
 }
 
 // Grid: (ceil(seq / 64), heads, batch); block: 128 threads; dynamic shared memory (64 + 2·ceil32(seq))·(D + 8)·2
-// bytes for the padded head dim D (src/cuda/mod.rs: attention_v3_smem). head_dim % 8 == 0 and <= 128.
+// bytes for the padded head dim D (src/cuda/kernels.rs: attention_v3_smem). head_dim % 8 == 0 and <= 128.
 extern "C" __global__ void __launch_bounds__(128) attention_f16_v3(half_t* __restrict__ out,
                                                                    const half_t* __restrict__ qkv, int seq,
                                                                    int heads, int hd, int causal, float scale) {

@@ -11,11 +11,9 @@ typedef unsigned short half_t;
 // −∞ without <math.h> (NVRTC has no INFINITY macro without toolkit headers).
 #define NEG_INF __int_as_float(0xff800000)
 
-// Epilogue codes shared with src/cuda/mod.rs (`epilogue_code`).
-#define EPI_STORE 0
-#define EPI_ACCUMULATE 1
-#define EPI_QUICK_GELU 2
-#define EPI_GELU 3
+// The epilogue codes (EPI_STORE, EPI_ACCUMULATE, EPI_QUICK_GELU, EPI_GELU), the tile geometry the host launches
+// with and the kernels' limits are #defines generated ahead of this file from src/cuda/kernels.rs (SHARED): one
+// definition for the host and the kernels.
 
 // The hardware primitives, as inline PTX. Under CLIPRT_SIM (the CPU simulator, src/cuda/sim/runtime.hpp) the
 // simulator defines them instead, with the same semantics; everything below the block is shared.

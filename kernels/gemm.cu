@@ -83,8 +83,6 @@ __device__ __forceinline__ void warp_mma_k(float (&acc)[MI][NJ][4], const half_t
     }
 }
 
-#define G1_BM 64
-#define G1_BN 64
 #define G1_BK 32
 // Row stride of a shared tile in halves: 40 halves = 80 bytes keeps 16-byte alignment and puts the 8 row
 // addresses of one ldmatrix in 8 different 4-bank groups (no bank conflicts).
@@ -94,7 +92,7 @@ __device__ __forceinline__ void warp_mma_k(float (&acc)[MI][NJ][4], const half_t
 __device__ __forceinline__ void g1_load_tile(half_t* tile, const half_t* __restrict__ g, int rows, int K, int row0,
                                              int k0, bool vec) {
     // 64 rows × 4 chunks of 8 halves = 256 chunks over 128 threads.
-    for (int c = threadIdx.x; c < G1_BM * (G1_BK / 8); c += blockDim.x) {
+    for (int c = threadIdx.x; c < G1_TILE * (G1_BK / 8); c += blockDim.x) {
         int r = c >> 2, kc = (c & 3) * 8;
         int gr = row0 + r, gk = k0 + kc;
         half_t* dst = tile + r * G1_LDS + kc;
@@ -112,14 +110,14 @@ __device__ __forceinline__ void g1_load_tile(half_t* tile, const half_t* __restr
 
 // Grid: (ceil(N / 64), ceil(M / 64)); block: 128 threads. `vec` must be 0 unless K % 8 == 0 and both x and w
 // are 16-byte aligned. `bias` is read only when has_bias != 0.
-extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict__ out, const half_t* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(G1_THREADS) gemm_f16_v1(half_t* __restrict__ out, const half_t* __restrict__ x,
                                                               const half_t* __restrict__ w,
                                                               const half_t* __restrict__ bias, int M, int N, int K,
                                                               int has_bias, int epilogue, int vec) {
-    __shared__ __align__(16) half_t As[G1_BM * G1_LDS];
-    __shared__ __align__(16) half_t Bs[G1_BN * G1_LDS];
+    __shared__ __align__(16) half_t As[G1_TILE * G1_LDS];
+    __shared__ __align__(16) half_t Bs[G1_TILE * G1_LDS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int bm = blockIdx.y * G1_BM, bn = blockIdx.x * G1_BN;
+    const int bm = blockIdx.y * G1_TILE, bn = blockIdx.x * G1_TILE;
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
 
     float acc[2][4][4];
@@ -142,8 +140,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f16_v1(half_t* __restrict
     warp_store<2, 4>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
 }
 
-#define GP_BK 32
-#define GP_LDS (GP_BK + 8)
+// GP_BK (the k step) and GP_LDS (the padded shared-memory row) are generated (src/cuda/kernels.rs).
 
 // One stage of a pipelined variant: rows [row0, row0 + ROWS) × k [k0, k0 + 32) of a [rows, K] matrix, 16-byte
 // cp.async, zero-filled past the matrix edge (K % 8 == 0: a chunk is wholly inside or wholly outside a row).
@@ -213,24 +210,24 @@ __device__ __forceinline__ void gemm_pipelined(half_t* smem, half_t* __restrict_
     warp_store<MI, NJ>(acc, out, bias, M, N, bm + wm, bn + wn, lane, has_bias, epilogue);
 }
 
-// Dynamic shared memory of the pipelined variants (src/cuda/mod.rs: GEMM_V2_SMEM, GEMM_V3_SMEM).
-#define G2_SMEM (3 * (128 + 128) * GP_LDS * 2)
-#define G3_SMEM (4 * (64 + 64) * GP_LDS * 2)
+// The pipelined variants' tile, stages, threads and dynamic shared memory (G2_*, G3_*: STAGES · 2 · TILE · GP_LDS
+// halves) are generated from src/cuda/kernels.rs, which launches them. Every gemm variant takes v1's parameter
+// list; the pipelined ones ignore `vec` (the host runs them only where 16-byte chunks are valid).
 
-// Grid: (ceil(N / 128), ceil(M / 128)); block: 256 threads; dynamic shared memory G2_SMEM bytes.
-extern "C" __global__ void __launch_bounds__(256) gemm_f16_v2(half_t* __restrict__ out, const half_t* __restrict__ x,
+// Grid: (ceil(N / G2_TILE), ceil(M / G2_TILE)); block: G2_THREADS; dynamic shared memory G2_SMEM bytes.
+extern "C" __global__ void __launch_bounds__(G2_THREADS) gemm_f16_v2(half_t* __restrict__ out, const half_t* __restrict__ x,
                                                               const half_t* __restrict__ w,
                                                               const half_t* __restrict__ bias, int M, int N, int K,
-                                                              int has_bias, int epilogue) {
+                                                              int has_bias, int epilogue, int vec) {
     extern __shared__ __align__(16) half_t smem[];
-    gemm_pipelined<128, 128, 3, 2, 4>(smem, out, x, w, bias, M, N, K, has_bias, epilogue);
+    gemm_pipelined<G2_TILE, G2_TILE, G2_STAGES, 2, 4>(smem, out, x, w, bias, M, N, K, has_bias, epilogue);
 }
 
-// Grid: (ceil(N / 64), ceil(M / 64)); block: 128 threads; dynamic shared memory G3_SMEM bytes.
-extern "C" __global__ void __launch_bounds__(128) gemm_f16_v3(half_t* __restrict__ out, const half_t* __restrict__ x,
+// Grid: (ceil(N / G3_TILE), ceil(M / G3_TILE)); block: G3_THREADS; dynamic shared memory G3_SMEM bytes.
+extern "C" __global__ void __launch_bounds__(G3_THREADS) gemm_f16_v3(half_t* __restrict__ out, const half_t* __restrict__ x,
                                                               const half_t* __restrict__ w,
                                                               const half_t* __restrict__ bias, int M, int N, int K,
-                                                              int has_bias, int epilogue) {
+                                                              int has_bias, int epilogue, int vec) {
     extern __shared__ __align__(16) half_t smem[];
-    gemm_pipelined<64, 64, 4, 2, 2>(smem, out, x, w, bias, M, N, K, has_bias, epilogue);
+    gemm_pipelined<G3_TILE, G3_TILE, G3_STAGES, 2, 2>(smem, out, x, w, bias, M, N, K, has_bias, epilogue);
 }

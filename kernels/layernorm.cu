@@ -6,7 +6,7 @@
 //   layernorm_f16_v1  one warp per row, 8 rows per block; two passes over the row (mean, then the centred sum
 //                     of squares: no cancellation for rows with a large mean), a third to write. Not yet measured.
 
-// Grid: ceil(rows / 8); block: 256 threads.
+// Grid: ceil(rows / ROWS_PER_BLOCK); block: ROWS_PER_BLOCK warps (src/cuda/kernels.rs).
 extern "C" __global__ void __launch_bounds__(256) layernorm_f16_v1(half_t* __restrict__ out,
                                                                    const half_t* __restrict__ x,
                                                                    const half_t* __restrict__ gamma,

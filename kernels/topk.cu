@@ -17,7 +17,6 @@
 
 #define TK_SORT 4096
 #define TK_ROUND 256
-#define TK_MAX_K 2048
 
 struct TkState {
     float score[TK_SORT];

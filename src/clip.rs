@@ -5,122 +5,15 @@ use std::path::{Path, PathBuf};
 use image::DynamicImage;
 use rayon::prelude::*;
 
-use crate::backend::reference::ReferenceBackend;
 use crate::config::ClipConfig;
 use crate::cpu::{CpuBackend, Precision};
+pub use crate::engine::Device;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::model::ClipModel;
 use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
 use crate::similarity;
 use crate::tokenizer::{ClipTokenizer, TextBatch};
 use crate::weights::{Checkpoint, ClipWeights};
-
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Device {
-    /// f32 on the CPU, all cores (the rayon pool).
-    #[default]
-    Cpu,
-    /// The scalar f64-accumulating oracle: slow, for checking results.
-    Reference,
-    /// CUDA GPU `n`: fp16 storage, f32 accumulation, cliprt's own kernels. Without a usable GPU, driver or NVRTC
-    /// (or in a build without the `cuda` feature) loading gives [`Error::DeviceUnavailable`].
-    Cuda(usize),
-    /// The CUDA backend on the CPU simulator: the same kernels and launches as [`Device::Cuda`], executed by
-    /// host threads under AddressSanitizer. For checking the GPU path without a GPU; very slow, tiny models only.
-    /// Needs a C++20 compiler (`CXX`, default `c++`).
-    CudaSim,
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    /// Parses `cpu`, `reference`, `cuda`, `cuda:N` or `cuda-sim`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "reference" => Ok(Device::Reference),
-            "cuda" => Ok(Device::Cuda(0)),
-            "cuda-sim" => Ok(Device::CudaSim),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "unknown device {s:?} (cpu, reference, cuda, cuda:N, cuda-sim)"
-                    ))
-                }),
-        }
-    }
-}
-
-enum Engine {
-    Cpu(ClipModel<CpuBackend>),
-    Reference(ClipModel<ReferenceBackend>),
-    // Boxed: the CUDA model is large and the other variants should not pay for its size.
-    #[cfg(feature = "cuda")]
-    Cuda(Box<ClipModel<crate::cuda::CudaBackend>>),
-}
-
-/// The backend chosen for a device, opened before the weights are read (a missing GPU fails fast).
-enum Opened {
-    Cpu(CpuBackend),
-    Reference,
-    #[cfg(feature = "cuda")]
-    Cuda(Box<crate::cuda::CudaBackend>),
-}
-
-impl Opened {
-    fn new(device: Device, precision: Precision) -> Result<Opened> {
-        match device {
-            Device::Cpu => Ok(Opened::Cpu(CpuBackend::from_env(precision)?)),
-            Device::Reference => Ok(Opened::Reference),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(n) => Ok(Opened::Cuda(Box::new(crate::cuda::CudaBackend::new(n)?))),
-            #[cfg(feature = "cuda")]
-            Device::CudaSim => Ok(Opened::Cuda(Box::new(crate::cuda::CudaBackend::simulated(
-                &[],
-            )?))),
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda(_) | Device::CudaSim => Err(Error::DeviceUnavailable(format!(
-                "{device:?}: this build of cliprt has no CUDA support (feature `cuda` is off)"
-            ))),
-        }
-    }
-
-    fn prepare(self, config: &ClipConfig, weights: ClipWeights) -> Result<Engine> {
-        Ok(match self {
-            Opened::Cpu(b) => Engine::Cpu(ClipModel::new(b, config, weights)?),
-            Opened::Reference => {
-                Engine::Reference(ClipModel::new(ReferenceBackend, config, weights)?)
-            }
-            #[cfg(feature = "cuda")]
-            Opened::Cuda(b) => {
-                b.supports(config)?;
-                Engine::Cuda(Box::new(ClipModel::new(*b, config, weights)?))
-            }
-        })
-    }
-}
-
-impl Engine {
-    fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
-        match self {
-            Engine::Cpu(m) => m.encode_images(pixels, batch),
-            Engine::Reference(m) => m.encode_images(pixels, batch),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(m) => m.encode_images(pixels, batch),
-        }
-    }
-    fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
-        match self {
-            Engine::Cpu(m) => m.encode_texts(batch),
-            Engine::Reference(m) => m.encode_texts(batch),
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(m) => m.encode_texts(batch),
-        }
-    }
-}
 
 /// A batch of embeddings, row-major `[rows, dim]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -183,24 +76,27 @@ impl Clip {
     /// reference device, it runs f32. A CUDA device always runs fp16 with f32 accumulation. [`Clip::precision`]
     /// says what runs.
     pub fn load_with(dir: impl AsRef<Path>, device: Device, precision: Precision) -> Result<Clip> {
-        Clip::load_opened(dir.as_ref(), || Opened::new(device, precision))
+        Clip::load_opened(dir.as_ref(), || Engine::open(device, precision))
+    }
+
+    /// [`Clip::load`] on an opened [`Engine`] (any backend: a CPU engine of your choice, a CUDA backend with chosen
+    /// kernel variants).
+    pub fn load_on(dir: impl AsRef<Path>, engine: Engine) -> Result<Clip> {
+        Clip::load_opened(dir.as_ref(), || Ok(engine))
     }
 
     /// [`Clip::load`] on a given CPU backend, e.g. one engine of [`crate::cpu::MatrixEngine`]
     /// (`CpuBackend::with_engine`): what the tests use to run every engine, the AMX emulator included.
     pub fn load_on_cpu(dir: impl AsRef<Path>, cpu: CpuBackend) -> Result<Clip> {
-        Clip::load_opened(dir.as_ref(), || Ok(Opened::Cpu(cpu)))
+        Clip::load_on(dir, Engine::on(cpu))
     }
 
     /// The matrix engine of a CPU model (`None` on other devices).
     pub fn cpu_engine(&self) -> Option<crate::cpu::MatrixEngine> {
-        match &self.engine {
-            Engine::Cpu(m) => Some(m.backend.engine()),
-            _ => None,
-        }
+        self.engine.backend::<CpuBackend>().map(CpuBackend::engine)
     }
 
-    fn load_opened(dir: &Path, open: impl FnOnce() -> Result<Opened>) -> Result<Clip> {
+    fn load_opened(dir: &Path, open: impl FnOnce() -> Result<Engine>) -> Result<Clip> {
         if !dir.exists() {
             return Err(Error::NotFound(dir.to_path_buf()));
         }
@@ -229,12 +125,14 @@ impl Clip {
         } else {
             PreprocessConfig::openai(config.vision.image_size)
         };
-        let backend = open()?;
+        let engine = open()?;
+        // An unsupported model fails before any weight is read.
+        engine.supports(&config)?;
         let ckpt = Checkpoint::open(dir)?;
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
         let (logit_scale, stored_dtype) =
             (weights.logit_scale_log.exp(), weights.stored_dtype.clone());
-        let engine = backend.prepare(&config, weights)?;
+        let engine = engine.load(&config, weights)?;
         Ok(Clip {
             dir: dir.to_path_buf(),
             logit_scale,
@@ -248,12 +146,12 @@ impl Clip {
 
     /// The precision the model's GEMMs run in.
     pub fn precision(&self) -> Precision {
-        match &self.engine {
-            Engine::Cpu(m) => m.backend.precision(),
-            Engine::Reference(_) => Precision::F32,
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(_) => Precision::F16,
-        }
+        self.engine.precision()
+    }
+
+    /// The engine the model runs on (its device and matrix engine, logits, search).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The folder the model was loaded from.
@@ -395,30 +293,14 @@ impl Clip {
                 images.dim, texts.dim
             )));
         }
-        let (a, b) = (&images.data, &texts.data);
-        match &self.engine {
-            #[cfg(feature = "cuda")]
-            Engine::Cuda(m) => {
-                m.backend
-                    .scaled_cosine(a, images.rows, b, texts.rows, images.dim, self.logit_scale)
-            }
-            Engine::Reference(_) => similarity::scaled_cosine(
-                a,
-                images.rows,
-                b,
-                texts.rows,
-                images.dim,
-                self.logit_scale,
-            ),
-            Engine::Cpu(_) => similarity::scaled_logits(
-                a,
-                images.rows,
-                b,
-                texts.rows,
-                images.dim,
-                self.logit_scale,
-            ),
-        }
+        self.engine.logits(
+            &images.data,
+            images.rows,
+            &texts.data,
+            texts.rows,
+            images.dim,
+            self.logit_scale,
+        )
     }
 
     /// Zero-shot classification: for each image, every label with its softmax probability, most likely first.

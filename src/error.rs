@@ -87,6 +87,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// What every CUDA entry point of a build without the `cuda` feature returns: the one place this is said.
+    pub fn cuda_not_built() -> Self {
+        Error::DeviceUnavailable(
+            "this build of cliprt has no CUDA support (feature `cuda` is off)".into(),
+        )
+    }
+
     /// Wraps an `io::Error` with the path it concerns; a missing file becomes [`Error::NotFound`].
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();

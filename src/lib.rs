@@ -23,6 +23,7 @@ pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod engine;
 pub mod error;
 pub mod index;
 pub mod model;
@@ -34,7 +35,8 @@ pub mod similarity;
 pub mod tokenizer;
 pub mod weights;
 
-pub use clip::{Clip, Device, Embeddings};
+pub use clip::{Clip, Embeddings};
+pub use engine::{Device, Engine};
 pub use config::{Activation, ClipConfig};
 pub use cpu::Precision;
 pub use error::{Error, Result};

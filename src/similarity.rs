@@ -75,24 +75,6 @@ pub fn scaled_cosine(
     Ok(out)
 }
 
-/// [`scaled_cosine`] on the fused SIMD kernels of [`crate::search`] (f32 sums; the norms are computed once per
-/// row): what zero-shot scoring runs on the CPU. `scaled_cosine` stays the f64 oracle.
-pub fn scaled_logits(
-    a: &[f32],
-    rows_a: usize,
-    b: &[f32],
-    rows_b: usize,
-    dim: usize,
-    scale: f32,
-) -> Result<Vec<f32>> {
-    check_pair(a, rows_a, b, rows_b, dim)?;
-    if rows_a == 0 || rows_b == 0 {
-        return Ok(Vec::new());
-    }
-    let gallery = crate::search::Gallery::new(crate::search::Storage::F32(b), dim, false)?;
-    crate::search::logits(&gallery, a, scale)
-}
-
 /// Softmax of each row of `[rows, cols]`, in f64 with the row maximum subtracted.
 pub fn softmax_rows(data: &[f32], cols: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(data.len());

@@ -9,7 +9,10 @@ pub mod host;
 pub mod reference;
 
 pub use crate::config::Activation;
+use crate::config::ClipConfig;
+use crate::cpu::Precision;
 use crate::error::{Error, Result};
+use crate::search::TopK;
 
 impl Activation {
     /// The activation in f32 (the CPU path).
@@ -115,7 +118,34 @@ impl PatchShape {
     }
 }
 
-/// A compute backend. Buffers are flat f32 arrays owned by the caller; weights are prepared once per backend.
+/// What a backend is and how it computes, for reports (`cliprt info`, every bench row) and for [`crate::Clip`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendInfo {
+    /// The device, e.g. `cpu`, `reference`, `cuda:0 NVIDIA H100 80GB HBM3 (graphs on)`.
+    pub device: String,
+    /// The matrix engine: a CPU engine ([`crate::cpu::MatrixEngine::name`]), `f64-reference` or `cuda-f16`.
+    pub engine: String,
+    /// Why this engine was chosen (empty where there was no choice).
+    pub reason: String,
+    /// The SIMD tier or the GPU's arch.
+    pub isa: String,
+    /// The arithmetic of the GEMMs: `f32`, `bf16`, `f16` or `f64`.
+    pub arithmetic: &'static str,
+}
+
+/// What runs [`Backend::search`]: its engine, the precision of the gallery rows, and the peak it is measured
+/// against in the bench.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchInfo {
+    pub engine: String,
+    pub precision: &'static str,
+    pub isa: String,
+    pub peak_gflops: Option<f64>,
+}
+
+/// A compute backend: the forward pass's ops on buffers owned by the caller (weights prepared once per backend),
+/// and the retrieval ops on host embeddings (logits and top-k search). See ARCHITECTURE.md, "The backend contract";
+/// every implementation runs the conformance suite (tests/conformance.rs).
 pub trait Backend: Send + Sync {
     /// An activation buffer.
     type Buf: Send + Sync;
@@ -125,8 +155,59 @@ pub trait Backend: Send + Sync {
     type Index: Send + Sync;
     /// A recorded sequence of launches (a CUDA graph); `()` for backends that record nothing.
     type Graph: Send;
+    /// A retrieval gallery uploaded once for [`Backend::search`].
+    type Gallery: Send + Sync;
 
     fn name(&self) -> &'static str;
+    /// What this backend is, for reports.
+    fn info(&self) -> BackendInfo;
+    /// The precision the model's GEMMs run in.
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+    /// The peak GFLOP/s of the engine that runs the GEMMs on `threads` threads (measured or from a data sheet), for
+    /// the bench's %peak; `None` where no honest peak exists.
+    fn peak_gflops(&self, _threads: usize) -> Option<f64> {
+        None
+    }
+    /// Whether this backend can run a model of `config` (checked before any weight is prepared), or why not.
+    fn supports(&self, _config: &ClipConfig) -> Result<()> {
+        Ok(())
+    }
+
+    /// `scale · normalize(a) · normalize(b)ᵀ`: `[rows_a, rows_b]` logits of host embeddings `a[rows_a, dim]` and
+    /// `b[rows_b, dim]` (CLIP's `logits_per_image`). An all-zero row scores 0.
+    fn scaled_cosine(
+        &self,
+        a: &[f32],
+        rows_a: usize,
+        b: &[f32],
+        rows_b: usize,
+        dim: usize,
+        scale: f32,
+    ) -> Result<Vec<f32>>;
+    /// Prepares a gallery of host rows `[rows, dim]` for [`Backend::search`] (`normalized`: the rows are unit
+    /// length, so no norm pass is needed).
+    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<Self::Gallery>;
+    /// The `k` best gallery rows of each query row (`dim` wide) by `scale · cos`, best first, ties by the lower
+    /// index; `k` past the gallery returns every row (the contract of [`crate::search::search`]).
+    fn search(&self, g: &Self::Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK>;
+    /// The largest `k` [`Backend::search`] takes.
+    fn max_k(&self) -> usize {
+        crate::search::MAX_K
+    }
+    /// The bytes a gallery holds on the backend.
+    fn gallery_bytes(&self, g: &Self::Gallery) -> usize;
+    /// What runs the search on `threads` threads (by default the model's engine and arithmetic, no peak).
+    fn search_info(&self, _threads: usize) -> SearchInfo {
+        let i = self.info();
+        SearchInfo {
+            engine: i.engine,
+            precision: i.arithmetic,
+            isa: i.isa,
+            peak_gflops: None,
+        }
+    }
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// Copies `data` into the start of an existing buffer (which must hold at least `data.len()` values).

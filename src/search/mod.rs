@@ -6,9 +6,12 @@
 //! Results are deterministic: ties are broken by the lower gallery index, whatever the thread split. `k` larger
 //! than the gallery returns every row. [`logits`] is the same kernel family storing every score (zero-shot).
 
-pub mod bench;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod kernel;
 pub mod topk;
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 
@@ -38,7 +41,7 @@ pub struct Gallery<'a> {
     rows: usize,
     dim: usize,
     /// 1/|row| per row (0 for an all-zero row); `None` when the rows are known to be unit length.
-    inv_norms: Option<Vec<f32>>,
+    inv_norms: Option<Cow<'a, [f32]>>,
 }
 
 impl<'a> Gallery<'a> {
@@ -69,7 +72,7 @@ impl<'a> Gallery<'a> {
             inv_norms: None,
         };
         if !normalized {
-            g.inv_norms = Some(
+            g.inv_norms = Some(Cow::Owned(
                 (0..rows)
                     .into_par_iter()
                     .with_min_len(1024)
@@ -80,8 +83,8 @@ impl<'a> Gallery<'a> {
                             scaled_inv_norm(buf, 1.0)
                         },
                     )
-                    .collect(),
-            );
+                    .collect::<Vec<f32>>(),
+            ));
         }
         Ok(g)
     }
@@ -118,6 +121,83 @@ impl<'a> Gallery<'a> {
                     *o = f32::from_bits(bits << 16);
                 }
             }
+        }
+    }
+}
+
+/// A gallery that owns its rows, f32 or bf16 pairs, with the inverse norms computed once: what the host backends'
+/// [`crate::backend::Backend::upload_gallery`] keeps.
+pub struct HostGallery {
+    rows: HostRows,
+    count: usize,
+    dim: usize,
+    inv_norms: Option<Vec<f32>>,
+}
+
+enum HostRows {
+    F32(Vec<f32>),
+    Bf16(Vec<u32>),
+}
+
+impl HostGallery {
+    /// `rows` holds whole rows of `dim`; with `bf16` they are stored as bf16 pairs (half the bytes, twice the
+    /// multiply rate with AVX512_BF16).
+    pub fn new(rows: Vec<f32>, dim: usize, normalized: bool, bf16: bool) -> Result<HostGallery> {
+        let mut g = HostGallery {
+            rows: if bf16 {
+                HostRows::Bf16(to_bf16_pairs(&rows, dim))
+            } else {
+                HostRows::F32(rows)
+            },
+            count: 0,
+            dim,
+            inv_norms: None,
+        };
+        // Gallery::new checks the shape and computes the norms (of the stored, possibly rounded, rows).
+        let checked = Gallery::new(g.storage(), dim, normalized)?;
+        let (count, inv) = (checked.rows, checked.inv_norms.map(Cow::into_owned));
+        (g.count, g.inv_norms) = (count, inv);
+        Ok(g)
+    }
+
+    fn storage(&self) -> Storage<'_> {
+        match &self.rows {
+            HostRows::F32(d) => Storage::F32(d),
+            HostRows::Bf16(d) => Storage::Bf16(d),
+        }
+    }
+
+    /// The gallery to search, borrowing the rows and norms.
+    pub fn view(&self) -> Gallery<'_> {
+        Gallery {
+            storage: self.storage(),
+            rows: self.count,
+            dim: self.dim,
+            inv_norms: self.inv_norms.as_deref().map(Cow::Borrowed),
+        }
+    }
+
+    /// The bytes the rows take.
+    pub fn bytes(&self) -> usize {
+        match &self.rows {
+            HostRows::F32(d) => 4 * d.len(),
+            HostRows::Bf16(d) => 4 * d.len(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.count
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The rows, where stored as f32.
+    pub fn f32_rows(&self) -> Option<&[f32]> {
+        match &self.rows {
+            HostRows::F32(d) => Some(d),
+            HostRows::Bf16(_) => None,
         }
     }
 }
@@ -446,6 +526,24 @@ pub fn logits(g: &Gallery, queries: &[f32], scale: f32) -> Result<Vec<f32>> {
         },
     );
     Ok(out)
+}
+
+/// [`crate::similarity::scaled_cosine`] on the fused SIMD kernels (f32 sums; the norms computed once per row):
+/// what zero-shot scoring runs on the CPU. `similarity::scaled_cosine` stays the f64 oracle.
+pub fn scaled_logits(
+    a: &[f32],
+    rows_a: usize,
+    b: &[f32],
+    rows_b: usize,
+    dim: usize,
+    scale: f32,
+) -> Result<Vec<f32>> {
+    crate::similarity::check_pair(a, rows_a, b, rows_b, dim)?;
+    if rows_a == 0 || rows_b == 0 {
+        return Ok(Vec::new());
+    }
+    let gallery = Gallery::new(Storage::F32(b), dim, false)?;
+    logits(&gallery, a, scale)
 }
 
 /// The oracle: every score in f64, the exact top-k kept in a sorted list (ties by lower index). For tests and

@@ -1,0 +1,346 @@
+//! The model workloads of `cliprt bench`: the image tower, the text tower and zero-shot similarity on a synthetic
+//! model at real shapes (seeded random weights, no download) or a real checkpoint, through one [`Engine`].
+//!
+//! FLOPs are counted from the shapes, 2 per multiply–add, for the work cliprt actually does: every GEMM, both
+//! attention products (the causal text attention is counted in full, as it is computed), and the projections.
+//! Element-wise work (layernorm, softmax, activations) is not counted.
+
+use std::time::Instant;
+
+use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, Workload, SIMILARITY_CLASSES};
+use crate::config::{presets, ClipConfig, EncoderConfig};
+use crate::engine::{Device, Engine};
+use crate::error::{Error, Result};
+use crate::tokenizer::{ClipTokenizer, TextBatch};
+use crate::weights::{Checkpoint, ClipWeights};
+
+/// The real short prompts of the default text workload.
+pub const PROMPTS: [&str; 32] = [
+    "a photo of a dog.",
+    "a photo of a cat.",
+    "a photo of a car.",
+    "a photo of a airplane.",
+    "a photo of a bird.",
+    "a photo of a horse.",
+    "a photo of a ship.",
+    "a photo of a truck.",
+    "a photo of a frog.",
+    "a photo of a deer.",
+    "a photo of a person riding a bike.",
+    "a photo of a bowl of soup.",
+    "a photo of a red apple.",
+    "a photo of a city street at night.",
+    "a photo of a mountain lake.",
+    "a photo of a pizza.",
+    "a photo of a laptop on a desk.",
+    "a photo of a golden retriever.",
+    "a photo of a coffee cup.",
+    "a photo of a sunset over the ocean.",
+    "a photo of a group of people.",
+    "a photo of a traffic light.",
+    "a photo of a snowy forest.",
+    "a photo of a tabby cat sleeping.",
+    "a photo of a sailboat.",
+    "a photo of a hot air balloon.",
+    "a photo of a bowl of fruit.",
+    "a photo of a train station.",
+    "a photo of a lighthouse.",
+    "a photo of a chessboard.",
+    "a photo of a violin.",
+    "a photo of a bicycle.",
+];
+
+/// [`PROMPTS`] tokenized by OpenAI's CLIP tokenizer (the vocabulary every preset uses); a test checks them against
+/// the tokenizer. Real checkpoints tokenize the prompts with their own tokenizer.json instead.
+const PROMPT_IDS: [&[u32]; 32] = [
+    &[49406, 320, 1125, 539, 320, 1929, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 2368, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1615, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 16451, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3329, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 4558, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1158, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 4629, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 11438, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 8700, 269, 49407],
+    &[
+        49406, 320, 1125, 539, 320, 2533, 6765, 320, 3701, 269, 49407,
+    ],
+    &[49406, 320, 1125, 539, 320, 3814, 539, 7077, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 736, 3055, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1305, 2012, 536, 930, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3965, 2553, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 4474, 269, 49407],
+    &[
+        49406, 320, 1125, 539, 320, 10464, 525, 320, 6550, 269, 49407,
+    ],
+    &[49406, 320, 1125, 539, 320, 3878, 28394, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 2453, 1937, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3424, 962, 518, 4918, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 1771, 539, 1047, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3399, 1395, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 14191, 4167, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 36145, 2368, 6982, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 7528, 4440, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 2069, 1922, 13634, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3814, 539, 5190, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 3231, 2631, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 13717, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 27170, 1972, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 17058, 269, 49407],
+    &[49406, 320, 1125, 539, 320, 11652, 269, 49407],
+];
+
+/// The token ids of [`PROMPTS`] under the presets' (OpenAI) vocabulary.
+pub fn prompt_ids() -> Vec<Vec<u32>> {
+    PROMPT_IDS.iter().map(|r| r.to_vec()).collect()
+}
+
+/// FLOPs of one encoder pass over `batch` sequences of `seq` tokens.
+fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize) -> f64 {
+    let (d, i) = (e.hidden_size as f64, e.intermediate_size as f64);
+    let rows = (batch * seq) as f64;
+    let gemms = 2.0 * rows * (3.0 * d * d + d * d + 2.0 * d * i);
+    // QKᵀ and P·V: 2 · seq² · D multiply–adds per sequence.
+    let attention = 4.0 * batch as f64 * (seq * seq) as f64 * d;
+    e.num_layers as f64 * (gemms + attention)
+}
+
+/// FLOPs of the image tower for `batch` images.
+pub fn image_flops(c: &ClipConfig, batch: usize) -> f64 {
+    let v = &c.vision;
+    let d = v.encoder.hidden_size as f64;
+    let patches = (batch * v.grid() * v.grid()) as f64;
+    let embed = 2.0 * patches * v.patch_dim() as f64 * d;
+    let projection = 2.0 * batch as f64 * d * c.projection_dim as f64;
+    embed + encoder_flops(&v.encoder, batch, v.seq_len()) + projection
+}
+
+/// FLOPs of the text tower for `batch` prompts run at `seq` tokens.
+pub fn text_flops(c: &ClipConfig, batch: usize, seq: usize) -> f64 {
+    let d = c.text.encoder.hidden_size as f64;
+    encoder_flops(&c.text.encoder, batch, seq) + 2.0 * batch as f64 * d * c.projection_dim as f64
+}
+
+/// Deterministic pixels in the normalized range (the content does not change the work).
+fn synthetic_pixels(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
+        .collect()
+}
+
+/// `batch` token rows: the real prompts (cycled), or synthetic rows of exactly `len` tokens.
+fn text_rows(
+    batch: usize,
+    len: Option<usize>,
+    prompts: &[Vec<u32>],
+    c: &ClipConfig,
+) -> Result<Vec<Vec<u32>>> {
+    match len {
+        Some(len) => {
+            let ctx = c.text.max_position_embeddings;
+            if len < 2 || len > ctx {
+                return Err(Error::InvalidArgument(format!(
+                    "--prompt-len {len} outside 2..={ctx} (SOT and EOT included)"
+                )));
+            }
+            let (sot, eot) = (c.text.eos_token_id.saturating_sub(1), c.text.eos_token_id);
+            let vocab = c.text.vocab_size as u32;
+            Ok((0..batch as u32)
+                .map(|r| {
+                    std::iter::once(sot)
+                        .chain((0..len as u32 - 2).map(|j| 320 + (r * 7 + j) % (vocab - 400)))
+                        .chain(std::iter::once(eot))
+                        .collect()
+                })
+                .collect())
+        }
+        None => Ok((0..batch)
+            .map(|r| prompts[r % prompts.len()].clone())
+            .collect()),
+    }
+}
+
+/// A model under test, with what the measurements need to know about it.
+struct Subject {
+    engine: Engine,
+    config: ClipConfig,
+    arch: String,
+    prompts: Vec<Vec<u32>>,
+    load_s: f64,
+    /// The engine's peak GFLOP/s (given, measured or from a data sheet; NaN where none is known).
+    peak: f64,
+}
+
+/// The model workloads (image, text, similarity) on `cfg.device`.
+pub(super) fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
+    if cfg.device == Device::CudaSim {
+        return Err(Error::InvalidArgument(
+            "cuda-sim checks kernels on the CPU; its timings mean nothing, so it is not benchmarked".into(),
+        ));
+    }
+    let threads = rayon::current_num_threads();
+    let engine = Engine::open(cfg.device, cfg.precision)?;
+    let peak = cfg
+        .peak_gflops
+        .or_else(|| engine.peak_gflops(threads))
+        .unwrap_or(f64::NAN);
+    let subject = build(cfg, engine, peak)?;
+    let measured = measure(cfg, &subject, threads, &mut report);
+    if let Device::Cuda(_) = cfg.device {
+        // A graph capture that failed during the run switched graphs off: say so next to the numbers.
+        eprintln!("after the run: {}", subject.engine.info().device);
+    }
+    measured
+}
+
+fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
+    let t = Instant::now();
+    let (config, weights, arch, prompts) = match &cfg.model {
+        Some(dir) => {
+            let config = ClipConfig::from_file(&dir.join("config.json"))?;
+            engine.supports(&config)?;
+            let weights = ClipWeights::from_checkpoint(&Checkpoint::open(dir)?, &config)?;
+            let tokenizer = ClipTokenizer::from_file(
+                &dir.join("tokenizer.json"),
+                config.text.max_position_embeddings,
+            )?;
+            let prompts = tokenizer.encode_batch(&PROMPTS)?;
+            let name = dir
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+            (config, weights, name, prompts)
+        }
+        None => {
+            let config = presets::by_name(&cfg.arch).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown arch {:?}: one of {}",
+                    cfg.arch,
+                    presets::NAMES.join(", ")
+                ))
+            })?;
+            engine.supports(&config)?;
+            let weights = ClipWeights::random(&config, 1);
+            (config, weights, cfg.arch.clone(), prompt_ids())
+        }
+    };
+    let engine = engine.load(&config, weights)?;
+    Ok(Subject {
+        engine,
+        config,
+        arch,
+        prompts,
+        load_s: t.elapsed().as_secs_f64(),
+        peak,
+    })
+}
+
+fn measure(
+    cfg: &BenchConfig,
+    s: &Subject,
+    threads: usize,
+    report: &mut impl FnMut(&Measurement),
+) -> Result<()> {
+    let c = &s.config;
+    let info = s.engine.info();
+    // CLIP's trained exp(logit_scale); the value does not change the work.
+    let logit_scale = 100.0;
+    let weights_mb = c.parameter_count() as f64 * 4.0 / 1e6;
+    for &workload in &cfg.workloads {
+        for &batch in &cfg.batches {
+            let (seq, flops, (ms, lo, hi)) = match workload {
+                // Runs without a model: super::search.
+                Workload::Search => continue,
+                Workload::Image => {
+                    let size = c.vision.image_size;
+                    let pixels = synthetic_pixels(batch * c.vision.num_channels * size * size);
+                    let t = time_runs(cfg.warmup, cfg.reps, || {
+                        s.engine.encode_images(&pixels, batch).map(drop)
+                    })?;
+                    (None, image_flops(c, batch), t)
+                }
+                Workload::Text => {
+                    let rows = text_rows(batch, cfg.prompt_len, &s.prompts, c)?;
+                    let tb = TextBatch::new(&rows, &c.text)?;
+                    let t =
+                        time_runs(cfg.warmup, cfg.reps, || s.engine.encode_texts(&tb).map(drop))?;
+                    (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
+                }
+                Workload::Similarity => {
+                    let dim = c.projection_dim;
+                    let images = synthetic_pixels(batch * dim);
+                    let texts = synthetic_pixels(SIMILARITY_CLASSES * dim);
+                    let t = time_runs(cfg.warmup, cfg.reps, || {
+                        let logits = s.engine.logits(
+                            &images,
+                            batch,
+                            &texts,
+                            SIMILARITY_CLASSES,
+                            dim,
+                            logit_scale,
+                        )?;
+                        std::hint::black_box(crate::similarity::softmax_rows(
+                            &logits,
+                            SIMILARITY_CLASSES,
+                        ));
+                        Ok(())
+                    })?;
+                    (None, 2.0 * (batch * SIMILARITY_CLASSES * dim) as f64, t)
+                }
+            };
+            let gflops = flops / (ms / 1e3) / 1e9;
+            report(&Measurement {
+                arch: s.arch.clone(),
+                workload,
+                batch,
+                seq,
+                precision: info.arithmetic,
+                device: info.device.clone(),
+                isa: info.isa.clone(),
+                engine: info.engine.clone(),
+                engine_reason: info.reason.clone(),
+                threads,
+                items_per_s: batch as f64 / (ms / 1e3),
+                ms_per_batch: ms,
+                ms_min: lo,
+                ms_max: hi,
+                reps: cfg.reps.max(1),
+                gflops_per_s: gflops,
+                peak_fraction: gflops / s.peak,
+                peak_gflops: s.peak,
+                load_s: s.load_s,
+                weights_mb,
+                peak_rss_mb: peak_rss_mb(),
+                k: None,
+                recall: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vit_b_32_image_flops_match_the_known_count() {
+        // ≈ 4.4 GMAC per image: 12 layers at 50 tokens, the patch GEMM and the projection.
+        let c = presets::by_name("vit-b-32").unwrap();
+        let gflop = image_flops(&c, 1) / 1e9;
+        assert!((8.7..8.9).contains(&gflop), "{gflop}");
+        assert!((image_flops(&c, 32) / image_flops(&c, 1) - 32.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn synthetic_text_rows_have_the_asked_length() {
+        let c = presets::by_name("vit-b-32").unwrap();
+        let rows = text_rows(3, Some(9), &prompt_ids(), &c).unwrap();
+        assert!(rows
+            .iter()
+            .all(|r| r.len() == 9 && r[8] == 49407 && r[0] == 49406));
+        assert!(text_rows(1, Some(78), &prompt_ids(), &c).is_err());
+        assert!(text_rows(1, Some(1), &prompt_ids(), &c).is_err());
+    }
+}
+
