@@ -1,18 +1,18 @@
 //! One engine: the single way to open a device and run CLIP on it (ARCHITECTURE.md, "The engine"). An [`Engine`]
-//! wraps one [`Backend`] behind an object-safe interface: image and text encoding once a model is loaded, logits,
+//! wraps one [`Backend`] (with its [`Retrieval`] ops) behind an object-safe interface: image and text encoding once a model is loaded, logits,
 //! top-k search over an uploaded gallery, and the `supports` check. [`crate::Clip`], `cliprt bench`, the search
-//! bench and the CLI all go through it; adding a backend means implementing [`Backend`] and adding its arm to
+//! bench and the CLI all go through it; adding a backend means implementing [`Backend`] and [`Retrieval`] and adding its arm to
 //! [`Engine::open`] (docs/adding-a-backend.md).
 
 use std::any::Any;
 
 use crate::backend::reference::ReferenceBackend;
-use crate::backend::{Backend, BackendInfo, SearchInfo};
+use crate::backend::{Backend, BackendInfo};
 use crate::config::ClipConfig;
 use crate::cpu::{CpuBackend, Precision};
 use crate::error::{Error, Result};
 use crate::model::ClipModel;
-use crate::search::TopK;
+use crate::search::{Retrieval, SearchInfo, TopK};
 use crate::tokenizer::TextBatch;
 use crate::weights::ClipWeights;
 
@@ -127,7 +127,7 @@ impl<B: Backend> Held<B> {
     }
 }
 
-impl<B: Backend + 'static> Runner for Held<B> {
+impl<B: Backend + Retrieval + 'static> Runner for Held<B> {
     fn info(&self) -> BackendInfo {
         self.backend().info()
     }
@@ -230,7 +230,7 @@ impl Engine {
 
     /// An engine on a given backend (a CPU engine of the caller's choice, a CUDA backend with chosen kernel
     /// variants, a new backend under test).
-    pub fn on<B: Backend + 'static>(backend: B) -> Engine {
+    pub fn on<B: Backend + Retrieval + 'static>(backend: B) -> Engine {
         Engine {
             runner: Box::new(Held::Open(backend)),
         }
@@ -279,7 +279,7 @@ impl Engine {
         self.runner.encode_texts(batch)
     }
 
-    /// `scale · normalize(a) · normalize(b)ᵀ`, `[rows_a, rows_b]` (see [`Backend::scaled_cosine`]).
+    /// `scale · normalize(a) · normalize(b)ᵀ`, `[rows_a, rows_b]` (see [`Retrieval::scaled_cosine`]).
     pub fn logits(
         &self,
         a: &[f32],
@@ -297,7 +297,7 @@ impl Engine {
         self.runner.upload_gallery(rows, dim, normalized)
     }
 
-    /// The `k` best rows of `gallery` for each query row by `scale · cos` (see [`Backend::search`]).
+    /// The `k` best rows of `gallery` for each query row by `scale · cos` (see [`Retrieval::search`]).
     pub fn search(&self, gallery: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
         self.runner.search(gallery, queries, k, scale)
     }
@@ -307,7 +307,7 @@ impl Engine {
         self.runner.max_k()
     }
 
-    /// What runs [`Engine::search`] (see [`Backend::search_info`]).
+    /// What runs [`Engine::search`] (see [`Retrieval::search_info`]).
     pub fn search_info(&self, threads: usize) -> SearchInfo {
         self.runner.search_info(threads)
     }

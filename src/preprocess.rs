@@ -12,6 +12,7 @@ use image::{DynamicImage, ImageReader, Limits};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+pub use crate::resample::{Resample, RgbImage};
 
 /// Images with more pixels than this are refused before decoding. It is PIL's own decompression-bomb error
 /// threshold (2 × `Image.MAX_IMAGE_PIXELS`), so cliprt accepts what HF + PIL accept.
@@ -41,31 +42,6 @@ pub enum ResizeTarget {
     ShortestEdge(usize),
     /// Exactly `height × width` (aspect not kept).
     Exact { height: usize, width: usize },
-}
-
-/// PIL resampling filters, by the integer HF stores in `resample`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resample {
-    Nearest = 0,
-    Lanczos = 1,
-    Bilinear = 2,
-    Bicubic = 3,
-    Box = 4,
-    Hamming = 5,
-}
-
-impl Resample {
-    fn from_pil(code: u64) -> Option<Self> {
-        Some(match code {
-            0 => Resample::Nearest,
-            1 => Resample::Lanczos,
-            2 => Resample::Bilinear,
-            3 => Resample::Bicubic,
-            4 => Resample::Box,
-            5 => Resample::Hamming,
-            _ => return None,
-        })
-    }
 }
 
 /// The preprocessing of one checkpoint, from `preprocessor_config.json`.
@@ -303,14 +279,6 @@ fn crop_window(len: usize, out: usize) -> impl Fn(usize) -> Option<usize> {
         let src = i as i64 + offset;
         (0..len_i).contains(&src).then_some(src as usize)
     }
-}
-
-/// An 8-bit RGB image, row-major, 3 bytes per pixel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
 }
 
 /// Reads and decodes an image file (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would.

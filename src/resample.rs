@@ -1,4 +1,4 @@
-//! PIL's `Image.resize` for 8-bit RGB, reimplemented to be bit-identical: per-axis convolution with the filter
+//! The 8-bit RGB image type, PIL's resampling filters, and PIL's `Image.resize` for 8-bit RGB, reimplemented to be bit-identical: per-axis convolution with the filter
 //! widened by the downscale factor, weights normalized to sum 1 and rounded to 22-bit fixed point, accumulation in
 //! i32 starting from one half, and the result clipped to 0..=255 between the two passes.
 //!
@@ -7,7 +7,38 @@
 
 use rayon::prelude::*;
 
-use crate::preprocess::{Resample, RgbImage};
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// PIL resampling filters, by the integer HF stores in `resample`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    Nearest = 0,
+    Lanczos = 1,
+    Bilinear = 2,
+    Bicubic = 3,
+    Box = 4,
+    Hamming = 5,
+}
+
+impl Resample {
+    pub(crate) fn from_pil(code: u64) -> Option<Self> {
+        Some(match code {
+            0 => Resample::Nearest,
+            1 => Resample::Lanczos,
+            2 => Resample::Bilinear,
+            3 => Resample::Bicubic,
+            4 => Resample::Box,
+            5 => Resample::Hamming,
+            _ => return None,
+        })
+    }
+}
 
 /// Fractional bits of the fixed-point weights (PIL: 32 − 8 − 2, leaving room for 8-bit input and overflow).
 const PRECISION_BITS: u32 = 22;

@@ -18,6 +18,7 @@ use cliprt::config::presets;
 use cliprt::cpu::CpuBackend;
 use cliprt::cuda::CudaBackend;
 use cliprt::model::ClipModel;
+use cliprt::search::Retrieval;
 use cliprt::tokenizer::TextBatch;
 use cliprt::weights::ClipWeights;
 use cliprt::{Clip, Device, Error};
@@ -926,6 +927,7 @@ fn simulator_enforces_the_dynamic_shared_memory_limit() {
         SimArg::I32(8),
         SimArg::I32(0),
         SimArg::I32(0),
+        SimArg::I32(1),
     ];
     // 60 KiB is over the default 48 KiB until the kernel's limit is raised, as on a GPU.
     let err = s

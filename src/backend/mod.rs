@@ -10,9 +10,7 @@ pub mod reference;
 
 pub use crate::config::Activation;
 use crate::config::ClipConfig;
-use crate::cpu::Precision;
 use crate::error::{Error, Result};
-use crate::search::TopK;
 
 impl Activation {
     /// The activation in f32 (the CPU path).
@@ -118,6 +116,42 @@ impl PatchShape {
     }
 }
 
+/// The arithmetic of a backend's GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32 weights and activations.
+    #[default]
+    F32,
+    /// bf16 weights and activations (rounded to nearest even), products summed in f32 (`vdpbf16ps`).
+    Bf16,
+    /// fp16 storage with f32 accumulation: the CUDA backend's arithmetic (the CPU runs f32 when asked for it).
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Precision> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" | "fp16" => Ok(Precision::F16),
+            _ => Err(crate::error::Error::InvalidArgument(format!(
+                "unknown precision {s:?}: f32, bf16 or f16"
+            ))),
+        }
+    }
+}
+
 /// What a backend is and how it computes, for reports (`cliprt info`, every bench row) and for [`crate::Clip`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendInfo {
@@ -133,19 +167,9 @@ pub struct BackendInfo {
     pub arithmetic: &'static str,
 }
 
-/// What runs [`Backend::search`]: its engine, the precision of the gallery rows, and the peak it is measured
-/// against in the bench.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SearchInfo {
-    pub engine: String,
-    pub precision: &'static str,
-    pub isa: String,
-    pub peak_gflops: Option<f64>,
-}
-
-/// A compute backend: the forward pass's ops on buffers owned by the caller (weights prepared once per backend),
-/// and the retrieval ops on host embeddings (logits and top-k search). See ARCHITECTURE.md, "The backend contract";
-/// every implementation runs the conformance suite (tests/conformance.rs).
+/// A compute backend: the forward pass's ops on buffers owned by the caller, weights prepared once per backend. Its
+/// retrieval ops (logits, top-k search) are the sibling trait [`crate::search::Retrieval`]. See ARCHITECTURE.md,
+/// "The backend contract"; every implementation runs the conformance suite (tests/conformance.rs).
 pub trait Backend: Send + Sync {
     /// An activation buffer.
     type Buf: Send + Sync;
@@ -155,8 +179,6 @@ pub trait Backend: Send + Sync {
     type Index: Send + Sync;
     /// A recorded sequence of launches (a CUDA graph); `()` for backends that record nothing.
     type Graph: Send;
-    /// A retrieval gallery uploaded once for [`Backend::search`].
-    type Gallery: Send + Sync;
 
     fn name(&self) -> &'static str;
     /// What this backend is, for reports.
@@ -175,39 +197,6 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
-    /// `scale · normalize(a) · normalize(b)ᵀ`: `[rows_a, rows_b]` logits of host embeddings `a[rows_a, dim]` and
-    /// `b[rows_b, dim]` (CLIP's `logits_per_image`). An all-zero row scores 0.
-    fn scaled_cosine(
-        &self,
-        a: &[f32],
-        rows_a: usize,
-        b: &[f32],
-        rows_b: usize,
-        dim: usize,
-        scale: f32,
-    ) -> Result<Vec<f32>>;
-    /// Prepares a gallery of host rows `[rows, dim]` for [`Backend::search`] (`normalized`: the rows are unit
-    /// length, so no norm pass is needed).
-    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<Self::Gallery>;
-    /// The `k` best gallery rows of each query row (`dim` wide) by `scale · cos`, best first, ties by the lower
-    /// index; `k` past the gallery returns every row (the contract of [`crate::search::search`]).
-    fn search(&self, g: &Self::Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK>;
-    /// The largest `k` [`Backend::search`] takes.
-    fn max_k(&self) -> usize {
-        crate::search::MAX_K
-    }
-    /// The bytes a gallery holds on the backend.
-    fn gallery_bytes(&self, g: &Self::Gallery) -> usize;
-    /// What runs the search on `threads` threads (by default the model's engine and arithmetic, no peak).
-    fn search_info(&self, _threads: usize) -> SearchInfo {
-        let i = self.info();
-        SearchInfo {
-            engine: i.engine,
-            precision: i.arithmetic,
-            isa: i.isa,
-            peak_gflops: None,
-        }
-    }
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// Copies `data` into the start of an existing buffer (which must hold at least `data.len()` values).

@@ -3,8 +3,6 @@
 
 use super::{host, AttnShape, Backend, BackendInfo, Epilogue, GemmShape};
 use crate::error::Result;
-use crate::search::{self, HostGallery, TopK};
-use crate::similarity;
 
 /// The reference backend (host memory, f64 arithmetic inside every op).
 #[derive(Clone, Copy, Debug, Default)]
@@ -23,7 +21,6 @@ impl Backend for ReferenceBackend {
     type Index = Vec<u32>;
     type Graph = ();
     type Linear = RefLinear;
-    type Gallery = HostGallery;
 
     fn name(&self) -> &'static str {
         "reference"
@@ -38,30 +35,6 @@ impl Backend for ReferenceBackend {
         }
     }
 
-    fn scaled_cosine(
-        &self,
-        a: &[f32],
-        rows_a: usize,
-        b: &[f32],
-        rows_b: usize,
-        dim: usize,
-        scale: f32,
-    ) -> Result<Vec<f32>> {
-        similarity::scaled_cosine(a, rows_a, b, rows_b, dim, scale)
-    }
-    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<HostGallery> {
-        HostGallery::new(rows.to_vec(), dim, normalized, false)
-    }
-    fn gallery_bytes(&self, g: &HostGallery) -> usize {
-        g.bytes()
-    }
-    fn search(&self, g: &HostGallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
-        let rows = g.f32_rows().ok_or_else(|| {
-            crate::error::Error::InvalidArgument("the reference searches f32 galleries".into())
-        })?;
-        search::check_request(g.dim(), g.rows(), queries, k, search::MAX_K, scale)?;
-        Ok(search::search_reference(rows, g.dim(), queries, k, scale))
-    }
     host::host_buffer_ops!();
 
     fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<RefLinear> {

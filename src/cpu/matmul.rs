@@ -43,41 +43,8 @@ const TILES_PER_BLOCK: usize = 18;
 /// ViT-B/32 tower (2 threads, Zen 5): 192 to 768 are within noise of each other, 768 at the top.
 const KC: usize = 768;
 
-/// Arithmetic of the packed product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Precision {
-    /// f32 weights and activations.
-    #[default]
-    F32,
-    /// bf16 weights and activations (rounded to nearest even), products summed in f32 (`vdpbf16ps`).
-    Bf16,
-    /// fp16 storage with f32 accumulation: the CUDA backend's arithmetic (the CPU runs f32 when asked for it).
-    F16,
-}
+pub use crate::backend::Precision;
 
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-            Precision::F16 => "f16",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = crate::error::Error;
-    fn from_str(s: &str) -> crate::error::Result<Precision> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            "f16" | "fp16" => Ok(Precision::F16),
-            _ => Err(crate::error::Error::InvalidArgument(format!(
-                "unknown precision {s:?}: f32, bf16 or f16"
-            ))),
-        }
-    }
-}
 
 /// A weight in the layout of the kernel that will run it.
 enum Packed {

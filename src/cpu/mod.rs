@@ -19,10 +19,8 @@ use rayon::prelude::*;
 
 use crate::backend::{
     check_linear, host, Activation, AttnShape, Backend, BackendInfo, Epilogue, GemmShape, MlpShape,
-    SearchInfo,
 };
 use crate::error::Result;
-use crate::search::{self, HostGallery, TopK};
 pub use engine::MatrixEngine;
 pub use isa::Isa;
 pub use matmul::{PackedLinear, Precision};
@@ -98,11 +96,6 @@ impl CpuBackend {
         self.engine.precision()
     }
 
-    /// Whether galleries are kept as bf16 pairs: where the bf16 engines run and the scoring kernels have
-    /// `vdpbf16ps` (half the bytes, twice the multiply rate).
-    fn bf16_gallery(&self) -> bool {
-        self.precision() == Precision::Bf16 && self.isa() == Isa::Avx512 && isa::has_avx512_bf16()
-    }
 }
 
 /// Rows per rayon task for the memory-bound row-wise ops: large enough to amortize scheduling.
@@ -113,7 +106,6 @@ impl Backend for CpuBackend {
     type Index = Vec<u32>;
     type Graph = ();
     type Linear = PackedLinear;
-    type Gallery = HostGallery;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -136,40 +128,6 @@ impl Backend for CpuBackend {
             .map(|u| peak::peak_gflops(threads, u))
     }
 
-    fn scaled_cosine(
-        &self,
-        a: &[f32],
-        rows_a: usize,
-        b: &[f32],
-        rows_b: usize,
-        dim: usize,
-        scale: f32,
-    ) -> Result<Vec<f32>> {
-        search::scaled_logits(a, rows_a, b, rows_b, dim, scale)
-    }
-    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<HostGallery> {
-        HostGallery::new(rows.to_vec(), dim, normalized, self.bf16_gallery())
-    }
-    fn gallery_bytes(&self, g: &HostGallery) -> usize {
-        g.bytes()
-    }
-    fn search_info(&self, threads: usize) -> SearchInfo {
-        let (engine, precision, unit) = if self.bf16_gallery() {
-            ("avx512-bf16".to_string(), "bf16", peak::Unit::Dpbf16)
-        } else {
-            let f32_engine = engine::choose(self.isa(), Precision::F32).engine;
-            (f32_engine.name().to_string(), "f32", peak::Unit::Fma(self.isa()))
-        };
-        SearchInfo {
-            engine,
-            precision,
-            isa: self.isa().name().into(),
-            peak_gflops: Some(peak::peak_gflops(threads, unit)),
-        }
-    }
-    fn search(&self, g: &HostGallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
-        search::search_with(self.isa(), &g.view(), queries, k, scale)
-    }
     host::host_buffer_ops!();
 
     fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<PackedLinear> {

@@ -1,33 +1,23 @@
 //! The CUDA backend: CLIP's ops as launches of the registry's kernels (fp16 storage, f32 accumulation), and the
 //! device, memory and launch state they run on.
 
-use std::sync::Arc;
-
-use cudarc::driver::CudaStream;
 use half::f16;
 
-use super::device::{context, describe, peak_fp16_gflops, DeviceInfo};
-use super::kernels::{epilogue_code, Work, MAX_GPU_K, MAX_HEAD_DIM};
-use super::launch::{graphs_env, int, load_functions, smem_opt_in, Arg, Exec, Graph, Kernels};
-use super::memory::{to_f16, CudaBuf, CudaLinear, Mem, Staging};
+use super::device::{peak_fp16_gflops, DeviceInfo};
+use super::kernels::{epilogue_code, Work, MAX_HEAD_DIM};
+use super::memory::{to_f16, CudaBuf, CudaLinear, Mem};
+use super::runtime::{int, Arg, Graph, Runtime};
 use super::sim;
 use crate::backend::{
-    check_linear, AttnShape, Backend, BackendInfo, Epilogue, GemmShape, PatchShape, SearchInfo,
+    check_linear, AttnShape, Backend, BackendInfo, Epilogue, GemmShape, PatchShape,
 };
 use crate::config::ClipConfig;
 use crate::cpu::Precision;
 use crate::error::{Error, Result};
-use crate::search::{self, cuda::CudaGallery, TopK};
 
 /// CLIP on one CUDA device (or on the CPU simulator of one).
 pub struct CudaBackend {
-    pub(crate) exec: Exec,
-    pub(crate) info: DeviceInfo,
-    pub(crate) k: Kernels,
-    /// Why CUDA graphs are off (`CLIPRT_CUDA_GRAPHS=0`, or a capture that failed), or `None` while they are used.
-    pub(crate) graphs_off: std::sync::Mutex<Option<String>>,
-    /// The thread recording a graph, if any: its launches go to the capture stream (see [`Exec::Cuda`]).
-    pub(crate) capturing: std::sync::Mutex<Option<std::thread::ThreadId>>,
+    pub(crate) rt: Runtime,
     /// [`Backend::image_chunk`]: `CLIPRT_IMAGE_CHUNK`, else [`IMAGE_CHUNK`].
     image_chunk: std::sync::atomic::AtomicUsize,
 }
@@ -37,9 +27,6 @@ pub struct CudaBackend {
 /// ViT-B/32 (50 row tiles of v2 × 6 to 24 column tiles, several waves on 132 SMs) and 38 MB of fp16 pixels
 /// (≈ 1.5 ms over PCIe 4). A reasoned first choice, not a measured one: `CLIPRT_IMAGE_CHUNK` overrides it.
 pub const IMAGE_CHUNK: usize = 128;
-
-/// The opt-in shared memory per block the simulator grants (an H100's, 227 KiB).
-const SIM_MAX_SHARED: usize = 227 * 1024;
 
 fn image_chunk_env() -> usize {
     std::env::var("CLIPRT_IMAGE_CHUNK")
@@ -59,28 +46,7 @@ impl CudaBackend {
     /// [`CudaBackend::new`] with explicit `(op, variant)` choices (tests and `cliprt profile` compare variants
     /// side by side); ops not named take their default or override.
     pub fn with_variants(ordinal: usize, choices: &[(&str, &str)]) -> Result<CudaBackend> {
-        let ctx = context(ordinal)?;
-        let info = describe(&ctx, ordinal)?;
-        let k = Kernels::select(choices)?;
-        let functions = load_functions(&ctx, &info, &k.reachable())?;
-        // SAFETY: everything of this backend runs on its one stream, in order, so cudarc's per-buffer events (for
-        // multi-stream use) are not needed; they would also be recorded inside graph captures.
-        unsafe { ctx.disable_event_tracking() };
-        Ok(CudaBackend {
-            // Not the legacy default stream: graph capture needs a real stream.
-            exec: Exec::Cuda {
-                stream: ctx.new_stream()?,
-                functions,
-                graph_stream: ctx.new_stream()?,
-                copy_stream: ctx.new_stream()?,
-                staging: std::sync::Mutex::new(Staging::default()),
-            },
-            info,
-            k,
-            graphs_off: std::sync::Mutex::new(graphs_env()),
-            capturing: std::sync::Mutex::new(None),
-            image_chunk: std::sync::atomic::AtomicUsize::new(image_chunk_env()),
-        })
+        Ok(CudaBackend::on(Runtime::open(ordinal, choices)?))
     }
 
     /// The same backend on the CPU simulator ([`sim`]): the kernels compiled by the host C++ compiler, run with
@@ -97,39 +63,24 @@ impl CudaBackend {
         choices: &[(&str, &str)],
         sanitizer: sim::Sanitizer,
     ) -> Result<CudaBackend> {
-        let k = Kernels::select(choices)?;
-        let sim = sim::Simulator::start_with(sanitizer)?;
-        for v in k.reachable() {
-            if let Some(bytes) = smem_opt_in(v, SIM_MAX_SHARED) {
-                sim.set_max_dynamic_smem(v.symbol, bytes as u32)?;
-            }
-        }
-        Ok(CudaBackend {
-            exec: Exec::Sim(sim),
-            info: DeviceInfo {
-                ordinal: 0,
-                name: "cliprt CUDA simulator (CPU)".into(),
-                compute_capability: (9, 0),
-                arch: "sim".into(),
-                memory_bytes: 0,
-                // An H100's.
-                max_shared_per_block: SIM_MAX_SHARED,
-            },
-            k,
-            graphs_off: std::sync::Mutex::new(Some("the simulator runs launches eagerly".into())),
-            capturing: std::sync::Mutex::new(None),
+        Ok(CudaBackend::on(Runtime::simulated(choices, sanitizer)?))
+    }
+
+    fn on(rt: Runtime) -> CudaBackend {
+        CudaBackend {
+            rt,
             image_chunk: std::sync::atomic::AtomicUsize::new(image_chunk_env()),
-        })
+        }
     }
 
     pub fn info(&self) -> &DeviceInfo {
-        &self.info
+        &self.rt.info
     }
 
     /// `None` while the towers' forwards are recorded as CUDA graphs (batch-1 latency without launch overhead),
     /// else why not.
     pub fn graphs_off(&self) -> Option<String> {
-        self.graphs_off.lock().ok().and_then(|g| g.clone())
+        self.rt.graphs_off()
     }
 
     /// Sets how many images one forward chunk takes (see [`Backend::image_chunk`]; at least 1).
@@ -140,44 +91,28 @@ impl CudaBackend {
 
     /// Switches CUDA graphs off for this backend (`why` is what [`CudaBackend::graphs_off`] reports).
     pub fn disable_graphs(&self, why: &str) {
-        if let Ok(mut g) = self.graphs_off.lock() {
-            *g = Some(why.to_string());
-        }
+        self.rt.disable_graphs(why)
     }
 
     /// The simulator's shared-memory statistics (bank conflicts of ldmatrix) since this backend started; an error
     /// on a real device.
     pub fn simulator_stats(&self) -> Result<sim::SimStats> {
-        match &self.exec {
-            Exec::Sim(sim) => sim.stats(),
-            Exec::Cuda { .. } => Err(Error::InvalidArgument(
-                "shared-memory statistics come from the CUDA simulator only".into(),
-            )),
-        }
+        self.rt.simulator_stats()
     }
 
     /// Whether this backend runs on the CPU simulator.
     pub fn is_simulated(&self) -> bool {
-        matches!(self.exec, Exec::Sim(_))
+        self.rt.is_simulated()
     }
 
     /// The CUDA stream (profiling and cuBLAS need a real device).
-    pub(crate) fn stream(&self) -> Result<&Arc<CudaStream>> {
-        match &self.exec {
-            Exec::Cuda { stream, .. } => Ok(stream),
-            Exec::Sim(_) => Err(Error::DeviceUnavailable(
-                "the CUDA simulator has no stream to time or to hand to cuBLAS".into(),
-            )),
-        }
+    pub(crate) fn stream(&self) -> Result<&std::sync::Arc<cudarc::driver::CudaStream>> {
+        self.rt.stream()
     }
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
-        match &self.exec {
-            Exec::Cuda { stream, .. } => Ok(stream.synchronize()?),
-            // Every simulated launch runs to completion before it returns.
-            Exec::Sim(_) => Ok(()),
-        }
+        self.rt.synchronize()
     }
 }
 
@@ -186,21 +121,20 @@ impl Backend for CudaBackend {
     type Linear = CudaLinear;
     type Index = Mem;
     type Graph = Graph;
-    type Gallery = CudaGallery;
 
     fn name(&self) -> &'static str {
         "cuda"
     }
     fn info(&self) -> BackendInfo {
-        let graphs = match self.graphs_off() {
+        let graphs = match self.rt.graphs_off() {
             None => "graphs on".to_string(),
             Some(why) => format!("graphs off: {why}"),
         };
         BackendInfo {
-            device: format!("cuda:{} {} ({graphs})", self.info.ordinal, self.info.name),
+            device: format!("cuda:{} {} ({graphs})", self.rt.info.ordinal, self.rt.info.name),
             engine: "cuda-f16".into(),
             reason: String::new(),
-            isa: self.info.arch.clone(),
+            isa: self.rt.info.arch.clone(),
             arithmetic: "f16",
         }
     }
@@ -208,7 +142,7 @@ impl Backend for CudaBackend {
         Precision::F16
     }
     fn peak_gflops(&self, _threads: usize) -> Option<f64> {
-        peak_fp16_gflops(&self.info.name)
+        peak_fp16_gflops(&self.rt.info.name)
     }
     /// Checked at load, so an unsupported model fails before any upload.
     fn supports(&self, config: &ClipConfig) -> Result<()> {
@@ -226,49 +160,16 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn scaled_cosine(
-        &self,
-        a: &[f32],
-        rows_a: usize,
-        b: &[f32],
-        rows_b: usize,
-        dim: usize,
-        scale: f32,
-    ) -> Result<Vec<f32>> {
-        search::cuda::scaled_cosine(self, a, rows_a, b, rows_b, dim, scale)
-    }
-    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<CudaGallery> {
-        search::cuda::upload_gallery(self, rows, dim, normalized)
-    }
-    fn search(&self, g: &CudaGallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
-        search::cuda::search(self, g, queries, k, scale)
-    }
-    fn max_k(&self) -> usize {
-        MAX_GPU_K
-    }
-    fn gallery_bytes(&self, g: &CudaGallery) -> usize {
-        g.bytes()
-    }
-    /// f32 rows on the CUDA cores: no tensor-core peak applies.
-    fn search_info(&self, _threads: usize) -> SearchInfo {
-        SearchInfo {
-            engine: "cuda-f32".into(),
-            precision: "f32",
-            isa: self.info.arch.clone(),
-            peak_gflops: None,
-        }
-    }
-
     fn alloc(&self, len: usize) -> Result<CudaBuf> {
         Ok(CudaBuf {
-            data: self.alloc_bytes(2 * len)?,
+            data: self.rt.alloc_bytes(2 * len)?,
             len,
         })
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
         Ok(CudaBuf {
-            data: self.upload_bytes(bytemuck::cast_slice(&to_f16(data)))?,
+            data: self.rt.upload_bytes(bytemuck::cast_slice(&to_f16(data)))?,
             len: data.len(),
         })
     }
@@ -281,11 +182,11 @@ impl Backend for CudaBackend {
                 buf.len
             )));
         }
-        self.write_bytes(&mut buf.data, bytemuck::cast_slice(&to_f16(data)))
+        self.rt.write_bytes(&mut buf.data, bytemuck::cast_slice(&to_f16(data)))
     }
 
     fn write_input(&self, buf: &mut CudaBuf, data: &[f32]) -> Result<()> {
-        self.write_input_staged(buf, data)
+        self.rt.write_input_staged(buf, data)
     }
 
     fn image_chunk(&self) -> usize {
@@ -293,7 +194,7 @@ impl Backend for CudaBackend {
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        let host: Vec<f16> = self.download_pod(&buf.data, buf.len)?;
+        let host: Vec<f16> = self.rt.download_pod(&buf.data, buf.len)?;
         Ok(host.iter().map(|v| v.to_f32()).collect())
     }
 
@@ -331,7 +232,7 @@ impl Backend for CudaBackend {
             s.k.is_multiple_of(8) && x.data.ptr.is_multiple_of(16) && w.w.ptr.is_multiple_of(16);
         // The bias pointer is read only when has_bias != 0.
         let bias = w.bias.as_ref().map_or(Arg::Null, Arg::Mem);
-        self.launch_op(
+        self.rt.launch_op(
             "gemm",
             Work::Gemm { s, aligned },
             &[
@@ -360,7 +261,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         let (r, d) = (int(rows, "rows")?, int(dim, "dim")?);
-        self.launch_op(
+        self.rt.launch_op(
             "layernorm",
             Work::Rows { rows },
             &[
@@ -383,7 +284,7 @@ impl Backend for CudaBackend {
         );
         // CLIP scales queries by head_dim^−½ before the product.
         let scale = (s.head_dim as f32).sqrt().recip();
-        self.launch_op(
+        self.rt.launch_op(
             "attention",
             Work::Attention(s),
             &[
@@ -402,7 +303,7 @@ impl Backend for CudaBackend {
         let total = s.batch * s.patches() * s.patch_dim();
         let (b, c) = (int(s.batch, "batch")?, int(s.channels, "channels")?);
         let (size, p) = (int(s.image_size, "image size")?, int(s.patch, "patch")?);
-        self.launch_op(
+        self.rt.launch_op(
             "im2col",
             Work::Elements { total: total },
             &[
@@ -427,7 +328,7 @@ impl Backend for CudaBackend {
         dim: usize,
     ) -> Result<()> {
         let (b, s, d) = (int(batch, "batch")?, int(seq, "seq")?, int(dim, "dim")?);
-        self.launch_op(
+        self.rt.launch_op(
             "vision_embed",
             Work::Elements { total: batch * seq * dim },
             &[
@@ -454,7 +355,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         // ids were checked against the vocabulary by backend::text_embed / write_rows' callers.
         let (rows, s, d) = (int(n, "rows")?, int(seq, "seq")?, int(dim, "dim")?);
-        self.launch_op(
+        self.rt.launch_op(
             "text_embed",
             Work::Elements { total: n * dim },
             &[
@@ -470,7 +371,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_index(&self, rows: &[u32]) -> Result<Mem> {
-        self.upload_bytes(bytemuck::cast_slice(rows))
+        self.rt.upload_bytes(bytemuck::cast_slice(rows))
     }
 
     fn write_index(&self, index: &mut Mem, rows: &[u32]) -> Result<()> {
@@ -482,7 +383,7 @@ impl Backend for CudaBackend {
                 index.bytes() / 4
             )));
         }
-        self.write_bytes(index, bytes)
+        self.rt.write_bytes(index, bytes)
     }
 
     fn gather_rows_unchecked(
@@ -495,7 +396,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         // rows were checked by backend::gather_rows.
         let (ni, d) = (int(n, "rows")?, int(dim, "dim")?);
-        self.launch_op(
+        self.rt.launch_op(
             "gather_rows",
             Work::Elements { total: n * dim },
             &[
@@ -509,10 +410,10 @@ impl Backend for CudaBackend {
     }
 
     fn record(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<Option<Graph>> {
-        self.record_graph(enqueue)
+        self.rt.record_graph(enqueue)
     }
 
     fn replay(&self, graph: &Graph) -> Result<()> {
-        self.replay_graph(graph)
+        self.rt.replay_graph(graph)
     }
 }

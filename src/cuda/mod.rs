@@ -14,10 +14,10 @@ mod cache;
 mod compile;
 mod device;
 pub mod kernels;
-pub(crate) mod launch;
 pub(crate) mod memory;
 mod nvrtc;
 pub mod profile;
+pub(crate) mod runtime;
 pub mod sim;
 
 use cudarc::driver::DriverError;
@@ -28,7 +28,7 @@ pub use backend::{CudaBackend, IMAGE_CHUNK};
 pub use compile::{check, check_failure, check_module, module_failures, parse_ptxas, KernelReport, ModuleReport};
 pub use device::{device_count, nvrtc_info, peak_bandwidth_gbs, peak_fp16_gflops, probe, status, DeviceInfo};
 pub use kernels::OPS;
-pub use launch::Graph;
+pub use runtime::Graph;
 pub use memory::{CudaBuf, CudaLinear, Mem};
 
 impl From<DriverError> for Error {

@@ -3,8 +3,9 @@
 //! [`super::search`] and [`super::scaled_logits`], so the backend conformance suite checks both alike.
 
 use crate::cuda::kernels::{Work, MAX_GPU_K, TOPK_STATIC_SMEM};
-use crate::cuda::launch::{int, Arg};
+use crate::cuda::runtime::{int, Arg};
 use crate::cuda::memory::Mem;
+use super::{Retrieval, SearchInfo, TopK};
 use crate::cuda::CudaBackend;
 use crate::error::{Error, Result};
 
@@ -45,12 +46,12 @@ pub(crate) fn scaled_cosine(
         if outputs == 0 {
             return Ok(Vec::new());
         }
-        let da = gpu.upload_bytes(bytemuck::cast_slice(a))?;
-        let db = gpu.upload_bytes(bytemuck::cast_slice(b))?;
-        let out = gpu.alloc_bytes(4 * outputs)?;
+        let da = gpu.rt.upload_bytes(bytemuck::cast_slice(a))?;
+        let db = gpu.rt.upload_bytes(bytemuck::cast_slice(b))?;
+        let out = gpu.rt.alloc_bytes(4 * outputs)?;
         let (ra, rb, d) = (int(rows_a, "rows")?, int(rows_b, "rows")?, int(dim, "dim")?);
         // a and b hold rows·dim values, out rows_a·rows_b.
-        gpu.launch_op(
+        gpu.rt.launch_op(
             "scaled_cosine",
             Work::Outputs { total: outputs },
             &[
@@ -63,7 +64,7 @@ pub(crate) fn scaled_cosine(
                 Arg::F32(scale),
             ],
         )?;
-        gpu.download_pod(&out, outputs)
+        gpu.rt.download_pod(&out, outputs)
     }
 
     /// Uploads a gallery `[rows, dim]` for [`CudaBackend::search`] (inverse norms computed here once, in f64,
@@ -96,10 +97,10 @@ pub(crate) fn upload_gallery(
                 .chunks_exact(dim)
                 .map(|r| crate::similarity::scaled_inv_norm(r, 1.0))
                 .collect();
-            Some(gpu.upload_bytes(bytemuck::cast_slice(&inv))?)
+            Some(gpu.rt.upload_bytes(bytemuck::cast_slice(&inv))?)
         };
         Ok(CudaGallery {
-            data: gpu.upload_bytes(bytemuck::cast_slice(data))?,
+            data: gpu.rt.upload_bytes(bytemuck::cast_slice(data))?,
             inv_norms,
             rows,
             dim,
@@ -142,12 +143,12 @@ pub(crate) fn search(
             int(per_slice, "rows")?,
         );
         let n_cand = slices * k;
-        let q_dev = gpu.upload_bytes(bytemuck::cast_slice(&packed))?;
-        let cand_s = gpu.alloc_bytes(4 * nq * n_cand)?;
-        let cand_i = gpu.alloc_bytes(4 * nq * n_cand)?;
+        let q_dev = gpu.rt.upload_bytes(bytemuck::cast_slice(&packed))?;
+        let cand_s = gpu.rt.alloc_bytes(4 * nq * n_cand)?;
+        let cand_i = gpu.rt.alloc_bytes(4 * nq * n_cand)?;
         // Buffers hold nq·dim queries, rows·dim gallery values and nq·slices·k candidates; a null inverse-norm
         // pointer tells the kernel the gallery is normalized.
-        gpu.launch_op(
+        gpu.rt.launch_op(
             "topk",
             Work::TopK {
                 queries: nq,
@@ -166,11 +167,11 @@ pub(crate) fn search(
                 Arg::I32(per_i),
             ],
         )?;
-        let out_s = gpu.alloc_bytes(4 * nq * k)?;
-        let out_i = gpu.alloc_bytes(4 * nq * k)?;
+        let out_s = gpu.rt.alloc_bytes(4 * nq * k)?;
+        let out_i = gpu.rt.alloc_bytes(4 * nq * k)?;
         let n_i = int(n_cand, "candidates")?;
         // Candidates hold nq·n_cand pairs, outputs nq·k.
-        gpu.launch_op(
+        gpu.rt.launch_op(
             "topk_merge",
             Work::PerQuery { queries: nq },
             &[
@@ -182,8 +183,8 @@ pub(crate) fn search(
                 Arg::I32(ki),
             ],
         )?;
-        let scores: Vec<f32> = gpu.download_pod(&out_s, nq * k)?;
-        let indices: Vec<u32> = gpu.download_pod(&out_i, nq * k)?;
+        let scores: Vec<f32> = gpu.rt.download_pod(&out_s, nq * k)?;
+        let indices: Vec<u32> = gpu.rt.download_pod(&out_i, nq * k)?;
         let keep = k.min(g.rows);
         let mut top = super::TopK {
             queries: nq,
@@ -198,3 +199,40 @@ pub(crate) fn search(
         }
         Ok(top)
     }
+
+impl Retrieval for CudaBackend {
+    type Gallery = CudaGallery;
+
+    fn scaled_cosine(
+        &self,
+        a: &[f32],
+        rows_a: usize,
+        b: &[f32],
+        rows_b: usize,
+        dim: usize,
+        scale: f32,
+    ) -> Result<Vec<f32>> {
+        scaled_cosine(self, a, rows_a, b, rows_b, dim, scale)
+    }
+    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<CudaGallery> {
+        upload_gallery(self, rows, dim, normalized)
+    }
+    fn search(&self, g: &CudaGallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
+        search(self, g, queries, k, scale)
+    }
+    fn max_k(&self) -> usize {
+        MAX_GPU_K
+    }
+    fn gallery_bytes(&self, g: &CudaGallery) -> usize {
+        g.bytes()
+    }
+    /// f32 rows on the CUDA cores: no tensor-core peak applies.
+    fn search_info(&self, _threads: usize) -> SearchInfo {
+        SearchInfo {
+            engine: "cuda-f32".into(),
+            precision: "f32",
+            isa: self.info().arch.clone(),
+            peak_gflops: None,
+        }
+    }
+}

@@ -8,6 +8,7 @@
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod host;
 mod kernel;
 pub mod topk;
 
@@ -15,6 +16,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use crate::backend::Backend;
 use crate::cpu::isa::{has_avx512_bf16, Isa};
 use crate::cpu::matmul::bf16_pair;
 use crate::error::{Error, Result};
@@ -24,6 +26,58 @@ use topk::TopKSet;
 
 /// Largest k accepted (the heaps live per thread and per query).
 pub const MAX_K: usize = 4096;
+
+/// What runs [`Retrieval::search`]: its engine, the precision of the gallery rows, and the peak it is measured
+/// against in the bench.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchInfo {
+    pub engine: String,
+    pub precision: &'static str,
+    pub isa: String,
+    pub peak_gflops: Option<f64>,
+}
+
+/// The retrieval ops of a backend, on host embeddings: logits and top-k search over a gallery uploaded once. The
+/// sibling of [`Backend`] (implemented beside each backend's kernels: [`host`] for the CPU and the reference,
+/// `cuda.rs` for CUDA), checked by the same conformance suite.
+pub trait Retrieval: Backend {
+    /// A retrieval gallery uploaded once for [`Retrieval::search`].
+    type Gallery: Send + Sync + 'static;
+
+    /// `scale · normalize(a) · normalize(b)ᵀ`: `[rows_a, rows_b]` logits of host embeddings `a[rows_a, dim]` and
+    /// `b[rows_b, dim]` (CLIP's `logits_per_image`). An all-zero row scores 0.
+    fn scaled_cosine(
+        &self,
+        a: &[f32],
+        rows_a: usize,
+        b: &[f32],
+        rows_b: usize,
+        dim: usize,
+        scale: f32,
+    ) -> Result<Vec<f32>>;
+    /// Prepares a gallery of host rows `[rows, dim]` for [`Retrieval::search`] (`normalized`: the rows are unit
+    /// length, so no norm pass is needed).
+    fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<Self::Gallery>;
+    /// The `k` best gallery rows of each query row (`dim` wide) by `scale · cos`, best first, ties by the lower
+    /// index; `k` past the gallery returns every row (the contract of [`search`]).
+    fn search(&self, g: &Self::Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK>;
+    /// The largest `k` [`Retrieval::search`] takes.
+    fn max_k(&self) -> usize {
+        MAX_K
+    }
+    /// The bytes a gallery holds on the backend.
+    fn gallery_bytes(&self, g: &Self::Gallery) -> usize;
+    /// What runs the search on `threads` threads (by default the model's engine and arithmetic, no peak).
+    fn search_info(&self, _threads: usize) -> SearchInfo {
+        let i = self.info();
+        SearchInfo {
+            engine: i.engine,
+            precision: i.arithmetic,
+            isa: i.isa,
+            peak_gflops: None,
+        }
+    }
+}
 
 /// How the gallery's rows are stored.
 #[derive(Clone, Copy, Debug)]
@@ -126,7 +180,7 @@ impl<'a> Gallery<'a> {
 }
 
 /// A gallery that owns its rows, f32 or bf16 pairs, with the inverse norms computed once: what the host backends'
-/// [`crate::backend::Backend::upload_gallery`] keeps.
+/// [`Retrieval::upload_gallery`] keeps.
 pub struct HostGallery {
     rows: HostRows,
     count: usize,

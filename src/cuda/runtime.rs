@@ -1,17 +1,20 @@
-//! Launching kernels: the argument list, where launches go (a GPU stream or the simulator), the selected variant of
+//! The CUDA runtime layer under the backend: opening a device or the simulator, device memory and copies, and
+//! launching kernels: the argument list, where launches go (a GPU stream or the simulator), the selected variant of
 //! every op resolved through the registry's launch rules and fallbacks (src/cuda/kernels.rs), loading the compiled
 //! functions, and recording launches into CUDA graphs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use half::f16;
 use cudarc::nvrtc::Ptx;
 
-use super::backend::CudaBackend;
-use super::device::DeviceInfo;
+use super::device::{context, describe, DeviceInfo};
 use super::kernels::{self, Limits, SmemOptIn, Variant, Work};
-use super::memory::{Mem, MemInner, Staging};
+use super::memory::{convert_to_f16, to_f16, CudaBuf, Mem, MemInner, Staging, STAGE_HALVES};
 use super::{compile, sim};
 use crate::error::{Error, Result};
 
@@ -156,7 +159,123 @@ pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
     })
 }
 
-impl CudaBackend {
+/// Where and how a CUDA backend's kernels run: the device (or simulator), its description, the selected kernel
+/// variants, and the graph-capture state.
+pub(crate) struct Runtime {
+    pub(crate) exec: Exec,
+    pub(crate) info: DeviceInfo,
+    pub(crate) k: Kernels,
+    /// Why CUDA graphs are off (`CLIPRT_CUDA_GRAPHS=0`, or a capture that failed), or `None` while they are used.
+    pub(crate) graphs_off: std::sync::Mutex<Option<String>>,
+    /// The thread recording a graph, if any: its launches go to the capture stream (see [`Exec::Cuda`]).
+    pub(crate) capturing: std::sync::Mutex<Option<std::thread::ThreadId>>,
+}
+
+/// The opt-in shared memory per block the simulator grants (an H100's, 227 KiB).
+const SIM_MAX_SHARED: usize = 227 * 1024;
+
+impl Runtime {
+    /// Opens device `ordinal` and loads the kernels of `choices` (over the defaults and overrides).
+    pub(crate) fn open(ordinal: usize, choices: &[(&str, &str)]) -> Result<Runtime> {
+        let ctx = context(ordinal)?;
+        let info = describe(&ctx, ordinal)?;
+        let k = Kernels::select(choices)?;
+        let functions = load_functions(&ctx, &info, &k.reachable())?;
+        // SAFETY: everything of this backend runs on its one stream, in order, so cudarc's per-buffer events (for
+        // multi-stream use) are not needed; they would also be recorded inside graph captures.
+        unsafe { ctx.disable_event_tracking() };
+        Ok(Runtime {
+            // Not the legacy default stream: graph capture needs a real stream.
+            exec: Exec::Cuda {
+                stream: ctx.new_stream()?,
+                functions,
+                graph_stream: ctx.new_stream()?,
+                copy_stream: ctx.new_stream()?,
+                staging: std::sync::Mutex::new(Staging::default()),
+            },
+            info,
+            k,
+            graphs_off: std::sync::Mutex::new(graphs_env()),
+            capturing: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The simulator built with `sanitizer`, with the kernels of `choices`.
+    pub(crate) fn simulated(choices: &[(&str, &str)], sanitizer: sim::Sanitizer) -> Result<Runtime> {
+        let k = Kernels::select(choices)?;
+        let sim = sim::Simulator::start_with(sanitizer)?;
+        for v in k.reachable() {
+            if let Some(bytes) = smem_opt_in(v, SIM_MAX_SHARED) {
+                sim.set_max_dynamic_smem(v.symbol, bytes as u32)?;
+            }
+        }
+        Ok(Runtime {
+            exec: Exec::Sim(sim),
+            info: DeviceInfo {
+                ordinal: 0,
+                name: "cliprt CUDA simulator (CPU)".into(),
+                compute_capability: (9, 0),
+                arch: "sim".into(),
+                memory_bytes: 0,
+                // An H100's.
+                max_shared_per_block: SIM_MAX_SHARED,
+            },
+            k,
+            graphs_off: std::sync::Mutex::new(Some("the simulator runs launches eagerly".into())),
+            capturing: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// `None` while the towers' forwards are recorded as CUDA graphs (batch-1 latency without launch overhead),
+    /// else why not.
+    pub(crate) fn graphs_off(&self) -> Option<String> {
+        self.graphs_off.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Switches CUDA graphs off for this backend (`why` is what [`CudaBackend::graphs_off`] reports).
+    pub(crate) fn disable_graphs(&self, why: &str) {
+        if let Ok(mut g) = self.graphs_off.lock() {
+            *g = Some(why.to_string());
+        }
+    }
+
+    /// The simulator's shared-memory statistics (bank conflicts of ldmatrix) since this backend started; an error
+    /// on a real device.
+    pub(crate) fn simulator_stats(&self) -> Result<sim::SimStats> {
+        match &self.exec {
+            Exec::Sim(sim) => sim.stats(),
+            Exec::Cuda { .. } => Err(Error::InvalidArgument(
+                "shared-memory statistics come from the CUDA simulator only".into(),
+            )),
+        }
+    }
+
+    /// Whether this backend runs on the CPU simulator.
+    pub(crate) fn is_simulated(&self) -> bool {
+        matches!(self.exec, Exec::Sim(_))
+    }
+
+    /// The CUDA stream (profiling and cuBLAS need a real device).
+    pub(crate) fn stream(&self) -> Result<&Arc<CudaStream>> {
+        match &self.exec {
+            Exec::Cuda { stream, .. } => Ok(stream),
+            Exec::Sim(_) => Err(Error::DeviceUnavailable(
+                "the CUDA simulator has no stream to time or to hand to cuBLAS".into(),
+            )),
+        }
+    }
+
+    /// Waits for all queued work.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        match &self.exec {
+            Exec::Cuda { stream, .. } => Ok(stream.synchronize()?),
+            // Every simulated launch runs to completion before it returns.
+            Exec::Sim(_) => Ok(()),
+        }
+    }
+}
+
+impl Runtime {
     /// Launches `op`'s selected variant for `work` with `args`: the registry's launch rule gives the geometry, and
     /// where the variant cannot take the shape its fallback runs (every variant of an op takes the same `args`).
     pub(crate) fn launch_op(&self, op: &str, work: Work, args: &[Arg]) -> Result<()> {
@@ -286,6 +405,136 @@ impl CudaBackend {
         graph_stream.join(stream)?;
         graph.0.launch()?;
         stream.join(graph_stream)?;
+        Ok(())
+    }
+
+    /// `bytes` of zeroed device memory (at least one byte: CUDA cannot allocate zero).
+    pub(crate) fn alloc_bytes(&self, bytes: usize) -> Result<Mem> {
+        let bytes = bytes.max(1);
+        Ok(match &self.exec {
+            Exec::Cuda { stream, .. } => {
+                let slice = stream.alloc_zeros::<u8>(bytes)?;
+                let ptr = slice.device_ptr(stream).0;
+                Mem {
+                    inner: MemInner::Cuda(slice),
+                    ptr,
+                    ready: Some(stream.record_event(None)?),
+                }
+            }
+            Exec::Sim(sim) => {
+                let m = sim.alloc(bytes)?;
+                Mem {
+                    ptr: m.ptr(),
+                    inner: MemInner::Sim(m),
+                    ready: None,
+                }
+            }
+        })
+    }
+
+    /// Device memory holding `data`.
+    pub(crate) fn upload_bytes(&self, data: &[u8]) -> Result<Mem> {
+        let mut m = self.alloc_bytes(data.len())?;
+        self.write_bytes(&mut m, data)?;
+        Ok(m)
+    }
+
+    /// Overwrites the first `data.len()` bytes of `m`.
+    pub(crate) fn write_bytes(&self, m: &mut Mem, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match (&self.exec, &mut m.inner) {
+            (Exec::Cuda { stream, .. }, MemInner::Cuda(slice)) => {
+                let mut dst = slice.slice_mut(0..data.len());
+                Ok(stream.memcpy_htod(data, &mut dst)?)
+            }
+            (Exec::Sim(sim), MemInner::Sim(mem)) => sim.write(mem, 0, data),
+            _ => Err(Error::InvalidArgument("memory of another device".into())),
+        }
+    }
+
+    /// The first `len` bytes of `m`.
+    pub(crate) fn download_bytes(&self, m: &Mem, len: usize) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        match (&self.exec, &m.inner) {
+            (Exec::Cuda { stream, .. }, MemInner::Cuda(slice)) => {
+                Ok(stream.clone_dtoh(&slice.slice(0..len))?)
+            }
+            (Exec::Sim(sim), MemInner::Sim(mem)) => sim.read(mem, 0, len),
+            _ => Err(Error::InvalidArgument("memory of another device".into())),
+        }
+    }
+
+    pub(crate) fn download_pod<T: bytemuck::Pod>(&self, m: &Mem, count: usize) -> Result<Vec<T>> {
+        let bytes = self.download_bytes(m, count * std::mem::size_of::<T>())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// [`crate::backend::Backend::write_input`] on a GPU: `data` converted into pinned staging buffers and copied
+    /// asynchronously on the copy stream, ordered before the launches that follow.
+    pub(crate) fn write_input_staged(&self, buf: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        let (
+            Exec::Cuda {
+                stream,
+                copy_stream,
+                staging,
+                ..
+            },
+            MemInner::Cuda(dst),
+        ) = (&self.exec, &mut buf.data.inner)
+        else {
+            if data.len() > buf.len {
+                return Err(Error::Shape(format!(
+                    "writing {} values into a buffer of {}",
+                    data.len(),
+                    buf.len
+                )));
+            }
+            return self.write_bytes(&mut buf.data, bytemuck::cast_slice(&to_f16(data)));
+        };
+        // After the buffer's allocation and zeroing on the main stream (not after the main stream's later work,
+        // which the copy is meant to overlap).
+        if let Some(ready) = &buf.data.ready {
+            copy_stream.wait(ready)?;
+        }
+        if data.len() > buf.len {
+            return Err(Error::Shape(format!(
+                "writing {} values into a buffer of {}",
+                data.len(),
+                buf.len
+            )));
+        }
+        let mut st = staging
+            .lock()
+            .map_err(|_| Error::Cuda("staging buffers poisoned".into()))?;
+        if st.buffers.is_empty() {
+            for _ in 0..2 {
+                // SAFETY: pinned memory starts uninitialized; every piece is written before it is copied.
+                let host = unsafe { stream.context().alloc_pinned::<f16>(STAGE_HALVES) }?;
+                st.buffers.push((host, None));
+            }
+        }
+        for (i, piece) in data.chunks(STAGE_HALVES).enumerate() {
+            let b = st.next;
+            st.next = (b + 1) % st.buffers.len();
+            let (host, copied) = &mut st.buffers[b];
+            // The previous copy out of this buffer must be done before it is overwritten.
+            if let Some(e) = copied.take() {
+                e.synchronize()?;
+            }
+            let host = &mut host.as_mut_slice()?[..piece.len()];
+            convert_to_f16(host, piece);
+            let at = 2 * i * STAGE_HALVES;
+            let mut dst = dst.slice_mut(at..at + 2 * piece.len());
+            // An asynchronous DMA from page-locked memory: the host goes on converting the next piece.
+            copy_stream.memcpy_htod(bytemuck::cast_slice::<f16, u8>(host), &mut dst)?;
+            *copied = Some(copy_stream.record_event(None)?);
+        }
+        // Launches queued from now on run after the upload.
+        stream.join(copy_stream)?;
         Ok(())
     }
 }
