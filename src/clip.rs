@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
 use crate::similarity;
-use crate::tokenizer::{ClipTokenizer, TextBatch};
+use crate::tokenizer::{ClipTokenizer, ModelTokenizer, TextBatch};
 use crate::weights::{Checkpoint, ClipWeights};
 
 /// A batch of embeddings, row-major `[rows, dim]`.
@@ -115,10 +115,7 @@ impl Clip {
             });
         }
         let config = ClipConfig::from_file(&config_path)?;
-        let tokenizer = ClipTokenizer::from_file(
-            &dir.join("tokenizer.json"),
-            config.text.max_position_embeddings,
-        )?;
+        let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
         let pre_path = dir.join("preprocessor_config.json");
         let preprocess = if pre_path.is_file() {
             PreprocessConfig::from_file(&pre_path, config.vision.image_size)?

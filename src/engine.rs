@@ -187,9 +187,10 @@ impl<B: Backend + Retrieval + 'static> Runner for Held<B> {
         })
     }
     fn search(&self, g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
-        let own = g.inner.downcast_ref::<B::Gallery>().ok_or_else(|| {
-            Error::InvalidArgument("a gallery uploaded by another engine".into())
-        })?;
+        let own = g
+            .inner
+            .downcast_ref::<B::Gallery>()
+            .ok_or_else(|| Error::InvalidArgument("a gallery uploaded by another engine".into()))?;
         self.backend().search(own, queries, k, scale)
     }
     fn max_k(&self) -> usize {

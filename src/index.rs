@@ -90,6 +90,39 @@ pub struct Index {
 
 impl Index {
     /// Opens and validates an index (header, sizes, checksum of metadata and paths).
+    /// The `k` best images for each query row (unit-normalized embeddings of this index's model) by cosine. On the
+    /// CPU the memory-mapped rows are searched in place (no copy of the gallery); other engines get them uploaded.
+    pub fn search(
+        &self,
+        engine: &crate::Engine,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<crate::search::TopK> {
+        if engine.backend::<crate::cpu::CpuBackend>().is_some() {
+            let g = crate::search::Gallery::new(
+                crate::search::Storage::F32(self.embeddings()),
+                self.dim(),
+                true,
+            )?;
+            return crate::search::search(&g, queries, k, 1.0);
+        }
+        let g = engine.upload_gallery(self.embeddings(), self.dim(), true)?;
+        engine.search(&g, queries, k, 1.0)
+    }
+
+    /// Checks that `clip` is the model this index was built with (searching it with another model's embeddings
+    /// would rank by meaningless scores).
+    pub fn check_model(&self, clip: &Clip, path: &Path) -> Result<()> {
+        if self.identity.matches(&ModelIdentity::of(clip)?) {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{} was built with another model ({}); search it with that model",
+            path.display(),
+            self.identity.model
+        )))
+    }
+
     pub fn open(path: &Path) -> Result<Index> {
         let bad = |msg: String| {
             Error::InvalidArgument(format!(

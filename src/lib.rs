@@ -36,8 +36,8 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use clip::{Clip, Embeddings};
-pub use engine::{Device, Engine};
 pub use config::{Activation, ClipConfig};
 pub use cpu::Precision;
+pub use engine::{Device, Engine};
 pub use error::{Error, Result};
 pub use preprocess::AlphaMode;

@@ -73,6 +73,37 @@ impl ClipTokenizer {
 }
 
 /// Reads a UTF-8 file with one text per line; blank lines are skipped, a trailing `\r` is dropped.
+/// A model folder's tokenizer with the pooling rule of its text tower: what `cliprt tokenize` needs without
+/// loading the weights, read exactly as [`crate::Clip::load`] reads it.
+pub struct ModelTokenizer {
+    pub tokenizer: ClipTokenizer,
+    pub eos_token_id: u32,
+}
+
+impl ModelTokenizer {
+    /// Reads `config.json` and `tokenizer.json` of the model folder `dir`.
+    pub fn open(dir: &Path) -> Result<ModelTokenizer> {
+        let config = crate::config::ClipConfig::from_file(&dir.join("config.json"))?;
+        ModelTokenizer::for_config(dir, &config)
+    }
+
+    /// The tokenizer.json of `dir` for a model of `config`.
+    pub fn for_config(dir: &Path, config: &crate::config::ClipConfig) -> Result<ModelTokenizer> {
+        Ok(ModelTokenizer {
+            tokenizer: ClipTokenizer::from_file(
+                &dir.join("tokenizer.json"),
+                config.text.max_position_embeddings,
+            )?,
+            eos_token_id: config.text.eos_token_id,
+        })
+    }
+
+    /// The position the text tower pools each row of ids at.
+    pub fn pooling_position(&self, ids: &[u32]) -> usize {
+        pooling_position(ids, self.eos_token_id)
+    }
+}
+
 pub fn read_text_file(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {

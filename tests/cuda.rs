@@ -13,7 +13,7 @@
 mod common;
 
 use cliprt::backend::reference::ReferenceBackend;
-use cliprt::backend::{self, Activation, AttnShape, Backend, Epilogue, GemmShape, PatchShape};
+use cliprt::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
 use cliprt::config::presets;
 use cliprt::cpu::CpuBackend;
 use cliprt::cuda::CudaBackend;
@@ -24,22 +24,6 @@ use cliprt::weights::ClipWeights;
 use cliprt::{Clip, Device, Error};
 use common::*;
 use half::f16;
-
-/// The backend `made`, or `None` after printing "skipped: {what} (why)"; with the environment variable `require`
-/// set, a missing backend fails the test instead.
-fn or_skip(made: Result<CudaBackend, Error>, require: &str, what: &str) -> Option<CudaBackend> {
-    match made {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(
-                std::env::var_os(require).is_none(),
-                "{require} is set, but: {e}"
-            );
-            println!("skipped: {what} ({e})");
-            None
-        }
-    }
-}
 
 fn gpu() -> Option<CudaBackend> {
     or_skip(CudaBackend::new(0), "CLIPRT_REQUIRE_CUDA", "no CUDA device")
@@ -63,15 +47,6 @@ fn devices(choices: &[(&str, &str)]) -> Vec<CudaBackend> {
     all
 }
 
-/// Every variant of `op`, each on every device.
-fn each_variant(op: &str, check: impl Fn(&CudaBackend, &str)) {
-    for v in cliprt::cuda::kernels::op(op).unwrap().variants {
-        for g in devices(&[(op, v.name)]) {
-            check(&g, &format!("{op} {} on {}", v.name, g.info().name));
-        }
-    }
-}
-
 /// Values as the GPU stores them: the reference then sees exactly the GPU's inputs, and the comparison measures
 /// the kernel, not the input rounding.
 fn r16(v: &[f32]) -> Vec<f32> {
@@ -83,56 +58,6 @@ fn poisoned(g: &CudaBackend, len: usize) -> cliprt::cuda::CudaBuf {
     let mut buf = g.alloc(len).unwrap();
     g.write(&mut buf, &vec![f32::NAN; len]).unwrap();
     buf
-}
-
-#[test]
-fn gemm_matches_reference_with_every_epilogue() {
-    // Every variant (v2 falls back to v1 for K % 8 ≠ 0, so both paths of it are covered).
-    each_variant("gemm", check_gemm);
-}
-
-fn check_gemm(g: &CudaBackend, variant: &str) {
-    // The simulator's shapes: 1×1×1, odd sizes, K % 8 ≠ 0 (v1's element loads, v2's fallback), K % 32 ≠ 0 and
-    // more k tiles than pipeline stages, past a 64 and a 128 tile in both directions.
-    let small = [
-        (1, 1, 1),
-        (7, 63, 65),
-        (65, 130, 76),
-        (33, 72, 40),
-        (130, 136, 168),
-    ];
-    // Odd sizes, sizes just past a 64 tile, K not a multiple of 8 (ViT-L/14's patch GEMM: 588), CLIP's widths.
-    let full = [
-        (1, 1, 1),
-        (7, 63, 65),
-        (65, 130, 588),
-        (50, 96, 768),
-        (77, 512, 64),
-        (197, 200, 1024),
-        (3, 2304, 768),
-        (64, 64, 3072),
-        (300, 257, 776), // past a 128 tile in both directions, K % 32 ≠ 0
-    ];
-    let shapes: &[(usize, usize, usize)] = if g.is_simulated() { &small } else { &full };
-    let eps = [
-        Epilogue::Store,
-        Epilogue::Accumulate,
-        Epilogue::Activation(Activation::QuickGelu),
-        Epilogue::Activation(Activation::Gelu),
-    ];
-    for (case, &(m, n, k)) in shapes.iter().enumerate() {
-        for (e, &ep) in eps.iter().enumerate() {
-            // On the GPU (scarce time, f64 references of large shapes) each shape takes one epilogue in turn;
-            // the simulator covers every epilogue on every one of its shapes.
-            if !g.is_simulated() && e != case % eps.len() {
-                continue;
-            }
-            for with_bias in [true, false] {
-                let seed = (case * 16 + e * 2 + usize::from(with_bias)) as u64;
-                gemm_case(g, GemmShape { m, n, k }, ep, with_bias, seed, variant);
-            }
-        }
-    }
 }
 
 /// One GEMM on `g` against the reference: random fp16-exact inputs from `seed`, the output poisoned (or the
@@ -166,50 +91,6 @@ fn gemm_case(g: &CudaBackend, s: GemmShape, ep: Epilogue, with_bias: bool, seed:
     );
 }
 
-#[test]
-fn attention_matches_reference() {
-    each_variant("attention", check_attention);
-}
-
-fn check_attention(g: &CudaBackend, variant: &str) {
-    // The simulator's shapes: CLIP's head dims (64, 80, 104 padded to 112, 128, and 36 for v2's and v3's fallback), a
-    // causal sequence past one 64-query tile, partial 8-query and 32-key tiles, a single token.
-    let small = [
-        (2, 50, 2, 64, false),
-        (1, 77, 2, 64, true),
-        (2, 7, 2, 80, false),
-        (1, 37, 1, 104, false),
-        (1, 1, 1, 64, true),
-        (1, 70, 1, 128, false),
-        (2, 19, 3, 36, true),
-        (1, 400, 1, 128, false), // K and V past v3's 227 KiB: v3 falls back to v2
-    ];
-    // (batch, seq, heads, head_dim, causal): CLIP's sequences (50, 77, 197, 257, 577), head dims 64/80/104, and
-    // lengths that leave partial 8-query and 32-key tiles.
-    let full = [
-        (2, 50, 12, 64, false),
-        (3, 77, 8, 64, true),
-        (2, 7, 2, 80, false),
-        (1, 257, 4, 104, false),
-        (1, 577, 2, 64, false),
-        (2, 33, 3, 80, true),
-        (1, 1, 1, 64, true),
-        (1, 197, 2, 128, false),
-        (2, 19, 3, 36, true), // head dim not a multiple of 8: v2 falls back to v1
-    ];
-    let shapes: &[_] = if g.is_simulated() { &small } else { &full };
-    for (i, &(batch, seq, heads, head_dim, causal)) in shapes.iter().enumerate() {
-        let s = AttnShape {
-            batch,
-            seq,
-            heads,
-            head_dim,
-            causal,
-        };
-        attention_case(g, s, 40 + i as u64, variant);
-    }
-}
-
 /// One attention on `g` against the reference, random fp16-exact q|k|v from `seed`, the output poisoned.
 fn attention_case(g: &CudaBackend, s: AttnShape, seed: u64, label: &str) {
     let r = ReferenceBackend;
@@ -226,50 +107,6 @@ fn attention_case(g: &CudaBackend, s: AttnShape, seed: u64, label: &str) {
         3e-3,
         &format!("attention {label} {s:?}"),
     );
-}
-
-#[test]
-fn attention_rejects_head_dims_over_128() {
-    for g in devices(&[]) {
-        check_head_dim_limit(&g);
-    }
-}
-
-fn check_head_dim_limit(g: &CudaBackend) {
-    let s = AttnShape {
-        batch: 1,
-        seq: 4,
-        heads: 1,
-        head_dim: 160,
-        causal: false,
-    };
-    let qkv = g.alloc(4 * 3 * 160).unwrap();
-    let mut out = g.alloc(4 * 160).unwrap();
-    assert!(matches!(
-        backend::attention(g, &mut out, &qkv, s),
-        Err(Error::UnsupportedModel(_))
-    ));
-}
-
-#[test]
-fn layernorm_matches_reference() {
-    each_variant("layernorm", check_layernorm);
-}
-
-fn check_layernorm(g: &CudaBackend, variant: &str) {
-    for (i, &(rows, dim)) in [
-        (1, 64),
-        (7, 33),
-        (77, 512),
-        (197, 768),
-        (5, 1280),
-        (3, 1664),
-    ]
-    .iter()
-    .enumerate()
-    {
-        layernorm_case(g, rows, dim, 70 + i as u64, variant);
-    }
 }
 
 /// One layernorm on `g` against the reference: rows with an offset mean, as in a residual stream (the two-pass
@@ -300,141 +137,26 @@ fn layernorm_case(g: &CudaBackend, rows: usize, dim: usize, seed: u64, label: &s
 }
 
 #[test]
-fn embedding_plumbing_matches_reference() {
+fn attention_rejects_head_dims_over_128() {
     for g in devices(&[]) {
-        check_embedding_plumbing(&g);
+        check_head_dim_limit(&g);
     }
 }
 
-fn check_embedding_plumbing(g: &CudaBackend) {
-    let r = ReferenceBackend;
-    for (i, &(batch, channels, image_size, patch)) in [(2, 3, 32, 8), (1, 3, 28, 14), (3, 1, 9, 4)]
-        .iter()
-        .enumerate()
-    {
-        let s = PatchShape {
-            batch,
-            channels,
-            image_size,
-            patch,
-        };
-        let pixels = r16(&random(
-            batch * channels * image_size * image_size,
-            90 + i as u64,
-            2.0,
-        ));
-        let len = batch * s.patches() * s.patch_dim();
-        let mut want = r.alloc(len).unwrap();
-        backend::im2col(&r, &mut want, &r.upload(&pixels).unwrap(), s).unwrap();
-        let mut out = poisoned(g, len);
-        backend::im2col(g, &mut out, &g.upload(&pixels).unwrap(), s).unwrap();
-        assert_close(
-            &g.download(&out).unwrap(),
-            &want,
-            0.0,
-            0.0,
-            &format!("im2col {s:?}"),
-        );
-    }
-
-    let (batch, seq, dim) = (3, 10, 48);
-    let patches = r16(&random(batch * (seq - 1) * dim, 1, 1.0));
-    let class = r16(&random(dim, 2, 1.0));
-    let pos = r16(&random(seq * dim, 3, 1.0));
-    let mut want = r.alloc(batch * seq * dim).unwrap();
-    let (rp, rc, rpos) = (
-        r.upload(&patches).unwrap(),
-        r.upload(&class).unwrap(),
-        r.upload(&pos).unwrap(),
-    );
-    backend::vision_embed(&r, &mut want, &rp, &rc, &rpos, batch, seq, dim).unwrap();
-    let mut out = poisoned(g, batch * seq * dim);
-    let (gp, gc, gpos) = (
-        g.upload(&patches).unwrap(),
-        g.upload(&class).unwrap(),
-        g.upload(&pos).unwrap(),
-    );
-    backend::vision_embed(g, &mut out, &gp, &gc, &gpos, batch, seq, dim).unwrap();
-    assert_close(
-        &g.download(&out).unwrap(),
-        &want,
-        1e-3,
-        1e-3,
-        "vision_embed",
-    );
-
-    let (vocab, seq, dim) = (97, 7, 40);
-    let token = r16(&random(vocab * dim, 4, 1.0));
-    let pos = r16(&random(seq * dim, 5, 1.0));
-    let ids: Vec<u32> = random(3 * seq, 6, 1.0)
-        .iter()
-        .map(|v| ((v + 1.0) * 48.0) as u32 % vocab as u32)
-        .collect();
-    let mut want = r.alloc(ids.len() * dim).unwrap();
-    let id_rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
-    let (rids, gids) = (
-        backend::rows(&r, &id_rows).unwrap(),
-        backend::rows(g, &id_rows).unwrap(),
-    );
-    backend::text_embed(
-        &r,
-        &mut want,
-        &rids,
-        &r.upload(&token).unwrap(),
-        &r.upload(&pos).unwrap(),
-        seq,
-        dim,
-    )
-    .unwrap();
-    let mut out = poisoned(g, ids.len() * dim);
-    backend::text_embed(
-        g,
-        &mut out,
-        &gids,
-        &g.upload(&token).unwrap(),
-        &g.upload(&pos).unwrap(),
-        seq,
-        dim,
-    )
-    .unwrap();
-    assert_close(&g.download(&out).unwrap(), &want, 1e-3, 1e-3, "text_embed");
-
-    let x = r16(&random(21 * dim, 7, 1.0));
-    let rows = [20, 0, 7, 7, 13];
-    let mut want = r.alloc(rows.len() * dim).unwrap();
-    let (rr, gr) = (
-        backend::rows(&r, &rows).unwrap(),
-        backend::rows(g, &rows).unwrap(),
-    );
-    backend::gather_rows(&r, &mut want, &r.upload(&x).unwrap(), &rr, rows.len(), dim).unwrap();
-    let mut out = poisoned(g, rows.len() * dim);
-    backend::gather_rows(g, &mut out, &g.upload(&x).unwrap(), &gr, rows.len(), dim).unwrap();
-    assert_close(&g.download(&out).unwrap(), &want, 0.0, 0.0, "gather_rows");
-}
-
-#[test]
-fn scaled_cosine_matches_host() {
-    for g in devices(&[]) {
-        check_scaled_cosine(&g);
-    }
-}
-
-fn check_scaled_cosine(g: &CudaBackend) {
-    let many = if g.is_simulated() { 100 } else { 1000 };
-    for &(ra, rb, dim) in &[(1, 1, 1), (3, many, 512), (7, 33, 768), (2, 5, 3)] {
-        let mut a = random(ra * dim, 11, 1.0);
-        let b = random(rb * dim, 12, 1.0);
-        a[..dim].fill(0.0); // an all-zero row scores 0 on both sides
-        let want = cliprt::similarity::scaled_cosine(&a, ra, &b, rb, dim, 100.0).unwrap();
-        let got = g.scaled_cosine(&a, ra, &b, rb, dim, 100.0).unwrap();
-        assert_close(
-            &got,
-            &want,
-            1e-3,
-            1e-5,
-            &format!("scaled_cosine {ra}x{rb}x{dim}"),
-        );
-    }
+fn check_head_dim_limit(g: &CudaBackend) {
+    let s = AttnShape {
+        batch: 1,
+        seq: 4,
+        heads: 1,
+        head_dim: 160,
+        causal: false,
+    };
+    let qkv = g.alloc(4 * 3 * 160).unwrap();
+    let mut out = g.alloc(4 * 160).unwrap();
+    assert!(matches!(
+        backend::attention(g, &mut out, &qkv, s),
+        Err(Error::UnsupportedModel(_))
+    ));
 }
 
 #[test]
@@ -568,8 +290,20 @@ fn simulator_matches_cpu_on_synthetic_vit_b_32() {
         cpu.encode_images(&pixels, 1).unwrap(),
         cpu.encode_texts(&tb).unwrap(),
     );
-    for v in ["v1", "v2", "v3"] {
-        let Some(g) = sim(&[("gemm", v), ("attention", v)]) else {
+    // Run i takes the i-th variant of every op (its default where it has fewer): every variant of the registry
+    // runs the whole model, a new one included, in as many runs as the longest op has variants.
+    let runs = cliprt::cuda::OPS
+        .iter()
+        .map(|o| o.variants.len())
+        .max()
+        .unwrap_or(1);
+    for i in 0..runs {
+        let choices: Vec<(&str, &str)> = cliprt::cuda::OPS
+            .iter()
+            .map(|o| (o.name, o.variants.get(i).map_or(o.default, |v| v.name)))
+            .collect();
+        let v = format!("variant #{}", i + 1);
+        let Some(g) = sim(&choices) else {
             return;
         };
         let model = ClipModel::new(g, &config, ClipWeights::random(&config, 7)).unwrap();
@@ -763,7 +497,7 @@ fn profile_validates_and_times_every_variant() {
         return;
     }
     let cfg = cliprt::cuda::profile::ProfileConfig {
-        target: cliprt::cuda::profile::Target::Gpu(0),
+        device: Device::Cuda(0),
         ops: vec!["all".into()],
         archs: vec!["vit-b-32".into()],
         batches: vec![2],

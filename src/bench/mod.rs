@@ -280,4 +280,3 @@ pub fn table_row(m: &Measurement) -> String {
         .recall
         .map_or(String::new(), |r| format!("  recall@k {r:.4}"))
 }
-

@@ -262,8 +262,9 @@ fn measure(
                 Workload::Text => {
                     let rows = text_rows(batch, cfg.prompt_len, &s.prompts, c)?;
                     let tb = TextBatch::new(&rows, &c.text)?;
-                    let t =
-                        time_runs(cfg.warmup, cfg.reps, || s.engine.encode_texts(&tb).map(drop))?;
+                    let t = time_runs(cfg.warmup, cfg.reps, || {
+                        s.engine.encode_texts(&tb).map(drop)
+                    })?;
                     (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
                 }
                 Workload::Similarity => {
@@ -343,4 +344,3 @@ mod tests {
         assert!(text_rows(1, Some(1), &prompt_ids(), &c).is_err());
     }
 }
-

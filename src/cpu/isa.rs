@@ -91,3 +91,10 @@ pub fn has_avx512_bf16() -> bool {
         false
     }
 }
+
+/// The CPU's model name from /proc/cpuinfo (Linux), e.g. "AMD EPYC 9B45"; `None` elsewhere.
+pub fn cpu_model_name() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}

@@ -45,7 +45,6 @@ const KC: usize = 768;
 
 pub use crate::backend::Precision;
 
-
 /// A weight in the layout of the kernel that will run it.
 enum Packed {
     /// `[panel][k][NR]` f32.

@@ -95,7 +95,6 @@ impl CpuBackend {
     pub fn precision(&self) -> Precision {
         self.engine.precision()
     }
-
 }
 
 /// Rows per rayon task for the memory-bound row-wise ops: large enough to amortize scheduling.

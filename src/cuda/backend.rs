@@ -131,7 +131,10 @@ impl Backend for CudaBackend {
             Some(why) => format!("graphs off: {why}"),
         };
         BackendInfo {
-            device: format!("cuda:{} {} ({graphs})", self.rt.info.ordinal, self.rt.info.name),
+            device: format!(
+                "cuda:{} {} ({graphs})",
+                self.rt.info.ordinal, self.rt.info.name
+            ),
             engine: "cuda-f16".into(),
             reason: String::new(),
             isa: self.rt.info.arch.clone(),
@@ -182,7 +185,8 @@ impl Backend for CudaBackend {
                 buf.len
             )));
         }
-        self.rt.write_bytes(&mut buf.data, bytemuck::cast_slice(&to_f16(data)))
+        self.rt
+            .write_bytes(&mut buf.data, bytemuck::cast_slice(&to_f16(data)))
     }
 
     fn write_input(&self, buf: &mut CudaBuf, data: &[f32]) -> Result<()> {
@@ -330,7 +334,9 @@ impl Backend for CudaBackend {
         let (b, s, d) = (int(batch, "batch")?, int(seq, "seq")?, int(dim, "dim")?);
         self.rt.launch_op(
             "vision_embed",
-            Work::Elements { total: batch * seq * dim },
+            Work::Elements {
+                total: batch * seq * dim,
+            },
             &[
                 Arg::Mem(&out.data),
                 Arg::Mem(&patches.data),

@@ -100,7 +100,6 @@ fn number_before(line: &str, label: &str) -> u32 {
         .unwrap_or(0)
 }
 
-
 /// Compiles every kernel module for `arch` with the ptxas report (no GPU needed).
 pub fn check(arch: &str) -> Vec<Result<ModuleReport>> {
     kernels::modules().map(|m| check_module(m, arch)).collect()
@@ -129,7 +128,10 @@ pub fn module_failures(r: &ModuleReport) -> Vec<String> {
         .filter_map(|k| check_failure(k, &r.arch))
         .collect();
     if r.kernels.is_empty() {
-        out.push(format!("{}.cu ({}): ptxas reported no kernel", r.module, r.arch));
+        out.push(format!(
+            "{}.cu ({}): ptxas reported no kernel",
+            r.module, r.arch
+        ));
     }
     out
 }

@@ -90,14 +90,23 @@ pub const SHARED: &[(&str, usize)] = &[
 #[derive(Clone, Copy, Debug)]
 pub enum Work {
     /// A GEMM; `aligned` when K % 8 == 0 and both operands are 16-byte aligned (16-byte cp.async chunks).
-    Gemm { s: GemmShape, aligned: bool },
+    Gemm {
+        s: GemmShape,
+        aligned: bool,
+    },
     Attention(AttnShape),
     /// A row-wise op over `rows` rows.
-    Rows { rows: usize },
+    Rows {
+        rows: usize,
+    },
     /// An elementwise op over `total` values.
-    Elements { total: usize },
+    Elements {
+        total: usize,
+    },
     /// One output per warp (the scaled cosine logits).
-    Outputs { total: usize },
+    Outputs {
+        total: usize,
+    },
     /// The top-k scan: one block per (query, gallery slice), the query of `dim` in dynamic shared memory.
     TopK {
         queries: usize,
@@ -105,7 +114,9 @@ pub enum Work {
         dim: usize,
     },
     /// The top-k merge: one block per query.
-    PerQuery { queries: usize },
+    PerQuery {
+        queries: usize,
+    },
 }
 
 /// A launch geometry.
@@ -166,7 +177,13 @@ fn grid_2d(x: usize, y: usize) -> Option<(u32, u32, u32)> {
     Some((u32::try_from(x).ok()?, u32::try_from(y).ok()?, 1))
 }
 
-fn gemm_tiled(w: &Work, tile: usize, threads: usize, smem: usize, needs_aligned: bool) -> Option<Launch> {
+fn gemm_tiled(
+    w: &Work,
+    tile: usize,
+    threads: usize,
+    smem: usize,
+    needs_aligned: bool,
+) -> Option<Launch> {
     let Work::Gemm { s, aligned } = *w else {
         return None;
     };
@@ -184,10 +201,22 @@ fn gemm_v1(w: &Work, _: &Limits) -> Option<Launch> {
     gemm_tiled(w, G1_TILE, G1_THREADS, 0, false)
 }
 fn gemm_v2(w: &Work, _: &Limits) -> Option<Launch> {
-    gemm_tiled(w, G2_TILE, G2_THREADS, pipelined_smem(G2_TILE, G2_STAGES), true)
+    gemm_tiled(
+        w,
+        G2_TILE,
+        G2_THREADS,
+        pipelined_smem(G2_TILE, G2_STAGES),
+        true,
+    )
 }
 fn gemm_v3(w: &Work, _: &Limits) -> Option<Launch> {
-    gemm_tiled(w, G3_TILE, G3_THREADS, pipelined_smem(G3_TILE, G3_STAGES), true)
+    gemm_tiled(
+        w,
+        G3_TILE,
+        G3_THREADS,
+        pipelined_smem(G3_TILE, G3_STAGES),
+        true,
+    )
 }
 
 fn attention_grid(a: &AttnShape, queries_per_block: usize) -> Option<(u32, u32, u32)> {
@@ -481,8 +510,10 @@ impl Op {
 
     /// The variants `start` may hand a shape to, in order: itself, its fallback, the fallback's fallback, ….
     pub fn chain(&self, start: &'static Variant) -> impl Iterator<Item = &'static Variant> + '_ {
-        std::iter::successors(Some(start), move |v| v.fallback.and_then(|f| self.variant(f)))
-            .take(self.variants.len())
+        std::iter::successors(Some(start), move |v| {
+            v.fallback.and_then(|f| self.variant(f))
+        })
+        .take(self.variants.len())
     }
 
     /// The variant that runs `work` when `start` is selected, and its launch: the first of [`Op::chain`] whose
@@ -497,10 +528,12 @@ impl Op {
             .chain(start)
             .find_map(|v| (v.launch)(work, limits).map(|l| (v, l)))
             .ok_or_else(|| match work {
-                Work::Attention(a) if a.head_dim > MAX_HEAD_DIM => Error::UnsupportedModel(format!(
-                    "head dim {} (the CUDA attention kernels handle up to {MAX_HEAD_DIM})",
-                    a.head_dim
-                )),
+                Work::Attention(a) if a.head_dim > MAX_HEAD_DIM => {
+                    Error::UnsupportedModel(format!(
+                        "head dim {} (the CUDA attention kernels handle up to {MAX_HEAD_DIM})",
+                        a.head_dim
+                    ))
+                }
                 _ => Error::Shape(format!(
                     "{}: no {} variant takes {work:?}",
                     start.symbol, self.name
@@ -573,7 +606,11 @@ mod tests {
                     op.module
                 );
                 if let Some(f) = v.fallback {
-                    assert!(op.variant(f).is_some(), "{}: fallback {f} missing", v.symbol);
+                    assert!(
+                        op.variant(f).is_some(),
+                        "{}: fallback {f} missing",
+                        v.symbol
+                    );
                 }
             }
         }
@@ -604,7 +641,10 @@ mod tests {
         };
         let v3 = attn.pick(Some("v3")).unwrap();
         assert_eq!(attn.resolve(v3, &a(50, 64), &limits).unwrap().0.name, "v3");
-        assert_eq!(attn.resolve(v3, &a(400, 128), &limits).unwrap().0.name, "v2");
+        assert_eq!(
+            attn.resolve(v3, &a(400, 128), &limits).unwrap().0.name,
+            "v2"
+        );
         assert_eq!(attn.resolve(v3, &a(19, 36), &limits).unwrap().0.name, "v1");
         assert!(matches!(
             attn.resolve(v3, &a(19, 136), &limits),

@@ -25,11 +25,15 @@ use cudarc::driver::DriverError;
 use crate::error::Error;
 
 pub use backend::{CudaBackend, IMAGE_CHUNK};
-pub use compile::{check, check_failure, check_module, module_failures, parse_ptxas, KernelReport, ModuleReport};
-pub use device::{device_count, nvrtc_info, peak_bandwidth_gbs, peak_fp16_gflops, probe, status, DeviceInfo};
+pub use compile::{
+    check, check_failure, check_module, module_failures, parse_ptxas, KernelReport, ModuleReport,
+};
+pub use device::{
+    device_count, nvrtc_info, peak_bandwidth_gbs, peak_fp16_gflops, probe, status, DeviceInfo,
+};
 pub use kernels::OPS;
-pub use runtime::Graph;
 pub use memory::{CudaBuf, CudaLinear, Mem};
+pub use runtime::Graph;
 
 impl From<DriverError> for Error {
     fn from(e: DriverError) -> Self {

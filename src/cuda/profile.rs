@@ -16,30 +16,14 @@ use half::f16;
 use super::{kernels, peak_bandwidth_gbs, peak_fp16_gflops, CudaBackend, CudaBuf};
 use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
 use crate::config::presets;
+use crate::engine::{cuda_backend, Device};
 use crate::error::{Error, Result};
-
-/// Where to profile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// CUDA device N: validate, then time.
-    Gpu(usize),
-    /// The CPU simulator: validate only.
-    Simulator,
-}
-
-impl Target {
-    fn backend(self, choices: &[(&str, &str)]) -> Result<CudaBackend> {
-        match self {
-            Target::Gpu(n) => CudaBackend::with_variants(n, choices),
-            Target::Simulator => CudaBackend::simulated(choices),
-        }
-    }
-}
 
 /// What to profile.
 #[derive(Clone, Debug)]
 pub struct ProfileConfig {
-    pub target: Target,
+    /// A GPU (validate, then time) or the simulator (validate only): `cuda`, `cuda:N` or `cuda-sim`.
+    pub device: Device,
     /// gemm, attention, layernorm (or all of them).
     pub ops: Vec<String>,
     /// Presets whose shapes are used.
@@ -405,11 +389,20 @@ fn time(
 
 /// Runs the profile, calling `report` for every row (variants of one shape come together, default first).
 pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
+    if !matches!(cfg.device, Device::Cuda(_) | Device::CudaSim) {
+        return Err(Error::InvalidArgument(
+            "profile runs on a cuda device (cuda, cuda:N, or cuda-sim to validate without timing)"
+                .into(),
+        ));
+    }
+    if cfg.batches.is_empty() || cfg.batches.contains(&0) {
+        return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
+    }
     let list = cases(cfg)?;
     if list.is_empty() {
         return Err(Error::InvalidArgument("nothing to profile".into()));
     }
-    let base = cfg.target.backend(&[])?;
+    let base = cuda_backend(cfg.device, &[])?;
     let name = base.info().name.clone();
     let (flops_peak, bw_peak) = (peak_fp16_gflops(&name), peak_bandwidth_gbs(&name));
     // One backend per (op, variant), created once.
@@ -420,7 +413,11 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
         let mut vs: Vec<&kernels::Variant> = op.variants.iter().collect();
         vs.sort_by_key(|v| v.name != op.default);
         for v in vs {
-            backends.push((op_name, v.name, cfg.target.backend(&[(op_name, v.name)])?));
+            backends.push((
+                op_name,
+                v.name,
+                cuda_backend(cfg.device, &[(op_name, v.name)])?,
+            ));
         }
     }
     let blas = cublas(&base);
@@ -608,7 +605,7 @@ mod tests {
     #[test]
     fn shapes_cover_every_tower_gemm_and_filter_by_op() {
         let cfg = ProfileConfig {
-            target: Target::Gpu(0),
+            device: Device::Cuda(0),
             ops: vec!["all".into()],
             archs: vec!["vit-b-32".into()],
             batches: vec![1, 32],

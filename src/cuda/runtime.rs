@@ -9,8 +9,8 @@ use std::sync::Arc;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
-use half::f16;
 use cudarc::nvrtc::Ptx;
+use half::f16;
 
 use super::device::{context, describe, DeviceInfo};
 use super::kernels::{self, Limits, SmemOptIn, Variant, Work};
@@ -69,8 +69,12 @@ impl Kernels {
 
     /// The op named `op` and its selected variant.
     pub(crate) fn get(&self, op: &str) -> Result<(&'static kernels::Op, &'static Variant)> {
-        let o = kernels::op(op).ok_or_else(|| Error::InvalidArgument(format!("no kernel op {op:?}")))?;
-        let v = self.0.get(o.name).ok_or_else(|| Error::InvalidArgument(format!("no variant of {op}")))?;
+        let o = kernels::op(op)
+            .ok_or_else(|| Error::InvalidArgument(format!("no kernel op {op:?}")))?;
+        let v = self
+            .0
+            .get(o.name)
+            .ok_or_else(|| Error::InvalidArgument(format!("no variant of {op}")))?;
         Ok((o, v))
     }
 
@@ -201,7 +205,10 @@ impl Runtime {
     }
 
     /// The simulator built with `sanitizer`, with the kernels of `choices`.
-    pub(crate) fn simulated(choices: &[(&str, &str)], sanitizer: sim::Sanitizer) -> Result<Runtime> {
+    pub(crate) fn simulated(
+        choices: &[(&str, &str)],
+        sanitizer: sim::Sanitizer,
+    ) -> Result<Runtime> {
         let k = Kernels::select(choices)?;
         let sim = sim::Simulator::start_with(sanitizer)?;
         for v in k.reachable() {
@@ -293,7 +300,12 @@ impl Runtime {
     }
 
     /// Launches `symbol` with `args` on the stream (or runs it on the simulator).
-    pub(crate) fn launch(&self, symbol: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    pub(crate) fn launch(
+        &self,
+        symbol: &'static str,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<()> {
         match &self.exec {
             Exec::Cuda {
                 stream,
@@ -353,7 +365,10 @@ impl Runtime {
     }
 
     /// [`Backend::record`]: captures `enqueue`'s launches on the graph stream, or `None` where graphs are off.
-    pub(crate) fn record_graph(&self, enqueue: &mut dyn FnMut() -> Result<()>) -> Result<Option<Graph>> {
+    pub(crate) fn record_graph(
+        &self,
+        enqueue: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<Graph>> {
         let Exec::Cuda {
             graph_stream: stream,
             ..

@@ -2,7 +2,8 @@
 //! its bf16 engines and `vdpbf16ps` run), the reference runs the f64 oracle.
 
 use super::{
-    scaled_logits, search_reference, search_with, check_request, HostGallery, Retrieval, SearchInfo, TopK, MAX_K,
+    check_request, scaled_logits, search_reference, search_with, HostGallery, Retrieval,
+    SearchInfo, TopK, MAX_K,
 };
 use crate::backend::reference::ReferenceBackend;
 use crate::cpu::{engine, isa, peak, CpuBackend, Isa, Precision};
@@ -40,7 +41,11 @@ impl Retrieval for CpuBackend {
             ("avx512-bf16".to_string(), "bf16", peak::Unit::Dpbf16)
         } else {
             let f32_engine = engine::choose(self.isa(), Precision::F32).engine;
-            (f32_engine.name().to_string(), "f32", peak::Unit::Fma(self.isa()))
+            (
+                f32_engine.name().to_string(),
+                "f32",
+                peak::Unit::Fma(self.isa()),
+            )
         };
         SearchInfo {
             engine,
@@ -75,9 +80,9 @@ impl Retrieval for ReferenceBackend {
         g.bytes()
     }
     fn search(&self, g: &HostGallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
-        let rows = g.f32_rows().ok_or_else(|| {
-            Error::InvalidArgument("the reference searches f32 galleries".into())
-        })?;
+        let rows = g
+            .f32_rows()
+            .ok_or_else(|| Error::InvalidArgument("the reference searches f32 galleries".into()))?;
         check_request(g.dim(), g.rows(), queries, k, MAX_K, scale)?;
         Ok(search_reference(rows, g.dim(), queries, k, scale))
     }

@@ -197,6 +197,13 @@ impl HostGallery {
     /// `rows` holds whole rows of `dim`; with `bf16` they are stored as bf16 pairs (half the bytes, twice the
     /// multiply rate with AVX512_BF16).
     pub fn new(rows: Vec<f32>, dim: usize, normalized: bool, bf16: bool) -> Result<HostGallery> {
+        // Checked on the f32 rows: the bf16 conversion would drop a partial last row silently.
+        if dim == 0 || !rows.len().is_multiple_of(dim) {
+            return Err(Error::Shape(format!(
+                "gallery of {} values is not whole rows of {dim}",
+                rows.len()
+            )));
+        }
         let mut g = HostGallery {
             rows: if bf16 {
                 HostRows::Bf16(to_bf16_pairs(&rows, dim))

@@ -180,3 +180,29 @@ pub fn assert_matches(
         }
     }
 }
+
+/// `made`, or `None` after printing "skipped: {what} (why)"; with the environment variable `require` set, a
+/// missing backend fails the test instead.
+pub fn or_skip<T>(made: cliprt::Result<T>, require: &str, what: &str) -> Option<T> {
+    match made {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var_os(require).is_none(),
+                "{require} is set, but: {e}"
+            );
+            println!("skipped: {what} ({e})");
+            None
+        }
+    }
+}
+
+/// A CUDA simulator backend, unless none can be built (`CLIPRT_REQUIRE_SIM` makes that a failure).
+pub fn or_skip_sim<T>(made: cliprt::Result<T>) -> Option<T> {
+    or_skip(made, "CLIPRT_REQUIRE_SIM", "no CUDA simulator")
+}
+
+/// A GPU backend, unless there is none (`CLIPRT_REQUIRE_CUDA` makes that a failure).
+pub fn or_skip_gpu<T>(made: cliprt::Result<T>) -> Option<T> {
+    or_skip(made, "CLIPRT_REQUIRE_CUDA", "no CUDA device")
+}

@@ -1,0 +1,131 @@
+//! `cliprt bench`: the table (or JSON lines) of `cliprt::bench::run`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use cliprt::Result;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Preset for the synthetic model: vit-b-32, vit-b-16, vit-l-14, vit-l-14-336, vit-h-14.
+    #[arg(long, default_value = "vit-b-32")]
+    arch: String,
+    /// A real HF-format checkpoint folder instead of a synthetic model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Comma-separated: image, text, similarity, search (search needs no model: a random gallery).
+    #[arg(long, default_value = "image,text", value_delimiter = ',')]
+    workload: Vec<String>,
+    /// Search: gallery rows, comma-separated.
+    #[arg(long, default_value = "100000", value_delimiter = ',')]
+    gallery: Vec<usize>,
+    /// Search: embedding width, comma-separated.
+    #[arg(long, default_value = "512", value_delimiter = ',')]
+    dim: Vec<usize>,
+    /// Search: queries per search (the items of items/s), comma-separated.
+    #[arg(long, default_value = "1,64", value_delimiter = ',')]
+    queries: Vec<usize>,
+    /// Search: results per query, comma-separated.
+    #[arg(long, default_value = "10", value_delimiter = ',')]
+    k: Vec<usize>,
+    /// Comma-separated batch sizes.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Text rows of exactly N tokens (SOT and EOT included) instead of the built-in real prompts.
+    #[arg(long)]
+    prompt_len: Option<usize>,
+    /// cpu, reference or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, or bf16 (bf16 GEMMs with f32 accumulation; needs AVX512_BF16, else f32 runs and is reported).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// Untimed runs per measurement.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// The machine's peak GFLOP/s for the %peak column (default: measured with an FMA loop).
+    #[arg(long)]
+    peak_gflops: Option<f64>,
+    /// One JSON object per line per measurement instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let BenchArgs {
+        arch,
+        model,
+        workload,
+        gallery,
+        dim,
+        queries,
+        k,
+        batch,
+        prompt_len,
+        device,
+        precision,
+        warmup,
+        reps,
+        peak_gflops,
+        json,
+    } = a;
+    let cfg = cliprt::bench::BenchConfig {
+        arch,
+        model,
+        workloads: workload.iter().map(|w| w.parse()).collect::<Result<_>>()?,
+        batches: batch,
+        prompt_len,
+        device: device.parse()?,
+        precision: precision.parse()?,
+        warmup,
+        reps,
+        peak_gflops,
+        search: cliprt::bench::SearchSizes {
+            galleries: gallery,
+            dims: dim,
+            queries,
+            ks: k,
+        },
+    };
+    let mut first = true;
+    cliprt::bench::run(&cfg, |m| {
+        if json {
+            println!("{}", serde_json::to_string(m).unwrap_or_default());
+            return;
+        }
+        if first {
+            first = false;
+            println!(
+                "cliprt {} on {} ({}, engine {}, {} threads, peak {:.0} GFLOP/s {}); \
+                 model built in {:.2} s, weights {:.0} MB f32",
+                env!("CARGO_PKG_VERSION"),
+                m.device,
+                m.isa,
+                m.engine,
+                m.threads,
+                m.peak_gflops,
+                if peak_gflops.is_some() {
+                    "given"
+                } else {
+                    "measured"
+                },
+                m.load_s,
+                m.weights_mb
+            );
+            if !m.engine_reason.is_empty() {
+                println!("engine {}: {}", m.engine, m.engine_reason);
+            }
+            println!("{}", cliprt::bench::table_header());
+        }
+        println!("{}", cliprt::bench::table_row(m));
+    })?;
+    if !json {
+        if let Some(mb) = cliprt::bench::peak_rss_mb() {
+            println!("peak memory (RSS): {mb:.0} MB");
+        }
+    }
+    Ok(())
+}

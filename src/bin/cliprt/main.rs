@@ -1,0 +1,94 @@
+//! The `cliprt` command line: one module per subcommand, each parsing its arguments, calling the library and
+//! printing. Rules a library user would also need (model identity of an index, the kernel check's pass rule, how a
+//! model folder is read) live in the library, not here.
+
+mod bench;
+mod embed;
+mod index;
+mod info;
+mod kernels;
+mod model;
+mod profile;
+mod tokenize;
+mod zero_shot;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cliprt",
+    version,
+    about = "CLIP inference runtime: embeddings, zero-shot classification, retrieval, diagnostics"
+)]
+struct Cli {
+    /// Worker threads (default: all cores; RAYON_NUM_THREADS is respected too).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed images and/or texts and write them as f32 .npy arrays [N, D] (L2-normalized unless --no-normalize).
+    Embed(embed::EmbedArgs),
+    /// Rank labels for each image by CLIP's softmax probability.
+    ZeroShot(zero_shot::ZeroShotArgs),
+    /// Print token ids as the model sees them.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Write the preprocessed [3, H, W] f32 pixel tensor of an image as .npy.
+    Preprocess(embed::PreprocessArgs),
+    /// Measure throughput on a synthetic model at real shapes (no download) or a real checkpoint.
+    Bench(bench::BenchArgs),
+    /// Embed every image under a folder (recursively) into an index file for `search`. Unreadable files are
+    /// listed and skipped; an interrupted run resumes where it stopped; the index is written atomically.
+    Index(index::IndexArgs),
+    /// Rank an index's images against a text or an image.
+    Search(index::SearchArgs),
+    /// Describe this machine's devices (CPU SIMD tier, matrix engines, CUDA driver, GPU, NVRTC) and, with --model,
+    /// a model folder (loaded on --device, so `info --device cuda` checks the GPU path end to end).
+    Info(info::InfoArgs),
+    /// Every CUDA kernel variant at CLIP's real shapes, side by side: validated against an f64 reference on
+    /// sampled outputs first (failures are reported, not timed), then timed with CUDA events (median), with
+    /// cuBLAS as a reference row for GEMM. Needs a GPU; `--device cuda-sim` validates every variant at the
+    /// real shapes on the CPU simulator without timing (slow: pick one arch and batch 1).
+    Profile(profile::ProfileArgs),
+    /// The CUDA kernels: --list prints the variant registry; --check compiles every kernel with NVRTC for each
+    /// --arch (no GPU needed) and prints registers, shared memory, stack, spills and compile time, failing on any
+    /// compile error, spill or stack frame (local memory).
+    Kernels(kernels::KernelsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("error: cannot set {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Embed(a) => embed::run(a),
+        Command::ZeroShot(a) => zero_shot::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Preprocess(a) => embed::run_preprocess(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Index(a) => index::run(a),
+        Command::Search(a) => index::run_search(a),
+        Command::Info(a) => info::run(a),
+        Command::Profile(a) => profile::run(a),
+        Command::Kernels(a) => kernels::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
