@@ -10,8 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cliprt::config::presets;
 use cliprt::cpu::CpuBackend;
 use cliprt::model::ClipModel;
+use cliprt::model::ClipWeights;
 use cliprt::tokenizer::TextBatch;
-use cliprt::weights::ClipWeights;
 
 fn towers(c: &mut Criterion) {
     let arch = std::env::var("CLIPRT_BENCH_ARCH").unwrap_or_else(|_| "vit-b-32".into());

@@ -1,5 +1,5 @@
 // layernorm.cu — row-wise LayerNorm, out = (x − mean) / sqrt(var + eps) · gamma + beta, fp16 in and out,
-// statistics in f32 (CLIP trap 6: fp16 statistics visibly shift embeddings). The residual add that precedes each
+// statistics in f32 (ARCHITECTURE.md, trap 6: fp16 statistics visibly shift embeddings). The residual add that precedes each
 // LayerNorm in the encoder is fused into the GEMM epilogue that produces x (gemm.cu, EPI_ACCUMULATE).
 //
 // Versions:

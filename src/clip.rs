@@ -10,10 +10,11 @@ use crate::cpu::{CpuBackend, Precision};
 pub use crate::engine::Device;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::model::ClipWeights;
 use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
 use crate::similarity;
 use crate::tokenizer::{ClipTokenizer, ModelTokenizer, TextBatch};
-use crate::weights::{Checkpoint, ClipWeights};
+use crate::weights::Checkpoint;
 
 /// A batch of embeddings, row-major `[rows, dim]`.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,10 +11,9 @@ use crate::backend::{Backend, BackendInfo};
 use crate::config::ClipConfig;
 use crate::cpu::{CpuBackend, Precision};
 use crate::error::{Error, Result};
-use crate::model::ClipModel;
+use crate::model::{ClipModel, ClipWeights};
 use crate::search::{Retrieval, SearchInfo, TopK};
 use crate::tokenizer::TextBatch;
-use crate::weights::ClipWeights;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

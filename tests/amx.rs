@@ -10,8 +10,8 @@ use cliprt::bench::prompt_ids;
 use cliprt::config::presets;
 use cliprt::cpu::{CpuBackend, MatrixEngine, Precision};
 use cliprt::model::ClipModel;
+use cliprt::model::ClipWeights;
 use cliprt::tokenizer::TextBatch;
-use cliprt::weights::ClipWeights;
 use common::*;
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

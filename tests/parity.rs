@@ -152,7 +152,7 @@ fn text_batch_cut_equals_padding_to_context() {
     use cliprt::cpu::CpuBackend;
     use cliprt::model::ClipModel;
     use cliprt::tokenizer::TextBatch;
-    use cliprt::weights::{Checkpoint, ClipWeights};
+    use cliprt::{model::ClipWeights, weights::Checkpoint};
 
     let dir = fixture("exotic");
     let config = cliprt::ClipConfig::from_file(&dir.join("config.json")).unwrap();

@@ -11,8 +11,9 @@ use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, Workload, SIMILARI
 use crate::config::{presets, ClipConfig, EncoderConfig};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
+use crate::model::ClipWeights;
 use crate::tokenizer::{ClipTokenizer, TextBatch};
-use crate::weights::{Checkpoint, ClipWeights};
+use crate::weights::Checkpoint;
 
 /// The real short prompts of the default text workload.
 pub const PROMPTS: [&str; 32] = [

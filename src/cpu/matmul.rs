@@ -1,5 +1,8 @@
 //! The CPU GEMM: `C[m, n] (+)= A[m, k] · W[n, k]ᵀ (+ bias, activation)` with the weight packed once at load time.
 //!
+//! (over ~700 lines: the packing, the f32 and bf16 micro-kernels, their fused epilogues and the fused MLP share
+//! the panel layout and the tile-store contract; split, each piece would need the others' private invariants.)
+//!
 //! On AVX-512 CPUs this is our own kernel:
 //! - **Packing.** `W` is cut into panels of [`NR`] = 48 output columns, each stored k-major (`[k][48]`, zero-padded
 //!   past `n`), so the micro-kernel streams one contiguous panel. bf16 panels store k in pairs (`[k/2][48][2]`),

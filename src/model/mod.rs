@@ -1,54 +1,11 @@
-//! The CLIP model, written once over the [`Backend`] trait.
+//! The models, written once over the [`crate::backend::Backend`] trait: the layers every family shares ([`layers`]: the
+//! pre-LayerNorm transformer encoder layer), and one module per family with its towers, its checkpoint key names and
+//! its weights ([`clip`]). Adding a family is adding a module beside `clip` (docs/adding-a-model-family.md).
 
+pub mod clip;
 pub mod layers;
-pub mod text;
-pub mod vision;
 
-use crate::backend::Backend;
-use crate::config::ClipConfig;
-use crate::error::Result;
-use crate::tokenizer::TextBatch;
-use crate::weights::ClipWeights;
+pub use clip::weights::ClipWeights;
+pub use clip::ClipModel;
 
-pub use text::TextTower;
-pub use vision::VisionTower;
-
-/// Both towers of a CLIP model on one backend, plus the logit scale.
-pub struct ClipModel<B: Backend> {
-    pub backend: B,
-    pub config: ClipConfig,
-    pub text: TextTower<B>,
-    pub vision: VisionTower<B>,
-    /// exp of the checkpoint's stored `logit_scale`.
-    pub logit_scale: f32,
-}
-
-impl<B: Backend> ClipModel<B> {
-    /// Prepares `weights` for `backend`, consuming them layer by layer (so the raw and the prepared copies never
-    /// both exist in full).
-    pub fn new(backend: B, config: &ClipConfig, weights: ClipWeights) -> Result<Self> {
-        let logit_scale = weights.logit_scale_log.exp();
-        Ok(ClipModel {
-            text: TextTower::new(&backend, weights.text, &config.text, config.projection_dim)?,
-            vision: VisionTower::new(
-                &backend,
-                weights.vision,
-                &config.vision,
-                config.projection_dim,
-            )?,
-            logit_scale,
-            config: config.clone(),
-            backend,
-        })
-    }
-
-    /// Projected image embeddings `[batch, projection_dim]` of `pixels[batch, C, H, W]`.
-    pub fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
-        self.vision.forward(&self.backend, pixels, batch)
-    }
-
-    /// Projected text embeddings `[batch, projection_dim]`.
-    pub fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
-        self.text.forward(&self.backend, batch)
-    }
-}
+pub use clip::{TextTower, VisionTower};

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
+use super::weights::VisionWeights;
 use crate::backend::{self, Backend, Epilogue, GemmShape, PatchShape, Rows};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
-use crate::weights::VisionWeights;
 
 /// The image tower prepared for backend `B`.
 pub struct VisionTower<B: Backend> {
