@@ -10,49 +10,11 @@ use crate::backend::reference::ReferenceBackend;
 use crate::backend::{Backend, BackendInfo};
 use crate::config::ClipConfig;
 use crate::cpu::{CpuBackend, Precision};
+pub use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::{ClipModel, ClipWeights};
 use crate::search::{Retrieval, SearchInfo, TopK};
 use crate::tokenizer::TextBatch;
-
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Device {
-    /// The CPU, all cores (the rayon pool), on its best matrix engine for the precision.
-    #[default]
-    Cpu,
-    /// The scalar f64-accumulating oracle: slow, for checking results.
-    Reference,
-    /// CUDA GPU `n`: fp16 storage, f32 accumulation, cliprt's own kernels. Without a usable GPU, driver or NVRTC
-    /// (or in a build without the `cuda` feature) opening gives [`Error::DeviceUnavailable`].
-    Cuda(usize),
-    /// The CUDA backend on the CPU simulator: the same kernels and launches as [`Device::Cuda`], executed by
-    /// host threads under AddressSanitizer. For checking the GPU path without a GPU; very slow, tiny models only.
-    /// Needs a C++20 compiler (`CXX`, default `c++`).
-    CudaSim,
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    /// Parses `cpu`, `reference`, `cuda`, `cuda:N` or `cuda-sim`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "reference" => Ok(Device::Reference),
-            "cuda" => Ok(Device::Cuda(0)),
-            "cuda-sim" => Ok(Device::CudaSim),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "unknown device {s:?} (cpu, reference, cuda, cuda:N, cuda-sim)"
-                    ))
-                }),
-        }
-    }
-}
 
 /// A gallery uploaded by [`Engine::upload_gallery`], in the backend's own form.
 pub struct Gallery {
@@ -318,23 +280,9 @@ impl Engine {
     }
 }
 
-/// The CUDA backend for `device` (a GPU or the simulator) with explicit `(op, variant)` kernel choices: the one
-/// place a [`Device`] becomes a CUDA backend (the engine, `cliprt profile`).
-#[cfg(feature = "cuda")]
-pub fn cuda_backend(device: Device, choices: &[(&str, &str)]) -> Result<crate::cuda::CudaBackend> {
-    use crate::cuda::CudaBackend;
-    match device {
-        Device::Cuda(n) => CudaBackend::with_variants(n, choices),
-        Device::CudaSim => CudaBackend::simulated(choices),
-        other => Err(Error::InvalidArgument(format!(
-            "{other:?} is not a CUDA device (cuda, cuda:N, cuda-sim)"
-        ))),
-    }
-}
-
 #[cfg(feature = "cuda")]
 fn open_cuda(device: Device, choices: &[(&str, &str)]) -> Result<Engine> {
-    Ok(Engine::on(cuda_backend(device, choices)?))
+    Ok(Engine::on(crate::cuda::backend_for(device, choices)?))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -13,6 +13,7 @@ use crate::backend::{
 };
 use crate::config::ClipConfig;
 use crate::cpu::Precision;
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// CLIP on one CUDA device (or on the CPU simulator of one).
@@ -421,5 +422,17 @@ impl Backend for CudaBackend {
 
     fn replay(&self, graph: &Graph) -> Result<()> {
         self.rt.replay_graph(graph)
+    }
+}
+
+/// The CUDA backend for `device` (a GPU or the simulator) with explicit `(op, variant)` kernel choices: the one
+/// place a [`Device`] becomes a CUDA backend (the engine, `cliprt profile`).
+pub fn backend_for(device: Device, choices: &[(&str, &str)]) -> Result<CudaBackend> {
+    match device {
+        Device::Cuda(n) => CudaBackend::with_variants(n, choices),
+        Device::CudaSim => CudaBackend::simulated(choices),
+        other => Err(Error::InvalidArgument(format!(
+            "{other:?} is not a CUDA device (cuda, cuda:N, cuda-sim)"
+        ))),
     }
 }

@@ -24,7 +24,7 @@ use cudarc::driver::DriverError;
 
 use crate::error::Error;
 
-pub use backend::{CudaBackend, IMAGE_CHUNK};
+pub use backend::{backend_for, CudaBackend, IMAGE_CHUNK};
 pub use compile::{
     check, check_failure, check_module, module_failures, parse_ptxas, KernelReport, ModuleReport,
 };

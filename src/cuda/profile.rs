@@ -16,7 +16,7 @@ use half::f16;
 use super::{kernels, peak_bandwidth_gbs, peak_fp16_gflops, CudaBackend, CudaBuf};
 use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape};
 use crate::config::presets;
-use crate::engine::{cuda_backend, Device};
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// What to profile.
@@ -402,7 +402,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
     if list.is_empty() {
         return Err(Error::InvalidArgument("nothing to profile".into()));
     }
-    let base = cuda_backend(cfg.device, &[])?;
+    let base = super::backend_for(cfg.device, &[])?;
     let name = base.info().name.clone();
     let (flops_peak, bw_peak) = (peak_fp16_gflops(&name), peak_bandwidth_gbs(&name));
     // One backend per (op, variant), created once.
@@ -416,7 +416,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
             backends.push((
                 op_name,
                 v.name,
-                cuda_backend(cfg.device, &[(op_name, v.name)])?,
+                super::backend_for(cfg.device, &[(op_name, v.name)])?,
             ));
         }
     }
