@@ -7,7 +7,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use cliprt::search::{self, bench::random_unit_rows, Gallery, Storage};
+use cliprt::bench::random_unit_rows;
+use cliprt::search::{self, Gallery, Storage};
 
 fn quick<'a>(
     c: &'a mut Criterion,

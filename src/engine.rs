@@ -67,7 +67,8 @@ trait Runner: Send + Sync {
 /// A backend, and the model prepared on it once one is loaded.
 enum Held<B: Backend> {
     Open(B),
-    Loaded(ClipModel<B>),
+    // Boxed: the prepared model is large and an open backend should not pay for its size.
+    Loaded(Box<ClipModel<B>>),
 }
 
 impl<B: Backend> Held<B> {
@@ -107,9 +108,9 @@ impl<B: Backend + Retrieval + 'static> Runner for Held<B> {
             Held::Loaded(m) => m.backend,
         };
         backend.supports(config)?;
-        Ok(Box::new(Held::Loaded(ClipModel::new(
+        Ok(Box::new(Held::Loaded(Box::new(ClipModel::new(
             backend, config, weights,
-        )?)))
+        )?))))
     }
     fn loaded(&self) -> bool {
         matches!(self, Held::Loaded(_))

@@ -310,7 +310,7 @@ impl Backend for CudaBackend {
         let (size, p) = (int(s.image_size, "image size")?, int(s.patch, "patch")?);
         self.rt.launch_op(
             "im2col",
-            Work::Elements { total: total },
+            Work::Elements { total },
             &[
                 Arg::Mem(&out.data),
                 Arg::Mem(&pixels.data),
