@@ -134,12 +134,7 @@ impl<B: Backend + Retrieval + 'static> Runner for Held<B> {
             .scaled_cosine(a, rows_a, b, rows_b, dim, scale)
     }
     fn upload_gallery(&self, rows: &[f32], dim: usize, normalized: bool) -> Result<Gallery> {
-        if dim == 0 || !rows.len().is_multiple_of(dim) {
-            return Err(Error::Shape(format!(
-                "gallery of {} values is not whole rows of {dim}",
-                rows.len()
-            )));
-        }
+        // Every backend checks the shape (whole rows of a nonzero dim) before it uploads.
         let g = self.backend().upload_gallery(rows, dim, normalized)?;
         Ok(Gallery {
             bytes: self.backend().gallery_bytes(&g),
@@ -187,7 +182,7 @@ impl Engine {
         Ok(match device {
             Device::Cpu => Engine::on(CpuBackend::from_env(precision)?),
             Device::Reference => Engine::on(ReferenceBackend),
-            Device::Cuda(_) | Device::CudaSim => open_cuda(device, &[])?,
+            Device::Cuda(_) | Device::CudaSim => open_cuda(device)?,
         })
     }
 
@@ -282,11 +277,11 @@ impl Engine {
 }
 
 #[cfg(feature = "cuda")]
-fn open_cuda(device: Device, choices: &[(&str, &str)]) -> Result<Engine> {
-    Ok(Engine::on(crate::cuda::backend_for(device, choices)?))
+fn open_cuda(device: Device) -> Result<Engine> {
+    Ok(Engine::on(crate::cuda::backend_for(device, &[])?))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(_: Device, _: &[(&str, &str)]) -> Result<Engine> {
+fn open_cuda(_: Device) -> Result<Engine> {
     Err(Error::cuda_not_built())
 }

@@ -380,7 +380,7 @@ fn chunked_image_batches_match_one_batch() {
     let size = config.vision.image_size;
     let pixels = random(7 * 3 * size * size, 31, 2.0);
     for g in devices(&[]) {
-        let name = g.info().name.clone();
+        let name = g.device_info().name.clone();
         let whole = ClipModel::new(g, &config, ClipWeights::random(&config, 5)).unwrap();
         whole.backend.set_image_chunk(7);
         let want = whole.encode_images(&pixels, 7).unwrap();

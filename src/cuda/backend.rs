@@ -74,7 +74,8 @@ impl CudaBackend {
         }
     }
 
-    pub fn info(&self) -> &DeviceInfo {
+    /// What the driver says about the device (the trait's [`Backend::info`] is the report for benches).
+    pub fn device_info(&self) -> &DeviceInfo {
         &self.rt.info
     }
 

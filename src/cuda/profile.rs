@@ -403,7 +403,7 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
         return Err(Error::InvalidArgument("nothing to profile".into()));
     }
     let base = super::backend_for(cfg.device, &[])?;
-    let name = base.info().name.clone();
+    let name = base.device_info().name.clone();
     let (flops_peak, bw_peak) = (peak_fp16_gflops(&name), peak_bandwidth_gbs(&name));
     // One backend per (op, variant), created once.
     let mut backends: Vec<(&'static str, &'static str, CudaBackend)> = Vec::new();

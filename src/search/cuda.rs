@@ -75,13 +75,7 @@ pub(crate) fn upload_gallery(
     dim: usize,
     normalized: bool,
 ) -> Result<CudaGallery> {
-    if dim == 0 || !data.len().is_multiple_of(dim) {
-        return Err(Error::Shape(format!(
-            "gallery of {} values is not whole rows of {dim}",
-            data.len()
-        )));
-    }
-    let rows = data.len() / dim;
+    let rows = super::whole_rows(data.len(), dim)?;
     if rows >= u32::MAX as usize {
         return Err(Error::InvalidArgument(format!(
             "{rows} gallery rows exceed the kernels' 32-bit indices"
@@ -231,7 +225,7 @@ impl Retrieval for CudaBackend {
         SearchInfo {
             engine: "cuda-f32".into(),
             precision: "f32",
-            isa: self.info().arch.clone(),
+            isa: self.device_info().arch.clone(),
             peak_gflops: None,
         }
     }

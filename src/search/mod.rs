@@ -179,6 +179,16 @@ impl<'a> Gallery<'a> {
     }
 }
 
+/// The number of rows `len` f32 values make at width `dim`, or the error every backend's `upload_gallery` gives.
+pub(crate) fn whole_rows(len: usize, dim: usize) -> Result<usize> {
+    if dim == 0 || !len.is_multiple_of(dim) {
+        return Err(Error::Shape(format!(
+            "gallery of {len} values is not whole rows of {dim}"
+        )));
+    }
+    Ok(len / dim)
+}
+
 /// A gallery that owns its rows, f32 or bf16 pairs, with the inverse norms computed once: what the host backends'
 /// [`Retrieval::upload_gallery`] keeps.
 pub struct HostGallery {
@@ -198,12 +208,7 @@ impl HostGallery {
     /// multiply rate with AVX512_BF16).
     pub fn new(rows: Vec<f32>, dim: usize, normalized: bool, bf16: bool) -> Result<HostGallery> {
         // Checked on the f32 rows: the bf16 conversion would drop a partial last row silently.
-        if dim == 0 || !rows.len().is_multiple_of(dim) {
-            return Err(Error::Shape(format!(
-                "gallery of {} values is not whole rows of {dim}",
-                rows.len()
-            )));
-        }
+        whole_rows(rows.len(), dim)?;
         let mut g = HostGallery {
             rows: if bf16 {
                 HostRows::Bf16(to_bf16_pairs(&rows, dim))

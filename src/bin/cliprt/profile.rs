@@ -1,7 +1,7 @@
 //! `cliprt profile`: every CUDA kernel variant at CLIP's shapes, validated, then timed (`cliprt::cuda::profile`).
 
 use clap::Args;
-use cliprt::{Device, Result};
+use cliprt::Result;
 
 #[derive(Args)]
 pub struct ProfileArgs {
@@ -35,7 +35,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         device,
         json,
     } = a;
-    let device: Device = device.parse()?;
+    let device: cliprt::Device = device.parse()?;
     let cfg = cliprt::cuda::profile::ProfileConfig {
         device,
         ops,
