@@ -11,7 +11,7 @@ use cliprt::config::presets;
 use cliprt::cpu::CpuBackend;
 use cliprt::model::ClipModel;
 use cliprt::model::ClipWeights;
-use cliprt::tokenizer::TextBatch;
+use cliprt::model::TextBatch;
 
 fn towers(c: &mut Criterion) {
     let arch = std::env::var("CLIPRT_BENCH_ARCH").unwrap_or_else(|_| "vit-b-32".into());

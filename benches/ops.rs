@@ -111,7 +111,7 @@ fn row_ops(c: &mut Criterion) {
     g.bench_function("layernorm/1600x768", |b| {
         b.iter(|| backend::layernorm(&cpu, &mut out, &x, &gamma, &beta, rows, dim, 1e-5).unwrap())
     });
-    for act in [Activation::QuickGelu, Activation::Gelu] {
+    for act in Activation::ALL {
         let mut y = data(rows * 3072, 8);
         g.throughput(Throughput::Elements(y.len() as u64));
         g.bench_function(format!("{}/1600x3072", act.name()), |b| {

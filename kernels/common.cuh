@@ -11,7 +11,7 @@ typedef unsigned short half_t;
 // −∞ without <math.h> (NVRTC has no INFINITY macro without toolkit headers).
 #define NEG_INF __int_as_float(0xff800000)
 
-// The epilogue codes (EPI_STORE, EPI_ACCUMULATE, EPI_QUICK_GELU, EPI_GELU), the tile geometry the host launches
+// The epilogue codes (EPI_STORE, EPI_ACCUMULATE, EPI_QUICK_GELU, EPI_GELU, EPI_GELU_TANH), the tile geometry the host launches
 // with and the kernels' limits are #defines generated ahead of this file from src/cuda/kernels.rs (SHARED): one
 // definition for the host and the kernels.
 
@@ -97,6 +97,11 @@ __device__ __forceinline__ float warp_max(float v) {
 // gelu is the exact erf form (HF "gelu"), not the tanh approximation.
 __device__ __forceinline__ float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
 __device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// GELU's tanh approximation (HF gelu_pytorch_tanh) as x·σ(2u), u = √(2/π)(x + 0.044715x³): finite for any x.
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float u = 0.7978846f * (x + 0.044715f * x * x * x);
+    return x / (1.0f + expf(-2.0f * u));
+}
 
 // Two f32 values as one f16x2 register (lo in the low half), round to nearest even.
 __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {

@@ -28,10 +28,12 @@ extern "C" __global__ void vision_embed_f16_v1(half_t* __restrict__ out, const h
                                                const half_t* __restrict__ cls, const half_t* __restrict__ pos,
                                                int batch, int seq, int dim) {
     const size_t total = (size_t)batch * seq * dim;
+    // A null `cls`: no class token, the patches start at row 0.
+    const int lead = cls ? 1 : 0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const int d = (int)(i % dim), t = (int)((i / dim) % seq);
         const size_t b = i / ((size_t)seq * dim);
-        const float v = t == 0 ? h2f(cls[d]) : h2f(patches[(b * (seq - 1) + t - 1) * dim + d]);
+        const float v = t < lead ? h2f(cls[d]) : h2f(patches[(b * (seq - lead) + t - lead) * dim + d]);
         out[i] = f2h(v + h2f(pos[(size_t)t * dim + d]));
     }
 }

@@ -27,6 +27,7 @@ __device__ __forceinline__ void gemm_store(half_t* __restrict__ out, const half_
     if (epilogue == EPI_ACCUMULATE) v += h2f(*o);
     else if (epilogue == EPI_QUICK_GELU) v = quick_gelu(v);
     else if (epilogue == EPI_GELU) v = gelu(v);
+    else if (epilogue == EPI_GELU_TANH) v = gelu_tanh(v);
     *o = f2h(v);
 }
 

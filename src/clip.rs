@@ -11,9 +11,10 @@ pub use crate::engine::Device;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
+use crate::model::TextBatch;
 use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
 use crate::similarity;
-use crate::tokenizer::{ClipTokenizer, ModelTokenizer, TextBatch};
+use crate::tokenizer::{ClipTokenizer, ModelTokenizer};
 use crate::weights::Checkpoint;
 
 /// A batch of embeddings, row-major `[rows, dim]`.

@@ -18,6 +18,9 @@ pub enum Activation {
     QuickGelu,
     /// x · Φ(x) with the exact erf
     Gelu,
+    /// GELU's tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (HF `gelu_pytorch_tanh`, `gelu_new`:
+    /// SigLIP's towers)
+    GeluTanh,
 }
 
 impl Activation {
@@ -26,6 +29,7 @@ impl Activation {
             "quick_gelu" => Some(Activation::QuickGelu),
             // HF's "gelu" is the exact erf form; "gelu_python" is the same function.
             "gelu" | "gelu_python" => Some(Activation::Gelu),
+            "gelu_pytorch_tanh" | "gelu_new" => Some(Activation::GeluTanh),
             _ => None,
         }
     }
@@ -35,8 +39,16 @@ impl Activation {
         match self {
             Activation::QuickGelu => "quick_gelu",
             Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
         }
     }
+
+    /// Every activation, for the checks that must cover each.
+    pub const ALL: [Activation; 3] = [
+        Activation::QuickGelu,
+        Activation::Gelu,
+        Activation::GeluTanh,
+    ];
 }
 
 /// The part of a tower's configuration shared by text and vision: one stack of pre-LN encoder layers.
@@ -394,5 +406,14 @@ mod tests {
         assert_eq!(c.vision.encoder.activation, Activation::Gelu);
         assert_eq!(c.vision.seq_len(), 17);
         assert_eq!(c.text.max_position_embeddings, 77);
+    }
+
+    #[test]
+    fn every_activation_round_trips_through_its_hf_name() {
+        for act in Activation::ALL {
+            assert_eq!(Activation::parse(act.name()), Some(act));
+        }
+        assert_eq!(Activation::parse("gelu_new"), Some(Activation::GeluTanh));
+        assert_eq!(Activation::parse("relu"), None);
     }
 }

@@ -12,9 +12,9 @@ use crate::config::ClipConfig;
 use crate::cpu::{CpuBackend, Precision};
 pub use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::model::TextBatch;
 use crate::model::{ClipModel, ClipWeights};
 use crate::search::{Retrieval, SearchInfo, TopK};
-use crate::tokenizer::TextBatch;
 
 /// A gallery uploaded by [`Engine::upload_gallery`], in the backend's own form.
 pub struct Gallery {

@@ -11,7 +11,7 @@ use cliprt::config::presets;
 use cliprt::cpu::{CpuBackend, MatrixEngine, Precision};
 use cliprt::model::ClipModel;
 use cliprt::model::ClipWeights;
-use cliprt::tokenizer::TextBatch;
+use cliprt::model::TextBatch;
 use common::*;
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

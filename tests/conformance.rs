@@ -133,6 +133,7 @@ fn gemm<B: Backend>(b: &B, p: &Profile) {
         Epilogue::Accumulate,
         Epilogue::Activation(Activation::QuickGelu),
         Epilogue::Activation(Activation::Gelu),
+        Epilogue::Activation(Activation::GeluTanh),
     ];
     let shapes = if p.small { small } else { full };
     for (case, &(m, n, k)) in shapes.iter().enumerate() {
@@ -350,27 +351,36 @@ fn embeddings<B: Backend>(b: &B, p: &Profile) {
         backend::im2col(b, &mut out, &b.upload(&px).unwrap(), s).unwrap();
         exact(out, &want, &format!("im2col {s:?}"));
     }
-    let (batch, seq, dim) = (2, 7, 9);
-    let patches = (p.round)(&random(batch * (seq - 1) * dim, 3, 1.0));
-    let class = (p.round)(&random(dim, 4, 1.0));
-    let pos = (p.round)(&random(seq * dim, 5, 1.0));
-    let mut want = vec![0.0; batch * seq * dim];
-    backend::vision_embed(&r, &mut want, &patches, &class, &pos, batch, seq, dim).unwrap();
-    let mut out = poisoned(b, batch * seq * dim);
-    let (bp, bc, bpos) = (
-        b.upload(&patches).unwrap(),
-        b.upload(&class).unwrap(),
-        b.upload(&pos).unwrap(),
-    );
-    backend::vision_embed(b, &mut out, &bp, &bc, &bpos, batch, seq, dim).unwrap();
-    // Sums of two rounded values are rounded once more by an f16 backend.
-    assert_close(
-        &b.download(&out).unwrap(),
-        &want,
-        p.atol,
-        p.rtol,
-        &format!("{} vision_embed", p.name),
-    );
+    // With a class token (CLIP) and without (a family that embeds patches only).
+    for with_class in [true, false] {
+        let (batch, seq, dim) = (2, 7, 9);
+        let lead = usize::from(with_class);
+        let patches = (p.round)(&random(batch * (seq - lead) * dim, 3, 1.0));
+        let class = (p.round)(&random(dim, 4, 1.0));
+        let pos = (p.round)(&random(seq * dim, 5, 1.0));
+        let mut want = vec![0.0; batch * seq * dim];
+        let rc = with_class.then_some(&class);
+        backend::vision_embed(&r, &mut want, &patches, rc, &pos, batch, seq, dim).unwrap();
+        let mut out = poisoned(b, batch * seq * dim);
+        let (bp, bc, bpos) = (
+            b.upload(&patches).unwrap(),
+            b.upload(&class).unwrap(),
+            b.upload(&pos).unwrap(),
+        );
+        let bcls = with_class.then_some(&bc);
+        backend::vision_embed(b, &mut out, &bp, bcls, &bpos, batch, seq, dim).unwrap();
+        // Sums of two rounded values are rounded once more by an f16 backend.
+        assert_close(
+            &b.download(&out).unwrap(),
+            &want,
+            p.atol,
+            p.rtol,
+            &format!("{} vision_embed class {with_class}", p.name),
+        );
+        // Too few patch rows for the sequence.
+        let short = b.upload(&patches[..patches.len() - dim]).unwrap();
+        assert!(backend::vision_embed(b, &mut out, &short, bcls, &bpos, batch, seq, dim).is_err());
+    }
 
     let token = (p.round)(&random(11 * 4, 6, 1.0));
     let tpos = (p.round)(&random(3 * 4, 7, 1.0));

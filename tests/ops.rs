@@ -70,7 +70,7 @@ fn activations_match_f64() {
     for &x in &[
         -80.0f32, -10.0, -3.3, -1.0, -0.1, 0.0, 1e-3, 0.5, 2.0, 7.5, 80.0,
     ] {
-        for act in [Activation::QuickGelu, Activation::Gelu] {
+        for act in Activation::ALL {
             let got = act.apply_f32(x);
             let want = act.apply_f64(f64::from(x)) as f32;
             assert!(
@@ -181,7 +181,7 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
         (77, 768, 3072),
         (33, 1600, 40),
     ] {
-        for act in [Activation::QuickGelu, Activation::Gelu] {
+        for act in Activation::ALL {
             seed += 1;
             // Weights at 1/√fan-in, as in a real model, so activations stay of order one.
             let (s1, s2) = (1.0 / (d as f32).sqrt(), 1.0 / (h as f32).sqrt());

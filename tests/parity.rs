@@ -151,7 +151,7 @@ fn text_batch_cut_equals_padding_to_context() {
     use cliprt::backend::reference::ReferenceBackend;
     use cliprt::cpu::CpuBackend;
     use cliprt::model::ClipModel;
-    use cliprt::tokenizer::TextBatch;
+    use cliprt::model::TextBatch;
     use cliprt::{model::ClipWeights, weights::Checkpoint};
 
     let dir = fixture("exotic");

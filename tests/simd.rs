@@ -49,7 +49,7 @@ fn exp_is_accurate_and_tiers_agree() {
 fn activations_match_f64_on_every_tier() {
     for &len in LENS {
         let x = random(len, 100 + len as u64, 6.0);
-        for act in [Activation::QuickGelu, Activation::Gelu] {
+        for act in Activation::ALL {
             let want: Vec<f32> = x
                 .iter()
                 .map(|&v| act.apply_f64(f64::from(v)) as f32)

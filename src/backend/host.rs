@@ -27,18 +27,18 @@ pub fn im2col(out: &mut [f32], pixels: &[f32], s: PatchShape) {
 pub fn vision_embed(
     out: &mut [f32],
     patches: &[f32],
-    class: &[f32],
+    class: Option<&[f32]>,
     pos: &[f32],
     batch: usize,
     seq: usize,
     dim: usize,
 ) {
+    let lead = usize::from(class.is_some());
     for b in 0..batch {
         for t in 0..seq {
-            let src = if t == 0 {
-                &class[..dim]
-            } else {
-                &patches[(b * (seq - 1) + t - 1) * dim..][..dim]
+            let src = match class {
+                Some(c) if t == 0 => &c[..dim],
+                _ => &patches[(b * (seq - lead) + t - lead) * dim..][..dim],
             };
             let dst = &mut out[(b * seq + t) * dim..][..dim];
             for ((d, s), p) in dst.iter_mut().zip(src).zip(&pos[t * dim..][..dim]) {
@@ -115,13 +115,21 @@ macro_rules! host_buffer_ops {
             &self,
             out: &mut Vec<f32>,
             patches: &Vec<f32>,
-            class: &Vec<f32>,
+            class: Option<&Vec<f32>>,
             pos: &Vec<f32>,
             batch: usize,
             seq: usize,
             dim: usize,
         ) -> $crate::error::Result<()> {
-            $crate::backend::host::vision_embed(out, patches, class, pos, batch, seq, dim);
+            $crate::backend::host::vision_embed(
+                out,
+                patches,
+                class.map(|c| c.as_slice()),
+                pos,
+                batch,
+                seq,
+                dim,
+            );
             Ok(())
         }
         fn text_embed_unchecked(

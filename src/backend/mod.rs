@@ -20,6 +20,8 @@ impl Activation {
             // x·σ(1.702x), written as x / (1 + e^(−1.702x)) to stay finite for large |x|.
             Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
             Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            // 0.5·x·(1 + tanh(u)) = x·σ(2u), written like quick_gelu to stay finite for large |x|.
+            Activation::GeluTanh => x / (1.0 + (-2.0 * gelu_tanh_arg(x)).exp()),
         }
     }
 
@@ -28,8 +30,19 @@ impl Activation {
         match self {
             Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
             Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+            // The definition itself, as the oracle.
+            Activation::GeluTanh => {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + u.tanh())
+            }
         }
     }
+}
+
+/// √(2/π)·(x + 0.044715·x³), the argument of GELU's tanh approximation.
+#[inline]
+pub(crate) fn gelu_tanh_arg(x: f32) -> f32 {
+    0.797_884_6 * (x + 0.044_715 * x * x * x)
 }
 
 /// What a GEMM does with its product `x·Wᵀ + b` (b only if the linear layer has a bias).
@@ -269,13 +282,14 @@ pub trait Backend: Send + Sync {
         pixels: &Self::Buf,
         s: PatchShape,
     ) -> Result<()>;
-    /// `out[b, 0] = class + pos[0]`, `out[b, 1 + p] = patches[b, p] + pos[1 + p]` for a `[batch, seq, dim]` output.
+    /// `out[b, t] = patches[b, t] + pos[t]` for a `[batch, seq, dim]` output; with a class token (CLIP) the patches
+    /// move one row down: `out[b, 0] = class + pos[0]`, `out[b, 1 + p] = patches[b, p] + pos[1 + p]`.
     #[allow(clippy::too_many_arguments)]
     fn vision_embed_unchecked(
         &self,
         out: &mut Self::Buf,
         patches: &Self::Buf,
-        class: &Self::Buf,
+        class: Option<&Self::Buf>,
         pos: &Self::Buf,
         batch: usize,
         seq: usize,
@@ -520,23 +534,29 @@ pub fn im2col<B: Backend>(b: &B, out: &mut B::Buf, pixels: &B::Buf, s: PatchShap
     b.im2col_unchecked(out, pixels, s)
 }
 
-/// Checked vision embedding assembly.
+/// Checked vision embedding assembly: the patch embeddings plus the position embedding, after an optional class
+/// token (a family's choice: CLIP has one, SigLIP none).
 #[allow(clippy::too_many_arguments)]
 pub fn vision_embed<B: Backend>(
     b: &B,
     out: &mut B::Buf,
     patches: &B::Buf,
-    class: &B::Buf,
+    class: Option<&B::Buf>,
     pos: &B::Buf,
     batch: usize,
     seq: usize,
     dim: usize,
 ) -> Result<()> {
-    if seq == 0 {
-        return Err(Error::Shape("vision sequence is empty".into()));
+    let lead = usize::from(class.is_some());
+    if seq <= lead {
+        return Err(Error::Shape(format!(
+            "a vision sequence of {seq} has no patch row"
+        )));
     }
-    need(b, patches, batch * (seq - 1) * dim, "patch embeddings")?;
-    need(b, class, dim, "class embedding")?;
+    need(b, patches, batch * (seq - lead) * dim, "patch embeddings")?;
+    if let Some(class) = class {
+        need(b, class, dim, "class embedding")?;
+    }
     need(b, pos, seq * dim, "position embedding")?;
     need(b, out, batch * seq * dim, "vision embeddings")?;
     b.vision_embed_unchecked(out, patches, class, pos, batch, seq, dim)

@@ -12,7 +12,8 @@ use crate::config::{presets, ClipConfig, EncoderConfig};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
-use crate::tokenizer::{ClipTokenizer, TextBatch};
+use crate::model::TextBatch;
+use crate::tokenizer::ClipTokenizer;
 use crate::weights::Checkpoint;
 
 /// The real short prompts of the default text workload.

@@ -347,7 +347,7 @@ pub(crate) mod generic {
 
     /// The activation of a vector.
     ///
-    /// quick_gelu: x·σ(1.702x) = x / (1 + e^(−1.702x)), finite for every x.
+    /// quick_gelu: x·σ(1.702x) = x / (1 + e^(−1.702x)), finite for every x; gelu_tanh the same form with 2u.
     /// gelu: 0.5·x·(1 + erf(x/√2)) with erfc from Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e−7): for negative x,
     /// 1 + erf(z) is computed directly as erfc(|z|), avoiding the cancellation of 1 − (1 − ε).
     #[inline(always)]
@@ -370,6 +370,13 @@ pub(crate) mod generic {
                 let erfc = S::mul(S::mul(p, t), exp::<S>(S::mul(S::mul(z, z), S::splat(-1.0))));
                 let one_plus_erf = S::select_negative(x, erfc, S::sub(S::splat(2.0), erfc));
                 S::mul(S::mul(S::splat(0.5), x), one_plus_erf)
+            }
+            Activation::GeluTanh => {
+                // 0.5·x·(1 + tanh(u)) = x / (1 + e^(−2u)), u = √(2/π)·(x + 0.044715·x³): quick_gelu's form.
+                let x3 = S::mul(S::mul(x, x), x);
+                let u = S::mul(S::fma(x3, S::splat(0.044_715), x), S::splat(0.797_884_6));
+                let e = exp::<S>(S::mul(u, S::splat(-2.0)));
+                S::div(x, S::add(S::splat(1.0), e))
             }
         }
     }

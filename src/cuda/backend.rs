@@ -327,7 +327,7 @@ impl Backend for CudaBackend {
         &self,
         out: &mut CudaBuf,
         patches: &CudaBuf,
-        class: &CudaBuf,
+        class: Option<&CudaBuf>,
         pos: &CudaBuf,
         batch: usize,
         seq: usize,
@@ -342,7 +342,8 @@ impl Backend for CudaBackend {
             &[
                 Arg::Mem(&out.data),
                 Arg::Mem(&patches.data),
-                Arg::Mem(&class.data),
+                // A null class pointer: no class token.
+                class.map_or(Arg::Null, |c| Arg::Mem(&c.data)),
                 Arg::Mem(&pos.data),
                 Arg::I32(b),
                 Arg::I32(s),

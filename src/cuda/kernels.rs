@@ -58,6 +58,7 @@ pub fn epilogue_code(ep: Epilogue) -> i32 {
         Epilogue::Accumulate => 1,
         Epilogue::Activation(Activation::QuickGelu) => 2,
         Epilogue::Activation(Activation::Gelu) => 3,
+        Epilogue::Activation(Activation::GeluTanh) => 4,
     }
 }
 
@@ -67,6 +68,7 @@ pub const SHARED: &[(&str, usize)] = &[
     ("EPI_ACCUMULATE", 1),
     ("EPI_QUICK_GELU", 2),
     ("EPI_GELU", 3),
+    ("EPI_GELU_TANH", 4),
     ("GP_BK", GP_BK),
     ("GP_LDS", GP_LDS),
     ("G1_TILE", G1_TILE),

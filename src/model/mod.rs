@@ -8,4 +8,4 @@ pub mod layers;
 pub use clip::weights::ClipWeights;
 pub use clip::ClipModel;
 
-pub use clip::{TextTower, VisionTower};
+pub use clip::{TextBatch, TextTower, VisionTower};

@@ -1,17 +1,18 @@
 //! The CLIP family (HF `model_type: "clip"`): a ViT image tower with a class token, pre-LayerNorm and a projection,
 //! and a causal text tower pooled at the EOT token, each with its HF checkpoint key names (`weights`).
 
+pub mod batch;
 pub mod text;
 pub mod vision;
 pub mod weights;
 
+pub use batch::TextBatch;
 pub use text::TextTower;
 pub use vision::VisionTower;
 
 use crate::backend::Backend;
 use crate::config::ClipConfig;
 use crate::error::Result;
-use crate::tokenizer::TextBatch;
 use weights::ClipWeights;
 
 /// Both towers of a CLIP model on one backend, plus the logit scale.

@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 
+use super::batch::TextBatch;
 use super::weights::TextWeights;
 use crate::backend::{self, Backend, Epilogue, GemmShape, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
-use crate::tokenizer::TextBatch;
 
 /// The text tower prepared for backend `B`.
 pub struct TextTower<B: Backend> {

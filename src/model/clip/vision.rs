@@ -188,7 +188,7 @@ impl<B: Backend> VisionTower<B> {
                 b,
                 embedded,
                 patches,
-                &self.class_embedding,
+                Some(&self.class_embedding),
                 &self.position_embedding,
                 batch,
                 seq,
