@@ -11,7 +11,7 @@ pub use crate::engine::Device;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
-use crate::model::TextBatch;
+use crate::model::ModelSpec;
 use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
 use crate::similarity;
 use crate::tokenizer::{ClipTokenizer, ModelTokenizer};
@@ -131,7 +131,10 @@ impl Clip {
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
         let (logit_scale, stored_dtype) =
             (weights.logit_scale_log.exp(), weights.stored_dtype.clone());
-        let engine = engine.load(&config, weights)?;
+        let engine = engine.load(ModelSpec::Clip {
+            config: config.clone(),
+            weights,
+        })?;
         Ok(Clip {
             dir: dir.to_path_buf(),
             logit_scale,
@@ -270,8 +273,7 @@ impl Clip {
         }
         let mut data = Vec::with_capacity(ids.len() * self.config.projection_dim);
         for chunk in ids.chunks(TEXT_CHUNK) {
-            let batch = TextBatch::new(chunk, &self.config.text)?;
-            data.extend(self.engine.encode_texts(&batch)?);
+            data.extend(self.engine.encode_texts(chunk)?);
         }
         Ok(self.embeddings(data, ids.len()))
     }

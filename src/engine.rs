@@ -12,8 +12,7 @@ use crate::config::ClipConfig;
 use crate::cpu::{CpuBackend, Precision};
 pub use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::TextBatch;
-use crate::model::{ClipModel, ClipWeights};
+use crate::model::{Model, ModelSpec};
 use crate::search::{Retrieval, SearchInfo, TopK};
 
 /// A gallery uploaded by [`Engine::upload_gallery`], in the backend's own form.
@@ -43,10 +42,10 @@ trait Runner: Send + Sync {
     fn precision(&self) -> Precision;
     fn peak_gflops(&self, threads: usize) -> Option<f64>;
     fn supports(&self, config: &ClipConfig) -> Result<()>;
-    fn load(self: Box<Self>, config: &ClipConfig, weights: ClipWeights) -> Result<Box<dyn Runner>>;
+    fn load(self: Box<Self>, spec: ModelSpec) -> Result<Box<dyn Runner>>;
     fn loaded(&self) -> bool;
     fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>>;
-    fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>>;
+    fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>>;
     #[allow(clippy::too_many_arguments)]
     fn scaled_cosine(
         &self,
@@ -67,21 +66,20 @@ trait Runner: Send + Sync {
 /// A backend, and the model prepared on it once one is loaded.
 enum Held<B: Backend> {
     Open(B),
-    // Boxed: the prepared model is large and an open backend should not pay for its size.
-    Loaded(Box<ClipModel<B>>),
+    Loaded(Box<dyn Model<B>>),
 }
 
 impl<B: Backend> Held<B> {
     fn backend(&self) -> &B {
         match self {
             Held::Open(b) => b,
-            Held::Loaded(m) => &m.backend,
+            Held::Loaded(m) => m.backend(),
         }
     }
 
-    fn model(&self) -> Result<&ClipModel<B>> {
+    fn model(&self) -> Result<&dyn Model<B>> {
         match self {
-            Held::Loaded(m) => Ok(m),
+            Held::Loaded(m) => Ok(m.as_ref()),
             Held::Open(_) => Err(Error::InvalidArgument(
                 "no model is loaded on this engine (Engine::load)".into(),
             )),
@@ -102,15 +100,12 @@ impl<B: Backend + Retrieval + 'static> Runner for Held<B> {
     fn supports(&self, config: &ClipConfig) -> Result<()> {
         self.backend().supports(config)
     }
-    fn load(self: Box<Self>, config: &ClipConfig, weights: ClipWeights) -> Result<Box<dyn Runner>> {
+    fn load(self: Box<Self>, spec: ModelSpec) -> Result<Box<dyn Runner>> {
         let backend = match *self {
             Held::Open(b) => b,
-            Held::Loaded(m) => m.backend,
+            Held::Loaded(m) => m.into_backend(),
         };
-        backend.supports(config)?;
-        Ok(Box::new(Held::Loaded(Box::new(ClipModel::new(
-            backend, config, weights,
-        )?))))
+        Ok(Box::new(Held::Loaded(spec.prepare(backend)?)))
     }
     fn loaded(&self) -> bool {
         matches!(self, Held::Loaded(_))
@@ -118,8 +113,8 @@ impl<B: Backend + Retrieval + 'static> Runner for Held<B> {
     fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
         self.model()?.encode_images(pixels, batch)
     }
-    fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
-        self.model()?.encode_texts(batch)
+    fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
+        self.model()?.encode_texts(rows)
     }
     fn scaled_cosine(
         &self,
@@ -194,11 +189,11 @@ impl Engine {
         }
     }
 
-    /// Prepares `weights` of a model of `config` on this engine (after [`Engine::supports`]), replacing a model
-    /// loaded before.
-    pub fn load(self, config: &ClipConfig, weights: ClipWeights) -> Result<Engine> {
+    /// Prepares a model (of any family: [`ModelSpec`]) on this engine, after checking that the backend supports
+    /// it, replacing a model loaded before.
+    pub fn load(self, spec: ModelSpec) -> Result<Engine> {
         Ok(Engine {
-            runner: self.runner.load(config, weights)?,
+            runner: self.runner.load(spec)?,
         })
     }
 
@@ -232,9 +227,10 @@ impl Engine {
         self.runner.encode_images(pixels, batch)
     }
 
-    /// Projected text embeddings `[batch, projection_dim]` (needs a loaded model).
-    pub fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
-        self.runner.encode_texts(batch)
+    /// Projected text embeddings `[rows, projection_dim]` of token id rows (needs a loaded model, which lays
+    /// them out as its text tower needs).
+    pub fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
+        self.runner.encode_texts(rows)
     }
 
     /// `scale · normalize(a) · normalize(b)ᵀ`, `[rows_a, rows_b]` (see [`Retrieval::scaled_cosine`]).

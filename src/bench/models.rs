@@ -12,7 +12,7 @@ use crate::config::{presets, ClipConfig, EncoderConfig};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
-use crate::model::TextBatch;
+use crate::model::{ModelSpec, TextBatch};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::Checkpoint;
 
@@ -226,7 +226,10 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
             (config, weights, cfg.arch.clone(), prompt_ids())
         }
     };
-    let engine = engine.load(&config, weights)?;
+    let engine = engine.load(ModelSpec::Clip {
+        config: config.clone(),
+        weights,
+    })?;
     Ok(Subject {
         engine,
         config,
@@ -265,7 +268,7 @@ fn measure(
                     let rows = text_rows(batch, cfg.prompt_len, &s.prompts, c)?;
                     let tb = TextBatch::new(&rows, &c.text)?;
                     let t = time_runs(cfg.warmup, cfg.reps, || {
-                        s.engine.encode_texts(&tb).map(drop)
+                        s.engine.encode_texts(&rows).map(drop)
                     })?;
                     (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
                 }

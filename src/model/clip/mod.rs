@@ -54,3 +54,19 @@ impl<B: Backend> ClipModel<B> {
         self.text.forward(&self.backend, batch)
     }
 }
+
+impl<B: Backend> super::Model<B> for ClipModel<B> {
+    fn backend(&self) -> &B {
+        &self.backend
+    }
+    fn into_backend(self: Box<Self>) -> B {
+        self.backend
+    }
+    fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        ClipModel::encode_images(self, pixels, batch)
+    }
+    /// The causal tower: the batch is cut at its longest pooled row (ARCHITECTURE.md, trap 2).
+    fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
+        ClipModel::encode_texts(self, &TextBatch::new(rows, &self.config.text)?)
+    }
+}
