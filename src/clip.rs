@@ -31,6 +31,25 @@ impl Embeddings {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 
+    /// The first row holding a NaN or an infinity, if any.
+    pub fn first_non_finite_row(&self) -> Option<usize> {
+        self.data
+            .chunks(self.dim.max(1))
+            .position(|r| r.iter().any(|v| !v.is_finite()))
+    }
+
+    /// `self`, or [`Error::NonFinite`] naming the first row that holds a NaN or infinity: a non-finite embedding
+    /// is never returned as a result.
+    pub fn checked(self) -> Result<Embeddings> {
+        match self.first_non_finite_row() {
+            None => Ok(self),
+            Some(i) => Err(Error::NonFinite(format!(
+                "embedding row {i} of {} (the model's activations overflow f32 for this input)",
+                self.rows
+            ))),
+        }
+    }
+
     /// A copy with every row scaled to unit L2 norm.
     pub fn normalized(&self) -> Embeddings {
         let mut data = self.data.clone();
@@ -215,7 +234,7 @@ impl Clip {
         if paths.is_empty() {
             return Err(Error::EmptyInput("no images given"));
         }
-        let mut data = Vec::new();
+        let mut data = Vec::with_capacity(paths.len() * self.config.projection_dim);
         for chunk in paths.chunks(IMAGE_CHUNK) {
             let pixels: Vec<Vec<f32>> = chunk
                 .par_iter()
@@ -223,7 +242,7 @@ impl Clip {
                 .collect::<Result<_>>()?;
             data.extend(self.engine.encode_images(&pixels.concat(), chunk.len())?);
         }
-        Ok(self.embeddings(data, paths.len()))
+        self.embeddings(data, paths.len()).checked()
     }
 
     /// Projected image embeddings of decoded images. Not normalized.
@@ -240,6 +259,12 @@ impl Clip {
 
     /// Projected image embeddings of already preprocessed pixels `[batch, 3, H, W]`. Not normalized.
     pub fn embed_pixels(&self, pixels: &[f32], batch: usize) -> Result<Embeddings> {
+        self.embed_pixels_unchecked(pixels, batch)?.checked()
+    }
+
+    /// [`Clip::embed_pixels`] whose rows may be non-finite: for callers that check each row (the index records a
+    /// non-finite row as that file's failure).
+    pub(crate) fn embed_pixels_unchecked(&self, pixels: &[f32], batch: usize) -> Result<Embeddings> {
         if batch == 0 {
             return Err(Error::EmptyInput("no images given"));
         }
@@ -275,7 +300,7 @@ impl Clip {
         for chunk in ids.chunks(TEXT_CHUNK) {
             data.extend(self.engine.encode_texts(chunk)?);
         }
-        Ok(self.embeddings(data, ids.len()))
+        self.embeddings(data, ids.len()).checked()
     }
 
     fn embeddings(&self, data: Vec<f32>, rows: usize) -> Embeddings {

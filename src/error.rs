@@ -63,6 +63,23 @@ pub enum Error {
         height: u32,
         limit: &'static str,
     },
+    /// An input or argument asks for more than a documented resource limit (src/limits.rs).
+    #[error("{what} is {value}, over the limit of {limit}")]
+    Limit {
+        what: String,
+        value: String,
+        limit: String,
+    },
+    /// An embedding, score or weight is NaN or infinite: the weights or inputs overflow f32, or a file is corrupt.
+    /// cliprt never writes such a value.
+    #[error("non-finite values (NaN or infinity): {0}")]
+    NonFinite(String),
+    /// A path names a FIFO, device, socket or folder where a regular file is needed (reading it could block forever).
+    #[error("{0}: not a regular file")]
+    NotAFile(PathBuf),
+    /// Another process holds the lock of an index being built.
+    #[error("{0}: another cliprt run is building this index (its journal is locked)")]
+    Locked(PathBuf),
     /// A batch of images or texts was empty.
     #[error("empty input: {0}")]
     EmptyInput(&'static str),

@@ -3,9 +3,17 @@
 //! Two files. While indexing, every finished batch is appended to a journal (`INDEX.partial`) as one record with
 //! its own checksum and is flushed to disk (`fsync`) before the next batch starts: a killed run loses at most the
 //! batch in flight, and the next run over the same folder and model reads the journal back (dropping a torn last
-//! record), skips what it holds and goes on. When every file is done, the index is written to a temporary file,
-//! synced and renamed over `INDEX`, and the journal is deleted: `INDEX` is either absent or complete, never
+//! record), skips what it holds and goes on. The journal is locked (`flock`) while a run uses it, so a second run on
+//! the same output stops with [`Error::Locked`] instead of interleaving records. Each record keys a file by its name
+//! as bytes and its identity (size, modification time, inode): a file replaced after an interrupted run is embedded
+//! again. When every file is done, the index is staged in an exclusive temporary file, synced and renamed over
+//! `INDEX` ([`crate::files::Outputs`]), and the journal is deleted: `INDEX` is either absent or complete, never
 //! half-written.
+//!
+//! The index is memory-mapped so that a multi-GB gallery opens in milliseconds and is searched in place. The limit
+//! that comes with it: a program that truncates an index file *in place* while cliprt reads it makes the kernel send
+//! SIGBUS (the CLI then exits with a message saying so). cliprt itself never does that; it replaces indexes by
+//! rename, which leaves an open mapping intact.
 //!
 //! Index layout (little-endian), 64-byte aligned sections so the embeddings can be used in place from an mmap:
 //! `"CLIPRTIX" | u32 version | u32 dim | u64 rows | u64 meta_len | u64 paths_len | u64 checksum | pad to 64 |
@@ -13,8 +21,9 @@
 //! The checksum (FNV-1a) covers the metadata, offsets and paths; the embeddings are not re-read at load (a 1M-entry
 //! index opens in milliseconds), their integrity comes from the atomic rename.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,9 +33,12 @@ use serde::{Deserialize, Serialize};
 use crate::checksum::{fnv1a, FNV_START};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
+use crate::files::{path_bytes, path_from_bytes};
 
 const INDEX_MAGIC: &[u8; 8] = b"CLIPRTIX";
-const JOURNAL_MAGIC: &[u8; 8] = b"CLIPRTJ1";
+/// Journal format 2 keys files by name bytes and identity; format 1 (names as UTF-8 only) is not resumed.
+const JOURNAL_MAGIC: &[u8; 8] = b"CLIPRTJ2";
+const OLD_JOURNAL_MAGIC: &[u8; 8] = b"CLIPRTJ1";
 const VERSION: u32 = 1;
 const HEADER: usize = 64;
 /// The text whose embedding identifies the model an index was built with.
@@ -74,6 +86,17 @@ impl ModelIdentity {
 
 fn pad64(n: usize) -> usize {
     n.next_multiple_of(64)
+}
+
+/// Where the sections of an index with these header fields lie: `(embeddings, offsets, paths, file length)`, or
+/// `None` when the sizes overflow (a corrupt or hostile header).
+fn layout(dim: u64, rows: u64, meta_len: u64, paths_len: u64) -> Option<(usize, usize, usize, usize)> {
+    let us = |v: u64| usize::try_from(v).ok();
+    let emb_at = us(meta_len)?.checked_next_multiple_of(64)?.checked_add(HEADER)?;
+    let emb_bytes = us(rows)?.checked_mul(us(dim)?)?.checked_mul(4)?;
+    let offsets_at = emb_at.checked_add(emb_bytes.checked_next_multiple_of(64)?)?;
+    let paths_at = offsets_at.checked_add(us(rows)?.checked_add(1)?.checked_mul(8)?)?;
+    Some((emb_at, offsets_at, paths_at, paths_at.checked_add(us(paths_len)?)?))
 }
 
 /// A finished index, memory-mapped.
@@ -135,8 +158,9 @@ impl Index {
                 "index files are little-endian; this machine is not".into(),
             ));
         }
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the file is only read; an index is replaced by rename, never modified in place.
+        let file = crate::files::open_regular(path)?;
+        // SAFETY: the file is only read; cliprt replaces an index by rename, never in place (the module docs say
+        // what another program truncating it in place does).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         if map.len() < HEADER || &map[..8] != INDEX_MAGIC {
             return Err(bad("no CLIPRTIX header".into()));
@@ -149,22 +173,22 @@ impl Index {
                 "version {version} (this cliprt reads {VERSION})"
             )));
         }
-        let (dim, rows) = (u32_at(12) as usize, u64_at(16) as usize);
-        let (meta_len, paths_len, checksum) =
-            (u64_at(24) as usize, u64_at(32) as usize, u64_at(40));
-        let emb_at = HEADER + pad64(meta_len);
-        let emb_bytes = rows
-            .checked_mul(dim)
-            .and_then(|n| n.checked_mul(4))
-            .ok_or_else(|| bad("size overflow".into()))?;
-        let offsets_at = emb_at + pad64(emb_bytes);
-        let paths_at = offsets_at + 8 * (rows + 1);
-        if dim == 0 || paths_at.checked_add(paths_len) != Some(map.len()) {
+        let (dim, rows) = (u32_at(12), u64_at(16));
+        let (meta_len, paths_len, checksum) = (u64_at(24), u64_at(32), u64_at(40));
+        let Some((emb_at, offsets_at, paths_at, total)) =
+            layout(u64::from(dim), rows, meta_len, paths_len)
+        else {
+            return Err(bad("header sizes overflow".into()));
+        };
+        if dim == 0 || total != map.len() {
             return Err(bad(format!(
                 "{} bytes, header describes another size (truncated?)",
                 map.len()
             )));
         }
+        // layout() succeeded, so these fit in usize and inside the map.
+        let (dim, rows, meta_len, paths_len) =
+            (dim as usize, rows as usize, meta_len as usize, paths_len as usize);
         let mut sum = fnv1a(FNV_START, &map[HEADER..HEADER + meta_len]);
         sum = fnv1a(sum, &map[offsets_at..]);
         if sum != checksum {
@@ -219,20 +243,19 @@ impl Index {
         u64::from_le_bytes(self.map[o..o + 8].try_into().unwrap_or_default()) as usize
     }
 
-    /// The path of entry `i`, as it was indexed.
-    pub fn path(&self, i: usize) -> &str {
+    /// The path of entry `i`, as it was indexed (its exact bytes, UTF-8 or not).
+    pub fn path(&self, i: usize) -> PathBuf {
         let (a, b) = (self.offset(i), self.offset(i + 1));
-        std::str::from_utf8(&self.map[self.paths_at + a..self.paths_at + b])
-            .unwrap_or("<non-UTF-8 path>")
+        path_from_bytes(&self.map[self.paths_at + a..self.paths_at + b])
     }
 }
 
-/// Writes a finished index atomically (temporary file, fsync, rename, fsync of the folder).
+/// Writes a finished index atomically (an exclusive temporary file, fsync, rename, fsync of the folder).
 fn write_index(
     out: &Path,
     identity: &ModelIdentity,
-    entries: &[(String, u64)],
-    journal: &Path,
+    entries: &[(&Path, u64)],
+    journal: &File,
     dim: usize,
 ) -> Result<()> {
     let meta = serde_json::to_vec(identity)
@@ -241,7 +264,7 @@ fn write_index(
     let mut paths = Vec::new();
     offsets.extend_from_slice(&0u64.to_le_bytes());
     for (p, _) in entries {
-        paths.extend_from_slice(p.as_bytes());
+        paths.extend_from_slice(&path_bytes(p));
         offsets.extend_from_slice(&(paths.len() as u64).to_le_bytes());
     }
     let checksum = fnv1a(fnv1a(fnv1a(FNV_START, &meta), &offsets), &paths);
@@ -254,43 +277,63 @@ fn write_index(
     header.extend_from_slice(&(paths.len() as u64).to_le_bytes());
     header.extend_from_slice(&checksum.to_le_bytes());
     header.resize(HEADER, 0);
-
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let mut outputs = crate::files::Outputs::new();
+    outputs.stage(out, |w| {
         w.write_all(&header)?;
         w.write_all(&meta)?;
         w.write_all(&vec![0; pad64(meta.len()) - meta.len()])?;
-        // Embeddings stream from the journal in entry order.
-        let mut r = BufReader::with_capacity(1 << 20, File::open(journal)?);
+        // Embeddings come from the journal in entry order.
         let mut row = vec![0u8; dim * 4];
         for &(_, at) in entries {
-            r.seek(SeekFrom::Start(at))?;
-            r.read_exact(&mut row)?;
+            read_at(journal, &mut row, at)?;
             w.write_all(&row)?;
         }
         let emb = entries.len() * dim * 4;
         w.write_all(&vec![0; pad64(emb) - emb])?;
         w.write_all(&offsets)?;
-        w.write_all(&paths)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, out)?;
-        // The rename itself must reach the disk before the journal goes.
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(out, e)
-    })
+        w.write_all(&paths)
+    })?;
+    outputs.commit()
+}
+
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// What identifies the content of a file without reading it: size, modification time and inode. A file replaced
+/// or rewritten since it was embedded has another identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId([u64; 4]);
+
+impl FileId {
+    const BYTES: usize = 32;
+
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId([
+            m.len(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ino(),
+        ]))
+    }
+
+    fn to_bytes(self) -> [u8; Self::BYTES] {
+        let mut b = [0u8; Self::BYTES];
+        for (c, v) in b.chunks_exact_mut(8).zip(self.0) {
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<FileId> {
+        let mut v = [0u64; 4];
+        for (o, c) in v.iter_mut().zip(b.get(..Self::BYTES)?.chunks_exact(8)) {
+            *o = u64::from_le_bytes(c.try_into().ok()?);
+        }
+        Some(FileId(v))
+    }
 }
 
 /// One finished file in the journal.
@@ -300,11 +343,20 @@ enum Done {
     Failed(String),
 }
 
-/// The journal of an index run: header with the model identity, then checksummed batch records.
+/// One file's outcome in a batch appended to the journal.
+struct Outcome {
+    path: PathBuf,
+    /// `None` when the file could not even be looked at (it fails and is retried by the next run).
+    id: Option<FileId>,
+    result: std::result::Result<Vec<f32>, String>,
+}
+
+/// The journal of an index run, locked for this run: header with the model identity, then checksummed batch records.
+/// `done` maps each file to its latest record.
 struct Journal {
     file: File,
     path: PathBuf,
-    done: Vec<(String, Done)>,
+    done: HashMap<PathBuf, (FileId, Done)>,
 }
 
 impl Journal {
@@ -314,64 +366,63 @@ impl Journal {
         PathBuf::from(p)
     }
 
-    /// Opens the journal for `out`: resumes a compatible one (keeping every whole record), or starts a new one.
+    /// Opens and locks the journal for `out`: resumes a compatible one (keeping every whole record), or starts a new
+    /// one. Never follows a symlink planted at the journal's name.
     fn open(out: &Path, identity: &ModelIdentity) -> Result<Journal> {
         let path = Journal::path_for(out);
         let io = |e| Error::io(&path, e);
-        if path.exists() {
-            let bytes = std::fs::read(&path).map_err(io)?;
-            let (theirs, mut at) = read_journal_header(&bytes).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{}: unreadable journal; delete it to start over",
-                    path.display()
-                ))
-            })?;
-            if !theirs.matches(identity) {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: this interrupted run used another model ({}); delete it to start over",
-                    path.display(),
-                    theirs.model
-                )));
-            }
-            let dim = identity.dim;
-            let mut done = Vec::new();
-            while let Some((records, next)) = read_batch(&bytes, at, dim) {
-                done.extend(records);
-                at = next;
-            }
-            // A torn last record (the run died mid-write) is dropped.
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
+        let file = lock_journal(&path)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            let meta =
+                serde_json::to_vec(identity).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let mut head = Vec::new();
+            head.extend_from_slice(JOURNAL_MAGIC);
+            head.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+            head.extend_from_slice(&meta);
+            (&file)
+                .write_all(&head)
+                .and_then(|_| file.sync_all())
                 .map_err(io)?;
-            file.set_len(at as u64).map_err(io)?;
-            let mut file = file;
-            file.seek(SeekFrom::End(0)).map_err(io)?;
-            return Ok(Journal { file, path, done });
+            return Ok(Journal {
+                file,
+                path,
+                done: HashMap::new(),
+            });
         }
-        let meta =
-            serde_json::to_vec(identity).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut head = Vec::new();
-        head.extend_from_slice(JOURNAL_MAGIC);
-        head.extend_from_slice(&(meta.len() as u64).to_le_bytes());
-        head.extend_from_slice(&meta);
-        let mut file = File::create(&path).map_err(io)?;
-        file.write_all(&head)
-            .and_then(|_| file.sync_all())
-            .map_err(io)?;
-        Ok(Journal {
-            file,
-            path,
-            done: Vec::new(),
-        })
+        let bytes = std::fs::read(&path).map_err(io)?;
+        let restart = |why: &str| {
+            Error::InvalidArgument(format!(
+                "{}: {why}; delete it to start over",
+                path.display()
+            ))
+        };
+        if bytes.starts_with(OLD_JOURNAL_MAGIC) {
+            return Err(restart("journal of an older cliprt"));
+        }
+        let (theirs, mut at) =
+            read_journal_header(&bytes).ok_or_else(|| restart("unreadable journal"))?;
+        if !theirs.matches(identity) {
+            return Err(restart(&format!(
+                "this interrupted run used another model ({})",
+                theirs.model
+            )));
+        }
+        let mut done = HashMap::new();
+        while let Some((records, next)) = read_batch(&bytes, at, identity.dim) {
+            // A later record of a file (re-embedded after it changed) replaces the earlier one.
+            done.extend(records.into_iter().map(|(p, id, d)| (p, (id, d))));
+            at = next;
+        }
+        // A torn last record (the run died mid-write) is dropped.
+        file.set_len(at as u64).map_err(io)?;
+        let mut file = file;
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok(Journal { file, path, done })
     }
 
     /// Appends one batch and syncs it to disk.
-    fn append(
-        &mut self,
-        batch: Vec<(String, std::result::Result<Vec<f32>, String>)>,
-    ) -> Result<()> {
+    fn append(&mut self, batch: Vec<Outcome>) -> Result<()> {
         let start = self
             .file
             .stream_position()
@@ -379,21 +430,25 @@ impl Journal {
         let mut rec = Vec::new();
         rec.extend_from_slice(&(batch.len() as u32).to_le_bytes());
         let mut done = Vec::with_capacity(batch.len());
-        for (p, r) in batch {
-            rec.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            rec.extend_from_slice(p.as_bytes());
-            match r {
+        for o in batch {
+            let name = path_bytes(&o.path);
+            rec.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            rec.extend_from_slice(&name);
+            // A file that could not be looked at gets an identity no file has, so the next run retries it.
+            let id = o.id.unwrap_or(FileId([u64::MAX; 4]));
+            rec.extend_from_slice(&id.to_bytes());
+            match o.result {
                 Ok(e) => {
                     rec.push(0);
                     // +8: the record's length prefix written before it.
-                    done.push((p, Done::Embedded(start + 8 + rec.len() as u64)));
+                    done.push((o.path, (id, Done::Embedded(start + 8 + rec.len() as u64))));
                     rec.extend_from_slice(bytemuck::cast_slice(&e));
                 }
                 Err(msg) => {
                     rec.push(1);
                     rec.extend_from_slice(&(msg.len() as u32).to_le_bytes());
                     rec.extend_from_slice(msg.as_bytes());
-                    done.push((p, Done::Failed(msg)));
+                    done.push((o.path, (id, Done::Failed(msg))));
                 }
             }
         }
@@ -410,13 +465,46 @@ impl Journal {
     }
 }
 
+/// Opens (creating it if absent, never truncating, never through a symlink) and exclusively locks the journal at
+/// `path`. The lock lives as long as the file handle. After locking, the name must still lead to the locked file:
+/// a run that finished in between deleted it, and we start again on a fresh one.
+fn lock_journal(path: &Path) -> Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    for _ in 0..8 {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(Error::Locked(path.to_path_buf()));
+            }
+            return Err(Error::io(path, e));
+        }
+        let ours = file.metadata().map_err(|e| Error::io(path, e))?;
+        let same = std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+        if same && ours.is_file() {
+            return Ok(file);
+        }
+    }
+    Err(Error::Locked(path.to_path_buf()))
+}
+
 fn read_journal_header(b: &[u8]) -> Option<(ModelIdentity, usize)> {
     if b.get(..8)? != JOURNAL_MAGIC {
         return None;
     }
-    let len = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?) as usize;
-    let meta = serde_json::from_slice(b.get(16..16usize.checked_add(len)?)?).ok()?;
-    Some((meta, 16 + len))
+    let len = usize::try_from(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?)).ok()?;
+    let end = 16usize.checked_add(len)?;
+    let meta = serde_json::from_slice(b.get(16..end)?).ok()?;
+    Some((meta, end))
 }
 
 /// Reads a record front to back.
@@ -431,41 +519,51 @@ impl<'a> Cursor<'a> {
         self.p += n;
         Some(s)
     }
+
+    fn u32(&mut self) -> Option<usize> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
+    }
 }
 
+/// One file's record as read back from the journal.
+type Record = (PathBuf, FileId, Done);
+
 /// One whole, checksummed batch record at `at`, or `None` (end of file, or a torn or corrupt record).
-fn read_batch(b: &[u8], at: usize, dim: usize) -> Option<(Vec<(String, Done)>, usize)> {
-    let len = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?) as usize;
+fn read_batch(b: &[u8], at: usize, dim: usize) -> Option<(Vec<Record>, usize)> {
+    let len = usize::try_from(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?)).ok()?;
     let body_at = at + 8;
-    let rec = b.get(body_at..body_at.checked_add(len)?)?;
-    let sum = u64::from_le_bytes(b.get(body_at + len..body_at + len + 8)?.try_into().ok()?);
+    let body_end = body_at.checked_add(len)?;
+    let rec = b.get(body_at..body_end)?;
+    let sum = u64::from_le_bytes(b.get(body_end..body_end.checked_add(8)?)?.try_into().ok()?);
     if sum != fnv1a(FNV_START, rec) {
         return None;
     }
     let mut c = Cursor { b: rec, p: 0 };
-    let count = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
-    let mut out = Vec::with_capacity(count as usize);
+    let count = c.u32()?;
+    let mut out = Vec::new();
     for _ in 0..count {
-        let plen = u32::from_le_bytes(c.take(4)?.try_into().ok()?) as usize;
-        let path = String::from_utf8(c.take(plen)?.to_vec()).ok()?;
+        let plen = c.u32()?;
+        let path = path_from_bytes(c.take(plen)?);
+        let id = FileId::from_bytes(c.take(FileId::BYTES)?)?;
         match c.take(1)?[0] {
             0 => {
                 let offset = (body_at + c.p) as u64;
-                c.take(dim * 4)?;
-                out.push((path, Done::Embedded(offset)));
+                c.take(dim.checked_mul(4)?)?;
+                out.push((path, id, Done::Embedded(offset)));
             }
             _ => {
-                let mlen = u32::from_le_bytes(c.take(4)?.try_into().ok()?) as usize;
+                let mlen = c.u32()?;
                 let msg = String::from_utf8_lossy(c.take(mlen)?).into_owned();
-                out.push((path, Done::Failed(msg)));
+                out.push((path, id, Done::Failed(msg)));
             }
         }
     }
-    Some((out, body_at + len + 8))
+    Some((out, body_end + 8))
 }
 
-/// Every image file under `root` (by extension), depth first, sorted by name at each level so that a rerun
-/// visits the same files in the same order. Symbolic links to folders are not followed (no cycles).
+/// Every image file under `root` (by extension; regular files only, so a FIFO or device named `x.png` is passed
+/// over, never opened), depth first, sorted by name bytes at each level so that a rerun visits the same files in
+/// the same order. Symbolic links to files are followed; links to folders are not (no cycles).
 pub fn image_files(root: &Path) -> Result<Vec<PathBuf>> {
     if !root.is_dir() {
         return Err(if root.exists() {
@@ -492,6 +590,7 @@ pub fn image_files(root: &Path) -> Result<Vec<PathBuf>> {
                 .extension()
                 .and_then(|x| x.to_str())
                 .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+                && crate::files::is_regular(&p)
             {
                 out.push(p);
             }
@@ -561,50 +660,65 @@ pub fn build(
     let files = image_files(folder)?;
     let identity = ModelIdentity::of(clip)?;
     let mut journal = Journal::open(out, &identity)?;
-    let done: std::collections::HashSet<String> =
-        journal.done.iter().map(|(p, _)| p.clone()).collect();
-    let resumed = done.len();
-    let todo: Vec<&PathBuf> = files
-        .iter()
-        .filter(|p| !done.contains(&p.to_string_lossy().into_owned()))
-        .collect();
-    let total = resumed + todo.len();
+    // A file is done when the journal holds it with its current identity; a replaced one is embedded again.
+    let current = |p: &PathBuf| FileId::of(p);
+    let is_done = |j: &Journal, p: &PathBuf| {
+        j.done
+            .get(p)
+            .is_some_and(|(id, _)| Some(*id) == current(p))
+    };
+    let todo: Vec<&PathBuf> = files.iter().filter(|p| !is_done(&journal, p)).collect();
+    let resumed = files.len() - todo.len();
+    let total = files.len();
     let throttle = std::env::var("CLIPRT_INDEX_THROTTLE_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
     let t = Instant::now();
     let mut finished = 0;
-    // Counted as batches go (rescanning the journal each batch would be quadratic in the folder size).
-    let mut failed = journal
-        .done
+    let mut failed = files
         .iter()
-        .filter(|(_, d)| matches!(d, Done::Failed(_)))
+        .filter(|p| is_done(&journal, p))
+        .filter(|p| matches!(journal.done.get(*p), Some((_, Done::Failed(_)))))
         .count();
     for chunk in todo.chunks(opts.batch) {
+        // Identity first, then the content: a file changed in between gets embedded again by the next run.
         // Decode and preprocess in parallel; a file that fails is recorded, not fatal.
-        let pixels: Vec<Result<Vec<f32>>> =
-            chunk.par_iter().map(|p| clip.preprocess_file(p)).collect();
-        let ok: Vec<&Vec<f32>> = pixels.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let pixels: Vec<(Option<FileId>, Result<Vec<f32>>)> = chunk
+            .par_iter()
+            .map(|p| (current(p), clip.preprocess_file(p)))
+            .collect();
+        let ok: Vec<&Vec<f32>> = pixels.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut embedded = if ok.is_empty() {
             Vec::new()
         } else {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
-            let e = clip.embed_pixels(&flat, ok.len())?.normalized();
+            let e = clip.embed_pixels_unchecked(&flat, ok.len())?.normalized();
             e.data.chunks_exact(e.dim).map(<[f32]>::to_vec).collect()
         }
         .into_iter();
         let batch = chunk
             .iter()
             .zip(pixels)
-            .map(|(p, r)| {
-                let name = p.to_string_lossy().into_owned();
-                match r {
-                    Ok(_) => (name, Ok(embedded.next().unwrap_or_default())),
-                    Err(e) => (name, Err(e.to_string())),
+            .map(|(p, (id, r))| {
+                let result = match r {
+                    Ok(_) => match embedded.next() {
+                        Some(e) if e.iter().all(|v| v.is_finite()) => Ok(e),
+                        _ => Err(format!(
+                            "{}: {}",
+                            p.display(),
+                            Error::NonFinite("its embedding (not indexed)".into())
+                        )),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                Outcome {
+                    path: (*p).clone(),
+                    id,
+                    result,
                 }
             })
             .collect::<Vec<_>>();
-        failed += batch.iter().filter(|(_, r)| r.is_err()).count();
+        failed += batch.iter().filter(|o| o.result.is_err()).count();
         journal.append(batch)?;
         finished += chunk.len();
         progress(&Progress {
@@ -618,33 +732,26 @@ pub fn build(
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }
-    // Files deleted since an interrupted run started leave the index; files added were embedded above.
-    let present: std::collections::HashSet<String> = files
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    let current = || journal.done.iter().filter(|(p, _)| present.contains(p));
-    let entries: Vec<(String, u64)> = current()
-        .filter_map(|(p, d)| match d {
-            Done::Embedded(at) => Some((p.clone(), *at)),
-            Done::Failed(_) => None,
-        })
-        .collect();
-    let failed: Vec<(String, String)> = current()
-        .filter_map(|(p, d)| match d {
-            Done::Failed(m) => Some((p.clone(), m.clone())),
-            Done::Embedded(_) => None,
-        })
-        .collect();
+    // The index lists the folder's files in walk order; files deleted since an interrupted run are left out.
+    let mut entries: Vec<(&Path, u64)> = Vec::new();
+    let mut failed = Vec::new();
+    for p in &files {
+        match journal.done.get(p) {
+            Some((_, Done::Embedded(at))) => entries.push((p, *at)),
+            Some((_, Done::Failed(m))) => failed.push((p.display().to_string(), m.clone())),
+            None => {}
+        }
+    }
     if entries.is_empty() {
         return Err(Error::EmptyInput(
             "no image under the folder could be indexed",
         ));
     }
-    write_index(out, &identity, &entries, &journal.path, identity.dim)?;
+    write_index(out, &identity, &entries, &journal.file, identity.dim)?;
     let journal_path = journal.path.clone();
-    drop(journal);
+    // Deleted while still locked: a run waiting for the lock then finds the name gone and starts afresh.
     let _ = std::fs::remove_file(&journal_path);
+    drop(journal);
     Ok(IndexReport {
         indexed: entries.len(),
         failed,

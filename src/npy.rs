@@ -1,7 +1,6 @@
-//! Minimal .npy (format 1.0) reading and writing of little-endian f32 arrays, written atomically: the data goes to a
-//! temporary file beside the target, which is renamed into place only once complete.
+//! Minimal .npy (format 1.0) reading and writing of little-endian f32 arrays, written atomically
+//! ([`crate::files::Outputs`]).
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -29,48 +28,21 @@ pub fn to_npy_bytes(data: &[f32], shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so `path` never holds a partial file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
 /// Writes an f32 array as .npy, atomically.
 pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
     debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-    write_atomic(path, &to_npy_bytes(data, shape))
+    crate::files::write_atomic(path, &to_npy_bytes(data, shape))
 }
 
 /// Reads a little-endian f32 (`<f4`) or f64 (`<f8`) C-order .npy file as f32 values with its shape.
 pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::read_limited(path, crate::limits::MAX_NPY_BYTES, ".npy")?;
     let bad = |msg: &str| Error::InvalidArgument(format!("{}: {msg}", path.display()));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file"));
     }
     let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
@@ -78,13 +50,13 @@ pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
         _ => return Err(bad("unsupported .npy version")),
     };
     let header = bytes
-        .get(start..start + header_len)
+        .get(start..start.saturating_add(header_len))
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or_else(|| bad("truncated header"))?;
     if header.contains("'fortran_order': True") {
         return Err(bad("Fortran-order arrays are not supported"));
     }
-    let width = if header.contains("'<f4'") {
+    let width: usize = if header.contains("'<f4'") {
         4
     } else if header.contains("'<f8'") {
         8
@@ -103,9 +75,12 @@ pub fn read_npy(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| bad("bad shape")))
         .collect::<Result<_>>()?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(width, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad("shape overflows"))?;
     let body = &bytes[start + header_len..];
-    if body.len() != count * width {
+    if body.len() != count {
         return Err(bad("data size does not match shape"));
     }
     let data = if width == 4 {

@@ -1,14 +1,19 @@
-//! Reading checkpoints: safetensors over mmap (single file or sharded), dtype and shape checks, and conversion to
-//! f32 host tensors, plus the tensor set of one encoder layer that every family shares. Each model family maps its
-//! own key names onto these (the CLIP family: src/model/clip/weights.rs).
+//! Reading checkpoints: safetensors files (single or sharded), dtype and shape checks, and conversion to f32 host
+//! tensors, plus the tensor set of one encoder layer that every family shares. Each model family maps its own key
+//! names onto these (the CLIP family: src/model/clip/weights.rs).
+//!
+//! The files are read, not memory-mapped: every tensor is converted to f32 at load anyway, so a mapping saves no
+//! copy, and a mapped file truncated by another process while it loads would kill cliprt with SIGBUS where a read
+//! returns an error. Each tensor is read on its own (positioned reads), so the load's peak memory is the converted
+//! weights plus one tensor's bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::Dtype;
 
 use crate::error::{Error, Result};
 
@@ -37,10 +42,96 @@ pub struct LayerWeights {
     pub fc2_b: Vec<f32>, // [D]
 }
 
-/// One tensor source: a set of mmapped safetensors files and which file holds which key.
+/// One tensor source: a set of safetensors files and where in which file each tensor lies.
 pub struct Checkpoint {
-    files: Vec<(PathBuf, Mmap)>,
-    index: BTreeMap<String, usize>,
+    files: Vec<SafetensorsFile>,
+    index: BTreeMap<String, (usize, TensorInfo)>,
+}
+
+/// One open safetensors file: its validated header was read, its tensors are read on demand.
+struct SafetensorsFile {
+    path: PathBuf,
+    file: File,
+    /// Where the tensor data starts (after the length prefix and the JSON header).
+    data_at: u64,
+}
+
+/// safetensors' own bound on the JSON header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+impl SafetensorsFile {
+    /// Opens `path` and reads and checks its header: every tensor's byte range matches its dtype and shape and
+    /// lies inside the file.
+    fn open(path: &Path) -> Result<(SafetensorsFile, Metadata)> {
+        let bad = |msg: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let file = crate::files::open_regular(path)?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut prefix = [0u8; 8];
+        read_at(&file, &mut prefix, 0)
+            .map_err(|_| bad(format!("{file_len} bytes, too short for a header")))?;
+        let header_len = u64::from_le_bytes(prefix);
+        if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
+            return Err(bad(format!(
+                "header of {header_len} bytes does not fit the file ({file_len} bytes)"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        read_at(&file, &mut header, 8).map_err(|e| Error::io(path, e))?;
+        let meta: Metadata = serde_json::from_slice(&header)
+            .map_err(|e| bad(format!("header is not valid safetensors JSON: {e}")))?;
+        let data_len = file_len - 8 - header_len;
+        for (name, info) in meta.tensors() {
+            let (start, end) = info.data_offsets;
+            let want = info
+                .shape
+                .iter()
+                .try_fold(info.dtype.bitsize(), |n, &d| n.checked_mul(d))
+                .map(|bits| bits.div_ceil(8));
+            if start > end || end as u64 > data_len || want != Some(end - start) {
+                return Err(bad(format!(
+                    "tensor `{name}`: bytes {start}..{end} do not hold a {:?} {:?} inside the {data_len} data bytes",
+                    info.dtype, info.shape
+                )));
+            }
+        }
+        let f = SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            data_at: 8 + header_len,
+        };
+        Ok((f, meta))
+    }
+
+    /// The bytes of one tensor whose range the header check accepted.
+    fn bytes(&self, info: &TensorInfo) -> Result<Vec<u8>> {
+        let (start, end) = info.data_offsets;
+        let mut out = vec![0u8; end - start];
+        read_at(&self.file, &mut out, self.data_at + start as u64).map_err(|e| {
+            Error::Safetensors {
+                path: self.path.clone(),
+                msg: format!("reading tensor data: {e} (was the file truncated while loading?)"),
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// Fills `buf` from `file` at `offset`.
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
 }
 
 impl Checkpoint {
@@ -48,9 +139,9 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
-        let paths: Vec<PathBuf> = if single.is_file() {
+        let paths: Vec<PathBuf> = if single.exists() {
             vec![single]
-        } else if index_path.is_file() {
+        } else if index_path.exists() {
             shard_paths(dir, &index_path)?
         } else if dir.join("pytorch_model.bin").is_file() {
             return Err(Error::MissingFile {
@@ -69,17 +160,11 @@ impl Checkpoint {
         let mut files = Vec::with_capacity(paths.len());
         let mut index = BTreeMap::new();
         for path in paths {
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: the map is read-only; cliprt never writes to checkpoint files while a model is loaded.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                msg: e.to_string(),
-            })?;
-            for name in st.names() {
-                index.insert(name.to_string(), files.len());
+            let (file, meta) = SafetensorsFile::open(&path)?;
+            for (name, info) in meta.tensors() {
+                index.insert(name, (files.len(), info.clone()));
             }
-            files.push((path, mmap));
+            files.push(file);
         }
         Ok(Checkpoint { files, index })
     }
@@ -91,29 +176,20 @@ impl Checkpoint {
 
     /// Reads tensor `name` as f32, checking that its shape is `expected`. Returns its stored dtype too.
     pub fn read(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Dtype)> {
-        let &file = self
+        let (file, info) = self
             .index
             .get(name)
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let (path, mmap) = &self.files[file];
-        // Deserializing again only parses the (already validated) JSON header; tensor data stays in the map.
-        let st = SafeTensors::deserialize(mmap).map_err(|e| Error::Safetensors {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        let view = st
-            .tensor(name)
-            .map_err(|_| Error::MissingTensor(name.to_string()))?;
-        if view.shape() != expected {
+        if info.shape != expected {
             return Err(Error::TensorShape {
                 name: name.to_string(),
                 expected: expected.to_vec(),
-                got: view.shape().to_vec(),
+                got: info.shape.clone(),
             });
         }
-        let bytes = view.data();
+        let bytes = &self.files[*file].bytes(info)?[..];
         // pod_collect_to_vec copies, so unaligned data in arbitrary files is fine.
-        let data = match view.dtype() {
+        let data = match info.dtype {
             Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(bytes),
             Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(bytes)
                 .into_iter()
@@ -130,12 +206,17 @@ impl Checkpoint {
                 })
             }
         };
-        Ok((data, view.dtype()))
+        // A NaN or infinite weight makes every embedding non-finite (or, worse, silently finite on a kernel that
+        // drops NaN): refuse the checkpoint at load, naming the tensor.
+        if data.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!("tensor `{name}` of the checkpoint")));
+        }
+        Ok((data, info.dtype))
     }
 }
 
 fn shard_paths(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let text = crate::files::read_json_text(index_path)?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::config(index_path, format!("not valid JSON: {e}")))?;
     let map = json

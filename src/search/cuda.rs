@@ -187,6 +187,14 @@ pub(crate) fn search(
         scores: Vec::with_capacity(nq * keep),
     };
     for q in 0..nq {
+        // The kernel ranks NaN scores unpredictably: a non-finite kept score or an out-of-range row is the
+        // gallery's fault.
+        let kept = q * k..q * k + keep;
+        if scores[kept.clone()].iter().any(|s| !s.is_finite())
+            || indices[kept].iter().any(|&i| i as usize >= g.rows)
+        {
+            return Err(super::gallery_not_finite());
+        }
         top.indices
             .extend(indices[q * k..q * k + keep].iter().map(|&i| i as usize));
         top.scores.extend_from_slice(&scores[q * k..q * k + keep]);

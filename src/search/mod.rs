@@ -444,6 +444,13 @@ pub(crate) fn check_request(
     Ok(nq)
 }
 
+/// What a search reports when gallery rows score NaN (a corrupt index, or values that overflow).
+pub(crate) fn gallery_not_finite() -> Error {
+    Error::NonFinite(
+        "gallery rows score NaN: the gallery holds NaN or infinite values (a corrupt index?)".into(),
+    )
+}
+
 /// Checks a query batch against a gallery of `rows` × `dim`; returns the number of queries.
 fn check_queries(dim: usize, rows: usize, queries: &[f32]) -> Result<usize> {
     if queries.is_empty() {
@@ -457,6 +464,9 @@ fn check_queries(dim: usize, rows: usize, queries: &[f32]) -> Result<usize> {
     }
     if rows == 0 {
         return Err(Error::EmptyInput("the gallery is empty"));
+    }
+    if queries.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite("a query vector".into()));
     }
     Ok(queries.len() / dim)
 }
@@ -561,7 +571,13 @@ pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32)
         .unwrap_or_else(|| TopKSet::new(nq, slots, k));
     let (mut indices, mut scores) = (Vec::with_capacity(nq * k), Vec::with_capacity(nq * k));
     for q in 0..nq {
-        for h in set.sorted(q) {
+        let hits = set.sorted(q);
+        // A NaN score never enters the top-k, so a query short of k hits met rows that score NaN; an infinite
+        // score comes from an infinite value.
+        if hits.len() < k || hits.iter().any(|h| !h.score.is_finite()) {
+            return Err(gallery_not_finite());
+        }
+        for h in hits {
             indices.push(h.index as usize);
             scores.push(h.score);
         }

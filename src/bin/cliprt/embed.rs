@@ -58,17 +58,20 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     } else {
         Some(finish(clip.embed_texts(&refs)?))
     };
-    for (emb, out, what) in [(img, a.out_image, "image"), (txt, a.out_text, "text")] {
+    // Every output is staged complete before the first is renamed into place: all are written, or none.
+    let mut outputs = cliprt::files::Outputs::new();
+    let mut wrote = Vec::new();
+    for (emb, out, what) in [(&img, &a.out_image, "image"), (&txt, &a.out_text, "text")] {
         let Some(emb) = emb else { continue };
         match out {
             Some(path) => {
-                npy::write_npy(&path, &emb.data, &[emb.rows, emb.dim])?;
-                println!(
+                outputs.stage_bytes(path, &npy::to_npy_bytes(&emb.data, &[emb.rows, emb.dim]))?;
+                wrote.push(format!(
                     "wrote {what} embeddings [{}, {}] to {}",
                     emb.rows,
                     emb.dim,
                     path.display()
-                );
+                ));
             }
             None => {
                 for i in 0..emb.rows {
@@ -77,6 +80,10 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 }
             }
         }
+    }
+    outputs.commit()?;
+    for line in wrote {
+        println!("{line}");
     }
     Ok(())
 }

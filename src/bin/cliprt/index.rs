@@ -87,12 +87,20 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
         let rows: Vec<serde_json::Value> = top
             .hits(0)
             .enumerate()
-            .map(|(r, (i, s))| serde_json::json!({"rank": r + 1, "score": s, "path": idx.path(i)}))
+            .map(|(r, (i, s))| {
+                let path = idx.path(i);
+                let mut row = serde_json::json!({"rank": r + 1, "score": s, "path": path.to_string_lossy()});
+                // A name that is not UTF-8 also comes as its exact bytes.
+                if path.to_str().is_none() {
+                    row["path_bytes"] = cliprt::files::path_bytes(&path).to_vec().into();
+                }
+                row
+            })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for (r, (i, s)) in top.hits(0).enumerate() {
-            println!("{:>4}. {s:.4}  {}", r + 1, idx.path(i));
+            println!("{:>4}. {s:.4}  {}", r + 1, idx.path(i).display());
         }
     }
     Ok(())

@@ -138,6 +138,12 @@ impl ClipWeights {
             Err(Error::TensorShape { got, .. }) if got == [1] => r.get("logit_scale", &[1])?[0],
             Err(e) => return Err(e),
         };
+        // exp(88.7) overflows f32: every logit would be infinite, every probability NaN.
+        if !logit_scale_log.exp().is_finite() {
+            return Err(Error::NonFinite(format!(
+                "logit_scale {logit_scale_log} (its exp overflows f32)"
+            )));
+        }
         let stored_dtype = if r.dtypes.len() == 1 {
             r.dtypes.into_iter().next().unwrap_or_default()
         } else {
