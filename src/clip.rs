@@ -207,8 +207,25 @@ impl Clip {
 
     /// The `[3, H, W]` pixel tensor of an image file.
     pub fn preprocess_file(&self, path: impl AsRef<Path>) -> Result<Vec<f32>> {
-        let rgb = preprocess::load_rgb(path.as_ref(), self.preprocess.alpha)?;
-        self.pixels_of(&rgb)
+        let size = self.config.vision.image_size;
+        let (h, w) = self.preprocess.output_size(size, size);
+        // Any input gives the crop size when there is a crop; without one, check the real output below.
+        if self.preprocess.crop.is_some() && (h, w) != (size, size) {
+            return Err(self.wrong_output_size(h, w));
+        }
+        let (pixels, (h, w)) = self.preprocess.apply_file(path.as_ref())?;
+        if (h, w) != (size, size) {
+            return Err(self.wrong_output_size(h, w));
+        }
+        Ok(pixels)
+    }
+
+    fn wrong_output_size(&self, h: usize, w: usize) -> Error {
+        let size = self.config.vision.image_size;
+        Error::Shape(format!(
+            "preprocessing gives {h}x{w} pixels but the model takes {size}x{size} \
+             (check size/crop_size in preprocessor_config.json)"
+        ))
     }
 
     /// The `[3, H, W]` pixel tensor of a decoded image.
@@ -221,10 +238,7 @@ impl Clip {
         let size = self.config.vision.image_size;
         let (h, w) = self.preprocess.output_size(rgb.width, rgb.height);
         if (h, w) != (size, size) {
-            return Err(Error::Shape(format!(
-                "preprocessing gives {h}x{w} pixels but the model takes {size}x{size} \
-                 (check size/crop_size in preprocessor_config.json)"
-            )));
+            return Err(self.wrong_output_size(h, w));
         }
         self.preprocess.apply(rgb)
     }

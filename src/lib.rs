@@ -23,6 +23,7 @@ pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod decode;
 pub mod device;
 pub mod engine;
 pub mod error;

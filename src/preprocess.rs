@@ -4,36 +4,22 @@
 //!
 //! EXIF orientation is NOT applied, matching HF (neither PIL.Image.open nor the processor rotates).
 
-use std::io::Cursor;
 use std::path::Path;
 
 use fast_image_resize::{images::Image as FirImage, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageReader, Limits};
 use serde_json::Value;
 
+use crate::decode::{self, DecodeError, MemoryBudget};
+pub use crate::decode::{to_rgb_like_pil, AlphaMode};
 use crate::error::{Error, Result};
+use crate::limits::{self, model::MAX_IMAGE_SIDE, MAX_RESIZED_PIXELS};
 pub use crate::resample::{Resample, RgbImage};
-
-/// Images with more pixels than this are refused before decoding. It is PIL's own decompression-bomb error
-/// threshold (2 × `Image.MAX_IMAGE_PIXELS`), so cliprt accepts what HF + PIL accept.
-pub const MAX_IMAGE_PIXELS: u64 = 2 * 89_478_485;
-const MAX_IMAGE_PIXELS_TEXT: &str = "178956970 pixels";
 
 /// OpenAI's normalization constants (per RGB channel), written as published (f32 rounds them).
 #[allow(clippy::excessive_precision)]
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
-
-/// What to do with transparency when converting to RGB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AlphaMode {
-    /// Composite onto white, as HF's `CLIPImageProcessor` does (default).
-    #[default]
-    CompositeWhite,
-    /// Drop the alpha channel, as OpenAI's original `clip.load` transform does.
-    Drop,
-}
 
 /// How the image is resized before cropping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +60,7 @@ impl PreprocessConfig {
 
     /// Reads `preprocessor_config.json`; fields it lacks take the OpenAI defaults at `image_size`.
     pub fn from_file(path: &Path, image_size: usize) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_json_text(path)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         let m = json
@@ -90,9 +76,13 @@ impl PreprocessConfig {
         };
         let dim = |v: &Value, what: &str| -> Result<usize> {
             v.as_u64()
-                .filter(|&n| n > 0)
+                .filter(|&n| n > 0 && n <= MAX_IMAGE_SIDE as u64)
                 .map(|n| n as usize)
-                .ok_or_else(|| bad(format!("`{what}` is not a positive integer: {v}")))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "`{what}` is not an integer in 1..={MAX_IMAGE_SIDE}: {v}"
+                    ))
+                })
         };
         let mut cfg = PreprocessConfig::openai(image_size);
         cfg.resize = if !flag("do_resize")? {
@@ -195,7 +185,59 @@ impl PreprocessConfig {
             }
             cfg.mean_std = Some((mean, std));
         }
+        cfg.validate().map_err(bad)?;
         Ok(cfg)
+    }
+
+    /// Checks that every pixel value 0–255 maps to a finite f32 (a huge `rescale_factor` or a tiny `image_std`
+    /// would overflow to infinity and give NaN embeddings).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let scale = self.rescale_factor.unwrap_or(1.0);
+        let (mean, std) = self.mean_std.unwrap_or(([0.0; 3], [1.0; 3]));
+        for c in 0..3 {
+            for v in [0.0f32, 255.0] {
+                let x = (v * scale - mean[c]) / std[c];
+                if !x.is_finite() {
+                    return Err(format!(
+                        "rescale_factor {scale}, image_mean {} and image_std {} map pixel value {v} to {x}",
+                        mean[c], std[c]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads, decodes and preprocesses an image file into a `[3, H, W]` tensor, returned with `(H, W)`. The memory
+    /// of the whole step (decode, RGB, resize) is reserved from the shared decode budget before decoding starts.
+    pub fn apply_file(&self, path: &Path) -> Result<(Vec<f32>, (usize, usize))> {
+        let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
+        let fail = |e| decode_error(path, e);
+        let head = decode::header(&bytes).map_err(fail)?;
+        let (w, h) = (head.width as usize, head.height as usize);
+        let work = self.working_bytes(w, h)?;
+        let _held = MemoryBudget::global()
+            .reserve(head.decode_bytes + work)
+            .map_err(fail)?;
+        let rgb = decode::decode(&bytes, &head, self.alpha).map_err(fail)?;
+        Ok((self.apply(&rgb)?, self.output_size(w, h)))
+    }
+
+    /// Bytes the resize and the output tensor take for an image of `width × height`; refuses a resize to more
+    /// than [`MAX_RESIZED_PIXELS`].
+    fn working_bytes(&self, width: usize, height: usize) -> Result<u64> {
+        let (w, h) = (width as u64, height as u64);
+        let (rw, rh) = match self.resize {
+            Some(t) => {
+                let (rw, rh) = resized_size(t, width, height);
+                (rw as u64, rh as u64)
+            }
+            None => (w, h),
+        };
+        limits::check("pixels after the resize", rw * rh, MAX_RESIZED_PIXELS)?;
+        let (oh, ow) = self.output_size(width, height);
+        // Either pass order's intermediate, the resized image (3 bytes a pixel) and the f32 output.
+        Ok(3 * (rw * h + w * rh + rw * rh) + 12 * (oh as u64) * (ow as u64))
     }
 
     /// The `(height, width)` of the tensor this config produces from an image of `width × height`.
@@ -208,6 +250,7 @@ impl PreprocessConfig {
 
     /// Turns an RGB image into a `[3, H, W]` f32 tensor (channel-major).
     pub fn apply(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        self.working_bytes(img.width, img.height)?;
         let resized;
         let img = match self.resize {
             Some(target) => {
@@ -243,6 +286,39 @@ impl PreprocessConfig {
     }
 }
 
+/// The typed error of a failed decode of `path`.
+fn decode_error(path: &Path, e: DecodeError) -> Error {
+    match e {
+        DecodeError::TooLarge(width, height) => Error::ImageTooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            limit: "178956970 pixels",
+        },
+        DecodeError::OverBudget(need, budget) => Error::Limit {
+            what: format!("{}: memory to decode and resize this image", path.display()),
+            value: format!("{need} bytes"),
+            limit: format!("{budget} bytes (the decode budget)"),
+        },
+        DecodeError::Invalid(msg) => Error::Image {
+            path: path.to_path_buf(),
+            msg,
+        },
+    }
+}
+
+/// Reads and decodes an image file (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would, its decode
+/// memory reserved from the shared budget meanwhile.
+pub fn load_rgb(path: &Path, alpha: AlphaMode) -> Result<RgbImage> {
+    let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
+    let fail = |e| decode_error(path, e);
+    let head = decode::header(&bytes).map_err(fail)?;
+    let _held = MemoryBudget::global()
+        .reserve(head.decode_bytes)
+        .map_err(fail)?;
+    decode::decode(&bytes, &head, alpha).map_err(fail)
+}
+
 /// HF's resize rule: `(width, height)` after resizing an image of `width × height`.
 fn resized_size(target: ResizeTarget, width: usize, height: usize) -> (usize, usize) {
     match target {
@@ -253,8 +329,9 @@ fn resized_size(target: ResizeTarget, width: usize, height: usize) -> (usize, us
             } else {
                 (height, width)
             };
-            // int(n · long / short), computed exactly in integers (Python truncates the float quotient).
-            let new_long = (n * long) / short;
+            // int(n · long / short), computed exactly in integers (Python truncates the float quotient). n is at
+            // most MAX_IMAGE_SIDE and long at most 2^32 (image sides are u32): no overflow in 64 bits.
+            let new_long = (n as u64 * long as u64 / short.max(1) as u64) as usize;
             if width <= height {
                 (n, new_long)
             } else {
@@ -279,149 +356,6 @@ fn crop_window(len: usize, out: usize) -> impl Fn(usize) -> Option<usize> {
         let src = i as i64 + offset;
         (0..len_i).contains(&src).then_some(src as usize)
     }
-}
-
-/// Reads and decodes an image file (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would.
-pub fn load_rgb(path: &Path, alpha: AlphaMode) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb(&bytes, alpha).map_err(|e| match e {
-        DecodeError::TooLarge(width, height) => Error::ImageTooLarge {
-            path: path.to_path_buf(),
-            width,
-            height,
-            limit: MAX_IMAGE_PIXELS_TEXT,
-        },
-        DecodeError::Invalid(msg) => Error::Image {
-            path: path.to_path_buf(),
-            msg,
-        },
-    })
-}
-
-enum DecodeError {
-    TooLarge(u32, u32),
-    Invalid(String),
-}
-
-fn decode_rgb(bytes: &[u8], alpha: AlphaMode) -> std::result::Result<RgbImage, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Invalid("file is empty".into()));
-    }
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| DecodeError::Invalid(e.to_string()))
-    };
-    let probe = reader()?;
-    if probe.format().is_none() {
-        return Err(DecodeError::Invalid("not a recognized image format".into()));
-    }
-    // The header alone gives the size: refuse bombs before allocating anything for pixels.
-    let (w, h) = probe
-        .into_dimensions()
-        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
-        return Err(DecodeError::TooLarge(w, h));
-    }
-    if w == 0 || h == 0 {
-        return Err(DecodeError::Invalid(
-            "image has zero width or height".into(),
-        ));
-    }
-    let mut decoder = reader()?;
-    let mut limits = Limits::default();
-    limits.max_alloc = Some(4 << 30);
-    decoder.limits(limits);
-    let img = decoder
-        .decode()
-        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    Ok(to_rgb_like_pil(img, alpha))
-}
-
-/// Converts a decoded image to 8-bit RGB the way PIL + HF's `convert_to_rgb` do:
-/// - 8-bit grey is replicated; 16-bit grey ("I;16" in PIL) is CLIPPED to 255, not scaled (PIL's I;16→RGB rule);
-/// - other 16-bit images keep the high byte (PIL reads them with the "…;16B" raw modes);
-/// - with alpha: composited onto white with PIL's integer alpha_composite (or alpha dropped, OpenAI style).
-pub fn to_rgb_like_pil(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
-    let (width, height) = (img.width() as usize, img.height() as usize);
-    let mut data = Vec::with_capacity(width * height * 3);
-    let mut push_rgba = |r: u8, g: u8, b: u8, a: u8| {
-        let px = match alpha {
-            AlphaMode::CompositeWhite => composite_on_white([r, g, b], a),
-            AlphaMode::Drop => [r, g, b],
-        };
-        data.extend_from_slice(&px);
-    };
-    match img {
-        DynamicImage::ImageRgb8(b) => {
-            return RgbImage {
-                width,
-                height,
-                data: b.into_raw(),
-            }
-        }
-        DynamicImage::ImageLuma8(b) => b
-            .into_raw()
-            .into_iter()
-            .for_each(|v| push_rgba(v, v, v, 255)),
-        DynamicImage::ImageLumaA8(b) => b
-            .into_raw()
-            .chunks_exact(2)
-            .for_each(|p| push_rgba(p[0], p[0], p[0], p[1])),
-        DynamicImage::ImageRgba8(b) => b
-            .into_raw()
-            .chunks_exact(4)
-            .for_each(|p| push_rgba(p[0], p[1], p[2], p[3])),
-        DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().for_each(|v| {
-            let v = v.min(255) as u8;
-            push_rgba(v, v, v, 255)
-        }),
-        DynamicImage::ImageLumaA16(b) => b.into_raw().chunks_exact(2).for_each(|p| {
-            let v = (p[0] >> 8) as u8;
-            push_rgba(v, v, v, (p[1] >> 8) as u8)
-        }),
-        DynamicImage::ImageRgb16(b) => b
-            .into_raw()
-            .chunks_exact(3)
-            .for_each(|p| push_rgba((p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8, 255)),
-        DynamicImage::ImageRgba16(b) => b.into_raw().chunks_exact(4).for_each(|p| {
-            push_rgba(
-                (p[0] >> 8) as u8,
-                (p[1] >> 8) as u8,
-                (p[2] >> 8) as u8,
-                (p[3] >> 8) as u8,
-            )
-        }),
-        other => other
-            .to_rgba8()
-            .into_raw()
-            .chunks_exact(4)
-            .for_each(|p| push_rgba(p[0], p[1], p[2], p[3])),
-    }
-    RgbImage {
-        width,
-        height,
-        data,
-    }
-}
-
-/// PIL's `alpha_composite(white, src)` in its own integer arithmetic (7 fractional bits, rounded /255), so
-/// semi-transparent pixels come out bit-identical to HF's conversion.
-fn composite_on_white(rgb: [u8; 3], a: u8) -> [u8; 3] {
-    const PRECISION_BITS: u32 = 7;
-    if a == 0 {
-        return [255; 3];
-    }
-    let sa = u32::from(a);
-    let blend = 255 * (255 - sa);
-    let outa255 = sa * 255 + blend;
-    let coef1 = sa * 255 * 255 * (1 << PRECISION_BITS) / outa255;
-    let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
-    let div255 = |v: u32| ((v >> 8) + v) >> 8;
-    rgb.map(|c| {
-        let tmp = u32::from(c) * coef1 + 255 * coef2;
-        (div255(tmp + (0x80 << PRECISION_BITS)) >> PRECISION_BITS) as u8
-    })
 }
 
 /// Resizes like PIL's `Image.resize` (no reducing_gap). The convolution filters are reimplemented bit-exactly in
@@ -486,11 +420,5 @@ mod tests {
             (0..5).map(&g).collect::<Vec<_>>(),
             vec![None, None, Some(0), Some(1), None]
         );
-    }
-
-    #[test]
-    fn composite_matches_pil_endpoints() {
-        assert_eq!(composite_on_white([10, 20, 30], 255), [10, 20, 30]);
-        assert_eq!(composite_on_white([10, 20, 30], 0), [255, 255, 255]);
     }
 }

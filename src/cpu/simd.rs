@@ -77,11 +77,21 @@ impl Simd for Scalar {
     }
     #[inline(always)]
     unsafe fn min(a: f32, b: f32) -> f32 {
-        a.min(b)
+        // x86's MINPS rule, so every tier treats NaN alike: when either is NaN, the second operand.
+        if a < b {
+            a
+        } else {
+            b
+        }
     }
     #[inline(always)]
     unsafe fn max(a: f32, b: f32) -> f32 {
-        a.max(b)
+        // MAXPS's rule: when either is NaN, the second operand.
+        if a > b {
+            a
+        } else {
+            b
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
@@ -324,10 +334,11 @@ pub(crate) mod generic {
 
     /// e^x for a vector: Cody–Waite range reduction (x = n·ln2 + r, |r| ≤ ln2/2) and Cephes' degree-6 polynomial,
     /// ≤ 2 ulp over the clamped range. The clamp keeps 2^n a normal number: below −87.3 the result is ≈ 1e−38 (0 for
-    /// our purposes), above 88 it saturates at e^88 ≈ 1.65e38 instead of overflowing.
+    /// our purposes), above 88 it saturates at e^88 ≈ 1.65e38 instead of overflowing. A NaN stays NaN, as in the
+    /// reference: min/max return their second operand when one is NaN, so `x` goes second.
     #[inline(always)]
     pub unsafe fn exp<S: Simd>(x: S::V) -> S::V {
-        let x = S::min(S::max(x, S::splat(-87.3)), S::splat(88.0));
+        let x = S::min(S::splat(88.0), S::max(S::splat(-87.3), x));
         let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
         let r = S::fma(n, S::splat(-0.693_359_4), x);
         let r = S::fma(n, S::splat(2.121_944_4e-4), r);
