@@ -117,7 +117,7 @@ pub struct ClipConfig {
 impl ClipConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_json_text(path)?;
         Self::from_json_str(&text).map_err(|msg| match msg {
             ConfigError::Invalid(msg) => Error::config(path, msg),
             ConfigError::Unsupported(msg) => Error::UnsupportedModel(msg),
@@ -153,7 +153,10 @@ impl ClipConfig {
             encoder: encoder(t, "text_config")?,
             vocab_size: opt_usize(t, "text_config", "vocab_size", 49408)?,
             max_position_embeddings: opt_usize(t, "text_config", "max_position_embeddings", 77)?,
-            eos_token_id: opt_usize(t, "text_config", "eos_token_id", 49407)? as u32,
+            eos_token_id: u32::try_from(opt_usize(t, "text_config", "eos_token_id", 49407)?)
+                .map_err(|_| {
+                    ConfigError::Invalid("text_config.eos_token_id is over 2^32 − 1".into())
+                })?,
         };
         let vision = VisionConfig {
             encoder: encoder(v, "vision_config")?,
@@ -171,8 +174,28 @@ impl ClipConfig {
         Ok(config)
     }
 
-    /// Checks the relations between sizes that the model code relies on.
+    /// Checks the relations between sizes that the model code relies on, and the architecture limits every family
+    /// shares (src/limits.rs): every size computed from a valid config fits far inside usize.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        use crate::limits::model::*;
+        let (t, v) = (&self.text, &self.vision);
+        for (what, value, limit) in [
+            ("text_config.hidden_size", t.encoder.hidden_size, MAX_WIDTH),
+            ("vision_config.hidden_size", v.encoder.hidden_size, MAX_WIDTH),
+            ("projection_dim", self.projection_dim, MAX_WIDTH),
+            ("text_config.intermediate_size", t.encoder.intermediate_size, MAX_INTERMEDIATE),
+            ("vision_config.intermediate_size", v.encoder.intermediate_size, MAX_INTERMEDIATE),
+            ("text_config.num_hidden_layers", t.encoder.num_layers, MAX_LAYERS),
+            ("vision_config.num_hidden_layers", v.encoder.num_layers, MAX_LAYERS),
+            ("text_config.vocab_size", t.vocab_size, MAX_VOCAB),
+            ("text_config.max_position_embeddings", t.max_position_embeddings, MAX_CONTEXT),
+            ("vision_config.image_size", v.image_size, MAX_IMAGE_SIDE),
+            ("vision_config.num_channels", v.num_channels, 4),
+        ] {
+            if value > limit {
+                return Err(format!("{what} is {value}, over the limit of {limit}"));
+            }
+        }
         for (name, e) in [
             ("text_config", &self.text.encoder),
             ("vision_config", &self.vision.encoder),
@@ -192,11 +215,16 @@ impl ClipConfig {
                 return Err(format!("{name}: layer_norm_eps must be positive"));
             }
         }
-        let v = &self.vision;
         if v.patch_size == 0 || v.image_size < v.patch_size || v.num_channels == 0 {
             return Err(format!(
                 "vision_config: image_size {} and patch_size {} do not give at least one patch",
                 v.image_size, v.patch_size
+            ));
+        }
+        if v.seq_len() > MAX_VISION_TOKENS {
+            return Err(format!(
+                "vision_config: {} tokens per image, over the limit of {MAX_VISION_TOKENS}",
+                v.seq_len()
             ));
         }
         if self.text.vocab_size == 0

@@ -17,13 +17,16 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Loads `tokenizer.json` and sets truncation to `context_length` tokens (special tokens included).
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::Tokenizer(format!(
                 "{}: no such file",
                 path.display()
             )));
         }
-        let mut inner = Tokenizer::from_file(path)
+        let text = crate::files::read_json_text(path)?;
+        let parsed = contain_panic(|| text.parse::<Tokenizer>().map_err(|e| e.to_string()));
+        let mut inner = parsed
+            .and_then(|r| r)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         // The tokenizer truncates before its post-processor adds <|startoftext|>/<|endoftext|>, leaving room for
         // them: an over-long text becomes SOT + the first (context − 2) tokens + EOT, exactly as HF truncation=True.
@@ -49,11 +52,20 @@ impl ClipTokenizer {
 
     /// Token ids of one text, special tokens included, at most `context_length` long.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| Error::Tokenizer(format!("cannot tokenize {:?}: {e}", short(text))))?;
-        let ids = enc.get_ids().to_vec();
+        crate::limits::check(
+            "a text's length in bytes",
+            text.len() as u64,
+            crate::limits::MAX_TEXT_BYTES as u64,
+        )?;
+        let fail = |e: String| Error::Tokenizer(format!("cannot tokenize {:?}: {e}", short(text)));
+        let ids = contain_panic(|| {
+            self.inner
+                .encode(text, true)
+                .map(|enc| enc.get_ids().to_vec())
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|r| r)
+        .map_err(fail)?;
         if ids.is_empty() {
             return Err(Error::Tokenizer(
                 "tokenizer produced no tokens (does tokenizer.json add <|startoftext|>/<|endoftext|>?)".into(),
@@ -71,7 +83,6 @@ impl ClipTokenizer {
     }
 }
 
-/// Reads a UTF-8 file with one text per line; blank lines are skipped, a trailing `\r` is dropped.
 /// A model folder's tokenizer with the pooling rule of its text tower: what `cliprt tokenize` needs without
 /// loading the weights, read exactly as [`crate::Clip::load`] reads it.
 pub struct ModelTokenizer {
@@ -103,8 +114,10 @@ impl ModelTokenizer {
     }
 }
 
+/// Reads a UTF-8 file with one text per line; blank lines are skipped, a trailing `\r` is dropped.
 pub fn read_text_file(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes =
+        crate::files::read_limited(path, crate::limits::MAX_TEXT_FILE_BYTES, "text file")?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         Error::InvalidText {
@@ -118,6 +131,37 @@ pub fn read_text_file(path: &Path) -> Result<Vec<String>> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect())
+}
+
+/// Runs `f`, turning a panic into an error message. The tokenizers crate panics on some malformed tokenizer.json
+/// contents (an id its vocabulary lacks, say) instead of returning an error; a model folder is user input, so that
+/// must not take the process down. The panic's default report is silenced while `f` runs on this thread.
+fn contain_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    use std::cell::Cell;
+    use std::panic::{self, AssertUnwindSafe};
+    thread_local!(static CONTAINED: Cell<bool> = const { Cell::new(false) });
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !CONTAINED.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    CONTAINED.with(|c| c.set(true));
+    // AssertUnwindSafe: on a panic the tokenizer's state is not used again for this call, and encoding does not
+    // mutate it.
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(false));
+    result.map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        format!("the tokenizer failed ({msg}); is tokenizer.json intact?")
+    })
 }
 
 fn short(text: &str) -> String {

@@ -72,6 +72,9 @@ pub struct BenchConfig {
     pub peak_gflops: Option<f64>,
     /// Sizes swept by the search workload.
     pub search: SearchSizes,
+    /// What the bench may allocate, estimated before anything is built (default
+    /// [`crate::limits::bench_memory_bytes`]).
+    pub max_memory: u64,
 }
 
 /// Gallery rows, embedding widths, query counts and k values of the search workload (every combination runs).
@@ -108,6 +111,7 @@ impl Default for BenchConfig {
             reps: 5,
             peak_gflops: None,
             search: SearchSizes::default(),
+            max_memory: crate::limits::bench_memory_bytes(),
         }
     }
 }
@@ -153,6 +157,19 @@ pub struct Measurement {
     pub recall: Option<f64>,
 }
 
+/// Refuses a bench configuration whose estimated allocation `bytes` (saturating arithmetic: an absurd size
+/// estimates as u64::MAX) is over `max` bytes, before anything is allocated.
+pub(crate) fn check_memory(what: &str, bytes: u64, max: u64) -> Result<()> {
+    if bytes > max {
+        return Err(Error::Limit {
+            what: format!("the estimated memory of {what}"),
+            value: format!("{:.2} GB", bytes as f64 / 1e9),
+            limit: format!("{:.2} GB (raise it with --max-memory-gb)", max as f64 / 1e9),
+        });
+    }
+    Ok(())
+}
+
 /// The process's peak resident set in MB (Linux; `None` elsewhere).
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -191,6 +208,8 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
     }
+    crate::limits::check("--warmup", cfg.warmup as u64, crate::limits::MAX_BENCH_RUNS as u64)?;
+    crate::limits::check("--reps", cfg.reps as u64, crate::limits::MAX_BENCH_RUNS as u64)?;
     if let Some(p) = cfg.peak_gflops {
         if !(p.is_finite() && p > 0.0) {
             return Err(Error::InvalidArgument(format!(
@@ -229,6 +248,7 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
                 reps: cfg.reps,
                 peak_gflops: cfg.peak_gflops,
                 device: cfg.device,
+                max_memory: cfg.max_memory,
             },
             &mut report,
         )?;

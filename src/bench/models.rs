@@ -196,12 +196,38 @@ pub(super) fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Re
     measured
 }
 
+/// The bytes a model bench holds: the f32 weights with their transient conversion buffers (≈ 5 bytes a parameter:
+/// ViT-B/32's 151 M parameters peak at 698 MB RSS) and the activations of the largest batch.
+fn memory_estimate(config: &ClipConfig, batch: usize) -> u64 {
+    let params = config.parameter_count() as u64;
+    let tower = |e: &crate::config::EncoderConfig, tokens: usize| {
+        // Residual, normalized, qkv, attention output and MLP hidden rows, f32.
+        let per_token = (8 * e.hidden_size + 2 * e.intermediate_size) as u64 * 4;
+        (batch as u64)
+            .saturating_mul(tokens as u64)
+            .saturating_mul(per_token)
+    };
+    let acts = tower(&config.vision.encoder, config.vision.seq_len())
+        .max(tower(&config.text.encoder, config.text.max_position_embeddings));
+    params.saturating_mul(5).saturating_add(acts)
+}
+
+fn check_model_memory(cfg: &BenchConfig, config: &ClipConfig) -> Result<()> {
+    let batch = cfg.batches.iter().copied().max().unwrap_or(1);
+    super::check_memory(
+        &format!("this model at batch {batch}"),
+        memory_estimate(config, batch),
+        cfg.max_memory,
+    )
+}
+
 fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
     let t = Instant::now();
     let (config, weights, arch, prompts) = match &cfg.model {
         Some(dir) => {
             let config = ClipConfig::from_file(&dir.join("config.json"))?;
             engine.supports(&config)?;
+            check_model_memory(cfg, &config)?;
             let weights = ClipWeights::from_checkpoint(&Checkpoint::open(dir)?, &config)?;
             let tokenizer = ClipTokenizer::from_file(
                 &dir.join("tokenizer.json"),
@@ -222,6 +248,7 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
                 ))
             })?;
             engine.supports(&config)?;
+            check_model_memory(cfg, &config)?;
             let weights = ClipWeights::random(&config, 1);
             (config, weights, cfg.arch.clone(), prompt_ids())
         }

@@ -25,6 +25,8 @@ pub struct SearchBench {
     pub peak_gflops: Option<f64>,
     /// Any device but the simulator (its timings mean nothing).
     pub device: Device,
+    /// Bytes the sweep may allocate (see [`super::check_memory`]).
+    pub max_memory: u64,
 }
 
 /// Queries checked against the f64 reference before timing (the reference costs a full f64 pass each).
@@ -109,6 +111,25 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
     ] {
         if v.is_empty() || v.contains(&0) {
             return Err(Error::InvalidArgument(format!("{what} values must be ≥ 1")));
+        }
+    }
+    for &n in &cfg.galleries {
+        for &dim in &cfg.dims {
+            for &nq in &cfg.queries {
+                let k = cfg.ks.iter().copied().max().unwrap_or(0) as u64;
+                let (n, dim, nq) = (n as u64, dim as u64, nq as u64);
+                // f32 rows, a bf16 copy, the queries (and their packed copy) and the kept hits.
+                let bytes = n
+                    .saturating_mul(dim)
+                    .saturating_mul(6)
+                    .saturating_add(nq.saturating_mul(dim).saturating_mul(8))
+                    .saturating_add(nq.saturating_mul(k).saturating_mul(16));
+                super::check_memory(
+                    &format!("a {n} × {dim} gallery with {nq} queries"),
+                    bytes,
+                    cfg.max_memory,
+                )?;
+            }
         }
     }
     if cfg.device == Device::CudaSim {

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// One JSON object per line per measurement instead of a table.
     #[arg(long)]
     json: bool,
+    /// What the bench may allocate, in GB, estimated before it starts; larger sweeps are refused (default: half the
+    /// physical memory, at least 2 GiB).
+    #[arg(long)]
+    max_memory_gb: Option<f64>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -71,7 +75,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         reps,
         peak_gflops,
         json,
+        max_memory_gb,
     } = a;
+    let max_memory = match max_memory_gb {
+        None => cliprt::limits::bench_memory_bytes(),
+        Some(gb) if gb.is_finite() && gb > 0.0 => (gb * 1e9).min(u64::MAX as f64) as u64,
+        Some(gb) => {
+            return Err(cliprt::Error::InvalidArgument(format!(
+                "--max-memory-gb {gb}: expected a positive number"
+            )))
+        }
+    };
     let cfg = cliprt::bench::BenchConfig {
         arch,
         model,
@@ -89,6 +103,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             queries,
             ks: k,
         },
+        max_memory,
     };
     let mut first = true;
     cliprt::bench::run(&cfg, |m| {

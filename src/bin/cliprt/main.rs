@@ -61,9 +61,56 @@ enum Command {
     Kernels(kernels::KernelsArgs),
 }
 
+/// The worker thread count: `--threads`, else `RAYON_NUM_THREADS` (which rayon would read itself), checked
+/// against the limit before any thread starts.
+fn thread_count(flag: Option<usize>) -> cliprt::Result<Option<usize>> {
+    let n = match flag {
+        Some(n) => n,
+        None => match std::env::var("RAYON_NUM_THREADS") {
+            Ok(v) => v.trim().parse().map_err(|_| {
+                cliprt::Error::InvalidArgument(format!("RAYON_NUM_THREADS={v:?} is not a number"))
+            })?,
+            Err(_) => return Ok(None),
+        },
+    };
+    if n == 0 {
+        return Err(cliprt::Error::InvalidArgument("--threads must be ≥ 1".into()));
+    }
+    cliprt::limits::check("--threads (or RAYON_NUM_THREADS)", n as u64, cliprt::limits::MAX_THREADS as u64)?;
+    Ok(Some(n))
+}
+
+/// Signal dispositions of a command-line tool: output into a closed pipe (`cliprt info | head`) ends the process
+/// quietly as it does for other Unix tools, instead of a panic in `println!`; SIGBUS, which the kernel sends when a
+/// memory-mapped index is truncated in place by another program (src/index.rs), ends it with a message.
+fn install_signal_handlers() {
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        const MSG: &[u8] = b"error: a memory-mapped file (an index) was truncated by another program while \
+cliprt read it (SIGBUS); rebuild or copy the index and retry\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(74);
+        }
+    }
+    // SAFETY: installing handlers at startup, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGBUS, on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
 fn main() -> ExitCode {
+    install_signal_handlers();
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
+    let threads = match thread_count(cli.threads) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(n) = threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
