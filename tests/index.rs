@@ -82,7 +82,7 @@ fn index_then_search_ranks_the_query_image_first() {
 
     let idx = Index::open(&out).unwrap();
     assert_eq!(idx.rows(), 10);
-    let mut indexed: Vec<String> = (0..10).map(|i| idx.path(i).to_string()).collect();
+    let mut indexed: Vec<String> = (0..10).map(|i| idx.path(i).display().to_string()).collect();
     indexed.sort();
     let mut want: Vec<String> = paths
         .iter()
@@ -139,7 +139,7 @@ fn index_then_search_ranks_the_query_image_first() {
         .iter()
         .map(|h| h["path"].as_str().unwrap())
         .collect();
-    let expected: Vec<&str> = want.hits(0).map(|(i, _)| idx.path(i)).collect();
+    let expected: Vec<String> = want.hits(0).map(|(i, _)| idx.path(i).display().to_string()).collect();
     assert_eq!(
         got, expected,
         "k > N returns every entry, in reference order"
@@ -222,7 +222,7 @@ fn a_killed_run_resumes_where_it_stopped() {
         (0..ix.rows())
             .map(|i| {
                 (
-                    ix.path(i).to_string(),
+                    ix.path(i).display().to_string(),
                     ix.embeddings()[i * ix.dim()..(i + 1) * ix.dim()].to_vec(),
                 )
             })

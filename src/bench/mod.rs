@@ -203,8 +203,9 @@ pub(crate) fn time_runs(
     Ok((median, ms[0], ms[ms.len() - 1]))
 }
 
-/// Runs every (workload, batch) of `cfg`, calling `report` after each measurement.
-pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
+/// Checks `cfg` against every rule and limit before anything is built: sizes, run counts and the estimated memory
+/// (see [`check_memory`]). [`run`] calls it first; `cliprt bench` arguments can be vetted with it alone.
+pub fn check(cfg: &BenchConfig) -> Result<()> {
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
     }
@@ -220,6 +221,18 @@ pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()
     if cfg.workloads.is_empty() {
         return Err(Error::InvalidArgument("no workload given".into()));
     }
+    if cfg.workloads.iter().any(|&w| w != Workload::Search) {
+        models::check(cfg)?;
+    }
+    if cfg.workloads.contains(&Workload::Search) {
+        search::check_sizes(&cfg.search, cfg.max_memory)?;
+    }
+    Ok(())
+}
+
+/// Runs every (workload, batch) of `cfg`, calling `report` after each measurement.
+pub fn run(cfg: &BenchConfig, mut report: impl FnMut(&Measurement)) -> Result<()> {
+    check(cfg)?;
     let models: Vec<Workload> = cfg
         .workloads
         .iter()

@@ -148,10 +148,12 @@ fn text_rows(
             }
             let (sot, eot) = (c.text.eos_token_id.saturating_sub(1), c.text.eos_token_id);
             let vocab = c.text.vocab_size as u32;
+            // Ordinary word ids from 320 on (below the specials at the end of the vocabulary), any vocab size.
+            let span = vocab.saturating_sub(400).max(1);
             Ok((0..batch as u32)
                 .map(|r| {
                     std::iter::once(sot)
-                        .chain((0..len as u32 - 2).map(|j| 320 + (r * 7 + j) % (vocab - 400)))
+                        .chain((0..len as u32 - 2).map(|j| (320 + (r * 7 + j) % span) % vocab))
                         .chain(std::iter::once(eot))
                         .collect()
                 })
@@ -212,11 +214,30 @@ fn memory_estimate(config: &ClipConfig, batch: usize) -> u64 {
     params.saturating_mul(5).saturating_add(acts)
 }
 
-fn check_model_memory(cfg: &BenchConfig, config: &ClipConfig) -> Result<()> {
+/// The model workloads' checks before anything is built: a known arch, a valid config, the memory estimate.
+pub(super) fn check(cfg: &BenchConfig) -> Result<()> {
+    let config = match &cfg.model {
+        Some(dir) => ClipConfig::from_file(&dir.join("config.json"))?,
+        None => presets::by_name(&cfg.arch).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown arch {:?}: one of {}",
+                cfg.arch,
+                presets::NAMES.join(", ")
+            ))
+        })?,
+    };
+    if let Some(len) = cfg.prompt_len {
+        let ctx = config.text.max_position_embeddings;
+        if len < 2 || len > ctx {
+            return Err(Error::InvalidArgument(format!(
+                "--prompt-len {len} outside 2..={ctx} (SOT and EOT included)"
+            )));
+        }
+    }
     let batch = cfg.batches.iter().copied().max().unwrap_or(1);
     super::check_memory(
         &format!("this model at batch {batch}"),
-        memory_estimate(config, batch),
+        memory_estimate(&config, batch),
         cfg.max_memory,
     )
 }
@@ -227,7 +248,6 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
         Some(dir) => {
             let config = ClipConfig::from_file(&dir.join("config.json"))?;
             engine.supports(&config)?;
-            check_model_memory(cfg, &config)?;
             let weights = ClipWeights::from_checkpoint(&Checkpoint::open(dir)?, &config)?;
             let tokenizer = ClipTokenizer::from_file(
                 &dir.join("tokenizer.json"),
@@ -248,7 +268,6 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
                 ))
             })?;
             engine.supports(&config)?;
-            check_model_memory(cfg, &config)?;
             let weights = ClipWeights::random(&config, 1);
             (config, weights, cfg.arch.clone(), prompt_ids())
         }

@@ -102,21 +102,22 @@ impl Point {
 }
 
 /// Runs the sweep, calling `report` after each measurement.
-pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()> {
+/// The sweep's sizes are ≥ 1 and its largest allocation fits `max_memory` (see [`super::check_memory`]).
+pub(super) fn check_sizes(s: &super::SearchSizes, max_memory: u64) -> Result<()> {
     for (what, v) in [
-        ("--gallery", &cfg.galleries),
-        ("--dim", &cfg.dims),
-        ("--queries", &cfg.queries),
-        ("--k", &cfg.ks),
+        ("--gallery", &s.galleries),
+        ("--dim", &s.dims),
+        ("--queries", &s.queries),
+        ("--k", &s.ks),
     ] {
         if v.is_empty() || v.contains(&0) {
             return Err(Error::InvalidArgument(format!("{what} values must be ≥ 1")));
         }
     }
-    for &n in &cfg.galleries {
-        for &dim in &cfg.dims {
-            for &nq in &cfg.queries {
-                let k = cfg.ks.iter().copied().max().unwrap_or(0) as u64;
+    let k = s.ks.iter().copied().max().unwrap_or(0) as u64;
+    for &n in &s.galleries {
+        for &dim in &s.dims {
+            for &nq in &s.queries {
                 let (n, dim, nq) = (n as u64, dim as u64, nq as u64);
                 // f32 rows, a bf16 copy, the queries (and their packed copy) and the kept hits.
                 let bytes = n
@@ -127,11 +128,25 @@ pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()
                 super::check_memory(
                     &format!("a {n} × {dim} gallery with {nq} queries"),
                     bytes,
-                    cfg.max_memory,
+                    max_memory,
                 )?;
             }
         }
     }
+    Ok(())
+}
+
+/// Runs the sweep, calling `report` after each measurement.
+pub fn run(cfg: &SearchBench, mut report: impl FnMut(&Measurement)) -> Result<()> {
+    check_sizes(
+        &super::SearchSizes {
+            galleries: cfg.galleries.clone(),
+            dims: cfg.dims.clone(),
+            queries: cfg.queries.clone(),
+            ks: cfg.ks.clone(),
+        },
+        cfg.max_memory,
+    )?;
     if cfg.device == Device::CudaSim {
         return Err(Error::InvalidArgument(
             "cuda-sim checks kernels on the CPU; its timings mean nothing, so it is not benchmarked".into(),

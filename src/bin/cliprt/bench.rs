@@ -58,7 +58,8 @@ pub struct BenchArgs {
     max_memory_gb: Option<f64>,
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+/// The library's bench configuration of these arguments, with `--json` and whether a peak was given.
+pub fn config(a: BenchArgs) -> Result<(cliprt::bench::BenchConfig, bool, bool)> {
     let BenchArgs {
         arch,
         model,
@@ -105,6 +106,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         },
         max_memory,
     };
+    Ok((cfg, json, peak_gflops.is_some()))
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let (cfg, json, peak_given) = config(a)?;
     let mut first = true;
     cliprt::bench::run(&cfg, |m| {
         if json {
@@ -122,7 +128,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 m.engine,
                 m.threads,
                 m.peak_gflops,
-                if peak_gflops.is_some() {
+                if peak_given {
                     "given"
                 } else {
                     "measured"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use cliprt::{npy, Error, Result};
 
-use crate::model::ModelArgs;
+use super::model::ModelArgs;
 
 #[derive(Args)]
 pub struct EmbedArgs {

@@ -6,7 +6,7 @@ use clap::Args;
 use cliprt::index::{Index, IndexOptions};
 use cliprt::{Error, Result};
 
-use crate::model::ModelArgs;
+use super::model::ModelArgs;
 
 #[derive(Args)]
 pub struct IndexArgs {

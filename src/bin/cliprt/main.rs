@@ -12,6 +12,7 @@ mod profile;
 mod tokenize;
 mod zero_shot;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -97,6 +98,20 @@ cliprt read it (SIGBUS); rebuild or copy the index and retry\n";
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::signal(libc::SIGBUS, on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
+/// Parses and checks a command line without running it: the arguments, the thread count, and for `bench` every
+/// size and limit. The fuzz harness (fuzz/harness.rs) runs mutated command lines through it.
+#[allow(dead_code)]
+pub(crate) fn check_args(args: &[OsString]) -> cliprt::Result<()> {
+    let cli = Cli::try_parse_from(args).map_err(|e| cliprt::Error::InvalidArgument(e.to_string()))?;
+    if let Some(n) = cli.threads {
+        thread_count(Some(n))?;
+    }
+    match cli.command {
+        Command::Bench(a) => cliprt::bench::check(&bench::config(a)?.0),
+        _ => Ok(()),
     }
 }
 

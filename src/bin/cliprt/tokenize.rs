@@ -4,7 +4,7 @@ use clap::Args;
 use cliprt::tokenizer::ModelTokenizer;
 use cliprt::Result;
 
-use crate::model::ModelArgs;
+use super::model::ModelArgs;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
