@@ -14,7 +14,7 @@ use std::sync::{Condvar, Mutex};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
-use crate::limits::{DECODE_MEMORY_BYTES, MAX_IMAGE_PIXELS};
+use crate::limits::{DECODE_MEMORY_BYTES, DECODE_METADATA_BYTES, MAX_IMAGE_PIXELS};
 pub use crate::resample::RgbImage;
 
 /// What to do with transparency when converting to RGB.
@@ -97,7 +97,7 @@ impl Drop for Reservation<'_> {
 pub struct Header {
     pub width: u32,
     pub height: u32,
-    /// Decoder output, its working copy and the RGB conversion.
+    /// Decoder output, its working copy, the RGB conversion and the metadata allowance.
     pub decode_bytes: u64,
 }
 
@@ -125,11 +125,11 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
         ));
     }
     let bpp = u64::from(decoder.color_type().bytes_per_pixel()).max(4);
-    // The decoded image, as much again for a decoder's working planes, and the RGB copy.
+    // The decoded image, as much again for a decoder's working planes, the RGB copy, and metadata.
     Ok(Header {
         width,
         height,
-        decode_bytes: pixels * (2 * bpp + 3),
+        decode_bytes: pixels * (2 * bpp + 3) + DECODE_METADATA_BYTES,
     })
 }
 
@@ -161,6 +161,7 @@ fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), DecodeError> 
     };
     match format {
         ImageFormat::Jpeg if !jpeg_reaches_eoi(bytes) => truncated("no end-of-image marker after the last scan"),
+        ImageFormat::Png => png_metadata_within_pil_limit(bytes),
         ImageFormat::WebP => {
             // libwebp refuses a file shorter than the RIFF size it declares.
             let riff = bytes.get(4..8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -171,6 +172,51 @@ fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), DecodeError> 
         }
         _ => Ok(()),
     }
+}
+
+/// PIL's limit on a PNG's compressed metadata (`PngImagePlugin.MAX_TEXT_CHUNK`, 1 MiB decompressed).
+const PIL_MAX_TEXT_CHUNK: usize = 1 << 20;
+
+/// PIL refuses a PNG whose ICC profile (iCCP) or compressed text (zTXt, iTXt) decompresses to more than 1 MiB; so
+/// does cliprt, measuring each stream with a bounded decompression (a multi-GB profile costs 1 MiB, not GBs).
+/// Streams that are not valid zlib are left to the decoder, as PIL leaves them.
+fn png_metadata_within_pil_limit(b: &[u8]) -> Result<(), DecodeError> {
+    let mut at = 8;
+    while let Some(len) = b.get(at..at + 4).map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize) {
+        let Some(data) = at.checked_add(8 + len).and_then(|end| b.get(at + 8..end)) else {
+            break;
+        };
+        let kind = &b[at + 4..at + 8];
+        // The compressed stream: after "keyword NUL method" (iCCP, zTXt), or after iTXt's flag, method, language
+        // and translated keyword when its flag says compressed.
+        let stream = match kind {
+            b"iCCP" | b"zTXt" => data.iter().position(|&c| c == 0).and_then(|i| data.get(i + 2..)),
+            b"iTXt" => data.iter().position(|&c| c == 0).and_then(|i| {
+                let rest = data.get(i + 1..)?;
+                if rest.first() != Some(&1) {
+                    return None;
+                }
+                let rest = rest.get(2..)?;
+                let lang = rest.iter().position(|&c| c == 0)?;
+                let rest = rest.get(lang + 1..)?;
+                let translated = rest.iter().position(|&c| c == 0)?;
+                rest.get(translated + 1..)
+            }),
+            _ => None,
+        };
+        if let Some(stream) = stream {
+            if let Err(fdeflate::BoundedDecompressionError::OutputTooLarge { .. }) =
+                fdeflate::decompress_to_vec_bounded(stream, PIL_MAX_TEXT_CHUNK + 1)
+            {
+                return Err(DecodeError::Invalid(format!(
+                    "the PNG's {} chunk decompresses to more than 1 MiB (PIL refuses it)",
+                    String::from_utf8_lossy(kind)
+                )));
+            }
+        }
+        at += 12 + len;
+    }
+    Ok(())
 }
 
 /// The endings PIL does not need, supplied where the crate decoders would refuse the file without them: a PNG cut

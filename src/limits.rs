@@ -26,6 +26,9 @@ pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
 /// buffers), shared by the parallel decoding threads: a decode waits for room, and one that alone needs more is
 /// refused. It also bounds what a decoder may allocate for metadata (a PNG's compressed ICC profile).
 pub const DECODE_MEMORY_BYTES: u64 = 1 << 30;
+/// What one decode may allocate beyond its pixels, for metadata it decompresses (a PNG's ICC profile, text
+/// chunks). Real ICC profiles are a few KB; PIL itself refuses text chunks over 1 MB.
+pub const DECODE_METADATA_BYTES: u64 = 16 << 20;
 /// `--threads`.
 pub const MAX_THREADS: usize = 1024;
 /// What `cliprt bench` may allocate (weights, activations, galleries), estimated before it starts: half the

@@ -66,6 +66,14 @@ impl ClipTokenizer {
         })
         .and_then(|r| r)
         .map_err(fail)?;
+        // Truncation cannot cut below the special tokens a post-processor adds.
+        if ids.len() > self.context_length {
+            return Err(Error::Tokenizer(format!(
+                "{} ids for a context of {}: tokenizer.json's post-processor adds more special tokens than fit",
+                ids.len(),
+                self.context_length
+            )));
+        }
         if ids.is_empty() {
             return Err(Error::Tokenizer(
                 "tokenizer produced no tokens (does tokenizer.json add <|startoftext|>/<|endoftext|>?)".into(),

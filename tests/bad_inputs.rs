@@ -6,53 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cliprt::{Clip, Device, Error};
 use common::*;
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
-
-/// A writable copy of a fixture model folder (the tokenizer symlink resolved to a real file).
-fn copy_model(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    tmp
-}
-
-fn load_err(dir: &Path) -> Error {
-    match Clip::load(dir, Device::Cpu) {
-        Ok(_) => panic!("{} loaded but should not", dir.display()),
-        Err(e) => e,
-    }
-}
-
-/// Rewrites model.safetensors in `dir` through `edit`, which may drop, replace or add tensors.
-fn rewrite_weights(
-    dir: &Path,
-    edit: impl Fn(&str, TensorView<'_>) -> Option<(String, Dtype, Vec<usize>, Vec<u8>)>,
-) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
-        st.iter().filter_map(|(n, v)| edit(n, v)).collect();
-    let views: Vec<(String, TensorView<'_>)> = owned
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-fn keep(n: &str, v: TensorView<'_>) -> (String, Dtype, Vec<usize>, Vec<u8>) {
-    (
-        n.to_string(),
-        v.dtype(),
-        v.shape().to_vec(),
-        v.data().to_vec(),
-    )
-}
+use safetensors::Dtype;
 
 #[test]
 fn missing_path() {
@@ -235,45 +189,6 @@ fn missing_cuda_device_is_a_clear_error() {
         "gpu".parse::<Device>(),
         Err(Error::InvalidArgument(_))
     ));
-}
-
-/// CRC-32 (PNG's polynomial), to build PNG headers by hand.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn png_header(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    // An IDAT with a few bytes so header readers find image data, then IEND.
-    for (kind, data) in [
-        (&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0x00][..]),
-        (&b"IEND"[..], &[][..]),
-    ] {
-        let mut chunk = kind.to_vec();
-        chunk.extend_from_slice(data);
-        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        png.extend_from_slice(&chunk);
-        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    }
-    png
 }
 
 #[test]

@@ -549,7 +549,9 @@ pub fn search(g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK
     search_with(Isa::from_env()?, g, queries, k, scale)
 }
 
-/// [`search`] on a given SIMD tier (a tier the CPU lacks falls back to the portable kernel).
+/// [`search`] on a given SIMD tier (a tier the CPU lacks falls back to the portable kernel). A row that scores NaN
+/// (a NaN or infinite value in a corrupt gallery) never ranks; when fewer than `k` rows score a finite value the
+/// search is [`Error::NonFinite`], never a short or NaN-ranked result.
 pub fn search_with(isa: Isa, g: &Gallery, queries: &[f32], k: usize, scale: f32) -> Result<TopK> {
     let nq = check_request(g.dim, g.rows, queries, k, MAX_K, scale)?;
     let k = k.min(g.rows);
