@@ -107,12 +107,18 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Invalid("file is empty".into()));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| invalid(&e))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(DecodeError::Invalid("not a recognized image format".into()));
-    }
+    };
+    // Files PIL refuses are refused before any decoder reads them; the header read itself may hold no more than
+    // the metadata allowance (the png crate inflates an ICC profile while reading the header).
+    check_complete(format, bytes)?;
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(DECODE_METADATA_BYTES);
+    reader.limits(limits);
     let decoder = reader.into_decoder().map_err(|e| invalid(&e))?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
@@ -133,12 +139,11 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
     })
 }
 
-/// Decodes `bytes` (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would. The caller holds a
-/// reservation of at least `head.decode_bytes`.
+/// Decodes `bytes` (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would. `head` is what [`header`]
+/// read from these bytes (it also refused what PIL refuses); the caller holds a reservation of `head.decode_bytes`.
 pub fn decode(bytes: &[u8], head: &Header, alpha: AlphaMode) -> Result<RgbImage, DecodeError> {
     let invalid = |e: &dyn std::fmt::Display| DecodeError::Invalid(e.to_string());
     let format = image::guess_format(bytes).map_err(|e| invalid(&e))?;
-    check_complete(format, bytes)?;
     if format == ImageFormat::Gif {
         return gif_first_frame(bytes, head.decode_bytes, alpha);
     }
