@@ -18,7 +18,9 @@ mod cli;
 use std::time::{Duration, Instant};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn peak_rss_mb() -> f64 {
@@ -28,7 +30,14 @@ fn peak_rss_mb() -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{}", include_str!("fuzz.rs").lines().take(8).collect::<Vec<_>>().join("\n"));
+        println!(
+            "{}",
+            include_str!("fuzz.rs")
+                .lines()
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         return;
     }
     let execs: u64 = arg(&args, "--execs").map_or(100_000, |v| v.parse().expect("--execs N"));
@@ -37,18 +46,29 @@ fn main() {
     let workers: usize = arg(&args, "--workers").map_or(2, |v| v.parse().expect("--workers N"));
     let which = arg(&args, "--target").unwrap_or_else(|| "all".into());
     let work = std::env::temp_dir().join(format!("cliprt-fuzz-{}", std::process::id()));
-    let workspaces: Vec<harness::Workspace> =
-        (0..workers.max(1)).map(|w| harness::Workspace::new(work.join(format!("w{w}")))).collect();
+    let workspaces: Vec<harness::Workspace> = (0..workers.max(1))
+        .map(|w| harness::Workspace::new(work.join(format!("w{w}"))))
+        .collect();
     let targets = harness::targets(&workspaces[0], cli::check_args);
     if let Some(file) = arg(&args, "--replay") {
-        let parts = harness::decode_parts(&std::fs::read(&file).expect("replay file")).expect("a parts file");
-        let t = targets.iter().find(|t| t.name == which).expect("--target NAME with --replay");
-        println!("{:?}", harness::execute(t, &workspaces[0], &parts).map(|_| "ok"));
+        let parts = harness::decode_parts(&std::fs::read(&file).expect("replay file"))
+            .expect("a parts file");
+        let t = targets
+            .iter()
+            .find(|t| t.name == which)
+            .expect("--target NAME with --replay");
+        println!(
+            "{:?}",
+            harness::execute(t, &workspaces[0], &parts).map(|_| "ok")
+        );
         return;
     }
     let crashes = harness::fuzz_dir().join("crashes");
     let mut failed = false;
-    for t in targets.iter().filter(|t| which == "all" || which.split(',').any(|w| w == t.name)) {
+    for t in targets
+        .iter()
+        .filter(|t| which == "all" || which.split(',').any(|w| w == t.name))
+    {
         for (file, parts) in harness::regressions(t.name) {
             if let Err(f) = harness::execute(t, &workspaces[0], &parts) {
                 println!("  regression {} fails again: {f}", file.display());

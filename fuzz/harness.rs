@@ -197,14 +197,17 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// A target's execution of one input (its parts).
+type RunFn = dyn Fn(&Workspace, &[Vec<u8>]) -> Result<Outcome, Failure> + Sync;
+
 /// One fuzz target: its seeds (each input is a list of parts; a mutation changes one part) and its run.
 pub struct Target {
     pub name: &'static str,
     pub seeds: Vec<Vec<Vec<u8>>>,
     tokens: Vec<Vec<u8>>,
     /// Applied to every other mutant: repairs a checksum so the mutation reaches the checks behind it.
-    fixup: Option<fn(&mut Vec<u8>)>,
-    run: Box<dyn Fn(&Workspace, &[Vec<u8>]) -> Result<Outcome, Failure> + Sync>,
+    fixup: Option<fn(&mut [u8])>,
+    run: Box<RunFn>,
 }
 
 /// A worker's scratch folder (inputs are written here to go through the file-reading paths) and shared state.
@@ -270,12 +273,23 @@ fn tokens(extra: &[&str]) -> Vec<Vec<u8>> {
 /// a text and an image; embeddings must be finite.
 fn model_target() -> Target {
     let seed = fuzz_dir().join("seeds/model");
-    let seeds = vec![vec![read(seed.join("config.json")), read(seed.join("model.safetensors"))]];
+    let seeds = vec![vec![
+        read(seed.join("config.json")),
+        read(seed.join("model.safetensors")),
+    ]];
     Target {
         name: "model",
         seeds,
         fixup: None,
-        tokens: tokens(&["\"hidden_size\"", "\"gelu\"", "\"F16\"", "\"BF16\"", "\"I64\"", "\"shape\"", "\"data_offsets\""]),
+        tokens: tokens(&[
+            "\"hidden_size\"",
+            "\"gelu\"",
+            "\"F16\"",
+            "\"BF16\"",
+            "\"I64\"",
+            "\"shape\"",
+            "\"data_offsets\"",
+        ]),
         run: Box::new(|ws, parts| {
             let dir = ws.dir.join("model");
             std::fs::create_dir_all(&dir).expect("model folder");
@@ -302,18 +316,36 @@ fn model_target() -> Target {
 /// tokenizer.json and a text: ids must number 1 ..= the context length.
 fn tokenizer_target() -> Target {
     let tok = read(fuzz_dir().join("seeds/tokenizer/tokenizer.json"));
-    let texts = ["a photo of a cat.", "", "Ünïcödé  \t text ✓ 123 it's", "<|endoftext|> x"];
+    let texts = [
+        "a photo of a cat.",
+        "",
+        "Ünïcödé  \t text ✓ 123 it's",
+        "<|endoftext|> x",
+    ];
     Target {
         name: "tokenizer",
-        seeds: texts.iter().map(|t| vec![tok.clone(), t.as_bytes().to_vec()]).collect(),
+        seeds: texts
+            .iter()
+            .map(|t| vec![tok.clone(), t.as_bytes().to_vec()])
+            .collect(),
         fixup: None,
-        tokens: tokens(&["\"BPE\"", "\"vocab\"", "\"merges\"", "\"Regex\"", "\"<|endoftext|>\"", "\"RobertaProcessing\""]),
+        tokens: tokens(&[
+            "\"BPE\"",
+            "\"vocab\"",
+            "\"merges\"",
+            "\"Regex\"",
+            "\"<|endoftext|>\"",
+            "\"RobertaProcessing\"",
+        ]),
         run: Box::new(|ws, parts| {
             let path = write(ws, "tokenizer.json", &parts[0]);
             let t = tri!(cliprt::tokenizer::ClipTokenizer::from_file(&path, 16));
             let ids = tri!(t.encode(&String::from_utf8_lossy(&parts[1])));
             if ids.is_empty() || ids.len() > 16 {
-                return Err(Failure::Wrong(format!("{} ids for a context of 16", ids.len())));
+                return Err(Failure::Wrong(format!(
+                    "{} ids for a context of 16",
+                    ids.len()
+                )));
             }
             Ok(Outcome::Accepted)
         }),
@@ -333,11 +365,19 @@ fn preprocessor_target() -> Target {
         name: "preprocessor",
         seeds,
         fixup: None,
-        tokens: tokens(&["\"shortest_edge\"", "\"height\"", "\"width\"", "\"crop_size\"", "\"rescale_factor\"", "\"image_std\""]),
+        tokens: tokens(&[
+            "\"shortest_edge\"",
+            "\"height\"",
+            "\"width\"",
+            "\"crop_size\"",
+            "\"rescale_factor\"",
+            "\"image_std\"",
+        ]),
         run: Box::new(|ws, parts| {
             let path = write(ws, "preprocessor_config.json", &parts[0]);
             let cfg = tri!(PreprocessConfig::from_file(&path, 8));
-            let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/landscape.png");
+            let image = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/images/landscape.png");
             // Clip refuses a crop of another size before decoding.
             if cfg.crop.is_some_and(|c| c != (8, 8)) {
                 return Ok(Outcome::Refused);
@@ -365,7 +405,15 @@ fn image_target() -> Target {
         name: "image",
         seeds,
         fixup: None,
-        tokens: vec![b"IEND".to_vec(), b"IDAT".to_vec(), b"\xFF\xD9".to_vec(), b"\xFF\xDA".to_vec(), b"RIFF".to_vec(), b"VP8L".to_vec(), b"iCCP".to_vec()],
+        tokens: vec![
+            b"IEND".to_vec(),
+            b"IDAT".to_vec(),
+            b"\xFF\xD9".to_vec(),
+            b"\xFF\xDA".to_vec(),
+            b"RIFF".to_vec(),
+            b"VP8L".to_vec(),
+            b"iCCP".to_vec(),
+        ],
         run: Box::new(|ws, parts| {
             let path = write(ws, "image", &parts[0]);
             let (pixels, _) = tri!(PreprocessConfig::openai(8).apply_file(&path));
@@ -380,13 +428,21 @@ fn index_seed(ws: &Workspace) -> (PathBuf, PathBuf) {
     if !images.exists() {
         std::fs::create_dir_all(&images).expect("index images");
         for f in ["square.png", "photo.jpg", "grey.png"] {
-            std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(f), images.join(f))
-                .expect("index image");
+            std::fs::copy(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/images")
+                    .join(f),
+                images.join(f),
+            )
+            .expect("index image");
         }
     }
     let out = ws.dir.join("seed.idx");
     if !out.exists() {
-        let opts = cliprt::index::IndexOptions { batch: 1, force: true };
+        let opts = cliprt::index::IndexOptions {
+            batch: 1,
+            force: true,
+        };
         cliprt::index::build(&ws.clip, &images, &out, &opts, |_| {}).expect("seed index");
     }
     (images, out)
@@ -401,8 +457,11 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
 }
 
 /// Recomputes an index's checksum over its metadata, offsets and paths where the header's sizes allow.
-fn fix_index_checksum(b: &mut Vec<u8>) {
-    let u64_at = |b: &[u8], o: usize| b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
+fn fix_index_checksum(b: &mut [u8]) {
+    let u64_at = |b: &[u8], o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+    };
     let (Some(rows), Some(meta), Some(dim)) = (u64_at(b, 16), u64_at(b, 24), b.get(12..16)) else {
         return;
     };
@@ -412,7 +471,10 @@ fn fix_index_checksum(b: &mut Vec<u8>) {
         .and_then(|x| x.checked_add(rows.checked_mul(dim)?.checked_mul(4)?.next_multiple_of(64)));
     match offsets_at {
         Some(at) if at <= b.len() as u64 && 64 + meta <= b.len() as u64 => {
-            let sum = fnv1a(fnv1a(0xCBF2_9CE4_8422_2325, &b[64..64 + meta as usize]), &b[at as usize..]);
+            let sum = fnv1a(
+                fnv1a(0xCBF2_9CE4_8422_2325, &b[64..64 + meta as usize]),
+                &b[at as usize..],
+            );
             b[40..48].copy_from_slice(&sum.to_le_bytes());
         }
         _ => {}
@@ -447,11 +509,16 @@ fn journal_target(ws: &Workspace) -> Target {
     let out = ws.dir.join("journal-seed.idx");
     let journal = ws.dir.join("journal-seed.idx.partial");
     if !journal.exists() {
-        let opts = cliprt::index::IndexOptions { batch: 1, force: true };
+        let opts = cliprt::index::IndexOptions {
+            batch: 1,
+            force: true,
+        };
         let quiet = panic::take_hook();
         panic::set_hook(Box::new(|_| {}));
         let _ = panic::catch_unwind(AssertUnwindSafe(|| {
-            cliprt::index::build(&ws.clip, &images, &out, &opts, |_| panic!("stop after the first batch"))
+            cliprt::index::build(&ws.clip, &images, &out, &opts, |_| {
+                panic!("stop after the first batch")
+            })
         }));
         panic::set_hook(quiet);
     }
@@ -465,9 +532,13 @@ fn journal_target(ws: &Workspace) -> Target {
             let out = ws.dir.join("resumed.idx");
             let _ = std::fs::remove_file(&out);
             std::fs::write(ws.dir.join("resumed.idx.partial"), &parts[0]).expect("journal");
-            let opts = cliprt::index::IndexOptions { batch: 2, force: true };
+            let opts = cliprt::index::IndexOptions {
+                batch: 2,
+                force: true,
+            };
             tri!(cliprt::index::build(&ws.clip, &images, &out, &opts, |_| {}));
-            let idx = Index::open(&out).map_err(|e| Failure::Wrong(format!("finished index does not open: {e}")))?;
+            let idx = Index::open(&out)
+                .map_err(|e| Failure::Wrong(format!("finished index does not open: {e}")))?;
             finite("embeddings", idx.embeddings())
         }),
     }
@@ -486,12 +557,30 @@ fn cli_target(check: fn(&[std::ffi::OsString]) -> cliprt::Result<()>) -> Target 
     ];
     Target {
         name: "cli",
-        seeds: lines.iter().map(|l| vec![l.replace(' ', "\0").into_bytes()]).collect(),
-        fixup: None,
-        tokens: ["\0--threads\0", "\0--batch\0", "\0--gallery\0", "\0--dim\0", "\0--reps\0", "1000000000", "18446744073709551615", "0", "-1", "1e308", "nan", ",", "\0--max-memory-gb\0", "\0--k\0"]
+        seeds: lines
             .iter()
-            .map(|t| t.as_bytes().to_vec())
+            .map(|l| vec![l.replace(' ', "\0").into_bytes()])
             .collect(),
+        fixup: None,
+        tokens: [
+            "\0--threads\0",
+            "\0--batch\0",
+            "\0--gallery\0",
+            "\0--dim\0",
+            "\0--reps\0",
+            "1000000000",
+            "18446744073709551615",
+            "0",
+            "-1",
+            "1e308",
+            "nan",
+            ",",
+            "\0--max-memory-gb\0",
+            "\0--k\0",
+        ]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .collect(),
         run: Box::new(move |_, parts| {
             let args: Vec<std::ffi::OsString> = parts[0]
                 .split(|&b| b == 0)
@@ -507,7 +596,10 @@ fn cli_target(check: fn(&[std::ffi::OsString]) -> cliprt::Result<()>) -> Target 
 }
 
 /// Every target, by name.
-pub fn targets(ws: &Workspace, cli_check: fn(&[std::ffi::OsString]) -> cliprt::Result<()>) -> Vec<Target> {
+pub fn targets(
+    ws: &Workspace,
+    cli_check: fn(&[std::ffi::OsString]) -> cliprt::Result<()>,
+) -> Vec<Target> {
     vec![
         model_target(),
         tokenizer_target(),
@@ -594,7 +686,10 @@ pub fn fuzz(
                 for (w, b) in beats.iter().enumerate() {
                     let last = b.load(Ordering::Relaxed);
                     if last > 0 && now.saturating_sub(last) > 4 * SLOW.as_millis() as u64 {
-                        eprintln!("fuzz: worker {w} of {} hangs; input left in its current-* file", target.name);
+                        eprintln!(
+                            "fuzz: worker {w} of {} hangs; input left in its current-* file",
+                            target.name
+                        );
                         std::process::abort();
                     }
                 }
@@ -609,10 +704,13 @@ pub fn fuzz(
                     let mut rng = Rng::new(seed ^ (w as u64).wrapping_mul(0xA24B_AED4_963E_E407));
                     let mut report = Report::default();
                     let current = ws.dir.join(format!("current-{}-{w}", target.name));
-                    let all: Vec<&[u8]> = target.seeds.iter().flatten().map(Vec::as_slice).collect();
+                    let all: Vec<&[u8]> =
+                        target.seeds.iter().flatten().map(Vec::as_slice).collect();
                     let tokens: Vec<&[u8]> = target.tokens.iter().map(Vec::as_slice).collect();
                     let mut corpus: Vec<Vec<Vec<u8>>> = target.seeds.clone();
-                    while done.fetch_add(1, Ordering::Relaxed) < execs && deadline.is_none_or(|d| Instant::now() < d) {
+                    while done.fetch_add(1, Ordering::Relaxed) < execs
+                        && deadline.is_none_or(|d| Instant::now() < d)
+                    {
                         let base = &corpus[rng.below(corpus.len())];
                         let mut parts = base.clone();
                         let p = rng.below(parts.len());
@@ -621,7 +719,8 @@ pub fn fuzz(
                             fix(&mut parts[p]);
                         }
                         let _ = std::fs::write(&current, encode_parts(&parts));
-                        beats[w].store(start.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+                        beats[w]
+                            .store(start.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
                         let t = Instant::now();
                         let r = execute(target, ws, &parts);
                         report.slowest = report.slowest.max(t.elapsed());
@@ -640,7 +739,8 @@ pub fn fuzz(
                             Ok(Outcome::Refused) => report.refused += 1,
                             Err(f) => {
                                 let _ = std::fs::create_dir_all(crashes);
-                                let file = crashes.join(format!("{}-{seed}-{w}-{}", target.name, report.execs));
+                                let file = crashes
+                                    .join(format!("{}-{seed}-{w}-{}", target.name, report.execs));
                                 let _ = std::fs::write(&file, encode_parts(&parts));
                                 report.failures.push((f.to_string(), file));
                             }
@@ -651,7 +751,10 @@ pub fn fuzz(
                 })
             })
             .collect();
-        let reports = handles.into_iter().map(|h| h.join().expect("fuzz worker")).collect();
+        let reports = handles
+            .into_iter()
+            .map(|h| h.join().expect("fuzz worker"))
+            .collect();
         stop.store(true, Ordering::Relaxed);
         reports
     });
@@ -676,7 +779,8 @@ pub fn regressions(target: &str) -> Vec<(PathBuf, Vec<Vec<u8>>)> {
         .filter_map(|e| e.ok())
         .map(|e| {
             let p = e.path();
-            let parts = decode_parts(&read(&p)).unwrap_or_else(|| panic!("{}: not a parts file", p.display()));
+            let parts = decode_parts(&read(&p))
+                .unwrap_or_else(|| panic!("{}: not a parts file", p.display()));
             (p, parts)
         })
         .collect();

@@ -278,7 +278,11 @@ impl Clip {
 
     /// [`Clip::embed_pixels`] whose rows may be non-finite: for callers that check each row (the index records a
     /// non-finite row as that file's failure).
-    pub(crate) fn embed_pixels_unchecked(&self, pixels: &[f32], batch: usize) -> Result<Embeddings> {
+    pub(crate) fn embed_pixels_unchecked(
+        &self,
+        pixels: &[f32],
+        batch: usize,
+    ) -> Result<Embeddings> {
         if batch == 0 {
             return Err(Error::EmptyInput("no images given"));
         }

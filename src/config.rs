@@ -181,14 +181,38 @@ impl ClipConfig {
         let (t, v) = (&self.text, &self.vision);
         for (what, value, limit) in [
             ("text_config.hidden_size", t.encoder.hidden_size, MAX_WIDTH),
-            ("vision_config.hidden_size", v.encoder.hidden_size, MAX_WIDTH),
+            (
+                "vision_config.hidden_size",
+                v.encoder.hidden_size,
+                MAX_WIDTH,
+            ),
             ("projection_dim", self.projection_dim, MAX_WIDTH),
-            ("text_config.intermediate_size", t.encoder.intermediate_size, MAX_INTERMEDIATE),
-            ("vision_config.intermediate_size", v.encoder.intermediate_size, MAX_INTERMEDIATE),
-            ("text_config.num_hidden_layers", t.encoder.num_layers, MAX_LAYERS),
-            ("vision_config.num_hidden_layers", v.encoder.num_layers, MAX_LAYERS),
+            (
+                "text_config.intermediate_size",
+                t.encoder.intermediate_size,
+                MAX_INTERMEDIATE,
+            ),
+            (
+                "vision_config.intermediate_size",
+                v.encoder.intermediate_size,
+                MAX_INTERMEDIATE,
+            ),
+            (
+                "text_config.num_hidden_layers",
+                t.encoder.num_layers,
+                MAX_LAYERS,
+            ),
+            (
+                "vision_config.num_hidden_layers",
+                v.encoder.num_layers,
+                MAX_LAYERS,
+            ),
             ("text_config.vocab_size", t.vocab_size, MAX_VOCAB),
-            ("text_config.max_position_embeddings", t.max_position_embeddings, MAX_CONTEXT),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+                MAX_CONTEXT,
+            ),
             ("vision_config.image_size", v.image_size, MAX_IMAGE_SIDE),
             ("vision_config.num_channels", v.num_channels, 4),
         ] {

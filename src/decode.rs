@@ -165,11 +165,15 @@ fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), DecodeError> 
         )))
     };
     match format {
-        ImageFormat::Jpeg if !jpeg_reaches_eoi(bytes) => truncated("no end-of-image marker after the last scan"),
+        ImageFormat::Jpeg if !jpeg_reaches_eoi(bytes) => {
+            truncated("no end-of-image marker after the last scan")
+        }
         ImageFormat::Png => png_metadata_within_pil_limit(bytes),
         ImageFormat::WebP => {
             // libwebp refuses a file shorter than the RIFF size it declares.
-            let riff = bytes.get(4..8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let riff = bytes
+                .get(4..8)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             match riff {
                 Some(n) if u64::from(n) + 8 <= bytes.len() as u64 => Ok(()),
                 _ => truncated("shorter than its RIFF header says"),
@@ -187,7 +191,10 @@ const PIL_MAX_TEXT_CHUNK: usize = 1 << 20;
 /// Streams that are not valid zlib are left to the decoder, as PIL leaves them.
 fn png_metadata_within_pil_limit(b: &[u8]) -> Result<(), DecodeError> {
     let mut at = 8;
-    while let Some(len) = b.get(at..at + 4).map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize) {
+    while let Some(len) = b
+        .get(at..at + 4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+    {
         let Some(data) = at.checked_add(8 + len).and_then(|end| b.get(at + 8..end)) else {
             break;
         };
@@ -195,7 +202,10 @@ fn png_metadata_within_pil_limit(b: &[u8]) -> Result<(), DecodeError> {
         // The compressed stream: after "keyword NUL method" (iCCP, zTXt), or after iTXt's flag, method, language
         // and translated keyword when its flag says compressed.
         let stream = match kind {
-            b"iCCP" | b"zTXt" => data.iter().position(|&c| c == 0).and_then(|i| data.get(i + 2..)),
+            b"iCCP" | b"zTXt" => data
+                .iter()
+                .position(|&c| c == 0)
+                .and_then(|i| data.get(i + 2..)),
             b"iTXt" => data.iter().position(|&c| c == 0).and_then(|i| {
                 let rest = data.get(i + 1..)?;
                 if rest.first() != Some(&1) {
@@ -233,7 +243,9 @@ fn complete_like_pil(format: ImageFormat, bytes: &[u8]) -> Option<Vec<u8>> {
             const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
             let mut at = 8; // signature
             loop {
-                let len = bytes.get(at..at + 4).map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]));
+                let len = bytes
+                    .get(at..at + 4)
+                    .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]));
                 let end = len.and_then(|n| (at + 12).checked_add(n as usize));
                 match end {
                     Some(end) if end <= bytes.len() => {
@@ -250,10 +262,23 @@ fn complete_like_pil(format: ImageFormat, bytes: &[u8]) -> Option<Vec<u8>> {
             Some(out)
         }
         ImageFormat::Bmp => {
-            let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-            let (off, w, h, bpp, comp) =
-                (u32_at(10)?, u32_at(18)? as i32, u32_at(22)? as i32, u16_at(28)?, u32_at(30)?);
+            let u32_at = |o: usize| {
+                bytes
+                    .get(o..o + 4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            let u16_at = |o: usize| {
+                bytes
+                    .get(o..o + 2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            };
+            let (off, w, h, bpp, comp) = (
+                u32_at(10)?,
+                u32_at(18)? as i32,
+                u32_at(22)? as i32,
+                u16_at(28)?,
+                u32_at(30)?,
+            );
             if comp != 0 || w <= 0 || h == 0 || !matches!(bpp, 8 | 24 | 32) {
                 return None;
             }
@@ -294,7 +319,9 @@ fn jpeg_reaches_eoi(b: &[u8]) -> bool {
             0x00 | 0xD0..=0xD7 if in_scan => i += 2,
             0x01 | 0xD0..=0xD7 => i += 2,
             _ => {
-                let Some(len) = b.get(i + 2..i + 4).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                let Some(len) = b
+                    .get(i + 2..i + 4)
+                    .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
                 else {
                     return false;
                 };
@@ -307,7 +334,11 @@ fn jpeg_reaches_eoi(b: &[u8]) -> bool {
 }
 
 /// The first frame of a GIF as PIL renders it (see the module docs); the gif crate refuses cut-short image data.
-fn gif_first_frame(bytes: &[u8], max_bytes: u64, alpha: AlphaMode) -> Result<RgbImage, DecodeError> {
+fn gif_first_frame(
+    bytes: &[u8],
+    max_bytes: u64,
+    alpha: AlphaMode,
+) -> Result<RgbImage, DecodeError> {
     let invalid = |e: &dyn std::fmt::Display| DecodeError::Invalid(e.to_string());
     let mut opts = gif::DecodeOptions::new();
     opts.set_color_output(gif::ColorOutput::Indexed);
@@ -315,7 +346,9 @@ fn gif_first_frame(bytes: &[u8], max_bytes: u64, alpha: AlphaMode) -> Result<Rgb
         std::num::NonZeroU64::new(max_bytes.max(1)).unwrap_or(std::num::NonZeroU64::MIN),
     ));
     opts.check_lzw_end_code(true);
-    let mut d = opts.read_info(Cursor::new(bytes)).map_err(|e| invalid(&e))?;
+    let mut d = opts
+        .read_info(Cursor::new(bytes))
+        .map_err(|e| invalid(&e))?;
     let (width, height) = (usize::from(d.width()), usize::from(d.height()));
     let global = d.global_palette().map(<[u8]>::to_vec);
     let frame = d
@@ -327,7 +360,9 @@ fn gif_first_frame(bytes: &[u8], max_bytes: u64, alpha: AlphaMode) -> Result<Rgb
     let (fw, fh) = (usize::from(frame.width), usize::from(frame.height));
     let (left, top) = (usize::from(frame.left), usize::from(frame.top));
     if frame.buffer.len() < fw * fh {
-        return Err(DecodeError::Invalid("image file is truncated (GIF frame data)".into()));
+        return Err(DecodeError::Invalid(
+            "image file is truncated (GIF frame data)".into(),
+        ));
     }
     for y in 0..fh.min(height.saturating_sub(top)) {
         let w = fw.min(width.saturating_sub(left));
@@ -444,7 +479,6 @@ fn composite_on_white(rgb: [u8; 3], a: u8) -> [u8; 3] {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +492,10 @@ mod tests {
     #[test]
     fn budget_refuses_what_never_fits_and_returns_on_drop() {
         let b = MemoryBudget::new(100);
-        assert!(matches!(b.reserve(101), Err(DecodeError::OverBudget(101, 100))));
+        assert!(matches!(
+            b.reserve(101),
+            Err(DecodeError::OverBudget(101, 100))
+        ));
         let r = b.reserve(60).ok().unwrap();
         drop(r);
         let _again = b.reserve(100).ok().unwrap();
@@ -467,11 +504,15 @@ mod tests {
     #[test]
     fn jpeg_marker_walk() {
         // SOI, APP0 (len 4), SOS (len 3) + entropy data with a stuffed 0xFF00, then EOI.
-        let ok = [0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xDA, 0, 3, 9, 5, 0xFF, 0, 7, 0xFF, 0xD9];
+        let ok = [
+            0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xDA, 0, 3, 9, 5, 0xFF, 0, 7, 0xFF, 0xD9,
+        ];
         assert!(jpeg_reaches_eoi(&ok));
         assert!(!jpeg_reaches_eoi(&ok[..ok.len() - 1]));
         // An EOI inside a segment (an EXIF thumbnail) does not count.
-        let hidden = [0xFF, 0xD8, 0xFF, 0xE1, 0, 4, 0xFF, 0xD9, 0xFF, 0xDA, 0, 3, 9, 5];
+        let hidden = [
+            0xFF, 0xD8, 0xFF, 0xE1, 0, 4, 0xFF, 0xD9, 0xFF, 0xDA, 0, 3, 9, 5,
+        ];
         assert!(!jpeg_reaches_eoi(&hidden));
     }
 }

@@ -1,4 +1,4 @@
-//! Reading inputs and committing outputs safely (README, "Limits and safety"):
+//! Reading inputs and committing outputs safely (ARCHITECTURE.md, Hostile input; README, "Limits and safety"):
 //! - inputs are regular files only, opened without blocking (a FIFO or device named `x.png` is refused, never read
 //!   forever) and read with a size limit;
 //! - outputs are staged in temporary files created exclusively (`O_EXCL`, random names, never following a planted
@@ -114,9 +114,9 @@ impl Outputs {
         target: &Path,
         write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
     ) -> Result<()> {
-        let name = target
-            .file_name()
-            .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", target.display())))?;
+        let name = target.file_name().ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: not a file path", target.display()))
+        })?;
         if target.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "{}: is a folder, not an output file",
@@ -158,7 +158,8 @@ impl Outputs {
     pub fn commit(self) -> Result<()> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for (tmp, target) in self.staged {
-            tmp.persist(&target).map_err(|e| Error::io(&target, e.error))?;
+            tmp.persist(&target)
+                .map_err(|e| Error::io(&target, e.error))?;
             let dir = parent_dir(&target).to_path_buf();
             if !dirs.contains(&dir) {
                 dirs.push(dir);

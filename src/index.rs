@@ -90,13 +90,25 @@ fn pad64(n: usize) -> usize {
 
 /// Where the sections of an index with these header fields lie: `(embeddings, offsets, paths, file length)`, or
 /// `None` when the sizes overflow (a corrupt or hostile header).
-fn layout(dim: u64, rows: u64, meta_len: u64, paths_len: u64) -> Option<(usize, usize, usize, usize)> {
+fn layout(
+    dim: u64,
+    rows: u64,
+    meta_len: u64,
+    paths_len: u64,
+) -> Option<(usize, usize, usize, usize)> {
     let us = |v: u64| usize::try_from(v).ok();
-    let emb_at = us(meta_len)?.checked_next_multiple_of(64)?.checked_add(HEADER)?;
+    let emb_at = us(meta_len)?
+        .checked_next_multiple_of(64)?
+        .checked_add(HEADER)?;
     let emb_bytes = us(rows)?.checked_mul(us(dim)?)?.checked_mul(4)?;
     let offsets_at = emb_at.checked_add(emb_bytes.checked_next_multiple_of(64)?)?;
     let paths_at = offsets_at.checked_add(us(rows)?.checked_add(1)?.checked_mul(8)?)?;
-    Some((emb_at, offsets_at, paths_at, paths_at.checked_add(us(paths_len)?)?))
+    Some((
+        emb_at,
+        offsets_at,
+        paths_at,
+        paths_at.checked_add(us(paths_len)?)?,
+    ))
 }
 
 /// A finished index, memory-mapped.
@@ -187,8 +199,12 @@ impl Index {
             )));
         }
         // layout() succeeded, so these fit in usize and inside the map.
-        let (dim, rows, meta_len, paths_len) =
-            (dim as usize, rows as usize, meta_len as usize, paths_len as usize);
+        let (dim, rows, meta_len, paths_len) = (
+            dim as usize,
+            rows as usize,
+            meta_len as usize,
+            paths_len as usize,
+        );
         let mut sum = fnv1a(FNV_START, &map[HEADER..HEADER + meta_len]);
         sum = fnv1a(sum, &map[offsets_at..]);
         if sum != checksum {
@@ -530,7 +546,10 @@ type Record = (PathBuf, FileId, Done);
 
 /// One whole, checksummed batch record at `at`, or `None` (end of file, or a torn or corrupt record).
 fn read_batch(b: &[u8], at: usize, dim: usize) -> Option<(Vec<Record>, usize)> {
-    let len = usize::try_from(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?)).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+    .ok()?;
     let body_at = at + 8;
     let body_end = body_at.checked_add(len)?;
     let rec = b.get(body_at..body_end)?;
@@ -662,11 +681,8 @@ pub fn build(
     let mut journal = Journal::open(out, &identity)?;
     // A file is done when the journal holds it with its current identity; a replaced one is embedded again.
     let current = |p: &PathBuf| FileId::of(p);
-    let is_done = |j: &Journal, p: &PathBuf| {
-        j.done
-            .get(p)
-            .is_some_and(|(id, _)| Some(*id) == current(p))
-    };
+    let is_done =
+        |j: &Journal, p: &PathBuf| j.done.get(p).is_some_and(|(id, _)| Some(*id) == current(p));
     let todo: Vec<&PathBuf> = files.iter().filter(|p| !is_done(&journal, p)).collect();
     let resumed = files.len() - todo.len();
     let total = files.len();

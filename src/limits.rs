@@ -1,7 +1,7 @@
-//! Every resource limit of cliprt, in one place, each checked before the work it bounds starts (README, "Limits and
-//! safety", lists them with what happens at each). The numbers bound a hostile input's cost: no input file, config
-//! or argument makes cliprt allocate more than about 2 GB or run for long before it is refused with
-//! [`Error::Limit`] (or [`Error::ImageTooLarge`]).
+//! Every resource limit of cliprt, in one place, each checked before the work it bounds starts (ARCHITECTURE.md,
+//! Hostile input; README, "Limits and safety", lists them with what happens at each). The numbers bound a hostile
+//! input's cost: no input file, config or argument makes cliprt allocate more than about 2 GB or run for long before
+//! it is refused with [`Error::Limit`] (or [`Error::ImageTooLarge`]).
 
 use crate::error::{Error, Result};
 
@@ -37,7 +37,12 @@ pub const MAX_THREADS: usize = 1024;
 /// refuses sizes the machine cannot hold instead of letting the allocator abort.
 pub fn bench_memory_bytes() -> u64 {
     // SAFETY: sysconf only reads system configuration.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     let physical = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
     (physical / 2).max(2 << 30)
 }

@@ -124,8 +124,7 @@ impl ModelTokenizer {
 
 /// Reads a UTF-8 file with one text per line; blank lines are skipped, a trailing `\r` is dropped.
 pub fn read_text_file(path: &Path) -> Result<Vec<String>> {
-    let bytes =
-        crate::files::read_limited(path, crate::limits::MAX_TEXT_FILE_BYTES, "text file")?;
+    let bytes = crate::files::read_limited(path, crate::limits::MAX_TEXT_FILE_BYTES, "text file")?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         Error::InvalidText {

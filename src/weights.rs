@@ -209,7 +209,9 @@ impl Checkpoint {
         // A NaN or infinite weight makes every embedding non-finite (or, worse, silently finite on a kernel that
         // drops NaN): refuse the checkpoint at load, naming the tensor.
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite(format!("tensor `{name}` of the checkpoint")));
+            return Err(Error::NonFinite(format!(
+                "tensor `{name}` of the checkpoint"
+            )));
         }
         Ok((data, info.dtype))
     }

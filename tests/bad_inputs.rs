@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use cliprt::{Clip, Device, Error};
 use common::*;
-use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 
 #[test]
 fn missing_path() {

@@ -32,7 +32,11 @@ fn truncated_and_corrupt_files_get_pils_verdict() {
             wrong.push(format!("{c} (cliprt opens: {})", !pil));
         }
     }
-    assert!(wrong.is_empty(), "verdicts differ from PIL:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "verdicts differ from PIL:\n{}",
+        wrong.join("\n")
+    );
 }
 
 /// A GIF's first frame that covers part of the screen is drawn as PIL draws it (tools/decoder_cases.py wrote the
@@ -44,12 +48,22 @@ fn gif_first_frame_on_pils_canvas() {
     for (name, want) in expected.as_object().unwrap() {
         let bytes = std::fs::read(fixture("images").join(name)).unwrap();
         let head = decode::header(&bytes).ok().unwrap();
-        let img = decode::decode(&bytes, &head, AlphaMode::CompositeWhite).ok().unwrap();
+        let img = decode::decode(&bytes, &head, AlphaMode::CompositeWhite)
+            .ok()
+            .unwrap();
         assert_eq!(
             [img.width as u64, img.height as u64],
-            [want["size"][0].as_u64().unwrap(), want["size"][1].as_u64().unwrap()]
+            [
+                want["size"][0].as_u64().unwrap(),
+                want["size"][1].as_u64().unwrap()
+            ]
         );
-        let rgb: Vec<u8> = want["rgb"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+        let rgb: Vec<u8> = want["rgb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u8)
+            .collect();
         assert_eq!(img.data, rgb, "{name}");
     }
 }
@@ -61,7 +75,13 @@ fn decode_limits_come_before_decoding() {
     let mut bmp = std::fs::read(fixture("images/photo.bmp")).unwrap();
     bmp[18..22].copy_from_slice(&20000u32.to_le_bytes());
     bmp[22..26].copy_from_slice(&20000u32.to_le_bytes());
-    assert!(matches!(decode::header(&bmp), Err(DecodeError::TooLarge(20000, 20000))));
+    assert!(matches!(
+        decode::header(&bmp),
+        Err(DecodeError::TooLarge(20000, 20000))
+    ));
     let budget = decode::MemoryBudget::new(1 << 20);
-    assert!(matches!(budget.reserve(2 << 20), Err(DecodeError::OverBudget(..))));
+    assert!(matches!(
+        budget.reserve(2 << 20),
+        Err(DecodeError::OverBudget(..))
+    ));
 }

@@ -20,14 +20,19 @@ fn execs() -> u64 {
 #[test]
 fn every_target_survives_a_short_run_and_every_regression_input() {
     let work = tempfile::tempdir().unwrap();
-    let workspaces: Vec<harness::Workspace> =
-        (0..2).map(|w| harness::Workspace::new(work.path().join(format!("w{w}")))).collect();
+    let workspaces: Vec<harness::Workspace> = (0..2)
+        .map(|w| harness::Workspace::new(work.path().join(format!("w{w}"))))
+        .collect();
     let crashes = work.path().join("crashes");
     let mut failures = Vec::new();
     for t in harness::targets(&workspaces[0], cli::check_args) {
         for (file, parts) in harness::regressions(t.name) {
             if let Err(f) = harness::execute(&t, &workspaces[0], &parts) {
-                failures.push(format!("{}: regression {} fails again: {f}", t.name, file.display()));
+                failures.push(format!(
+                    "{}: regression {} fails again: {f}",
+                    t.name,
+                    file.display()
+                ));
             }
         }
         let r = harness::fuzz(&t, &workspaces, execs(), None, 20261206, &crashes);
@@ -39,8 +44,16 @@ fn every_target_survives_a_short_run_and_every_regression_input() {
             r.refused,
             r.slowest.as_secs_f64()
         );
-        assert!(r.accepted > 0, "{}: no mutant was accepted; the seeds are broken", t.name);
-        failures.extend(r.failures.iter().map(|(why, file)| format!("{}: {why} ({})", t.name, file.display())));
+        assert!(
+            r.accepted > 0,
+            "{}: no mutant was accepted; the seeds are broken",
+            t.name
+        );
+        failures.extend(
+            r.failures
+                .iter()
+                .map(|(why, file)| format!("{}: {why} ({})", t.name, file.display())),
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -10,8 +10,8 @@ use cliprt::backend::reference::ReferenceBackend;
 use cliprt::config::presets;
 use cliprt::cpu::{simd, CpuBackend, Isa, MatrixEngine};
 use cliprt::index::{Index, IndexOptions};
-use cliprt::model::ModelSpec;
 use cliprt::model::ClipWeights;
+use cliprt::model::ModelSpec;
 use cliprt::{Activation, Clip, Device, Engine, Error};
 use common::*;
 use safetensors::Dtype;
@@ -29,7 +29,10 @@ fn images(names: &[&str]) -> tempfile::TempDir {
 }
 
 fn build(clip: &Clip, folder: &Path, out: &Path) -> cliprt::Result<cliprt::index::IndexReport> {
-    let opts = IndexOptions { batch: 2, force: true };
+    let opts = IndexOptions {
+        batch: 2,
+        force: true,
+    };
     cliprt::index::build(clip, folder, out, &opts, |_| {})
 }
 
@@ -60,7 +63,13 @@ fn a_nan_row_in_an_index_never_ranks_and_never_panics() {
     }
     // ... and asking for more than the finite rows is an error naming the cause, never a panic.
     for k in [3, 10] {
-        assert!(matches!(idx.search(clip.engine(), &q.data, k), Err(Error::NonFinite(_))), "k {k}");
+        assert!(
+            matches!(
+                idx.search(clip.engine(), &q.data, k),
+                Err(Error::NonFinite(_))
+            ),
+            "k {k}"
+        );
     }
 }
 
@@ -83,7 +92,10 @@ fn index_header_sizes_that_overflow_are_refused() {
         let mut bad = good.clone();
         bad[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
         std::fs::write(&out, &bad).unwrap();
-        assert!(matches!(Index::open(&out), Err(Error::InvalidArgument(_))), "field at {at} = {value}");
+        assert!(
+            matches!(Index::open(&out), Err(Error::InvalidArgument(_))),
+            "field at {at} = {value}"
+        );
     }
 }
 
@@ -121,7 +133,10 @@ fn preprocessor_sizes_over_the_limit_are_config_errors() {
     ] {
         std::fs::write(&path, json).unwrap();
         assert!(
-            matches!(cliprt::preprocess::PreprocessConfig::from_file(&path, 224), Err(Error::Config { .. })),
+            matches!(
+                cliprt::preprocess::PreprocessConfig::from_file(&path, 224),
+                Err(Error::Config { .. })
+            ),
             "{json}"
         );
     }
@@ -175,13 +190,18 @@ fn a_weight_that_overflows_f32_gives_an_error_never_an_embedding() {
     rewrite_weights(tmp.path(), |n, v| {
         let (n, d, s, b) = keep(n, v);
         if n == "visual_projection.weight" || n == "text_projection.weight" {
-            let big: Vec<u8> = (0..b.len() / 4).flat_map(|_| 3e38f32.to_le_bytes()).collect();
+            let big: Vec<u8> = (0..b.len() / 4)
+                .flat_map(|_| 3e38f32.to_le_bytes())
+                .collect();
             return Some((n, d, s, big));
         }
         Some((n, d, s, b))
     });
     let clip = Clip::load(tmp.path(), Device::Cpu).unwrap();
-    assert!(matches!(clip.embed_texts(&["a cat"]), Err(Error::NonFinite(_))));
+    assert!(matches!(
+        clip.embed_texts(&["a cat"]),
+        Err(Error::NonFinite(_))
+    ));
     assert!(matches!(
         clip.embed_image_files(&[fixture("images/square.png")]),
         Err(Error::NonFinite(_))
@@ -201,18 +221,33 @@ fn nan_propagates_through_every_cpu_engine_as_in_the_reference() {
     weights.text.layers[0].fc1_w[7] = f32::NAN;
     let pixels = random(3 * 224 * 224, 1, 1.0);
     let ids = vec![vec![49406, 320, 1929, 49407]];
-    let mut engines: Vec<(String, Engine)> = vec![("reference".into(), Engine::on(ReferenceBackend))];
+    let mut engines: Vec<(String, Engine)> =
+        vec![("reference".into(), Engine::on(ReferenceBackend))];
     for e in MatrixEngine::available_engines() {
-        engines.push((e.name().into(), Engine::on(CpuBackend::with_engine(e).unwrap())));
+        engines.push((
+            e.name().into(),
+            Engine::on(CpuBackend::with_engine(e).unwrap()),
+        ));
     }
     for (name, engine) in engines {
         let m = engine
-            .load(ModelSpec::Clip { config: small.clone(), weights: weights.clone() })
+            .load(ModelSpec::Clip {
+                config: small.clone(),
+                weights: weights.clone(),
+            })
             .unwrap();
         let img = m.encode_images(&pixels, 1).unwrap();
         let txt = m.encode_texts(&ids).unwrap();
-        assert!(img.iter().all(|v| v.is_nan()), "{name}: image embedding {:?}", &img[..4]);
-        assert!(txt.iter().all(|v| v.is_nan()), "{name}: text embedding {:?}", &txt[..4]);
+        assert!(
+            img.iter().all(|v| v.is_nan()),
+            "{name}: image embedding {:?}",
+            &img[..4]
+        );
+        assert!(
+            txt.iter().all(|v| v.is_nan()),
+            "{name}: text embedding {:?}",
+            &txt[..4]
+        );
     }
 }
 
@@ -226,7 +261,10 @@ fn exp_softmax_and_activations_propagate_nan_on_every_tier() {
             let mut row: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
             row[20] = poison;
             simd::softmax(isa, &mut row, 37, 1.0);
-            assert!(row.iter().all(|v| v.is_nan()), "{isa:?} softmax with {poison}: {row:?}");
+            assert!(
+                row.iter().all(|v| v.is_nan()),
+                "{isa:?} softmax with {poison}: {row:?}"
+            );
         }
         for act in Activation::ALL {
             let mut row = vec![0.5f32; 19];
@@ -250,7 +288,10 @@ fn preprocessing_that_overflows_f32_is_refused() {
     ] {
         std::fs::write(&path, json).unwrap();
         assert!(
-            matches!(cliprt::preprocess::PreprocessConfig::from_file(&path, 224), Err(Error::Config { .. })),
+            matches!(
+                cliprt::preprocess::PreprocessConfig::from_file(&path, 224),
+                Err(Error::Config { .. })
+            ),
             "{json}"
         );
     }
@@ -261,7 +302,11 @@ fn eos_token_id_beyond_u32_is_refused() {
     let tmp = copy_model("tiny-openai");
     let cfg = tmp.path().join("config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"eos_token_id\": 2,", "\"eos_token_id\": 4294967298,")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"eos_token_id\": 2,", "\"eos_token_id\": 4294967298,"),
+    )
+    .unwrap();
     match load_err(tmp.path()) {
         Error::Config { msg, .. } => assert!(msg.contains("eos_token_id"), "{msg}"),
         e => panic!("{e:?}"),
@@ -276,7 +321,10 @@ fn config_sizes_over_the_shared_limits_are_refused() {
     for (from, to) in [
         ("\"hidden_size\": 48", "\"hidden_size\": 4800000"),
         ("\"vocab_size\": 49408", "\"vocab_size\": 4940800000"),
-        ("\"num_hidden_layers\": 2,", "\"num_hidden_layers\": 100000,"),
+        (
+            "\"num_hidden_layers\": 2,",
+            "\"num_hidden_layers\": 100000,",
+        ),
         ("\"image_size\": 32", "\"image_size\": 4096"), // 262 144 patch tokens
         ("\"image_size\": 32", "\"image_size\": 1000000"),
     ] {
@@ -291,7 +339,10 @@ fn a_file_replaced_after_an_interruption_is_embedded_again() {
     let clip = tiny();
     let dir = images(&["square.png", "photo.jpg"]);
     let out = dir.path().join("x.idx");
-    let opts = IndexOptions { batch: 1, force: true };
+    let opts = IndexOptions {
+        batch: 1,
+        force: true,
+    };
     // Interrupt after the first batch (photo.jpg, first by name) by failing inside the progress callback.
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -301,13 +352,26 @@ fn a_file_replaced_after_an_interruption_is_embedded_again() {
     std::panic::set_hook(quiet);
     assert!(!out.exists());
     // Replace photo.jpg by another image, then resume.
-    std::fs::copy(fixture("images/landscape.png"), dir.path().join("photo.jpg")).unwrap();
+    std::fs::copy(
+        fixture("images/landscape.png"),
+        dir.path().join("photo.jpg"),
+    )
+    .unwrap();
     let report = cliprt::index::build(&clip, dir.path(), &out, &opts, |_| {}).unwrap();
-    assert_eq!(report.resumed, 0, "the replaced file must not count as done");
+    assert_eq!(
+        report.resumed, 0,
+        "the replaced file must not count as done"
+    );
     let idx = Index::open(&out).unwrap();
-    let want = clip.embed_image_files(&[fixture("images/landscape.png")]).unwrap().normalized();
+    let want = clip
+        .embed_image_files(&[fixture("images/landscape.png")])
+        .unwrap()
+        .normalized();
     let row = &idx.embeddings()[..idx.dim()];
-    assert!(cosine(row, &want.data) > 0.99999, "the index kept the old embedding");
+    assert!(
+        cosine(row, &want.data) > 0.99999,
+        "the index kept the old embedding"
+    );
 }
 
 // ---- Corruption ------------------------------------------------------------------------------------------------
@@ -320,7 +384,10 @@ fn a_second_index_run_on_the_same_output_is_refused_while_the_first_runs() {
     let (started, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
     std::thread::scope(|s| {
         let first = s.spawn(|| {
-            let opts = IndexOptions { batch: 1, force: true };
+            let opts = IndexOptions {
+                batch: 1,
+                force: true,
+            };
             let mut once = true;
             cliprt::index::build(&clip, dir.path(), &out, &opts, |_| {
                 if std::mem::take(&mut once) {
@@ -353,7 +420,10 @@ fn a_fifo_named_like_an_image_never_blocks() {
     let clip = tiny();
     let dir = images(&["square.png"]);
     mkfifo(&dir.path().join("x.png"));
-    assert!(matches!(clip.preprocess_file(dir.path().join("x.png")), Err(Error::NotAFile(_))));
+    assert!(matches!(
+        clip.preprocess_file(dir.path().join("x.png")),
+        Err(Error::NotAFile(_))
+    ));
     let out = tempfile::tempdir().unwrap();
     let report = build(&clip, dir.path(), &out.path().join("x.idx")).unwrap();
     assert_eq!(report.indexed, 1, "the FIFO is passed over");
@@ -366,7 +436,11 @@ fn non_utf8_file_names_stay_distinct_and_exact() {
     let dir = tempfile::tempdir().unwrap();
     let names: [&[u8]; 2] = [b"\xff.png", b"\xfe.png"];
     for (n, src) in names.iter().zip(["square.png", "photo.jpg"]) {
-        std::fs::copy(fixture("images").join(src), dir.path().join(std::ffi::OsStr::from_bytes(n))).unwrap();
+        std::fs::copy(
+            fixture("images").join(src),
+            dir.path().join(std::ffi::OsStr::from_bytes(n)),
+        )
+        .unwrap();
     }
     let out = tempfile::tempdir().unwrap();
     let out = out.path().join("x.idx");
@@ -374,7 +448,10 @@ fn non_utf8_file_names_stay_distinct_and_exact() {
     let idx = Index::open(&out).unwrap();
     let mut got: Vec<PathBuf> = (0..2).map(|i| idx.path(i)).collect();
     got.sort();
-    let mut want: Vec<PathBuf> = names.iter().map(|n| dir.path().join(std::ffi::OsStr::from_bytes(n))).collect();
+    let mut want: Vec<PathBuf> = names
+        .iter()
+        .map(|n| dir.path().join(std::ffi::OsStr::from_bytes(n)))
+        .collect();
     want.sort();
     assert_eq!(got, want);
 }

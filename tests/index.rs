@@ -139,7 +139,10 @@ fn index_then_search_ranks_the_query_image_first() {
         .iter()
         .map(|h| h["path"].as_str().unwrap())
         .collect();
-    let expected: Vec<String> = want.hits(0).map(|(i, _)| idx.path(i).display().to_string()).collect();
+    let expected: Vec<String> = want
+        .hits(0)
+        .map(|(i, _)| idx.path(i).display().to_string())
+        .collect();
     assert_eq!(
         got, expected,
         "k > N returns every entry, in reference order"

@@ -64,7 +64,13 @@ fn run(args: &[&str]) -> Run {
 /// Runs a hostile case: a typed error (status 1, message containing `says`), within the bounds.
 fn refused(what: &str, args: &[&str], says: &str) {
     let r = run(args);
-    println!("{what}: status {:?}, {:.0} MB, {:.2} s: {}", r.code, r.max_rss_mb, r.took.as_secs_f64(), r.stderr.trim());
+    println!(
+        "{what}: status {:?}, {:.0} MB, {:.2} s: {}",
+        r.code,
+        r.max_rss_mb,
+        r.took.as_secs_f64(),
+        r.stderr.trim()
+    );
     assert_eq!(r.code, Some(1), "{what}: {}", r.stderr);
     assert!(r.stderr.contains(says), "{what}: {}", r.stderr);
     assert!(r.max_rss_mb < MAX_RSS_MB, "{what}: {:.0} MB", r.max_rss_mb);
@@ -105,7 +111,11 @@ fn zlib_zeros(len: u64) -> Vec<u8> {
             self.put(rev, n);
         }
     }
-    let mut b = Bits { out: vec![0x78, 0x01], acc: 0, n: 0 };
+    let mut b = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        n: 0,
+    };
     b.put(1, 1); // final block
     b.put(1, 2); // fixed Huffman
     b.code(0x30, 8); // literal 0
@@ -179,57 +189,182 @@ fn every_adversarial_input_is_refused_within_the_bounds() {
 
     // Images: a strip that resizes past the pixel limit, a header bomb, a 2 GB ICC profile in a small PNG.
     let strip = write("strip.png", &flat_png(1, 70_000));
-    refused("1×70000 strip", &["embed", "--model", m, "--image", s(&strip), "--out-image", s(&npy)], "over the limit");
+    refused(
+        "1×70000 strip",
+        &[
+            "embed",
+            "--model",
+            m,
+            "--image",
+            s(&strip),
+            "--out-image",
+            s(&npy),
+        ],
+        "over the limit",
+    );
     let mut bomb = png_header(30_000, 30_000);
     bomb.truncate(bomb.len());
     let bomb = write("bomb.png", &bomb);
-    refused("30000² header", &["embed", "--model", m, "--image", s(&bomb), "--out-image", s(&npy)], "decompression-bomb");
+    refused(
+        "30000² header",
+        &[
+            "embed",
+            "--model",
+            m,
+            "--image",
+            s(&bomb),
+            "--out-image",
+            s(&npy),
+        ],
+        "decompression-bomb",
+    );
     let icc = write("icc.png", &png_with_icc(2 << 30));
-    refused("2 GB ICC profile", &["embed", "--model", m, "--image", s(&icc), "--out-image", s(&npy)], "1 MiB");
+    refused(
+        "2 GB ICC profile",
+        &[
+            "embed",
+            "--model",
+            m,
+            "--image",
+            s(&icc),
+            "--out-image",
+            s(&npy),
+        ],
+        "1 MiB",
+    );
     let fifo = d.join("fifo.png");
     let c = std::ffi::CString::new(s(&fifo)).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-    refused("FIFO as --image", &["embed", "--model", m, "--image", s(&fifo), "--out-image", s(&npy)], "not a regular file");
+    refused(
+        "FIFO as --image",
+        &[
+            "embed",
+            "--model",
+            m,
+            "--image",
+            s(&fifo),
+            "--out-image",
+            s(&npy),
+        ],
+        "not a regular file",
+    );
 
     // A preprocessor config with a huge shortest edge, a config with huge sizes.
     let hostile_model = copy_model("tiny-openai");
     let hm = s(hostile_model.path()).to_string();
     let pre = hostile_model.path().join("preprocessor_config.json");
     let original_pre = std::fs::read_to_string(&pre).unwrap();
-    std::fs::write(&pre, original_pre.replace("\"shortest_edge\": 32", "\"shortest_edge\": 4611686018427387904")).unwrap();
-    refused("huge shortest_edge", &["embed", "--model", &hm, "--text", "a cat"], "shortest_edge");
+    std::fs::write(
+        &pre,
+        original_pre.replace(
+            "\"shortest_edge\": 32",
+            "\"shortest_edge\": 4611686018427387904",
+        ),
+    )
+    .unwrap();
+    refused(
+        "huge shortest_edge",
+        &["embed", "--model", &hm, "--text", "a cat"],
+        "shortest_edge",
+    );
     std::fs::write(&pre, &original_pre).unwrap();
     let cfg = hostile_model.path().join("config.json");
     let original_cfg = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, original_cfg.replace("\"intermediate_size\": 96", "\"intermediate_size\": 9600000000")).unwrap();
-    refused("huge intermediate_size", &["embed", "--model", &hm, "--text", "a cat"], "intermediate_size");
+    std::fs::write(
+        &cfg,
+        original_cfg.replace(
+            "\"intermediate_size\": 96",
+            "\"intermediate_size\": 9600000000",
+        ),
+    )
+    .unwrap();
+    refused(
+        "huge intermediate_size",
+        &["embed", "--model", &hm, "--text", "a cat"],
+        "intermediate_size",
+    );
     std::fs::write(&cfg, &original_cfg).unwrap();
 
     // Arguments.
-    refused("--threads 1e9", &["--threads", "1000000000", "info"], "limit of 1024");
-    refused("bench gallery", &["bench", "--workload", "search", "--gallery", "1000000000000"], "estimated memory");
-    refused("bench batch", &["bench", "--batch", "10000000"], "estimated memory");
-    refused("bench reps", &["bench", "--reps", "18446744073709551615"], "over the limit");
+    refused(
+        "--threads 1e9",
+        &["--threads", "1000000000", "info"],
+        "limit of 1024",
+    );
+    refused(
+        "bench gallery",
+        &[
+            "bench",
+            "--workload",
+            "search",
+            "--gallery",
+            "1000000000000",
+        ],
+        "estimated memory",
+    );
+    refused(
+        "bench batch",
+        &["bench", "--batch", "10000000"],
+        "estimated memory",
+    );
+    refused(
+        "bench reps",
+        &["bench", "--reps", "18446744073709551615"],
+        "over the limit",
+    );
 
     // An index whose header sizes overflow.
     let images = d.join("images");
     std::fs::create_dir(&images).unwrap();
     std::fs::copy(fixture("images/square.png"), images.join("a.png")).unwrap();
     let idx = out.join("x.idx");
-    let built = run(&["index", "--model", m, "--images", s(&images), "--out", s(&idx)]);
+    let built = run(&[
+        "index",
+        "--model",
+        m,
+        "--images",
+        s(&images),
+        "--out",
+        s(&idx),
+    ]);
     assert_eq!(built.code, Some(0), "{}", built.stderr);
     let mut bytes = std::fs::read(&idx).unwrap();
     bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     let bad_idx = write("bad.idx", &bytes);
-    refused("index rows overflow", &["search", "--model", m, "--index", s(&bad_idx), "--text", "a cat"], "not a valid cliprt index");
+    refused(
+        "index rows overflow",
+        &[
+            "search",
+            "--model",
+            m,
+            "--index",
+            s(&bad_idx),
+            "--text",
+            "a cat",
+        ],
+        "not a valid cliprt index",
+    );
 
     // A second output that cannot be written: neither output is written.
     let r = run(&[
-        "embed", "--model", m, "--image", s(&fixture("images/square.png")), "--text", "a cat",
-        "--out-image", s(&npy), "--out-text", s(&out.join("missing/t.npy")),
+        "embed",
+        "--model",
+        m,
+        "--image",
+        s(&fixture("images/square.png")),
+        "--text",
+        "a cat",
+        "--out-image",
+        s(&npy),
+        "--out-text",
+        s(&out.join("missing/t.npy")),
     ]);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert_eq!(listing(&out), vec!["x.idx".to_string()], "no output and no temporary file is left behind");
+    assert_eq!(
+        listing(&out),
+        vec!["x.idx".to_string()],
+        "no output and no temporary file is left behind"
+    );
 }
 
 /// A large image that is allowed (81 M pixels, under PIL's limit and cliprt's decode budget) decodes to the correct
@@ -240,8 +375,21 @@ fn a_large_allowed_image_stays_within_the_bounds() {
     let big = dir.path().join("big.png");
     std::fs::write(&big, flat_png(9000, 9000)).unwrap();
     let npy = dir.path().join("x.npy");
-    let r = run(&["embed", "--model", s(&fixture("tiny-openai")), "--image", s(&big), "--out-image", s(&npy)]);
-    println!("9000² PNG: status {:?}, {:.0} MB, {:.2} s", r.code, r.max_rss_mb, r.took.as_secs_f64());
+    let r = run(&[
+        "embed",
+        "--model",
+        s(&fixture("tiny-openai")),
+        "--image",
+        s(&big),
+        "--out-image",
+        s(&npy),
+    ]);
+    println!(
+        "9000² PNG: status {:?}, {:.0} MB, {:.2} s",
+        r.code,
+        r.max_rss_mb,
+        r.took.as_secs_f64()
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.max_rss_mb < MAX_RSS_MB && r.took < MAX_TIME);
     assert!(npy.exists());

@@ -209,8 +209,16 @@ pub fn check(cfg: &BenchConfig) -> Result<()> {
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
     }
-    crate::limits::check("--warmup", cfg.warmup as u64, crate::limits::MAX_BENCH_RUNS as u64)?;
-    crate::limits::check("--reps", cfg.reps as u64, crate::limits::MAX_BENCH_RUNS as u64)?;
+    crate::limits::check(
+        "--warmup",
+        cfg.warmup as u64,
+        crate::limits::MAX_BENCH_RUNS as u64,
+    )?;
+    crate::limits::check(
+        "--reps",
+        cfg.reps as u64,
+        crate::limits::MAX_BENCH_RUNS as u64,
+    )?;
     if let Some(p) = cfg.peak_gflops {
         if !(p.is_finite() && p > 0.0) {
             return Err(Error::InvalidArgument(format!(

@@ -209,8 +209,10 @@ fn memory_estimate(config: &ClipConfig, batch: usize) -> u64 {
             .saturating_mul(tokens as u64)
             .saturating_mul(per_token)
     };
-    let acts = tower(&config.vision.encoder, config.vision.seq_len())
-        .max(tower(&config.text.encoder, config.text.max_position_embeddings));
+    let acts = tower(&config.vision.encoder, config.vision.seq_len()).max(tower(
+        &config.text.encoder,
+        config.text.max_position_embeddings,
+    ));
     params.saturating_mul(5).saturating_add(acts)
 }
 

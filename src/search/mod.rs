@@ -447,7 +447,8 @@ pub(crate) fn check_request(
 /// What a search reports when gallery rows score NaN (a corrupt index, or values that overflow).
 pub(crate) fn gallery_not_finite() -> Error {
     Error::NonFinite(
-        "gallery rows score NaN: the gallery holds NaN or infinite values (a corrupt index?)".into(),
+        "gallery rows score NaN: the gallery holds NaN or infinite values (a corrupt index?)"
+            .into(),
     )
 }
 

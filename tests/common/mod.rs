@@ -297,4 +297,3 @@ pub fn png_header(width: u32, height: u32) -> Vec<u8> {
     }
     png
 }
-

@@ -128,11 +128,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 m.engine,
                 m.threads,
                 m.peak_gflops,
-                if peak_given {
-                    "given"
-                } else {
-                    "measured"
-                },
+                if peak_given { "given" } else { "measured" },
                 m.load_s,
                 m.weights_mb
             );

@@ -89,7 +89,8 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
             .enumerate()
             .map(|(r, (i, s))| {
                 let path = idx.path(i);
-                let mut row = serde_json::json!({"rank": r + 1, "score": s, "path": path.to_string_lossy()});
+                let mut row =
+                    serde_json::json!({"rank": r + 1, "score": s, "path": path.to_string_lossy()});
                 // A name that is not UTF-8 also comes as its exact bytes.
                 if path.to_str().is_none() {
                     row["path_bytes"] = cliprt::files::path_bytes(&path).to_vec().into();

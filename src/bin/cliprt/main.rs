@@ -75,9 +75,15 @@ fn thread_count(flag: Option<usize>) -> cliprt::Result<Option<usize>> {
         },
     };
     if n == 0 {
-        return Err(cliprt::Error::InvalidArgument("--threads must be ≥ 1".into()));
+        return Err(cliprt::Error::InvalidArgument(
+            "--threads must be ≥ 1".into(),
+        ));
     }
-    cliprt::limits::check("--threads (or RAYON_NUM_THREADS)", n as u64, cliprt::limits::MAX_THREADS as u64)?;
+    cliprt::limits::check(
+        "--threads (or RAYON_NUM_THREADS)",
+        n as u64,
+        cliprt::limits::MAX_THREADS as u64,
+    )?;
     Ok(Some(n))
 }
 
@@ -86,7 +92,8 @@ fn thread_count(flag: Option<usize>) -> cliprt::Result<Option<usize>> {
 /// memory-mapped index is truncated in place by another program (src/index.rs), ends it with a message.
 fn install_signal_handlers() {
     extern "C" fn on_sigbus(_: libc::c_int) {
-        const MSG: &[u8] = b"error: a memory-mapped file (an index) was truncated by another program while \
+        const MSG: &[u8] =
+            b"error: a memory-mapped file (an index) was truncated by another program while \
 cliprt read it (SIGBUS); rebuild or copy the index and retry\n";
         // SAFETY: write(2) and _exit(2) are async-signal-safe.
         unsafe {
@@ -97,7 +104,10 @@ cliprt read it (SIGBUS); rebuild or copy the index and retry\n";
     // SAFETY: installing handlers at startup, before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::signal(libc::SIGBUS, on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGBUS,
+            on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 
@@ -105,7 +115,8 @@ cliprt read it (SIGBUS); rebuild or copy the index and retry\n";
 /// size and limit. The fuzz harness (fuzz/harness.rs) runs mutated command lines through it.
 #[allow(dead_code)]
 pub(crate) fn check_args(args: &[OsString]) -> cliprt::Result<()> {
-    let cli = Cli::try_parse_from(args).map_err(|e| cliprt::Error::InvalidArgument(e.to_string()))?;
+    let cli =
+        Cli::try_parse_from(args).map_err(|e| cliprt::Error::InvalidArgument(e.to_string()))?;
     if let Some(n) = cli.threads {
         thread_count(Some(n))?;
     }
