@@ -36,7 +36,7 @@ fn build(clip: &Clip, folder: &Path, out: &Path) -> cliprt::Result<cliprt::index
     cliprt::index::build(clip, folder, out, &opts, |_| {})
 }
 
-/// The byte offset of the embeddings in an index file (see src/index.rs, the layout).
+/// The byte offset of the embeddings in an index file (see src/index/mod.rs, the layout).
 fn embeddings_at(bytes: &[u8]) -> usize {
     let meta = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
     64 + meta.next_multiple_of(64)

@@ -89,7 +89,7 @@ fn thread_count(flag: Option<usize>) -> cliprt::Result<Option<usize>> {
 
 /// Signal dispositions of a command-line tool: output into a closed pipe (`cliprt info | head`) ends the process
 /// quietly as it does for other Unix tools, instead of a panic in `println!`; SIGBUS, which the kernel sends when a
-/// memory-mapped index is truncated in place by another program (src/index.rs), ends it with a message.
+/// memory-mapped index is truncated in place by another program (src/index/mod.rs), ends it with a message.
 fn install_signal_handlers() {
     extern "C" fn on_sigbus(_: libc::c_int) {
         const MSG: &[u8] =
