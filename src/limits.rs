@@ -46,6 +46,10 @@ pub fn bench_memory_bytes() -> u64 {
     let physical = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
     (physical / 2).max(2 << 30)
 }
+/// Images per forward pass of `cliprt index --batch`: their pixels are held together (600 KB each at 224 px).
+pub const MAX_INDEX_BATCH: usize = 1024;
+/// Batch sizes of `cliprt profile` (its activations live on the GPU, or in host memory on the simulator).
+pub const MAX_PROFILE_BATCH: usize = 4096;
 /// Timed or warm-up runs of one bench measurement.
 pub const MAX_BENCH_RUNS: usize = 100_000;
 

@@ -51,7 +51,8 @@ impl Entry {
 
     /// The cached CUBIN, if the entry exists, carries this key and its payload checks out.
     pub fn read(&self) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(&self.path).ok()?;
+        // A cache entry is at most a few MB; a larger or non-regular file is not one of ours.
+        let bytes = crate::files::read_limited(&self.path, 256 << 20, "kernel cache").ok()?;
         let rest = bytes.strip_prefix(MAGIC)?;
         let (key_len, rest) = split_u64(rest)?;
         let key_len = usize::try_from(key_len).ok()?;
@@ -61,7 +62,8 @@ impl Entry {
             .then(|| payload.to_vec())
     }
 
-    /// Stores `cubin` atomically (temporary file + rename); failures are ignored (the cache is an optimisation).
+    /// Stores `cubin` atomically (an exclusive temporary file + rename); failures are ignored (the cache is an
+    /// optimisation).
     pub fn write(&self, cubin: &[u8]) {
         let Some(parent) = self.path.parent() else {
             return;
@@ -75,12 +77,7 @@ impl Entry {
         bytes.extend_from_slice(self.key.as_bytes());
         bytes.extend_from_slice(&fnv1a(cubin).to_le_bytes());
         bytes.extend_from_slice(cubin);
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &bytes).is_err() || std::fs::rename(&tmp, &self.path).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::files::write_atomic(&self.path, &bytes);
     }
 
     #[cfg(test)]

@@ -398,6 +398,10 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));
     }
+    for &b in &cfg.batches {
+        crate::limits::check("--batch", b as u64, crate::limits::MAX_PROFILE_BATCH as u64)?;
+    }
+    crate::limits::check("--reps", cfg.reps as u64, crate::limits::MAX_BENCH_RUNS as u64)?;
     let list = cases(cfg)?;
     if list.is_empty() {
         return Err(Error::InvalidArgument("nothing to profile".into()));

@@ -207,12 +207,13 @@ fn find_or_build(sanitizer: Sanitizer) -> Result<PathBuf> {
             return Ok(t.clone());
         }
     }
-    // A private build folder: concurrent builds (parallel tests) never see each other's half-written files.
-    let work = std::env::temp_dir().join(format!(
-        "cliprt-sim-build-{h:016x}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    // A private build folder, created exclusively with a random name (mode 0700): concurrent builds (parallel
+    // tests) never see each other's half-written files, and no other user can plant or swap anything in it.
+    let work = tempfile::Builder::new()
+        .prefix(&format!("cliprt-sim-build-{h:016x}-"))
+        .tempdir()
+        .map_err(|e| Error::Cuda(format!("sim build folder: {e}")))?
+        .keep();
     let built = build(&cxx, sanitizer, &work, &units);
     let result = built.map(|bin| match &target {
         Some(t) => {
