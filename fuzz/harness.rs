@@ -678,10 +678,21 @@ pub fn fuzz(
     let reports: Vec<Report> = std::thread::scope(|s| {
         let beats = &beats;
         let stop = &stop;
+        let done = &done;
         s.spawn(move || {
-            // Watchdog: a worker whose heartbeat is older than 4 × SLOW is hung.
+            // Watchdog: a worker whose heartbeat is older than 4 × SLOW is hung. Progress every minute.
+            let mut shown = 0;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
+                let minutes = start.elapsed().as_secs() / 60;
+                if minutes > shown {
+                    shown = minutes;
+                    eprintln!(
+                        "fuzz {}: {} executions after {minutes} min",
+                        target.name,
+                        done.load(Ordering::Relaxed)
+                    );
+                }
                 let now = start.elapsed().as_millis() as u64;
                 for (w, b) in beats.iter().enumerate() {
                     let last = b.load(Ordering::Relaxed);
@@ -699,7 +710,6 @@ pub fn fuzz(
             .iter()
             .enumerate()
             .map(|(w, ws)| {
-                let done = &done;
                 s.spawn(move || {
                     let mut rng = Rng::new(seed ^ (w as u64).wrapping_mul(0xA24B_AED4_963E_E407));
                     let mut report = Report::default();

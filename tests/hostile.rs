@@ -120,17 +120,11 @@ fn tokenizer_whose_post_processor_overflows_the_context_is_an_error() {
     assert!(matches!(tok.encode(&huge), Err(Error::Limit { .. })));
 }
 
-#[test]
-fn preprocessor_sizes_over_the_limit_are_config_errors() {
+/// Each of `jsons`, as a preprocessor_config.json, is a config error.
+fn assert_preprocessor_configs_refused(jsons: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("preprocessor_config.json");
-    for json in [
-        r#"{"size": {"shortest_edge": 4611686018427387904}}"#,
-        r#"{"size": {"shortest_edge": 100000}}"#,
-        r#"{"size": {"height": 8193, "width": 8}}"#,
-        r#"{"crop_size": 18446744073709551615}"#,
-        r#"{"size": 1e300}"#,
-    ] {
+    for json in jsons {
         std::fs::write(&path, json).unwrap();
         assert!(
             matches!(
@@ -142,15 +136,18 @@ fn preprocessor_sizes_over_the_limit_are_config_errors() {
     }
 }
 
-// ---- Aborts and unbounded memory -------------------------------------------------------------------------------
-
-/// A PNG of `width × height` grey pixels, encoded with the image crate (deflate makes flat images tiny).
-pub fn flat_png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::GrayImage::new(width, height);
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+#[test]
+fn preprocessor_sizes_over_the_limit_are_config_errors() {
+    assert_preprocessor_configs_refused(&[
+        r#"{"size": {"shortest_edge": 4611686018427387904}}"#,
+        r#"{"size": {"shortest_edge": 100000}}"#,
+        r#"{"size": {"height": 8193, "width": 8}}"#,
+        r#"{"crop_size": 18446744073709551615}"#,
+        r#"{"size": 1e300}"#,
+    ]);
 }
+
+// ---- Aborts and unbounded memory -------------------------------------------------------------------------------
 
 #[test]
 fn a_strip_whose_resize_exceeds_the_pixel_limit_is_refused() {
@@ -277,24 +274,13 @@ fn exp_softmax_and_activations_propagate_nan_on_every_tier() {
 
 #[test]
 fn preprocessing_that_overflows_f32_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("preprocessor_config.json");
-    for json in [
+    assert_preprocessor_configs_refused(&[
         r#"{"rescale_factor": 1e300}"#,
         r#"{"rescale_factor": 1e38, "image_std": 0.001}"#,
         r#"{"image_std": [1e-40, 1, 1]}"#,
         r#"{"image_std": 1e-45, "do_rescale": false}"#,
         r#"{"image_mean": [1e300, 0, 0]}"#,
-    ] {
-        std::fs::write(&path, json).unwrap();
-        assert!(
-            matches!(
-                cliprt::preprocess::PreprocessConfig::from_file(&path, 224),
-                Err(Error::Config { .. })
-            ),
-            "{json}"
-        );
-    }
+    ]);
 }
 
 #[test]

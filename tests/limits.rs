@@ -161,13 +161,6 @@ fn png_with_icc(icc: u64) -> Vec<u8> {
     out
 }
 
-fn flat_png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::GrayImage::new(width, height);
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -252,38 +245,28 @@ fn every_adversarial_input_is_refused_within_the_bounds() {
     // A preprocessor config with a huge shortest edge, a config with huge sizes.
     let hostile_model = copy_model("tiny-openai");
     let hm = s(hostile_model.path()).to_string();
-    let pre = hostile_model.path().join("preprocessor_config.json");
-    let original_pre = std::fs::read_to_string(&pre).unwrap();
-    std::fs::write(
-        &pre,
-        original_pre.replace(
-            "\"shortest_edge\": 32",
-            "\"shortest_edge\": 4611686018427387904",
-        ),
-    )
-    .unwrap();
-    refused(
+    // Each file edited, run, and restored.
+    let edited = |file: &str, from: &str, to: &str, what: &str, says: &str| {
+        let path = hostile_model.path().join(file);
+        let original = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, original.replace(from, to)).unwrap();
+        refused(what, &["embed", "--model", &hm, "--text", "a cat"], says);
+        std::fs::write(&path, &original).unwrap();
+    };
+    edited(
+        "preprocessor_config.json",
+        "\"shortest_edge\": 32",
+        "\"shortest_edge\": 4611686018427387904",
         "huge shortest_edge",
-        &["embed", "--model", &hm, "--text", "a cat"],
         "shortest_edge",
     );
-    std::fs::write(&pre, &original_pre).unwrap();
-    let cfg = hostile_model.path().join("config.json");
-    let original_cfg = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        original_cfg.replace(
-            "\"intermediate_size\": 96",
-            "\"intermediate_size\": 9600000000",
-        ),
-    )
-    .unwrap();
-    refused(
+    edited(
+        "config.json",
+        "\"intermediate_size\": 96",
+        "\"intermediate_size\": 9600000000",
         "huge intermediate_size",
-        &["embed", "--model", &hm, "--text", "a cat"],
         "intermediate_size",
     );
-    std::fs::write(&cfg, &original_cfg).unwrap();
 
     // Arguments.
     refused(

@@ -401,7 +401,11 @@ pub fn run(cfg: &ProfileConfig, mut report: impl FnMut(&Row)) -> Result<()> {
     for &b in &cfg.batches {
         crate::limits::check("--batch", b as u64, crate::limits::MAX_PROFILE_BATCH as u64)?;
     }
-    crate::limits::check("--reps", cfg.reps as u64, crate::limits::MAX_BENCH_RUNS as u64)?;
+    crate::limits::check(
+        "--reps",
+        cfg.reps as u64,
+        crate::limits::MAX_BENCH_RUNS as u64,
+    )?;
     let list = cases(cfg)?;
     if list.is_empty() {
         return Err(Error::InvalidArgument("nothing to profile".into()));

@@ -401,7 +401,11 @@ pub fn build(
     if opts.batch == 0 {
         return Err(Error::InvalidArgument("--batch must be ≥ 1".into()));
     }
-    crate::limits::check("--batch", opts.batch as u64, crate::limits::MAX_INDEX_BATCH as u64)?;
+    crate::limits::check(
+        "--batch",
+        opts.batch as u64,
+        crate::limits::MAX_INDEX_BATCH as u64,
+    )?;
     if out.exists() && !opts.force {
         return Err(Error::InvalidArgument(format!(
             "{} exists (give --force to rebuild it)",

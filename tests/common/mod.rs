@@ -297,3 +297,11 @@ pub fn png_header(width: u32, height: u32) -> Vec<u8> {
     }
     png
 }
+
+/// A PNG of `width × height` grey pixels, encoded with the image crate (deflate makes flat images tiny).
+pub fn flat_png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::GrayImage::new(width, height);
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
