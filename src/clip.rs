@@ -128,7 +128,8 @@ impl Clip {
             )));
         }
         let config_path = dir.join("config.json");
-        if !config_path.is_file() {
+        // Present but not a regular file (a FIFO, a folder) is reported as such when it is read.
+        if !config_path.exists() {
             return Err(Error::MissingFile {
                 dir: dir.to_path_buf(),
                 file: "config.json",
@@ -138,7 +139,7 @@ impl Clip {
         let config = ClipConfig::from_file(&config_path)?;
         let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
         let pre_path = dir.join("preprocessor_config.json");
-        let preprocess = if pre_path.is_file() {
+        let preprocess = if pre_path.exists() {
             PreprocessConfig::from_file(&pre_path, config.vision.image_size)?
         } else {
             PreprocessConfig::openai(config.vision.image_size)
