@@ -99,6 +99,36 @@ fn index_header_sizes_that_overflow_are_refused() {
     }
 }
 
+/// tokenizer.json files on which the tokenizers crate panics (found while hardening; both reproduce with the Python
+/// `tokenizers` package too): a Replace normalizer with an empty pattern panics when encoding, a Precompiled
+/// normalizer with a garbage charsmap when loading. Both are typed errors, and the process goes on.
+#[test]
+fn tokenizer_json_that_panics_inside_the_tokenizers_crate_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("tokenizer.json")).unwrap()).unwrap();
+    let mut replace = base.clone();
+    replace["normalizer"]["normalizers"][1] =
+        serde_json::json!({"type": "Replace", "pattern": {"String": ""}, "content": "x"});
+    std::fs::write(&path, replace.to_string()).unwrap();
+    let tok = cliprt::tokenizer::ClipTokenizer::from_file(&path, 77).unwrap();
+    match tok.encode("a photo of a cat") {
+        Err(Error::Tokenizer(m)) => assert!(m.contains("tokenizer failed"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let mut precompiled = base;
+    precompiled["normalizer"]["normalizers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "AAAA"}));
+    std::fs::write(&path, precompiled.to_string()).unwrap();
+    assert!(matches!(
+        cliprt::tokenizer::ClipTokenizer::from_file(&path, 77),
+        Err(Error::Tokenizer(_))
+    ));
+}
+
 #[test]
 fn tokenizer_whose_post_processor_overflows_the_context_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,12 @@ def main():
         "special_tokens": {"<|startoftext|>": {"id": "<|startoftext|>", "ids": [512], "tokens": ["<|startoftext|>"]}},
     }
     case("tokenizer", "specials-overflow-context", json.dumps(tok).encode(), b"a photo of a cat")
+    tok = json.loads((SEEDS / "tokenizer" / "tokenizer.json").read_text())
+    tok["normalizer"]["normalizers"][1] = {"type": "Replace", "pattern": {"String": ""}, "content": "x"}
+    case("tokenizer", "replace-empty-pattern-panics-in-encode", json.dumps(tok).encode(), b"a photo of a cat")
+    tok = json.loads((SEEDS / "tokenizer" / "tokenizer.json").read_text())
+    tok["normalizer"]["normalizers"].append({"type": "Precompiled", "precompiled_charsmap": "AAAA"})
+    case("tokenizer", "precompiled-garbage-panics-in-load", json.dumps(tok).encode(), b"a photo of a cat")
 
     case("preprocessor", "huge-shortest-edge", b'{"size": {"shortest_edge": 4611686018427387904}}')
     case("preprocessor", "std-underflows-to-infinity", b'{"size": 8, "crop_size": 8, "image_std": [1e-40, 1, 1]}')
