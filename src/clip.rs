@@ -229,6 +229,15 @@ impl Clip {
         ))
     }
 
+    /// The pixel tensors of image files, decoded and preprocessed in parallel (one image alone on this thread, so
+    /// that its resize runs in parallel: src/resample.rs says why that is only safe off the pool).
+    pub fn preprocess_files<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Vec<Result<Vec<f32>>> {
+        match paths {
+            [one] => vec![self.preprocess_file(one)],
+            _ => paths.par_iter().map(|p| self.preprocess_file(p)).collect(),
+        }
+    }
+
     /// The `[3, H, W]` pixel tensor of a decoded image.
     pub fn preprocess_image(&self, img: &DynamicImage) -> Result<Vec<f32>> {
         let rgb = preprocess::to_rgb_like_pil(img.clone(), self.preprocess.alpha);
@@ -251,10 +260,10 @@ impl Clip {
         }
         let mut data = Vec::with_capacity(paths.len() * self.config.projection_dim);
         for chunk in paths.chunks(IMAGE_CHUNK) {
-            let pixels: Vec<Vec<f32>> = chunk
-                .par_iter()
-                .map(|p| self.preprocess_file(p))
-                .collect::<Result<_>>()?;
+            let pixels = self
+                .preprocess_files(chunk)
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
             data.extend(self.engine.encode_images(&pixels.concat(), chunk.len())?);
         }
         self.embeddings(data, paths.len()).checked()

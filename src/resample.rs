@@ -161,27 +161,39 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Runs `f(y, row)` over the rows of `data`: in parallel when called from outside rayon's pool (one image, e.g. from
+/// the main thread), in order on a pool thread. A caller on a pool thread is one of several parallel decodes, which
+/// holds a share of the decode memory budget (src/decode.rs); waiting inside a parallel loop, that thread could pick
+/// up another decode that then waits for the very share it holds: a deadlock.
+fn for_each_row(data: &mut [u8], row: usize, f: impl Fn(usize, &mut [u8]) + Sync + Send) {
+    if rayon::current_thread_index().is_none() {
+        data.par_chunks_mut(row)
+            .enumerate()
+            .for_each(|(y, r)| f(y, r));
+    } else {
+        data.chunks_mut(row).enumerate().for_each(|(y, r)| f(y, r));
+    }
+}
+
 /// Resamples the rows (horizontal pass) to `width`.
 fn horizontal(img: &RgbImage, width: usize, filter: Resample) -> RgbImage {
     let t = taps(img.width, width, filter);
     let mut data = vec![0u8; width * img.height * 3];
-    data.par_chunks_mut(width * 3)
-        .enumerate()
-        .for_each(|(y, out)| {
-            let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
-            for (x, px) in out.chunks_exact_mut(3).enumerate() {
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in t.weights[x].iter().enumerate() {
-                    let src = &row[(t.first[x] + i) * 3..][..3];
-                    for c in 0..3 {
-                        acc[c] += i32::from(src[c]) * w;
-                    }
-                }
+    for_each_row(&mut data, width * 3, |y, out| {
+        let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        for (x, px) in out.chunks_exact_mut(3).enumerate() {
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            for (i, &w) in t.weights[x].iter().enumerate() {
+                let src = &row[(t.first[x] + i) * 3..][..3];
                 for c in 0..3 {
-                    px[c] = clip8(acc[c]);
+                    acc[c] += i32::from(src[c]) * w;
                 }
             }
-        });
+            for c in 0..3 {
+                px[c] = clip8(acc[c]);
+            }
+        }
+    });
     RgbImage {
         width,
         height: img.height,
@@ -194,18 +206,16 @@ fn vertical(img: &RgbImage, height: usize, filter: Resample) -> RgbImage {
     let t = taps(img.height, height, filter);
     let stride = img.width * 3;
     let mut data = vec![0u8; stride * height];
-    data.par_chunks_mut(stride)
-        .enumerate()
-        .for_each(|(y, out)| {
-            let mut acc = vec![1i32 << (PRECISION_BITS - 1); stride];
-            for (i, &w) in t.weights[y].iter().enumerate() {
-                let src = &img.data[(t.first[y] + i) * stride..][..stride];
-                acc.iter_mut()
-                    .zip(src)
-                    .for_each(|(a, &s)| *a += i32::from(s) * w);
-            }
-            out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = clip8(a));
-        });
+    for_each_row(&mut data, stride, |y, out| {
+        let mut acc = vec![1i32 << (PRECISION_BITS - 1); stride];
+        for (i, &w) in t.weights[y].iter().enumerate() {
+            let src = &img.data[(t.first[y] + i) * stride..][..stride];
+            acc.iter_mut()
+                .zip(src)
+                .for_each(|(a, &s)| *a += i32::from(s) * w);
+        }
+        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = clip8(a));
+    });
     RgbImage {
         width: img.width,
         height,

@@ -377,3 +377,33 @@ fn a_large_allowed_image_stays_within_the_bounds() {
     assert!(r.max_rss_mb < MAX_RSS_MB && r.took < MAX_TIME);
     assert!(npy.exists());
 }
+
+/// Images that do not all fit the decode budget at once: the parallel decodes wait for each other's memory and
+/// finish (no deadlock between a decode holding memory and one waiting for it), within the bounds.
+#[test]
+fn decodes_over_the_shared_budget_wait_for_each_other_and_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three 42 M-pixel images: about 480 MB of decode memory each, 1.4 GB together against a 1 GiB budget.
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = dir.path().join(format!("big{i}.png"));
+            std::fs::write(&p, flat_png(6500, 6500)).unwrap();
+            p
+        })
+        .collect();
+    let npy = dir.path().join("x.npy");
+    let model = fixture("tiny-openai");
+    let mut args = vec!["embed", "--model", s(&model), "--out-image", s(&npy)];
+    for p in &paths {
+        args.extend(["--image", s(p)]);
+    }
+    let r = run(&args);
+    println!(
+        "3 × 42 MP: status {:?}, {:.0} MB, {:.2} s",
+        r.code,
+        r.max_rss_mb,
+        r.took.as_secs_f64()
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.max_rss_mb < MAX_RSS_MB && r.took < MAX_TIME);
+}

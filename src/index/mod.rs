@@ -26,7 +26,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::{fnv1a, FNV_START};
@@ -435,10 +434,9 @@ pub fn build(
     for chunk in todo.chunks(opts.batch) {
         // Identity first, then the content: a file changed in between gets embedded again by the next run.
         // Decode and preprocess in parallel; a file that fails is recorded, not fatal.
-        let pixels: Vec<(Option<FileId>, Result<Vec<f32>>)> = chunk
-            .par_iter()
-            .map(|p| (current(p), clip.preprocess_file(p)))
-            .collect();
+        let ids: Vec<Option<FileId>> = chunk.iter().map(|p| current(p)).collect();
+        let pixels: Vec<(Option<FileId>, Result<Vec<f32>>)> =
+            ids.into_iter().zip(clip.preprocess_files(chunk)).collect();
         let ok: Vec<&Vec<f32>> = pixels.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut embedded = if ok.is_empty() {
             Vec::new()
