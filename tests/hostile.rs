@@ -213,24 +213,39 @@ fn nan_or_infinite_weights_are_refused_at_load() {
 
 #[test]
 fn a_weight_that_overflows_f32_gives_an_error_never_an_embedding() {
-    let tmp = copy_model("tiny-openai");
-    rewrite_weights(tmp.path(), |n, v| {
-        let (n, d, s, b) = keep(n, v);
-        if n == "visual_projection.weight" || n == "text_projection.weight" {
-            let big: Vec<u8> = (0..b.len() / 4)
-                .flat_map(|_| 3e38f32.to_le_bytes())
-                .collect();
-            return Some((n, d, s, big));
-        }
-        Some((n, d, s, b))
-    });
+    // Projections of 3e38: every projected value overflows to ±infinity.
+    let overflowing = |names: &'static [&'static str]| {
+        let tmp = copy_model("tiny-openai");
+        rewrite_weights(tmp.path(), |n, v| {
+            let (n, d, s, b) = keep(n, v);
+            if names.contains(&n.as_str()) {
+                let big: Vec<u8> = (0..b.len() / 4)
+                    .flat_map(|_| 3e38f32.to_le_bytes())
+                    .collect();
+                return Some((n, d, s, big));
+            }
+            Some((n, d, s, b))
+        });
+        tmp
+    };
+    let tmp = overflowing(&["visual_projection.weight"]);
+    let clip = Clip::load(tmp.path(), Device::Cpu).unwrap();
+    assert!(matches!(
+        clip.embed_image_files(&[fixture("images/square.png")]),
+        Err(Error::NonFinite(_))
+    ));
+    // `cliprt index` records each such image as skipped, and with none left writes no index.
+    let dir = images(&["square.png", "photo.jpg"]);
+    let out = dir.path().join("x.idx");
+    assert!(matches!(
+        build(&clip, dir.path(), &out),
+        Err(Error::EmptyInput(_))
+    ));
+    assert!(!out.exists());
+    let tmp = overflowing(&["text_projection.weight"]);
     let clip = Clip::load(tmp.path(), Device::Cpu).unwrap();
     assert!(matches!(
         clip.embed_texts(&["a cat"]),
-        Err(Error::NonFinite(_))
-    ));
-    assert!(matches!(
-        clip.embed_image_files(&[fixture("images/square.png")]),
         Err(Error::NonFinite(_))
     ));
 }

@@ -407,3 +407,31 @@ fn decodes_over_the_shared_budget_wait_for_each_other_and_finish() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.max_rss_mb < MAX_RSS_MB && r.took < MAX_TIME);
 }
+
+/// SIGBUS (what the kernel sends when a memory-mapped index is truncated in place by another program) ends the CLI
+/// with a message naming the cause and status 74, not a bare crash.
+#[test]
+fn sigbus_ends_the_cli_with_a_message() {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cliprt"))
+        .args([
+            "bench",
+            "--workload",
+            "search",
+            "--gallery",
+            "200000",
+            "--reps",
+            "1000",
+        ])
+        .env("RAYON_NUM_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGBUS) };
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(err.path()).unwrap();
+    assert_eq!(status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains("SIGBUS"), "{stderr}");
+}
