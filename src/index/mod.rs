@@ -418,7 +418,12 @@ pub fn build(
     let current = |p: &PathBuf| FileId::of(p);
     let is_done =
         |j: &Journal, p: &PathBuf| j.done.get(p).is_some_and(|(id, _)| Some(*id) == current(p));
-    let todo: Vec<&PathBuf> = files.iter().filter(|p| !is_done(&journal, p)).collect();
+    let done_now: Vec<bool> = files.iter().map(|p| is_done(&journal, p)).collect();
+    let todo: Vec<&PathBuf> = files
+        .iter()
+        .zip(&done_now)
+        .filter_map(|(p, &done)| (!done).then_some(p))
+        .collect();
     let resumed = files.len() - todo.len();
     let total = files.len();
     let throttle = std::env::var("CLIPRT_INDEX_THROTTLE_MS")
@@ -428,8 +433,8 @@ pub fn build(
     let mut finished = 0;
     let mut failed = files
         .iter()
-        .filter(|p| is_done(&journal, p))
-        .filter(|p| matches!(journal.done.get(*p), Some((_, Done::Failed(_)))))
+        .zip(&done_now)
+        .filter(|&(p, &done)| done && matches!(journal.done.get(p), Some((_, Done::Failed(_)))))
         .count();
     for chunk in todo.chunks(opts.batch) {
         // Identity first, then the content: a file changed in between gets embedded again by the next run.
