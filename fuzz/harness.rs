@@ -466,13 +466,22 @@ fn fix_index_checksum(b: &mut [u8]) {
         return;
     };
     let dim = u64::from(u32::from_le_bytes(dim.try_into().unwrap_or_default()));
-    let offsets_at = 64u64
-        .checked_add(meta.next_multiple_of(64))
-        .and_then(|x| x.checked_add(rows.checked_mul(dim)?.checked_mul(4)?.next_multiple_of(64)));
-    match offsets_at {
-        Some(at) if at <= b.len() as u64 && 64 + meta <= b.len() as u64 => {
+    // Checked like the parser itself: a mutated header's sizes may overflow.
+    let offsets_at = meta
+        .checked_next_multiple_of(64)
+        .and_then(|m| m.checked_add(64))
+        .and_then(|x| {
+            x.checked_add(
+                rows.checked_mul(dim)?
+                    .checked_mul(4)?
+                    .checked_next_multiple_of(64)?,
+            )
+        });
+    let meta_end = meta.checked_add(64);
+    match (offsets_at, meta_end) {
+        (Some(at), Some(end)) if at <= b.len() as u64 && end <= b.len() as u64 => {
             let sum = fnv1a(
-                fnv1a(0xCBF2_9CE4_8422_2325, &b[64..64 + meta as usize]),
+                fnv1a(0xCBF2_9CE4_8422_2325, &b[64..end as usize]),
                 &b[at as usize..],
             );
             b[40..48].copy_from_slice(&sum.to_le_bytes());
@@ -711,6 +720,9 @@ pub fn fuzz(
             .enumerate()
             .map(|(w, ws)| {
                 s.spawn(move || {
+                    // The heartbeat stops when the worker ends, by returning or by a panic of the harness itself
+                    // (which then propagates), so the watchdog never mistakes either for a hang.
+                    let _idle = Idle(&beats[w]);
                     let mut rng = Rng::new(seed ^ (w as u64).wrapping_mul(0xA24B_AED4_963E_E407));
                     let mut report = Report::default();
                     let current = ws.dir.join(format!("current-{}-{w}", target.name));
@@ -756,7 +768,6 @@ pub fn fuzz(
                             }
                         }
                     }
-                    beats[w].store(0, Ordering::Relaxed);
                     report
                 })
             })
@@ -777,6 +788,15 @@ pub fn fuzz(
         total.failures.extend(r.failures);
     }
     total
+}
+
+/// Clears a worker's heartbeat when dropped.
+struct Idle<'a>(&'a AtomicU64);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Every committed regression input of `target` (fuzz/regressions/<target>/*), each as its parts.
