@@ -405,6 +405,33 @@ fn a_file_replaced_after_an_interruption_is_embedded_again() {
     );
 }
 
+/// A journal whose last record claims an absurd length (a torn write, or a hostile file) is resumed up to its last
+/// whole record: the claimed length is never allocated, and the run completes the index.
+#[test]
+fn a_journal_record_claiming_an_absurd_length_is_dropped_not_allocated() {
+    let clip = tiny();
+    let dir = images(&["square.png", "photo.jpg", "grey.png"]);
+    let out = dir.path().join("x.idx");
+    let opts = IndexOptions {
+        batch: 1,
+        force: true,
+    };
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cliprt::index::build(&clip, dir.path(), &out, &opts, |_| panic!("killed"))
+    }));
+    std::panic::set_hook(quiet);
+    let journal = dir.path().join("x.idx.partial");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    bytes.extend_from_slice(&[7; 64]);
+    std::fs::write(&journal, &bytes).unwrap();
+    let report = cliprt::index::build(&clip, dir.path(), &out, &opts, |_| {}).unwrap();
+    assert_eq!((report.indexed, report.resumed), (3, 1));
+    assert!(!journal.exists());
+}
+
 // ---- Corruption ------------------------------------------------------------------------------------------------
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::ModelIdentity;
@@ -110,32 +110,39 @@ impl Journal {
                 done: HashMap::new(),
             });
         }
-        let bytes = std::fs::read(&path).map_err(io)?;
         let restart = |why: &str| {
             Error::InvalidArgument(format!(
                 "{}: {why}; delete it to start over",
                 path.display()
             ))
         };
-        if bytes.starts_with(OLD_JOURNAL_MAGIC) {
+        // Streamed record by record: a resume holds one record at a time, never the whole journal (gigabytes for a
+        // large index, or a hostile file).
+        let mut r = std::io::BufReader::with_capacity(1 << 20, &file);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)
+            .map_err(|_| restart("unreadable journal"))?;
+        if &magic == OLD_JOURNAL_MAGIC {
             return Err(restart("journal of an older cliprt"));
         }
-        let (theirs, mut at) =
-            read_journal_header(&bytes).ok_or_else(|| restart("unreadable journal"))?;
-        if !theirs.matches(identity) {
+        let theirs = read_journal_header(&mut r, &magic, len)
+            .ok_or_else(|| restart("unreadable journal"))?;
+        if !theirs.0.matches(identity) {
             return Err(restart(&format!(
                 "this interrupted run used another model ({})",
-                theirs.model
+                theirs.0.model
             )));
         }
+        let mut at = theirs.1;
         let mut done = HashMap::new();
-        while let Some((records, next)) = read_batch(&bytes, at, identity.dim) {
+        while let Some((records, next)) = read_batch(&mut r, at, len, identity.dim) {
             // A later record of a file (re-embedded after it changed) replaces the earlier one.
             done.extend(records.into_iter().map(|(p, id, d)| (p, (id, d))));
             at = next;
         }
+        drop(r);
         // A torn last record (the run died mid-write) is dropped.
-        file.set_len(at as u64).map_err(io)?;
+        file.set_len(at).map_err(io)?;
         let mut file = file;
         file.seek(SeekFrom::End(0)).map_err(io)?;
         Ok(Journal { file, path, done })
@@ -164,7 +171,15 @@ impl Journal {
                     done.push((o.path, (id, Done::Embedded(start + 8 + rec.len() as u64))));
                     rec.extend_from_slice(bytemuck::cast_slice(&e));
                 }
-                Err(msg) => {
+                Err(mut msg) => {
+                    // Bounded, so a record never outgrows `max_record_bytes`.
+                    if msg.len() > 4096 {
+                        let mut cut = 4096;
+                        while !msg.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        msg.truncate(cut);
+                    }
                     rec.push(1);
                     rec.extend_from_slice(&(msg.len() as u32).to_le_bytes());
                     rec.extend_from_slice(msg.as_bytes());
@@ -217,14 +232,25 @@ fn lock_journal(path: &Path) -> Result<File> {
     Err(Error::Locked(path.to_path_buf()))
 }
 
-fn read_journal_header(b: &[u8]) -> Option<(ModelIdentity, usize)> {
-    if b.get(..8)? != JOURNAL_MAGIC {
+/// The model identity in a journal's header (after its magic, already read and equal to `JOURNAL_MAGIC`) and where
+/// the first record starts.
+fn read_journal_header(
+    r: &mut impl Read,
+    magic: &[u8; 8],
+    file_len: u64,
+) -> Option<(ModelIdentity, u64)> {
+    if magic != JOURNAL_MAGIC {
         return None;
     }
-    let len = usize::try_from(u64::from_le_bytes(b.get(8..16)?.try_into().ok()?)).ok()?;
-    let end = 16usize.checked_add(len)?;
-    let meta = serde_json::from_slice(b.get(16..end)?).ok()?;
-    Some((meta, end))
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > crate::limits::MAX_JSON_BYTES || 16 + len > file_len {
+        return None;
+    }
+    let mut meta = vec![0u8; len as usize];
+    r.read_exact(&mut meta).ok()?;
+    Some((serde_json::from_slice(&meta).ok()?, 16 + len))
 }
 
 /// Reads a record front to back.
@@ -248,20 +274,31 @@ impl<'a> Cursor<'a> {
 /// One file's record as read back from the journal.
 type Record = (PathBuf, FileId, Done);
 
-/// One whole, checksummed batch record at `at`, or `None` (end of file, or a torn or corrupt record).
-fn read_batch(b: &[u8], at: usize, dim: usize) -> Option<(Vec<Record>, usize)> {
-    let len = usize::try_from(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
-    .ok()?;
-    let body_at = at + 8;
-    let body_end = body_at.checked_add(len)?;
-    let rec = b.get(body_at..body_end)?;
-    let sum = u64::from_le_bytes(b.get(body_end..body_end.checked_add(8)?)?.try_into().ok()?);
-    if sum != fnv1a(FNV_START, rec) {
+/// The longest record a build writes for embeddings of `dim`: a full batch, each entry with its embedding or an
+/// error message, its path and identity. Longer is corrupt, and never allocated.
+fn max_record_bytes(dim: usize) -> u64 {
+    crate::limits::MAX_INDEX_BATCH as u64 * (4 * dim as u64 + 16 * 1024)
+}
+
+/// The next whole, checksummed batch record, which starts at file offset `at`, with the offset after it; `None` at
+/// the end of the file or at a torn, oversized or corrupt record.
+fn read_batch(r: &mut impl Read, at: u64, file_len: u64, dim: usize) -> Option<(Vec<Record>, u64)> {
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    let end = at.checked_add(16)?.checked_add(len)?;
+    if len > max_record_bytes(dim) || end > file_len {
         return None;
     }
-    let mut c = Cursor { b: rec, p: 0 };
+    let mut rec = vec![0u8; len as usize];
+    r.read_exact(&mut rec).ok()?;
+    let mut sum = [0u8; 8];
+    r.read_exact(&mut sum).ok()?;
+    if u64::from_le_bytes(sum) != fnv1a(FNV_START, &rec) {
+        return None;
+    }
+    let body_at = at + 8;
+    let mut c = Cursor { b: &rec, p: 0 };
     let count = c.u32()?;
     let mut out = Vec::new();
     for _ in 0..count {
@@ -270,7 +307,7 @@ fn read_batch(b: &[u8], at: usize, dim: usize) -> Option<(Vec<Record>, usize)> {
         let id = FileId::from_bytes(c.take(FileId::BYTES)?)?;
         match c.take(1)?[0] {
             0 => {
-                let offset = (body_at + c.p) as u64;
+                let offset = body_at + c.p as u64;
                 c.take(dim.checked_mul(4)?)?;
                 out.push((path, id, Done::Embedded(offset)));
             }
@@ -281,5 +318,5 @@ fn read_batch(b: &[u8], at: usize, dim: usize) -> Option<(Vec<Record>, usize)> {
             }
         }
     }
-    Some((out, body_end + 8))
+    Some((out, end))
 }
