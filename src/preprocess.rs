@@ -211,16 +211,12 @@ impl PreprocessConfig {
     /// Reads, decodes and preprocesses an image file into a `[3, H, W]` tensor, returned with `(H, W)`. The memory
     /// of the whole step (decode, RGB, resize) is reserved from the shared decode budget before decoding starts.
     pub fn apply_file(&self, path: &Path) -> Result<(Vec<f32>, (usize, usize))> {
-        let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
-        let fail = |e| decode_error(path, e);
-        let head = decode::header(&bytes).map_err(fail)?;
-        let (w, h) = (head.width as usize, head.height as usize);
-        let work = self.working_bytes(w, h)?;
-        let _held = MemoryBudget::global()
-            .reserve(head.decode_bytes + work)
-            .map_err(fail)?;
-        let rgb = decode::decode(&bytes, &head, self.alpha).map_err(fail)?;
-        Ok((self.apply(&rgb)?, self.output_size(w, h)))
+        with_decoded_file(
+            path,
+            self.alpha,
+            |w, h| self.working_bytes(w, h),
+            |rgb| Ok((self.apply(&rgb)?, self.output_size(rgb.width, rgb.height))),
+        )
     }
 
     /// Bytes the resize and the output tensor take for an image of `width × height`; refuses a resize to more
@@ -310,13 +306,25 @@ fn decode_error(path: &Path, e: DecodeError) -> Error {
 /// Reads and decodes an image file (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would, its decode
 /// memory reserved from the shared budget meanwhile.
 pub fn load_rgb(path: &Path, alpha: AlphaMode) -> Result<RgbImage> {
+    with_decoded_file(path, alpha, |_, _| Ok(0), Ok)
+}
+
+/// Reads and decodes an image file, then runs `then` on the RGB image. The decode's memory plus `extra(width,
+/// height)` more bytes (what `then` will take) stay reserved from the shared budget until `then` returns.
+fn with_decoded_file<T>(
+    path: &Path,
+    alpha: AlphaMode,
+    extra: impl FnOnce(usize, usize) -> Result<u64>,
+    then: impl FnOnce(RgbImage) -> Result<T>,
+) -> Result<T> {
     let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
     let fail = |e| decode_error(path, e);
     let head = decode::header(&bytes).map_err(fail)?;
+    let extra = extra(head.width as usize, head.height as usize)?;
     let _held = MemoryBudget::global()
-        .reserve(head.decode_bytes)
+        .reserve(head.decode_bytes + extra)
         .map_err(fail)?;
-    decode::decode(&bytes, &head, alpha).map_err(fail)
+    then(decode::decode(&bytes, &head, alpha).map_err(fail)?)
 }
 
 /// HF's resize rule: `(width, height)` after resizing an image of `width × height`.

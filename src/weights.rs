@@ -70,7 +70,7 @@ impl SafetensorsFile {
         let file = crate::files::open_regular(path)?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut prefix = [0u8; 8];
-        read_at(&file, &mut prefix, 0)
+        crate::files::read_exact_at(&file, &mut prefix, 0)
             .map_err(|_| bad(format!("{file_len} bytes, too short for a header")))?;
         let header_len = u64::from_le_bytes(prefix);
         if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
@@ -79,7 +79,7 @@ impl SafetensorsFile {
             )));
         }
         let mut header = vec![0u8; header_len as usize];
-        read_at(&file, &mut header, 8).map_err(|e| Error::io(path, e))?;
+        crate::files::read_exact_at(&file, &mut header, 8).map_err(|e| Error::io(path, e))?;
         let meta: Metadata = serde_json::from_slice(&header)
             .map_err(|e| bad(format!("header is not valid safetensors JSON: {e}")))?;
         let data_len = file_len - 8 - header_len;
@@ -109,28 +109,13 @@ impl SafetensorsFile {
     fn bytes(&self, info: &TensorInfo) -> Result<Vec<u8>> {
         let (start, end) = info.data_offsets;
         let mut out = vec![0u8; end - start];
-        read_at(&self.file, &mut out, self.data_at + start as u64).map_err(|e| {
-            Error::Safetensors {
+        crate::files::read_exact_at(&self.file, &mut out, self.data_at + start as u64).map_err(
+            |e| Error::Safetensors {
                 path: self.path.clone(),
                 msg: format!("reading tensor data: {e} (was the file truncated while loading?)"),
-            }
-        })?;
+            },
+        )?;
         Ok(out)
-    }
-}
-
-/// Fills `buf` from `file` at `offset`.
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = file;
-        f.seek(SeekFrom::Start(offset))?;
-        f.read_exact(buf)
     }
 }
 

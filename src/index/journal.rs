@@ -16,10 +16,6 @@ use crate::files::{path_bytes, path_from_bytes};
 const JOURNAL_MAGIC: &[u8; 8] = b"CLIPRTJ2";
 const OLD_JOURNAL_MAGIC: &[u8; 8] = b"CLIPRTJ1";
 
-pub(super) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
 /// What identifies the content of a file without reading it: size, modification time and inode. A file replaced
 /// or rewritten since it was embedded has another identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::files::{path_bytes, path_from_bytes};
 
 mod journal;
-use journal::{read_at, Done, FileId, Journal, Outcome};
+use journal::{Done, FileId, Journal, Outcome};
 
 const INDEX_MAGIC: &[u8; 8] = b"CLIPRTIX";
 const VERSION: u32 = 1;
@@ -299,7 +299,7 @@ fn write_index(
         // Embeddings come from the journal in entry order.
         let mut row = vec![0u8; dim * 4];
         for &(_, at) in entries {
-            read_at(journal, &mut row, at)?;
+            crate::files::read_exact_at(journal, &mut row, at)?;
             w.write_all(&row)?;
         }
         let emb = entries.len() * dim * 4;
