@@ -364,10 +364,13 @@ fn gif_first_frame(
             "image file is truncated (GIF frame data)".into(),
         ));
     }
-    for y in 0..fh.min(height.saturating_sub(top)) {
-        let w = fw.min(width.saturating_sub(left));
-        let dst = (top + y) * width + left;
-        canvas[dst..dst + w].copy_from_slice(&frame.buffer[y * fw..y * fw + w]);
+    // The part of the frame inside the screen (a frame placed past its right or bottom edge draws nothing).
+    let w = fw.min(width.saturating_sub(left));
+    if w > 0 {
+        for y in 0..fh.min(height.saturating_sub(top)) {
+            let dst = (top + y) * width + left;
+            canvas[dst..dst + w].copy_from_slice(&frame.buffer[y * fw..y * fw + w]);
+        }
     }
     let palette = frame.palette.clone().or(global);
     let mut data = Vec::with_capacity(width * height * 3);

@@ -85,3 +85,24 @@ fn decode_limits_come_before_decoding() {
         Err(DecodeError::OverBudget(..))
     ));
 }
+
+/// A first frame placed beyond the logical screen (left or top past the edge) draws nothing and leaves PIL's canvas,
+/// never an out-of-bounds write.
+#[test]
+fn gif_frame_outside_the_screen_draws_nothing() {
+    let mut bytes = std::fs::read(fixture("images/partial_frame.gif")).unwrap();
+    let at = bytes.iter().position(|&b| b == 0x2C).unwrap(); // image descriptor: left, top follow
+    for (left, top) in [(200u16, 2u16), (3, 200), (9, 6)] {
+        bytes[at + 1..at + 3].copy_from_slice(&left.to_le_bytes());
+        bytes[at + 3..at + 5].copy_from_slice(&top.to_le_bytes());
+        let img = decode::header(&bytes)
+            .and_then(|h| decode::decode(&bytes, &h, AlphaMode::CompositeWhite))
+            .ok()
+            .unwrap();
+        assert_eq!((img.width, img.height), (9, 7));
+        assert!(
+            img.data.chunks(3).all(|p| p == img.data[..3].to_vec()),
+            "({left}, {top})"
+        );
+    }
+}
