@@ -1,5 +1,6 @@
 // attention.cu — fused multi-head self-attention: softmax(q·kᵀ / sqrt(head_dim) [+ causal mask]) · v in one
-// kernel, never writing the seq × seq score matrix. Input is the fused-QKV GEMM's output, rows
+// kernel, never writing the seq × seq score matrix. An optional key_lens[batch] (null: none) is a key padding mask:
+// item b's queries see only its first key_lens[b] keys (1..seq, checked by the host). Input is the fused-QKV GEMM's output, rows
 // qkv[b·seq + t] = [q (heads·hd) | k (heads·hd) | v (heads·hd)]; output rows out[b·seq + t] = [heads·hd].
 //
 // Versions:
@@ -26,7 +27,8 @@
 
 // Grid: (ceil(seq / 8), heads, batch); block: 256 threads (8 warps).
 extern "C" __global__ void __launch_bounds__(256) attention_f16_v1(half_t* __restrict__ out,
-                                                                   const half_t* __restrict__ qkv, int seq,
+                                                                   const half_t* __restrict__ qkv,
+                                                                   const int* __restrict__ key_lens, int seq,
                                                                    int heads, int hd, int causal, float scale) {
     __shared__ float sk[A1_KEYS * A1_KSTRIDE];
     __shared__ float sv[A1_KEYS * A1_MAX_HD];
@@ -45,8 +47,9 @@ extern "C" __global__ void __launch_bounds__(256) attention_f16_v1(half_t* __res
         sq[warp * A1_MAX_HD + d] = active ? h2f(base[(size_t)q * row_stride + d]) * scale : 0.0f;
     }
 
-    // The last key any query of this block may see.
-    const int kv_end = causal ? min(seq, q0 + A1_QUERIES) : seq;
+    // The keys of this batch item, and the last key any query of this block may see.
+    const int nkeys = key_lens ? min(seq, key_lens[b]) : seq;
+    const int kv_end = causal ? min(nkeys, q0 + A1_QUERIES) : nkeys;
     float m = NEG_INF, l = 0.0f, o[A1_MAX_HD / WARP_SIZE];
     for (int i = 0; i < A1_MAX_HD / WARP_SIZE; i++) o[i] = 0.0f;
 
@@ -64,7 +67,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_f16_v1(half_t* __res
 
         const int key = k0 + lane;
         float s = NEG_INF;
-        if (key < seq && (!causal || key <= q)) {
+        if (key < nkeys && (!causal || key <= q)) {
             s = 0.0f;
             for (int d = 0; d < hd; d++) s += sq[warp * A1_MAX_HD + d] * sk[lane * A1_KSTRIDE + d];
         }
@@ -120,7 +123,7 @@ __device__ __forceinline__ void a2_init(A2State<D>& st) {
 // in f32 on the accumulators, then O += P·V with P re-packed as A fragments and V read by ldmatrix.trans.
 template <int D>
 __device__ __forceinline__ void a2_key_block(A2State<D>& st, const half_t* sq, const half_t* sk, const half_t* sv,
-                                             int lds, int k0, int seq, int qa, int qb, int causal, float scale,
+                                             int lds, int k0, int nkeys, int qa, int qb, int causal, float scale,
                                              int lane) {
     const int t4 = lane & 3;
     // S = Q_w · K_blockᵀ: 16 queries × 32 keys, 4 n8 tiles.
@@ -150,7 +153,7 @@ __device__ __forceinline__ void a2_key_block(A2State<D>& st, const half_t* sq, c
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int key = k0 + j * 8 + t4 * 2 + (e & 1), q = e < 2 ? qa : qb;
-            const bool live = key < seq && (!causal || key <= q);
+            const bool live = key < nkeys && (!causal || key <= q);
             s[j][e] = live ? s[j][e] * scale : NEG_INF;
             mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
         }
@@ -251,8 +254,8 @@ __device__ __forceinline__ void a2_load_rows(half_t* tile, int lds, const half_t
 // through shared memory in blocks of 32.
 template <int D>
 __device__ __forceinline__ void attention_v2_tile(half_t* __restrict__ out, const half_t* __restrict__ qkv,
-                                                  half_t* sq, half_t* sk, half_t* sv, int seq, int heads, int hd,
-                                                  int causal, float scale) {
+                                                  half_t* sq, half_t* sk, half_t* sv, int seq, int nkeys,
+                                                  int heads, int hd, int causal, float scale) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * A2_Q;
     const int width = heads * hd;
@@ -263,13 +266,13 @@ __device__ __forceinline__ void attention_v2_tile(half_t* __restrict__ out, cons
     A2State<D> st;
     a2_init(st);
     const int qa = q0 + warp * 16 + (lane >> 2), qb = qa + 8;
-    const int kv_end = causal ? min(seq, q0 + A2_Q) : seq;
+    const int kv_end = causal ? min(nkeys, q0 + A2_Q) : nkeys;
     for (int k0 = 0; k0 < kv_end; k0 += A2_KB) {
         __syncthreads();  // the previous block's K and V are consumed (and Q is stored, on the first pass)
         a2_load_rows<D>(sk, A2_LDS, base, row_stride, 1, width, k0, A2_KB, seq, hd, false);
         a2_load_rows<D>(sv, A2_LDS, base, row_stride, 2, width, k0, A2_KB, seq, hd, false);
         __syncthreads();
-        a2_key_block<D>(st, sq + warp * 16 * A2_LDS, sk, sv, A2_LDS, k0, seq, qa, qb, causal, scale, lane);
+        a2_key_block<D>(st, sq + warp * 16 * A2_LDS, sk, sv, A2_LDS, k0, nkeys, qa, qb, causal, scale, lane);
     }
     a2_store<D>(st, out, b, h, seq, width, hd, qa, qb, lane);
 }
@@ -277,29 +280,32 @@ __device__ __forceinline__ void attention_v2_tile(half_t* __restrict__ out, cons
 // Grid: (ceil(seq / 64), heads, batch); block: 128 threads (4 warps). head_dim % 8 == 0 and <= 128 (the host
 // checks and runs v1 otherwise).
 extern "C" __global__ void __launch_bounds__(128) attention_f16_v2(half_t* __restrict__ out,
-                                                                   const half_t* __restrict__ qkv, int seq,
+                                                                   const half_t* __restrict__ qkv,
+                                                                   const int* __restrict__ key_lens, int seq,
                                                                    int heads, int hd, int causal, float scale) {
     __shared__ __align__(16) half_t sq[A2_Q * A2_LDS];
     __shared__ __align__(16) half_t sk[A2_KB * A2_LDS];
     __shared__ __align__(16) half_t sv[A2_KB * A2_LDS];
-    if (hd <= 64) attention_v2_tile<64>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
-    else if (hd <= 80) attention_v2_tile<80>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
-    else if (hd <= 112) attention_v2_tile<112>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
-    else attention_v2_tile<128>(out, qkv, sq, sk, sv, seq, heads, hd, causal, scale);
+    const int nkeys = key_lens ? min(seq, key_lens[blockIdx.z]) : seq;
+    if (hd <= 64) attention_v2_tile<64>(out, qkv, sq, sk, sv, seq, nkeys, heads, hd, causal, scale);
+    else if (hd <= 80) attention_v2_tile<80>(out, qkv, sq, sk, sv, seq, nkeys, heads, hd, causal, scale);
+    else if (hd <= 112) attention_v2_tile<112>(out, qkv, sq, sk, sv, seq, nkeys, heads, hd, causal, scale);
+    else attention_v2_tile<128>(out, qkv, sq, sk, sv, seq, nkeys, heads, hd, causal, scale);
 }
 
 // attention_f16_v3's tile: Q, and every K and V row the tile can see, land in dynamic shared memory by cp.async in
 // one go (row stride D + 8); then each warp runs over the key blocks with no barrier.
 template <int D>
 __device__ __forceinline__ void attention_v3_tile(half_t* __restrict__ out, const half_t* __restrict__ qkv,
-                                                  half_t* smem, int seq, int heads, int hd, int causal, float scale) {
+                                                  half_t* smem, int seq, int nkeys, int heads, int hd, int causal,
+                                                  float scale) {
     constexpr int LDS = D + 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * A2_Q;
     const int width = heads * hd;
     const size_t row_stride = 3 * (size_t)width;
     const half_t* base = qkv + (size_t)b * seq * row_stride + h * hd;
-    const int kv_end = causal ? min(seq, q0 + A2_Q) : seq;
+    const int kv_end = causal ? min(nkeys, q0 + A2_Q) : nkeys;
     const int kv_rows = (kv_end + A2_KB - 1) / A2_KB * A2_KB;
     // Layout (the host sizes it for the whole sequence): Q [64][LDS], K [seq32][LDS], V [seq32][LDS].
     const int seq32 = (seq + A2_KB - 1) / A2_KB * A2_KB;
@@ -318,8 +324,8 @@ __device__ __forceinline__ void attention_v3_tile(half_t* __restrict__ out, cons
     // Causal: the warp's own last query bounds its keys (other warps' keys are not needed by this one).
     const int warp_end = causal ? min(kv_end, q0 + warp * 16 + 16) : kv_end;
     for (int k0 = 0; k0 < warp_end; k0 += A2_KB) {
-        a2_key_block<D>(st, sq + warp * 16 * LDS, sk + k0 * LDS, sv + k0 * LDS, LDS, k0, seq, qa, qb, causal, scale,
-                        lane);
+        a2_key_block<D>(st, sq + warp * 16 * LDS, sk + k0 * LDS, sv + k0 * LDS, LDS, k0, nkeys, qa, qb, causal,
+                        scale, lane);
     }
     a2_store<D>(st, out, b, h, seq, width, hd, qa, qb, lane);
 }
@@ -327,11 +333,13 @@ __device__ __forceinline__ void attention_v3_tile(half_t* __restrict__ out, cons
 // Grid: (ceil(seq / 64), heads, batch); block: 128 threads; dynamic shared memory (64 + 2·ceil32(seq))·(D + 8)·2
 // bytes for the padded head dim D (src/cuda/kernels.rs: attention_v3_smem). head_dim % 8 == 0 and <= 128.
 extern "C" __global__ void __launch_bounds__(128) attention_f16_v3(half_t* __restrict__ out,
-                                                                   const half_t* __restrict__ qkv, int seq,
+                                                                   const half_t* __restrict__ qkv,
+                                                                   const int* __restrict__ key_lens, int seq,
                                                                    int heads, int hd, int causal, float scale) {
     extern __shared__ __align__(16) half_t smem[];
-    if (hd <= 64) attention_v3_tile<64>(out, qkv, smem, seq, heads, hd, causal, scale);
-    else if (hd <= 80) attention_v3_tile<80>(out, qkv, smem, seq, heads, hd, causal, scale);
-    else if (hd <= 112) attention_v3_tile<112>(out, qkv, smem, seq, heads, hd, causal, scale);
-    else attention_v3_tile<128>(out, qkv, smem, seq, heads, hd, causal, scale);
+    const int nkeys = key_lens ? min(seq, key_lens[blockIdx.z]) : seq;
+    if (hd <= 64) attention_v3_tile<64>(out, qkv, smem, seq, nkeys, heads, hd, causal, scale);
+    else if (hd <= 80) attention_v3_tile<80>(out, qkv, smem, seq, nkeys, heads, hd, causal, scale);
+    else if (hd <= 112) attention_v3_tile<112>(out, qkv, smem, seq, nkeys, heads, hd, causal, scale);
+    else attention_v3_tile<128>(out, qkv, smem, seq, nkeys, heads, hd, causal, scale);
 }

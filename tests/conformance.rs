@@ -314,6 +314,24 @@ fn attention<B: Backend>(b: &B, p: &Profile) {
             p.attn.1,
             &format!("{} attention {s:?}", p.name),
         );
+        // Under a key padding mask: lengths 1, seq and one between (SigLIP's padded text).
+        let lens: Vec<usize> = (0..batch)
+            .map(|j| [1, seq, 1 + (7 * j + i) % seq][(i + j) % 3])
+            .collect();
+        let lens32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
+        backend::attention_masked(&r, &mut want, &qkv, s, &backend::rows(&r, &lens).unwrap())
+            .unwrap();
+        let mut out = poisoned(b, batch * seq * s.width());
+        let mut key_lens = backend::rows(b, &vec![0; batch]).unwrap();
+        backend::write_rows(b, &mut key_lens, &lens32).unwrap();
+        backend::attention_masked(b, &mut out, &b.upload(&qkv).unwrap(), s, &key_lens).unwrap();
+        assert_close(
+            &b.download(&out).unwrap(),
+            &want,
+            p.attn.0,
+            p.attn.1,
+            &format!("{} masked attention {s:?} key lengths {lens:?}", p.name),
+        );
     }
 }
 
@@ -535,6 +553,12 @@ fn rejects_bad_shapes<B: Backend>(b: &B) {
     };
     let mut small = b.alloc(7).unwrap();
     assert!(backend::attention(b, &mut small, &b.alloc(24).unwrap(), s).is_err());
+    // Key lengths: one per batch item, each in 1..=seq.
+    let (mut out, qkv) = (b.alloc(8).unwrap(), b.alloc(24).unwrap());
+    for lens in [&[0usize][..], &[3], &[1, 1]] {
+        let lens = backend::rows(b, lens).unwrap();
+        assert!(backend::attention_masked(b, &mut out, &qkv, s, &lens).is_err());
+    }
     let mut ln = b.alloc(8).unwrap();
     assert!(backend::layernorm(
         b,
@@ -562,6 +586,48 @@ fn reference_backend_conforms() {
             small: false,
         },
     );
+}
+
+/// The oracle's key padding mask: a query row of an item with `len` valid keys equals the same query over that
+/// item cut to its first `len` rows (plus the query row itself, for rows past the cut).
+#[test]
+fn reference_masked_attention_is_attention_over_the_valid_keys() {
+    let (seq, heads, hd, len) = (9, 2, 8, 4);
+    let s = AttnShape {
+        batch: 1,
+        seq,
+        heads,
+        head_dim: hd,
+        causal: false,
+    };
+    let w = s.width();
+    let qkv = random(seq * 3 * w, 5, 1.0);
+    let mut masked = vec![0.0; seq * w];
+    let lens = backend::rows(&ReferenceBackend, &[len]).unwrap();
+    backend::attention_masked(&ReferenceBackend, &mut masked, &qkv, s, &lens).unwrap();
+    for q in 0..seq {
+        // Rows 0..len are the valid keys; the query row goes last, and the cut sequence is len + 1 long with the
+        // query's own key masked (len valid keys).
+        let mut cut: Vec<f32> = qkv[..len * 3 * w].to_vec();
+        cut.extend_from_slice(&qkv[q * 3 * w..(q + 1) * 3 * w]);
+        let c = AttnShape { seq: len + 1, ..s };
+        let mut want = vec![0.0; (len + 1) * w];
+        let cut_lens = backend::rows(&ReferenceBackend, &[len]).unwrap();
+        backend::attention_masked(&ReferenceBackend, &mut want, &cut, c, &cut_lens).unwrap();
+        let mut plain = vec![0.0; len * w];
+        let p = AttnShape { seq: len, ..s };
+        backend::attention(
+            &ReferenceBackend,
+            &mut plain,
+            &cut[..len * 3 * w].to_vec(),
+            p,
+        )
+        .unwrap();
+        assert_eq!(&masked[q * w..(q + 1) * w], &want[len * w..]);
+        if q < len {
+            assert_eq!(&masked[q * w..(q + 1) * w], &plain[q * w..(q + 1) * w]);
+        }
+    }
 }
 
 #[test]

@@ -105,6 +105,11 @@ impl AttnShape {
     pub fn width(&self) -> usize {
         self.heads * self.head_dim
     }
+    /// How many keys query `i` attends to when its batch item has `valid` unpadded keys: the causal mask and the
+    /// key padding mask together.
+    pub fn keys(&self, i: usize, valid: usize) -> usize {
+        valid.min(if self.causal { i + 1 } else { self.seq })
+    }
 }
 
 /// Patch extraction: `pixels[batch, channels, size, size]` → `patches[batch·grid², channels·patch²]`, each row in
@@ -274,8 +279,15 @@ pub trait Backend: Send + Sync {
         dim: usize,
         eps: f32,
     ) -> Result<()>;
-    fn attention_unchecked(&self, out: &mut Self::Buf, qkv: &Self::Buf, s: AttnShape)
-        -> Result<()>;
+    /// With `key_lens` (one count per batch item, each in 1..=seq), the queries of item `b` attend to its first
+    /// `key_lens[b]` keys only (a key padding mask, HF's `attention_mask`), on top of the causal mask if set.
+    fn attention_unchecked(
+        &self,
+        out: &mut Self::Buf,
+        qkv: &Self::Buf,
+        s: AttnShape,
+        key_lens: Option<&Self::Index>,
+    ) -> Result<()>;
     fn im2col_unchecked(
         &self,
         out: &mut Self::Buf,
@@ -356,8 +368,9 @@ pub struct Rows<B: Backend> {
     len: usize,
     /// How many the index holds.
     capacity: usize,
-    /// The largest row (checked against the source of every gather).
+    /// The largest and smallest row (checked against the source of every gather, and key counts against 1..=seq).
     max: Option<usize>,
+    min: Option<usize>,
 }
 
 impl<B: Backend> Rows<B> {
@@ -380,6 +393,7 @@ pub fn rows<B: Backend>(b: &B, rows: &[usize]) -> Result<Rows<B>> {
         len: rows.len(),
         capacity: rows.len(),
         max: rows.iter().copied().max(),
+        min: rows.iter().copied().min(),
     })
 }
 
@@ -396,6 +410,7 @@ pub fn write_rows<B: Backend>(b: &B, rows: &mut Rows<B>, values: &[u32]) -> Resu
     b.write_index(&mut rows.index, values)?;
     rows.len = values.len();
     rows.max = values.iter().map(|&v| v as usize).max();
+    rows.min = values.iter().map(|&v| v as usize).min();
     Ok(())
 }
 
@@ -513,7 +528,38 @@ pub fn attention<B: Backend>(b: &B, out: &mut B::Buf, qkv: &B::Buf, s: AttnShape
     if rows == 0 || s.width() == 0 {
         return Ok(());
     }
-    b.attention_unchecked(out, qkv, s)
+    b.attention_unchecked(out, qkv, s, None)
+}
+
+/// Checked attention under a key padding mask: the queries of batch item `b` attend only to its first
+/// `key_lens[b]` keys (each count in 1..=seq), as HF's `attention_mask` does for right-padded text.
+pub fn attention_masked<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    qkv: &B::Buf,
+    s: AttnShape,
+    key_lens: &Rows<B>,
+) -> Result<()> {
+    let rows = s.batch * s.seq;
+    need(b, qkv, rows * 3 * s.width(), "attention qkv")?;
+    need(b, out, rows * s.width(), "attention output")?;
+    if key_lens.len != s.batch {
+        return Err(Error::Shape(format!(
+            "{} key lengths for a batch of {}",
+            key_lens.len, s.batch
+        )));
+    }
+    if rows == 0 || s.width() == 0 {
+        return Ok(());
+    }
+    // A count of 0 would be a softmax over nothing (NaN); past seq would read the next item's keys.
+    if key_lens.min.is_some_and(|m| m == 0) || key_lens.max.is_some_and(|m| m > s.seq) {
+        return Err(Error::Shape(format!(
+            "key lengths must be in 1..={}, got {:?}..={:?}",
+            s.seq, key_lens.min, key_lens.max
+        )));
+    }
+    b.attention_unchecked(out, qkv, s, Some(&key_lens.index))
 }
 
 /// Checked patch extraction.

@@ -102,7 +102,13 @@ impl Backend for ReferenceBackend {
         Ok(())
     }
 
-    fn attention_unchecked(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, s: AttnShape) -> Result<()> {
+    fn attention_unchecked(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        s: AttnShape,
+        key_lens: Option<&Vec<u32>>,
+    ) -> Result<()> {
         let (d, hd) = (s.width(), s.head_dim);
         let scale = 1.0 / (hd as f64).sqrt();
         let at = |b: usize, t: usize, part: usize, h: usize, c: usize| {
@@ -111,8 +117,9 @@ impl Backend for ReferenceBackend {
         let mut p = vec![0.0f64; s.seq];
         for b in 0..s.batch {
             for h in 0..s.heads {
+                let valid = key_lens.map_or(s.seq, |k| k[b] as usize);
                 for i in 0..s.seq {
-                    let keys = if s.causal { i + 1 } else { s.seq };
+                    let keys = s.keys(i, valid);
                     for (j, pj) in p.iter_mut().enumerate().take(keys) {
                         *pj = (0..hd)
                             .map(|c| at(b, i, 0, h, c) * at(b, j, 1, h, c))

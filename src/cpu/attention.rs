@@ -50,8 +50,15 @@ impl OutPtr {
 }
 
 /// `out[b·seq + i, h·hd..(h+1)·hd] = softmax(q_i·Kᵀ/√hd [causal]) · V` for every (b, h); `qkv` rows are `[q | k | v]`.
-/// Lengths are checked by the caller (backend::attention).
-pub fn attention(engine: MatrixEngine, out: &mut [f32], qkv: &[f32], s: AttnShape) {
+/// With `key_lens`, item b's queries see only its first `key_lens[b]` keys. Lengths are checked by the caller
+/// (backend::attention, backend::attention_masked).
+pub fn attention(
+    engine: MatrixEngine,
+    out: &mut [f32],
+    qkv: &[f32],
+    s: AttnShape,
+    key_lens: Option<&[u32]>,
+) {
     let isa = engine.isa();
     let (d, seq) = (s.width(), s.seq);
     assert!(qkv.len() >= s.batch * seq * 3 * d && out.len() >= s.batch * seq * d);
@@ -60,6 +67,7 @@ pub fn attention(engine: MatrixEngine, out: &mut [f32], qkv: &[f32], s: AttnShap
     (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / s.heads, bh % s.heads);
         let head = &qkv[b * seq * 3 * d + h * s.head_dim..];
+        let valid = key_lens.map_or(seq, |k| (k[b] as usize).clamp(1, seq));
         if let Some(mode) = engine.tiles() {
             // SAFETY: as below; the engine is AMX only where its tiles can run.
             unsafe {
@@ -69,23 +77,29 @@ pub fn attention(engine: MatrixEngine, out: &mut [f32], qkv: &[f32], s: AttnShap
                     out_ptr.get().add(b * seq * d + h * s.head_dim),
                     head,
                     s,
+                    valid,
                 )
             }
         } else if avx512 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F checked above; the asserts bound every row this head touches.
             unsafe {
-                head_avx512(out_ptr.get().add(b * seq * d + h * s.head_dim), head, s)
+                head_avx512(
+                    out_ptr.get().add(b * seq * d + h * s.head_dim),
+                    head,
+                    s,
+                    valid,
+                )
             }
         } else {
-            head_fallback(isa, out_ptr.get(), b, h, head, s)
+            head_fallback(isa, out_ptr.get(), b, h, head, s, valid)
         }
     });
 }
 
 /// One head on AVX-512. `head` starts at this head's q columns of the batch item's first row; `out` at its output.
 #[cfg(target_arch = "x86_64")]
-unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape) {
+unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
     use super::matmul::{avx512::rows_times_panel, TileStore};
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
     let panels = seq.div_ceil(NR);
@@ -119,7 +133,7 @@ unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape) {
         }
         let scale = 1.0 / (hd as f32).sqrt();
         for (i, row) in scores.chunks_exact_mut(lds).enumerate() {
-            let keys = if s.causal { i + 1 } else { seq };
+            let keys = s.keys(i, valid);
             simd::softmax(Isa::Avx512, &mut row[..seq], keys, scale);
         }
         let v = head.as_ptr().add(2 * d);
@@ -142,7 +156,15 @@ unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape) {
 }
 
 /// One head on the other tiers: the products through the `gemm` crate, the softmax on the chosen tier.
-fn head_fallback(isa: Isa, out: *mut f32, b: usize, h: usize, head: &[f32], s: AttnShape) {
+fn head_fallback(
+    isa: Isa,
+    out: *mut f32,
+    b: usize,
+    h: usize,
+    head: &[f32],
+    s: AttnShape,
+    valid: usize,
+) {
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
     with_scratch(seq * seq + seq * hd, |buf| {
         let (scores, o) = buf.split_at_mut(seq * seq);
@@ -164,7 +186,7 @@ fn head_fallback(isa: Isa, out: *mut f32, b: usize, h: usize, head: &[f32], s: A
         );
         let scale = 1.0 / (hd as f32).sqrt();
         for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
-            let keys = if s.causal { i + 1 } else { seq };
+            let keys = s.keys(i, valid);
             simd::softmax(isa, row, keys, scale);
         }
         sgemm(

@@ -188,8 +188,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention_unchecked(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, s: AttnShape) -> Result<()> {
-        attention::attention(self.engine, out, qkv, s);
+    fn attention_unchecked(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        s: AttnShape,
+        key_lens: Option<&Vec<u32>>,
+    ) -> Result<()> {
+        attention::attention(self.engine, out, qkv, s, key_lens.map(Vec::as_slice));
         Ok(())
     }
 }

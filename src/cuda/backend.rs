@@ -282,7 +282,13 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn attention_unchecked(&self, out: &mut CudaBuf, qkv: &CudaBuf, s: AttnShape) -> Result<()> {
+    fn attention_unchecked(
+        &self,
+        out: &mut CudaBuf,
+        qkv: &CudaBuf,
+        s: AttnShape,
+        key_lens: Option<&Mem>,
+    ) -> Result<()> {
         let (seq, heads, hd) = (
             int(s.seq, "seq")?,
             int(s.heads, "heads")?,
@@ -296,6 +302,8 @@ impl Backend for CudaBackend {
             &[
                 Arg::Mem(&out.data),
                 Arg::Mem(&qkv.data),
+                // A null pointer: every key of the sequence is valid.
+                key_lens.map_or(Arg::Null, Arg::Mem),
                 Arg::I32(seq),
                 Arg::I32(heads),
                 Arg::I32(hd),

@@ -28,12 +28,19 @@ thread_local! {
 }
 
 /// One head: `head` starts at this head's q columns of the batch item's first `[q | k | v]` row; `out` at the head's
-/// first output column. Rows are `3·width` apart in `head` and `width` apart in `out`.
+/// first output column. Rows are `3·width` apart in `head` and `width` apart in `out`. The queries see the first
+/// `valid` keys (see `AttnShape::keys`).
 ///
 /// # Safety
 /// `out` must be valid for `seq` rows of stride `s.width()` covering `s.head_dim` columns, and `head` must hold
 /// every row this head reads (checked by the backend's shape validation); `T = Native` only where AMX is usable.
-pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f32], s: AttnShape) {
+pub(crate) unsafe fn head<T: Tiles + Default>(
+    isa: Isa,
+    out: *mut f32,
+    head: &[f32],
+    s: AttnShape,
+    valid: usize,
+) {
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
     let run = |sc: &mut HeadScratch| {
         let row = |i: usize| &head[i * 3 * d..];
@@ -60,7 +67,7 @@ pub(crate) unsafe fn head<T: Tiles + Default>(isa: Isa, out: *mut f32, head: &[f
         );
         let scale = 1.0 / (hd as f32).sqrt();
         for (i, r) in sc.scores.chunks_exact_mut(lds).enumerate() {
-            let keys = if s.causal { i + 1 } else { seq };
+            let keys = s.keys(i, valid);
             simd::softmax(isa, &mut r[..seq], keys, scale);
         }
         let scores = &sc.scores;

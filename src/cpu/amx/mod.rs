@@ -87,9 +87,10 @@ pub(crate) unsafe fn attention_head(
     out: *mut f32,
     head: &[f32],
     s: AttnShape,
+    valid: usize,
 ) {
     match mode {
-        TileMode::Native => attention::head::<tiles::Native>(isa, out, head, s),
-        TileMode::Emulated => attention::head::<tiles::Emulator>(isa, out, head, s),
+        TileMode::Native => attention::head::<tiles::Native>(isa, out, head, s, valid),
+        TileMode::Emulated => attention::head::<tiles::Emulator>(isa, out, head, s, valid),
     }
 }
