@@ -82,6 +82,7 @@ pub struct Clip {
     preprocess: PreprocessConfig,
     engine: Engine,
     logit_scale: f32,
+    logit_bias: f32,
     stored_dtype: String,
 }
 
@@ -136,21 +137,33 @@ impl Clip {
                 hint: "",
             });
         }
-        let config = ClipConfig::from_file(&config_path)?;
+        let mut config = ClipConfig::from_file(&config_path)?;
         let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
+        // The processor pads with the tokenizer's pad token on its side; the padded tower must see the same.
+        if let Some(pad) = tokenizer.pad_id() {
+            config.text.pad_token_id = pad;
+        }
+        config.text.pad_left = tokenizer.pad_left();
+        config
+            .validate()
+            .map_err(|msg| Error::config(&config_path, msg))?;
         let pre_path = dir.join("preprocessor_config.json");
+        let defaults = PreprocessConfig::for_family(config.family, config.vision.image_size);
         let preprocess = if pre_path.exists() {
-            PreprocessConfig::from_file(&pre_path, config.vision.image_size)?
+            PreprocessConfig::from_file_over(&pre_path, defaults)?
         } else {
-            PreprocessConfig::openai(config.vision.image_size)
+            defaults
         };
         let engine = open()?;
         // An unsupported model fails before any weight is read.
         engine.supports(&config)?;
         let ckpt = Checkpoint::open(dir)?;
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
-        let (logit_scale, stored_dtype) =
-            (weights.logit_scale_log.exp(), weights.stored_dtype.clone());
+        let (logit_scale, logit_bias, stored_dtype) = (
+            weights.logit_scale_log.exp(),
+            weights.logit_bias,
+            weights.stored_dtype.clone(),
+        );
         let engine = engine.load(ModelSpec::Clip {
             config: config.clone(),
             weights,
@@ -158,6 +171,7 @@ impl Clip {
         Ok(Clip {
             dir: dir.to_path_buf(),
             logit_scale,
+            logit_bias,
             stored_dtype,
             config,
             tokenizer,
@@ -195,6 +209,27 @@ impl Clip {
     /// exp(logit_scale) from the weights: the factor on cosine similarities.
     pub fn logit_scale(&self) -> f32 {
         self.logit_scale
+    }
+    /// The logit bias added after the scale (SigLIP's `logit_bias`; 0 for CLIP).
+    pub fn logit_bias(&self) -> f32 {
+        self.logit_bias
+    }
+    /// The checkpoint format the folder was read in.
+    pub fn format(&self) -> &'static str {
+        "hf-transformers (config.json, model.safetensors)"
+    }
+    /// The architecture family (CLIP or SigLIP).
+    pub fn family(&self) -> crate::config::Family {
+        self.config.family
+    }
+    /// How [`Clip::zero_shot`] turns logits into probabilities: "sigmoid" (SigLIP: each image–label pair on its
+    /// own) or "softmax" (CLIP: over the labels).
+    pub fn probability(&self) -> &'static str {
+        if self.config.family.sigmoid_probabilities() {
+            "sigmoid"
+        } else {
+            "softmax"
+        }
     }
     /// The dtype the checkpoint stores its weights in (computation is f32 regardless).
     pub fn stored_dtype(&self) -> &str {
@@ -339,7 +374,8 @@ impl Clip {
         }
     }
 
-    /// Scaled cosine similarities `[images.rows, texts.rows]` (CLIP's `logits_per_image`).
+    /// Scaled cosine similarities plus the logit bias, `[images.rows, texts.rows]` (`logits_per_image`: CLIP's
+    /// bias is 0).
     pub fn logits(&self, images: &Embeddings, texts: &Embeddings) -> Result<Vec<f32>> {
         if images.dim != texts.dim {
             return Err(Error::Shape(format!(
@@ -347,18 +383,23 @@ impl Clip {
                 images.dim, texts.dim
             )));
         }
-        self.engine.logits(
+        let mut logits = self.engine.logits(
             &images.data,
             images.rows,
             &texts.data,
             texts.rows,
             images.dim,
             self.logit_scale,
-        )
+        )?;
+        if self.logit_bias != 0.0 {
+            logits.iter_mut().for_each(|l| *l += self.logit_bias);
+        }
+        Ok(logits)
     }
 
-    /// Zero-shot classification: for each image, every label with its softmax probability, most likely first.
-    /// Each label is put into `template` at `{}` (use `"{}"` for the bare label).
+    /// Zero-shot classification: for each image, every label with its probability, most likely first: a softmax
+    /// over the labels for CLIP, a per-pair sigmoid for SigLIP (probabilities then need not sum to 1; see
+    /// [`Clip::probability`]). Each label is put into `template` at `{}` (use `"{}"` for the bare label).
     pub fn zero_shot<P: AsRef<Path> + Sync, S: AsRef<str>>(
         &self,
         images: &[P],
@@ -381,7 +422,11 @@ impl Clip {
         let text = self.embed_texts(&prompt_refs)?;
         let img = self.embed_image_files(images)?;
         let logits = self.logits(&img, &text)?;
-        let probs = similarity::softmax_rows(&logits, labels.len());
+        let probs = if self.config.family.sigmoid_probabilities() {
+            logits.iter().map(|&l| similarity::sigmoid(l)).collect()
+        } else {
+            similarity::softmax_rows(&logits, labels.len())
+        };
         Ok(probs
             .chunks_exact(labels.len())
             .map(|row| {

@@ -58,8 +58,37 @@ impl PreprocessConfig {
         }
     }
 
+    /// SigLIP's transform (transformers' SiglipImageProcessor defaults): bicubic straight to `image_size` square,
+    /// no crop, mean and std 0.5.
+    pub fn siglip(image_size: usize) -> Self {
+        PreprocessConfig {
+            resize: Some(ResizeTarget::Exact {
+                height: image_size,
+                width: image_size,
+            }),
+            crop: None,
+            mean_std: Some(([0.5; 3], [0.5; 3])),
+            ..PreprocessConfig::openai(image_size)
+        }
+    }
+
+    /// The image processor's defaults for a model family at `image_size`: what a missing
+    /// `preprocessor_config.json`, or a field it lacks, means.
+    pub fn for_family(family: crate::config::Family, image_size: usize) -> Self {
+        match family {
+            crate::config::Family::Clip => PreprocessConfig::openai(image_size),
+            crate::config::Family::Siglip => PreprocessConfig::siglip(image_size),
+        }
+    }
+
     /// Reads `preprocessor_config.json`; fields it lacks take the OpenAI defaults at `image_size`.
     pub fn from_file(path: &Path, image_size: usize) -> Result<Self> {
+        Self::from_file_over(path, PreprocessConfig::openai(image_size))
+    }
+
+    /// Reads `preprocessor_config.json`; fields it lacks keep their value in `defaults` (the family's image
+    /// processor defaults, [`PreprocessConfig::for_family`]).
+    pub fn from_file_over(path: &Path, defaults: PreprocessConfig) -> Result<Self> {
         let text = crate::files::read_json_text(path)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
@@ -84,7 +113,7 @@ impl PreprocessConfig {
                     ))
                 })
         };
-        let mut cfg = PreprocessConfig::openai(image_size);
+        let mut cfg = defaults;
         cfg.resize = if !flag("do_resize")? {
             None
         } else {
@@ -114,7 +143,12 @@ impl PreprocessConfig {
                 }
             }
         };
-        cfg.crop = if !flag("do_center_crop")? {
+        // Absent, `do_center_crop` keeps the family's default (CLIP crops; SigLIP's processor has no crop).
+        let crop_flag = match m.get("do_center_crop") {
+            None | Some(Value::Null) => cfg.crop.is_some(),
+            Some(_) => flag("do_center_crop")?,
+        };
+        cfg.crop = if !crop_flag {
             None
         } else {
             match m.get("crop_size") {

@@ -75,6 +75,11 @@ pub fn scaled_cosine(
     Ok(out)
 }
 
+/// The logistic sigmoid 1 / (1 + e^−x) in f64 (SigLIP's per-pair probability): no overflow for any finite x.
+pub fn sigmoid(x: f32) -> f32 {
+    (1.0 / (1.0 + (-f64::from(x)).exp())) as f32
+}
+
 /// Softmax of each row of `[rows, cols]`, in f64 with the row maximum subtracted.
 pub fn softmax_rows(data: &[f32], cols: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(data.len());

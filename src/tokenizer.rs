@@ -8,10 +8,14 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::error::{Error, Result};
 
-/// The CLIP tokenizer of one model.
+/// The tokenizer of one model (from its `tokenizer.json`).
 pub struct ClipTokenizer {
     inner: Tokenizer,
     context_length: usize,
+    /// How transformers' processor pads a batch for this tokenizer (`tokenizer_config.json`): the pad token's id,
+    /// and whether it pads on the left. Only a non-causal text tower (SigLIP) sees padding.
+    pad_id: Option<u32>,
+    pad_left: bool,
 }
 
 impl ClipTokenizer {
@@ -42,7 +46,64 @@ impl ClipTokenizer {
         Ok(ClipTokenizer {
             inner,
             context_length,
+            pad_id: None,
+            pad_left: false,
         })
+    }
+
+    /// Reads the padding transformers applies from `tokenizer_config.json` beside the tokenizer, if present: the
+    /// pad token (`pad_token`, a string or an AddedToken object) and the side (`padding_side`, else the
+    /// tokenizer class's default: left for GemmaTokenizer and Siglip2Tokenizer, right for the others).
+    fn with_tokenizer_config(mut self, path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Ok(self);
+        }
+        let text = crate::files::read_json_text(path)?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+        let class = json
+            .get("tokenizer_class")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let class_left = matches!(
+            class.trim_end_matches("Fast"),
+            "GemmaTokenizer" | "Siglip2Tokenizer"
+        );
+        self.pad_left = match json.get("padding_side").and_then(|v| v.as_str()) {
+            Some("left") => true,
+            Some("right") => false,
+            Some(other) => {
+                return Err(Error::config(
+                    path,
+                    format!("padding_side {other:?} is neither \"left\" nor \"right\""),
+                ))
+            }
+            None => class_left,
+        };
+        let pad = match json.get("pad_token") {
+            Some(serde_json::Value::String(t)) => Some(t.as_str()),
+            Some(serde_json::Value::Object(o)) => o.get("content").and_then(|v| v.as_str()),
+            _ => None,
+        };
+        if let Some(pad) = pad {
+            self.pad_id = Some(self.inner.token_to_id(pad).ok_or_else(|| {
+                Error::config(
+                    path,
+                    format!("pad_token {pad:?} is not in tokenizer.json's vocabulary"),
+                )
+            })?);
+        }
+        Ok(self)
+    }
+
+    /// The pad token's id from `tokenizer_config.json`, if it names one.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
+    /// Whether the processor pads on the left.
+    pub fn pad_left(&self) -> bool {
+        self.pad_left
     }
 
     /// The context length texts are truncated to.
@@ -105,13 +166,14 @@ impl ModelTokenizer {
         ModelTokenizer::for_config(dir, &config)
     }
 
-    /// The tokenizer.json of `dir` for a model of `config`.
+    /// The tokenizer.json (and tokenizer_config.json) of `dir` for a model of `config`.
     pub fn for_config(dir: &Path, config: &crate::config::ClipConfig) -> Result<ModelTokenizer> {
         Ok(ModelTokenizer {
             tokenizer: ClipTokenizer::from_file(
                 &dir.join("tokenizer.json"),
                 config.text.max_position_embeddings,
-            )?,
+            )?
+            .with_tokenizer_config(&dir.join("tokenizer_config.json"))?,
             eos_token_id: config.text.eos_token_id,
         })
     }

@@ -1,6 +1,6 @@
 //! The pre-LN transformer encoder layer shared by both towers, and the activation workspace it runs in.
 
-use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape};
+use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape, Rows};
 use crate::config::EncoderConfig;
 use crate::error::Result;
 use crate::weights::LayerWeights;
@@ -41,13 +41,13 @@ pub struct Workspace<B: Backend> {
     /// The residual stream `[rows, D]`.
     pub x: B::Buf,
     /// LayerNorm output `[rows, D]`.
-    norm: B::Buf,
+    pub(super) norm: B::Buf,
     /// Packed q|k|v `[rows, 3D]`.
-    qkv: B::Buf,
+    pub(super) qkv: B::Buf,
     /// Attention output `[rows, D]`.
-    attn: B::Buf,
+    pub(super) attn: B::Buf,
     /// MLP hidden `[rows, I]`.
-    mlp: B::Buf,
+    pub(super) mlp: B::Buf,
 }
 
 impl<B: Backend> Workspace<B> {
@@ -103,7 +103,9 @@ impl<T> Reuse<T> {
 }
 
 /// Runs `layers` over the residual stream `ws.x` (`batch × seq` rows):
-/// x += out_proj(attention(LN1(x)));  x += fc2(act(fc1(LN2(x)))).
+/// x += out_proj(attention(LN1(x)));  x += fc2(act(fc1(LN2(x)))). With `key_lens`, item b attends only to its
+/// first `key_lens[b]` tokens (a padding mask).
+#[allow(clippy::too_many_arguments)]
 pub fn run_encoder<B: Backend>(
     b: &B,
     layers: &[EncoderLayer<B>],
@@ -112,6 +114,7 @@ pub fn run_encoder<B: Backend>(
     batch: usize,
     seq: usize,
     causal: bool,
+    key_lens: Option<&Rows<B>>,
 ) -> Result<()> {
     let rows = batch * seq;
     let (d, i) = (c.hidden_size, c.intermediate_size);
@@ -145,7 +148,10 @@ pub fn run_encoder<B: Backend>(
             },
             Epilogue::Store,
         )?;
-        backend::attention(b, &mut ws.attn, &ws.qkv, attn)?;
+        match key_lens {
+            Some(k) => backend::attention_masked(b, &mut ws.attn, &ws.qkv, attn, k)?,
+            None => backend::attention(b, &mut ws.attn, &ws.qkv, attn)?,
+        }
         backend::gemm(
             b,
             &mut ws.x,

@@ -1,12 +1,22 @@
-//! The models, written once over the [`crate::backend::Backend`] trait: the layers every family shares ([`layers`]: the
-//! pre-LayerNorm transformer encoder layer), and one module per family with its towers, its checkpoint key names and
-//! its weights ([`clip`]). Adding a family is adding a module beside `clip` (docs/adding-a-model-family.md).
+//! The models, written once over the [`crate::backend::Backend`] trait. A CLIP-family model is two towers built
+//! from shared parts: the pre-LayerNorm encoder layer ([`layers`]), the image tower ([`vision`]: class token or
+//! not, pre-LN or not, class-token or attention-head pooling), the text tower ([`text`]) and its batch layout
+//! ([`batch`]: cut for a causal tower, padded and masked for a non-causal one). A family is its config
+//! (src/config.rs) and its checkpoint key names ([`clip`], [`siglip`]) mapped onto the family-free
+//! [`weights::ClipWeights`] (docs/adding-a-model-family.md).
 
+pub mod batch;
 pub mod clip;
 pub mod layers;
+pub mod siglip;
+pub mod text;
+pub mod vision;
+pub mod weights;
 
-pub use clip::weights::ClipWeights;
-pub use clip::ClipModel;
+pub use batch::TextBatch;
+pub use text::TextTower;
+pub use vision::VisionTower;
+pub use weights::ClipWeights;
 
 use crate::backend::Backend;
 use crate::config::ClipConfig;
@@ -19,12 +29,13 @@ pub trait Model<B: Backend>: Send + Sync {
     /// Projected image embeddings `[batch, projection_dim]` of preprocessed pixels `[batch, C, H, W]`.
     fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>>;
     /// Projected text embeddings of token id rows, laid out as the family's text tower needs them (CLIP cuts the
-    /// batch at the longest pooled row; a non-causal tower pads to its context length).
+    /// batch at the longest pooled row; SigLIP pads to its context length and masks the padding).
     fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>>;
 }
 
-/// The family registry: a checkpoint of one family, read and ready to be prepared on a backend. A new family adds
-/// its module beside `clip` and one variant here (docs/adding-a-model-family.md).
+/// The family registry: a checkpoint read and ready to be prepared on a backend. Every family of the CLIP kind
+/// (two towers, one embedding space) is a [`ClipConfig`] with its `family` and [`ClipWeights`]; a family of
+/// another kind would add a variant here (docs/adding-a-model-family.md).
 pub enum ModelSpec {
     Clip {
         config: ClipConfig,
@@ -51,4 +62,60 @@ impl ModelSpec {
     }
 }
 
-pub use clip::{TextBatch, TextTower, VisionTower};
+/// Both towers of a CLIP-family model on one backend, plus the logit scale and bias.
+pub struct ClipModel<B: Backend> {
+    pub backend: B,
+    pub config: ClipConfig,
+    pub text: TextTower<B>,
+    pub vision: VisionTower<B>,
+    /// exp of the checkpoint's stored `logit_scale`.
+    pub logit_scale: f32,
+    /// SigLIP's logit bias; 0 for CLIP.
+    pub logit_bias: f32,
+}
+
+impl<B: Backend> ClipModel<B> {
+    /// Prepares `weights` for `backend`, consuming them layer by layer (so the raw and the prepared copies never
+    /// both exist in full).
+    pub fn new(backend: B, config: &ClipConfig, weights: ClipWeights) -> Result<Self> {
+        Ok(ClipModel {
+            text: TextTower::new(&backend, weights.text, &config.text, config.projection_dim)?,
+            vision: VisionTower::new(
+                &backend,
+                weights.vision,
+                &config.vision,
+                config.projection_dim,
+            )?,
+            logit_scale: weights.logit_scale_log.exp(),
+            logit_bias: weights.logit_bias,
+            config: config.clone(),
+            backend,
+        })
+    }
+
+    /// Projected image embeddings `[batch, projection_dim]` of `pixels[batch, C, H, W]`.
+    pub fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        self.vision.forward(&self.backend, pixels, batch)
+    }
+
+    /// Projected text embeddings `[batch, projection_dim]` of a laid-out batch.
+    pub fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
+        self.text.forward(&self.backend, batch)
+    }
+}
+
+impl<B: Backend> Model<B> for ClipModel<B> {
+    fn backend(&self) -> &B {
+        &self.backend
+    }
+    fn into_backend(self: Box<Self>) -> B {
+        self.backend
+    }
+    fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
+        ClipModel::encode_images(self, pixels, batch)
+    }
+    /// The family's layout (ARCHITECTURE.md, trap 2): CLIP's cut batch, SigLIP's padded and masked one.
+    fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
+        ClipModel::encode_texts(self, &TextBatch::for_model(rows, &self.config)?)
+    }
+}

@@ -9,7 +9,7 @@ use cliprt::{Clip, Device, Error, Result};
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// HF-format CLIP folder to describe.
+    /// Model folder to describe (HF CLIP or SigLIP).
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, reference, cuda, cuda:N or cuda-sim.
@@ -31,10 +31,14 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let c = clip.config();
     let (t, v) = (&c.text, &c.vision);
     println!("model:            {}", clip.dir().display());
+    println!("family:           {}", c.family.name());
+    println!("format:           {}", clip.format());
     println!("parameters:       {}", c.parameter_count());
     println!("stored dtype:     {}", clip.stored_dtype());
     println!("embedding dim:    {}", c.projection_dim);
     println!("logit scale:      {:.4}", clip.logit_scale());
+    println!("logit bias:       {:.4}", clip.logit_bias());
+    println!("probabilities:    {}", clip.probability());
     println!("vision:           {}", describe(&v.encoder));
     println!(
         "image size:       {} (patch {}, {} tokens)",

@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Embed images and/or texts and write them as f32 .npy arrays [N, D] (L2-normalized unless --no-normalize).
     Embed(embed::EmbedArgs),
-    /// Rank labels for each image by CLIP's softmax probability.
+    /// Rank labels for each image by probability: a softmax over the labels (CLIP), a per-pair sigmoid (SigLIP).
     ZeroShot(zero_shot::ZeroShotArgs),
     /// Print token ids as the model sees them.
     Tokenize(tokenize::TokenizeArgs),

@@ -34,12 +34,18 @@ pub fn run(a: ZeroShotArgs) -> Result<()> {
             .map(|(path, r)| {
                 serde_json::json!({
                     "image": path.display().to_string(),
+                    "probability": clip.probability(),
                     "labels": r.iter().map(|(l, p)| serde_json::json!({"label": l, "prob": p})).collect::<Vec<_>>(),
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(out));
     } else {
+        let how = match clip.probability() {
+            "sigmoid" => "sigmoid per image-label pair (SigLIP): each is its own yes/no, they need not sum to 100%",
+            _ => "softmax over the labels (CLIP)",
+        };
+        println!("probability: {how}");
         for (path, r) in a.images.iter().zip(&ranked) {
             println!("{}", path.display());
             for (rank, (label, p)) in r.iter().enumerate() {

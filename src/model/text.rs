@@ -1,5 +1,6 @@
-//! The text tower: token + position embedding, causal encoder, final LayerNorm and projection applied to the
-//! pooled (end-of-text) row of each text only — LayerNorm is row-wise, so normalizing just those rows is exact.
+//! The text tower: token + position embedding, the encoder (causal for CLIP; SigLIP's masks its padding), final
+//! LayerNorm and projection (SigLIP: a head with bias) applied to the pooled row of each text only — LayerNorm is
+//! row-wise, so normalizing just those rows is exact. The batch's layout comes from the family ([`TextBatch`]).
 
 use std::collections::HashMap;
 
@@ -26,15 +27,19 @@ pub struct TextTower<B: Backend> {
 struct Scratch<B: Backend> {
     texts: usize,
     encoder: Workspace<B>,
-    /// Token ids `[texts · seq]` and each text's pooled row, rewritten per call (outside any graph).
+    /// Token ids `[texts · seq]`, each text's pooled row and its unpadded length (masked layouts), rewritten per
+    /// call (outside any graph).
     ids: Rows<B>,
     pool: Rows<B>,
+    key_lens: Rows<B>,
+    /// A left-padded batch's packing order (rows of `ids` in the tower's order).
+    order: Rows<B>,
     /// Pooled rows, after the final LayerNorm `[texts, D]`; projections `[texts, projection_dim]`.
     pooled: B::Buf,
     normed: B::Buf,
     out: B::Buf,
-    /// The forward from ids to projections, recorded per (texts, seq) (CUDA graphs).
-    graphs: HashMap<(usize, usize), B::Graph>,
+    /// The forward from ids to projections, recorded per (texts, seq, causal, masked, reordered) (CUDA graphs).
+    graphs: HashMap<(usize, usize, bool, bool, bool), B::Graph>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -51,6 +56,8 @@ impl<B: Backend> Scratch<B> {
             encoder: Workspace::new(b, rows, &c.encoder)?,
             ids: backend::rows(b, &vec![0; rows])?,
             pool: backend::rows(b, &vec![0; texts])?,
+            key_lens: backend::rows(b, &vec![1; texts])?,
+            order: backend::rows(b, &vec![0; rows])?,
             pooled: b.alloc(texts * d)?,
             normed: b.alloc(texts * d)?,
             out: b.alloc(texts * projection_dim)?,
@@ -76,7 +83,7 @@ impl<B: Backend> TextTower<B> {
                 &w.projection,
                 projection_dim,
                 config.encoder.hidden_size,
-                None,
+                w.projection_bias.as_deref(),
             )?,
             projection_dim,
             scratch: Reuse::default(),
@@ -113,28 +120,44 @@ impl<B: Backend> TextTower<B> {
             })
             .collect::<Result<_>>()?;
         backend::write_rows(b, &mut s.pool, &pool)?;
+        if let Some(lens) = &batch.key_lens {
+            backend::write_rows(b, &mut s.key_lens, lens)?;
+        }
+        if let Some(order) = &batch.order {
+            backend::write_rows(b, &mut s.order, order)?;
+        }
+        let (masked, reorder) = (batch.key_lens.is_some(), batch.order.is_some());
         let Scratch {
             encoder: ws,
             ids,
             pool,
+            key_lens,
+            order,
             pooled,
             normed,
             out,
             graphs,
             ..
         } = &mut s;
-        // Everything from the ids to the projections: one graph per (texts, seq) on a GPU.
-        backend::run_recorded(b, graphs, (n, seq), &mut || {
+        // Everything from the ids to the projections: one graph per layout on a GPU.
+        let key = (n, seq, batch.causal, masked, reorder);
+        backend::run_recorded(b, graphs, key, &mut || {
+            // Left padding: embed in place, then pack each row's attended tokens first (TextBatch::padded).
+            let embedded = if reorder { &mut ws.norm } else { &mut ws.x };
             backend::text_embed(
                 b,
-                &mut ws.x,
+                embedded,
                 ids,
                 &self.token_embedding,
                 &self.position_embedding,
                 seq,
                 d,
             )?;
-            run_encoder(b, &self.layers, c, ws, n, seq, true)?;
+            if reorder {
+                backend::gather_rows(b, &mut ws.x, &ws.norm, order, n * seq, d)?;
+            }
+            let mask = masked.then_some(&*key_lens);
+            run_encoder(b, &self.layers, c, ws, n, seq, batch.causal, mask)?;
             backend::gather_rows(b, pooled, &ws.x, pool, n, d)?;
             backend::layernorm(
                 b,

@@ -1,0 +1,72 @@
+//! The SigLIP family's HF checkpoint key names (`model_type: "siglip"`, SigLIP2's fixed-resolution checkpoints
+//! too): a ViT with a patch bias, no class token and no pre-LN, pooled by a multihead attention head; a non-causal
+//! text tower pooled at the last position with a head that has a bias; a logit bias.
+
+use super::weights::{HeadWeights, PoolWeights, TensorReader, TextWeights, VisionWeights};
+use crate::config::ClipConfig;
+use crate::error::Result;
+
+/// Both towers of an HF SigLIP checkpoint, and its logit bias.
+pub(crate) fn read_hf(
+    r: &mut TensorReader,
+    config: &ClipConfig,
+) -> Result<(TextWeights, VisionWeights, f32)> {
+    let (t, v) = (&config.text, &config.vision);
+    let (td, vd, p) = (
+        t.encoder.hidden_size,
+        v.encoder.hidden_size,
+        config.projection_dim,
+    );
+    let final_ln = r.layernorm("text_model.final_layer_norm", td)?;
+    let text = TextWeights {
+        token_embedding: r.get(
+            "text_model.embeddings.token_embedding.weight",
+            &[t.vocab_size, td],
+        )?,
+        position_embedding: r.get(
+            "text_model.embeddings.position_embedding.weight",
+            &[t.max_position_embeddings, td],
+        )?,
+        layers: r.hf_layers("text_model", &t.encoder)?,
+        final_ln_g: final_ln.0,
+        final_ln_b: final_ln.1,
+        projection: r.get("text_model.head.weight", &[p, td])?,
+        projection_bias: Some(r.get("text_model.head.bias", &[p])?),
+    };
+    let i = v.encoder.intermediate_size;
+    let h = "vision_model.head";
+    let (ln_g, ln_b) = r.layernorm(&format!("{h}.layernorm"), vd)?;
+    let head = HeadWeights {
+        probe: r.get(&format!("{h}.probe"), &[1, 1, vd])?,
+        in_proj_w: r.get(&format!("{h}.attention.in_proj_weight"), &[3 * vd, vd])?,
+        in_proj_b: r.get(&format!("{h}.attention.in_proj_bias"), &[3 * vd])?,
+        out_w: r.get(&format!("{h}.attention.out_proj.weight"), &[vd, vd])?,
+        out_b: r.get(&format!("{h}.attention.out_proj.bias"), &[vd])?,
+        ln_g,
+        ln_b,
+        fc1_w: r.get(&format!("{h}.mlp.fc1.weight"), &[i, vd])?,
+        fc1_b: r.get(&format!("{h}.mlp.fc1.bias"), &[i])?,
+        fc2_w: r.get(&format!("{h}.mlp.fc2.weight"), &[vd, i])?,
+        fc2_b: r.get(&format!("{h}.mlp.fc2.bias"), &[vd])?,
+    };
+    let post_ln = r.layernorm("vision_model.post_layernorm", vd)?;
+    let vision = VisionWeights {
+        patch_embedding: r.get(
+            "vision_model.embeddings.patch_embedding.weight",
+            &[vd, v.num_channels, v.patch_size, v.patch_size],
+        )?,
+        patch_bias: Some(r.get("vision_model.embeddings.patch_embedding.bias", &[vd])?),
+        class_embedding: None,
+        position_embedding: r.get(
+            "vision_model.embeddings.position_embedding.weight",
+            &[v.seq_len(), vd],
+        )?,
+        pre_ln: None,
+        layers: r.hf_layers("vision_model", &v.encoder)?,
+        post_ln_g: post_ln.0,
+        post_ln_b: post_ln.1,
+        pool: PoolWeights::AttentionHead(head),
+    };
+    let logit_bias = r.scalar("logit_bias")?;
+    Ok((text, vision, logit_bias))
+}

@@ -1,0 +1,131 @@
+"""Builds the SigLIP-family fixtures under tests/fixtures: a tiny seeded SigLIP with a Gemma-style tokenizer.json
+(as SigLIP2's fixed-resolution checkpoints ship: model_type "siglip", tokenizer_class GemmaTokenizer), and its
+references from transformers in float64: SiglipModel with the processor's padding="max_length" ids and attention
+mask, SiglipImageProcessorPil (PIL, pinned: not the torchvision backend) pixels.
+
+    tools/.venv/bin/python tools/make_siglip_fixtures.py      # rewrites tests/fixtures/siglip-gemma
+
+Kept apart from make_fixtures.py so that the CLIP fixtures are never rewritten by adding a family.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import clipref as R  # noqa: E402
+from make_fixtures import ROOT, TEXTS  # noqa: E402
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from transformers import AutoTokenizer, GemmaTokenizer, SiglipConfig, SiglipModel  # noqa: E402
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil  # noqa: E402
+
+# Words for the tokenizer's training corpus: the test texts' own characters plus common caption words.
+CORPUS = TEXTS + ["a photo of a cat", "a photo of a dog", "a painting of a house by the sea", "two people walking"] * 20
+
+
+def gemma_tokenizer(vocab_size=600):
+    """A small Gemma-style BPE (byte fallback, spaces as ▁) trained on CORPUS, wrapped as transformers'
+    GemmaTokenizer: <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4, then the 256 byte tokens."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    state = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return GemmaTokenizer(vocab=state["vocab"], merges=merges, add_bos_token=False, add_eos_token=True)
+
+
+def randomize(model, seed):
+    """clipref.randomize's scheme (input-sensitive embeddings), with SigLIP's extra parameters: the probe O(1) like
+    the embeddings, the logit scale and bias fixed."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(shape, std):
+        return torch.randn(shape, generator=g, dtype=torch.float64) * std
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "logit_scale":
+                p.copy_(torch.tensor([math.log(10.0)]))
+            elif name == "logit_bias":
+                p.copy_(torch.tensor([-2.5]))
+            elif "layer_norm" in name or "layernorm" in name:
+                p.copy_(1.0 + normal(p.shape, 0.2) if name.endswith("weight") else normal(p.shape, 0.1))
+            elif name.endswith("bias"):
+                p.copy_(normal(p.shape, 0.1))
+            elif name.endswith("probe") or ("embedding" in name and "patch_embedding" not in name):
+                p.copy_(normal(p.shape, 0.7))
+            elif "patch_embedding" in name:
+                p.copy_(normal(p.shape, 1.0 / math.sqrt(p[0].numel())))
+            elif p.dim() == 2:
+                gain = 2.0 if ("q_proj" in name or "k_proj" in name or "in_proj" in name) else 1.0
+                p.copy_(normal(p.shape, gain / math.sqrt(p.shape[1])))
+            else:
+                raise ValueError(f"unexpected parameter {name}")
+    return model
+
+
+def main():
+    torch.manual_seed(0)
+    name, context = "siglip-gemma", 16
+    d = os.path.join(ROOT, name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    tok = gemma_tokenizer()
+    tok.save_pretrained(d)
+    # Odd widths: text 24 wide with a head to 40 (projection_size), vision 40 wide with 5 heads of 8; context 16
+    # (truncation shows), 32 px images in 8 px patches.
+    cfg = SiglipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=3, max_position_embeddings=context, projection_size=40,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
+        vision_config=dict(hidden_size=40, intermediate_size=72, num_hidden_layers=2, num_attention_heads=5,
+                           image_size=32, patch_size=8),
+    )
+    model = randomize(SiglipModel(cfg).double(), 3).eval()
+    model.float().save_pretrained(d)
+    model = model.double()
+    pre = {"image_processor_type": "SiglipImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+           "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+           "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True}
+    with open(os.path.join(d, "preprocessor_config.json"), "w") as f:
+        json.dump(pre, f, indent=2)
+
+    # References: the tokenizer as AutoTokenizer loads the folder, the processor's padding and mask.
+    auto = AutoTokenizer.from_pretrained(d)
+    assert type(auto).__name__ == "GemmaTokenizer", type(auto)
+    enc = auto(TEXTS, padding="max_length", truncation=True, max_length=context, return_tensors="pt")
+    unpadded = [auto(t, truncation=True, max_length=context)["input_ids"] for t in TEXTS]
+    with torch.no_grad():
+        txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        txt = getattr(txt, "pooler_output", txt).numpy()
+        images = ["square.png", "landscape.png", "portrait.png", "upscale.png", "one_wide.png", "grey.png",
+                  "grey_alpha.png", "rgba.png", "grey16.png", "rgb16.png"]
+        proc = SiglipImageProcessorPil(**{k: v for k, v in pre.items() if k != "image_processor_type"})
+        pixels = R.pixels_of(proc, [os.path.join(ROOT, "images", i) for i in images])
+        img = model.get_image_features(pixel_values=torch.from_numpy(pixels.astype(np.float64)))
+        img = getattr(img, "pooler_output", img).numpy()
+    logits = float(model.logit_scale.exp()) * R.normalize(img) @ R.normalize(txt).T + float(model.logit_bias)
+    ref = os.path.join(d, "reference")
+    os.makedirs(ref)
+    R.save_npy(os.path.join(ref, "pixels.npy"), pixels)
+    R.save_npy(os.path.join(ref, "image_embeds.npy"), img)
+    R.save_npy(os.path.join(ref, "text_embeds.npy"), txt)
+    R.save_npy(os.path.join(ref, "logits.npy"), logits)
+    with open(os.path.join(ref, "manifest.json"), "w") as f:
+        json.dump({"images": images, "texts": TEXTS, "ids": unpadded,
+                   "padded_ids": enc["input_ids"].tolist(), "logit_scale": float(model.logit_scale.exp()),
+                   "logit_bias": float(model.logit_bias)}, f, ensure_ascii=False, indent=0)
+    cos = R.normalize(txt) @ R.normalize(txt).T
+    print(f"{name}: {len(tok)} tokens; mean off-diagonal text cosine {np.mean(cos[~np.eye(len(cos), dtype=bool)]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
