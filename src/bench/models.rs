@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, Workload, SIMILARITY_CLASSES};
-use crate::config::{presets, ClipConfig, EncoderConfig};
+use crate::config::{presets, ClipConfig, EncoderConfig, Family};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
@@ -98,6 +98,29 @@ pub fn prompt_ids() -> Vec<Vec<u32>> {
     PROMPT_IDS.iter().map(|r| r.to_vec()).collect()
 }
 
+/// The prompts' ids for a synthetic model: OpenAI's ids for CLIP; for SigLIP (no start token, end token 1 and a
+/// 32000-token vocabulary) the same lengths less the start token, ids folded into the vocabulary. The ids do not
+/// change the work; their count does.
+fn synthetic_prompts(c: &ClipConfig) -> Vec<Vec<u32>> {
+    let ids = prompt_ids();
+    match c.family {
+        Family::Clip => ids,
+        Family::Siglip => {
+            let vocab = c.text.vocab_size as u32;
+            ids.iter()
+                .map(|r| {
+                    let words = &r[1..r.len() - 1];
+                    words
+                        .iter()
+                        .map(|&id| 2 + id % (vocab - 2))
+                        .chain(std::iter::once(c.text.eos_token_id))
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
 /// FLOPs of one encoder pass over `batch` sequences of `seq` tokens.
 fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize) -> f64 {
     let (d, i) = (e.hidden_size as f64, e.intermediate_size as f64);
@@ -114,8 +137,17 @@ pub fn image_flops(c: &ClipConfig, batch: usize) -> f64 {
     let d = v.encoder.hidden_size as f64;
     let patches = (batch * v.grid() * v.grid()) as f64;
     let embed = 2.0 * patches * v.patch_dim() as f64 * d;
-    let projection = 2.0 * batch as f64 * d * c.projection_dim as f64;
-    embed + encoder_flops(&v.encoder, batch, v.seq_len()) + projection
+    let pool = match c.family {
+        Family::Clip => 2.0 * batch as f64 * d * c.projection_dim as f64,
+        // The attention-pooling head as it runs (src/model/vision.rs): the in-projection over every token, the
+        // attention at full length, then the out-projection and the MLP on one row per image.
+        Family::Siglip => {
+            let (seq, i) = (v.seq_len() as f64, v.encoder.intermediate_size as f64);
+            let b = batch as f64;
+            2.0 * b * seq * 3.0 * d * d + 4.0 * b * seq * seq * d + 2.0 * b * (d * d + 2.0 * d * i)
+        }
+    };
+    embed + encoder_flops(&v.encoder, batch, v.seq_len()) + pool
 }
 
 /// FLOPs of the text tower for `batch` prompts run at `seq` tokens.
@@ -271,7 +303,8 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
             })?;
             engine.supports(&config)?;
             let weights = ClipWeights::random(&config, 1);
-            (config, weights, cfg.arch.clone(), prompt_ids())
+            let prompts = synthetic_prompts(&config);
+            (config, weights, cfg.arch.clone(), prompts)
         }
     };
     let engine = engine.load(ModelSpec::Clip {
@@ -314,7 +347,7 @@ fn measure(
                 }
                 Workload::Text => {
                     let rows = text_rows(batch, cfg.prompt_len, &s.prompts, c)?;
-                    let tb = TextBatch::new(&rows, &c.text)?;
+                    let tb = TextBatch::for_model(&rows, c)?;
                     let t = time_runs(cfg.warmup, cfg.reps, || {
                         s.engine.encode_texts(&rows).map(drop)
                     })?;

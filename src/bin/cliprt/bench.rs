@@ -7,7 +7,8 @@ use cliprt::Result;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Preset for the synthetic model: vit-b-32, vit-b-16, vit-l-14, vit-l-14-336, vit-h-14.
+    /// Preset for the synthetic model: vit-b-32, vit-b-16, vit-l-14, vit-l-14-336, vit-h-14, vit-bigg-14 (CLIP),
+    /// siglip-b-16, siglip-so400m-14-384 (SigLIP).
     #[arg(long, default_value = "vit-b-32")]
     arch: String,
     /// A real HF-format checkpoint folder instead of a synthetic model.
