@@ -183,6 +183,7 @@ fn check_fixtures(device: Device) {
         "tiny-openai-f16",
         "exotic-bf16",
         "siglip-gemma",
+        "siglip-spm",
     ] {
         let clip = Clip::load(fixture(name), device).unwrap();
         let r = reference(name);

@@ -11,6 +11,7 @@ const MODELS: &[&str] = &[
     "tiny-openai-f16",
     "exotic-bf16",
     "siglip-gemma",
+    "siglip-spm",
 ];
 
 fn load(name: &str, device: Device) -> Clip {
@@ -32,7 +33,7 @@ fn token_ids_match_python() {
 
 #[test]
 fn pixels_within_one_lsb_of_pil() {
-    for name in ["tiny-openai", "exotic", "siglip-gemma"] {
+    for name in ["tiny-openai", "exotic", "siglip-gemma", "siglip-spm"] {
         let clip = load(name, Device::Cpu);
         let r = reference(name);
         let (_, std) = clip.preprocess_config().mean_std.unwrap();
@@ -128,7 +129,7 @@ fn embeddings_match_hf_float64_cpu() {
 
 #[test]
 fn embeddings_match_hf_float64_reference_backend() {
-    for name in ["tiny-openai", "exotic", "siglip-gemma"] {
+    for name in ["tiny-openai", "exotic", "siglip-gemma", "siglip-spm"] {
         check_embeddings(name, Device::Reference, 0.999_999_9, 2e-5);
     }
 }
@@ -136,7 +137,7 @@ fn embeddings_match_hf_float64_reference_backend() {
 #[test]
 fn end_to_end_from_image_files() {
     // Our own decode + preprocessing feeding the model: at most 1-LSB pixel differences remain.
-    for name in ["tiny-openai", "exotic", "siglip-gemma"] {
+    for name in ["tiny-openai", "exotic", "siglip-gemma", "siglip-spm"] {
         let clip = load(name, Device::Cpu);
         let r = reference(name);
         let paths: Vec<_> = r.images.iter().map(|i| fixture("images").join(i)).collect();

@@ -13,7 +13,7 @@ use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
 use crate::model::{ModelSpec, TextBatch};
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::ModelTokenizer;
 use crate::weights::Checkpoint;
 
 /// The real short prompts of the default text workload.
@@ -283,10 +283,7 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
             let config = ClipConfig::from_file(&dir.join("config.json"))?;
             engine.supports(&config)?;
             let weights = ClipWeights::from_checkpoint(&Checkpoint::open(dir)?, &config)?;
-            let tokenizer = ClipTokenizer::from_file(
-                &dir.join("tokenizer.json"),
-                config.text.max_position_embeddings,
-            )?;
+            let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
             let prompts = tokenizer.encode_batch(&PROMPTS)?;
             let name = dir
                 .file_name()

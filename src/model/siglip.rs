@@ -65,7 +65,7 @@ pub(crate) fn read_hf(
         layers: r.hf_layers("vision_model", &v.encoder)?,
         post_ln_g: post_ln.0,
         post_ln_b: post_ln.1,
-        pool: PoolWeights::AttentionHead(head),
+        pool: PoolWeights::AttentionHead(Box::new(head)),
     };
     let logit_bias = r.scalar("logit_bias")?;
     Ok((text, vision, logit_bias))

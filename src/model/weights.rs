@@ -47,7 +47,7 @@ pub enum PoolWeights {
     /// CLIP: post-LN on the class token, then a projection without bias `[proj, D]`.
     ClassToken { projection: Vec<f32> },
     /// SigLIP: post-LN on every token, then the attention-pooling head.
-    AttentionHead(HeadWeights),
+    AttentionHead(Box<HeadWeights>),
 }
 
 /// SigLIP's multihead attention-pooling head: a learned probe attends over the tokens (torch's
@@ -271,7 +271,7 @@ impl ClipWeights {
             let (out_w, out_b) = rng.linear(vd, vd);
             let (fc1_w, fc1_b) = rng.linear(i, vd);
             let (fc2_w, fc2_b) = rng.linear(vd, i);
-            PoolWeights::AttentionHead(HeadWeights {
+            PoolWeights::AttentionHead(Box::new(HeadWeights {
                 probe: rng.vec(vd, 0.5),
                 in_proj_w,
                 in_proj_b,
@@ -283,7 +283,7 @@ impl ClipWeights {
                 fc1_b,
                 fc2_w,
                 fc2_b,
-            })
+            }))
         } else {
             PoolWeights::ClassToken {
                 projection: rng.linear(p, vd).0,

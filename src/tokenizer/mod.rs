@@ -1,6 +1,10 @@
-//! Text → token ids, exactly as HF's `CLIPTokenizerFast` (the model folder's `tokenizer.json` is the contract),
-//! truncated to the context length with the end-of-text token kept last, and the text-batch layout that lets the
-//! model skip padding.
+//! Text → token ids, exactly as transformers tokenizes for the model: a `tokenizer.json` (CLIP's
+//! `CLIPTokenizerFast`, SigLIP2's GemmaTokenizer) is the contract, truncated to the context length with the
+//! end-of-text token kept last; SigLIP's `spiece.model` goes through [`siglip`] (transformers' SiglipTokenizer).
+//! [`sentencepiece`] reads SentencePiece models.
+
+pub mod sentencepiece;
+pub mod siglip;
 
 use std::path::Path;
 
@@ -8,9 +12,17 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::error::{Error, Result};
 
-/// The tokenizer of one model (from its `tokenizer.json`).
+/// Where a tokenizer's ids come from.
+enum Kind {
+    /// A `tokenizer.json` through the tokenizers crate.
+    Json(Box<Tokenizer>),
+    /// SigLIP's SentencePiece model through transformers' SiglipTokenizer rules.
+    Siglip(Box<siglip::SiglipTokenizer>),
+}
+
+/// The tokenizer of one model.
 pub struct ClipTokenizer {
-    inner: Tokenizer,
+    kind: Kind,
     context_length: usize,
     /// How transformers' processor pads a batch for this tokenizer (`tokenizer_config.json`): the pad token's id,
     /// and whether it pads on the left. Only a non-causal text tower (SigLIP) sees padding.
@@ -44,9 +56,25 @@ impl ClipTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         inner.with_padding(None);
         Ok(ClipTokenizer {
-            inner,
+            kind: Kind::Json(Box::new(inner)),
             context_length,
             pad_id: None,
+            pad_left: false,
+        })
+    }
+
+    /// SigLIP's `spiece.model` with the settings of `tokenizer_config.json` (if given), truncating to
+    /// `context_length`. The processor pads it on the right with its pad token.
+    pub fn siglip(
+        model: &Path,
+        config: Option<&serde_json::Value>,
+        context_length: usize,
+    ) -> Result<Self> {
+        let sp = siglip::SiglipTokenizer::open(model, config)?;
+        Ok(ClipTokenizer {
+            pad_id: Some(sp.pad_id()),
+            kind: Kind::Siglip(Box::new(sp)),
+            context_length,
             pad_left: false,
         })
     }
@@ -54,13 +82,14 @@ impl ClipTokenizer {
     /// Reads the padding transformers applies from `tokenizer_config.json` beside the tokenizer, if present: the
     /// pad token (`pad_token`, a string or an AddedToken object) and the side (`padding_side`, else the
     /// tokenizer class's default: left for GemmaTokenizer and Siglip2Tokenizer, right for the others).
-    fn with_tokenizer_config(mut self, path: &Path) -> Result<Self> {
-        if !path.exists() {
+    fn with_tokenizer_config(
+        mut self,
+        path: &Path,
+        json: Option<&serde_json::Value>,
+    ) -> Result<Self> {
+        let (Some(json), Kind::Json(inner)) = (json, &self.kind) else {
             return Ok(self);
-        }
-        let text = crate::files::read_json_text(path)?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+        };
         let class = json
             .get("tokenizer_class")
             .and_then(|v| v.as_str())
@@ -86,7 +115,7 @@ impl ClipTokenizer {
             _ => None,
         };
         if let Some(pad) = pad {
-            self.pad_id = Some(self.inner.token_to_id(pad).ok_or_else(|| {
+            self.pad_id = Some(inner.token_to_id(pad).ok_or_else(|| {
                 Error::config(
                     path,
                     format!("pad_token {pad:?} is not in tokenizer.json's vocabulary"),
@@ -119,14 +148,19 @@ impl ClipTokenizer {
             crate::limits::MAX_TEXT_BYTES as u64,
         )?;
         let fail = |e: String| Error::Tokenizer(format!("cannot tokenize {:?}: {e}", short(text)));
-        let ids = contain_panic(|| {
-            self.inner
-                .encode(text, true)
-                .map(|enc| enc.get_ids().to_vec())
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|r| r)
-        .map_err(fail)?;
+        let ids = match &self.kind {
+            Kind::Json(inner) => contain_panic(|| {
+                inner
+                    .encode(text, true)
+                    .map(|enc| enc.get_ids().to_vec())
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|r| r)
+            .map_err(fail)?,
+            Kind::Siglip(sp) => {
+                contain_panic(|| sp.encode(text, self.context_length)).map_err(fail)??
+            }
+        };
         // Truncation cannot cut below the special tokens a post-processor adds.
         if ids.len() > self.context_length {
             return Err(Error::Tokenizer(format!(
@@ -166,14 +200,46 @@ impl ModelTokenizer {
         ModelTokenizer::for_config(dir, &config)
     }
 
-    /// The tokenizer.json (and tokenizer_config.json) of `dir` for a model of `config`.
+    /// The tokenizer of `dir` for a model of `config`, chosen as transformers' AutoTokenizer chooses it: the
+    /// class `tokenizer_config.json` names, else the family's own. A SigLIP folder whose class is SiglipTokenizer
+    /// (or unnamed) reads `spiece.model`, any other `tokenizer.json`.
     pub fn for_config(dir: &Path, config: &crate::config::ClipConfig) -> Result<ModelTokenizer> {
+        let config_path = dir.join("tokenizer_config.json");
+        let json: Option<serde_json::Value> = if config_path.exists() {
+            let text = crate::files::read_json_text(&config_path)?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::config(&config_path, format!("not valid JSON: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let class = json
+            .as_ref()
+            .and_then(|j| j.get("tokenizer_class"))
+            .and_then(|v| v.as_str())
+            .map(|c| c.trim_end_matches("Fast").to_string());
+        let context = config.text.max_position_embeddings;
+        let sentencepiece = config.family == crate::config::Family::Siglip
+            && class.as_deref().is_none_or(|c| c == "SiglipTokenizer");
+        let tokenizer = if sentencepiece {
+            let model = dir.join("spiece.model");
+            if !model.exists() {
+                return Err(Error::MissingFile {
+                    dir: dir.to_path_buf(),
+                    file: "spiece.model",
+                    hint:
+                        " (SigLIP's SentencePiece model; a SigLIP2 folder names GemmaTokenizer in \
+                           tokenizer_config.json and ships tokenizer.json)",
+                });
+            }
+            ClipTokenizer::siglip(&model, json.as_ref(), context)?
+        } else {
+            ClipTokenizer::from_file(&dir.join("tokenizer.json"), context)?
+                .with_tokenizer_config(&config_path, json.as_ref())?
+        };
         Ok(ModelTokenizer {
-            tokenizer: ClipTokenizer::from_file(
-                &dir.join("tokenizer.json"),
-                config.text.max_position_embeddings,
-            )?
-            .with_tokenizer_config(&dir.join("tokenizer_config.json"))?,
+            tokenizer,
             eos_token_id: config.text.eos_token_id,
         })
     }
