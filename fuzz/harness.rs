@@ -352,6 +352,55 @@ fn tokenizer_target() -> Target {
     }
 }
 
+/// spiece.model, tokenizer_config.json and a text (SigLIP's SentencePiece tokenizer): ids must number 1 ..= the
+/// context length.
+fn sentencepiece_target() -> Target {
+    let dir = fuzz_dir().join("seeds/sentencepiece");
+    let (model, config) = (
+        read(dir.join("spiece.model")),
+        read(dir.join("tokenizer_config.json")),
+    );
+    let texts = [
+        "a photo of a cat.",
+        "",
+        "x </s> <unk> ▁y",
+        "ÜNÏCÖDÉ  \t ① ﬁ 123",
+    ];
+    Target {
+        name: "sentencepiece",
+        seeds: texts
+            .iter()
+            .map(|t| vec![model.clone(), config.clone(), t.as_bytes().to_vec()])
+            .collect(),
+        fixup: None,
+        tokens: tokens(&[
+            "\"legacy\"",
+            "\"do_lower_case\"",
+            "\"added_tokens_decoder\"",
+            "</s>",
+            "<unk>",
+            "▁",
+        ]),
+        run: Box::new(|ws, parts| {
+            let path = write(ws, "spiece.model", &parts[0]);
+            let config: Option<serde_json::Value> = serde_json::from_slice(&parts[1]).ok();
+            let t = tri!(cliprt::tokenizer::ClipTokenizer::siglip(
+                &path,
+                config.as_ref(),
+                16
+            ));
+            let ids = tri!(t.encode(&String::from_utf8_lossy(&parts[2])));
+            if ids.is_empty() || ids.len() > 16 {
+                return Err(Failure::Wrong(format!(
+                    "{} ids for a context of 16",
+                    ids.len()
+                )));
+            }
+            Ok(Outcome::Accepted)
+        }),
+    }
+}
+
 /// preprocessor_config.json: preprocess a fixture image for a model of input 8 as `Clip` does; the pixels must be
 /// finite.
 fn preprocessor_target() -> Target {
@@ -612,6 +661,7 @@ pub fn targets(
     vec![
         model_target(),
         tokenizer_target(),
+        sentencepiece_target(),
         preprocessor_target(),
         image_target(),
         index_target(ws),

@@ -6,6 +6,7 @@ from an index the harness builds at start.
 Run: tools/.venv/bin/python tools/make_fuzz_seeds.py
 """
 import json
+import shutil
 import pathlib
 
 import torch
@@ -65,6 +66,11 @@ def main():
     (p / "exact.json").write_text(json.dumps({"size": {"height": 8, "width": 8}, "do_center_crop": False,
                                               "image_mean": 0.5, "image_std": 0.5, "resample": 2}))
     (p / "legacy.json").write_text(json.dumps({"size": 8, "crop_size": 8, "do_normalize": False}))
+    # SigLIP's SentencePiece tokenizer: the fixture tools/make_siglip_fixtures.py trained (run that first).
+    sp = SEEDS / "sentencepiece"
+    sp.mkdir(parents=True, exist_ok=True)
+    for f in ["spiece.model", "tokenizer_config.json"]:
+        shutil.copy(ROOT / "tests" / "fixtures" / "tokenizers" / "siglip" / f, sp / f)
     print("seeds written to", SEEDS)
 
 
