@@ -7,6 +7,9 @@ use cliprt::model::{ClipModel, ClipWeights, TextBatch};
 use cliprt::{Clip, Device, Error};
 use common::*;
 
+/// A config edit, and what the error must name.
+type Case = (&'static str, fn(&mut serde_json::Value), &'static str);
+
 fn edit_config(dir: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
     let path = dir.join("config.json");
     let mut json: serde_json::Value =
@@ -17,7 +20,7 @@ fn edit_config(dir: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
 
 #[test]
 fn unsupported_siglip_variants_are_typed_errors_naming_what() {
-    let cases: [(&str, fn(&mut serde_json::Value), &str); 3] = [
+    let cases: [Case; 3] = [
         ("NaFlex", |j| j["model_type"] = "siglip2".into(), "NaFlex"),
         (
             "no head",
