@@ -1,6 +1,9 @@
-"""Checks `cliprt embed` against HF transformers in float64 on seeded random models at real CLIP shapes.
+"""Checks `cliprt embed` against HF transformers in float64 on seeded random models at real shapes: CLIP, and
+SigLIP (siglip-b-16, siglip-so400m-14-384: SiglipModel with the processor's padding="max_length" ids and attention
+mask, the SentencePiece tokenizer of tests/fixtures/tokenizers/siglip, SiglipImageProcessorPil pixels).
 
     tools/.venv/bin/python tools/parity.py --arch vit-b-32 vit-b-16 vit-l-14 [--cliprt target/release/cliprt]
+    tools/.venv/bin/python tools/parity.py --arch siglip-b-16 siglip-so400m-14-384
     tools/.venv/bin/python tools/parity.py --precision f32 bf16 [--engine amx-bf16-emu]
 
 Models are generated into tools/models/<arch> (not committed); images are harsh synthetic PNGs of assorted sizes
@@ -29,8 +32,46 @@ ARCHS = {
     "vit-b-16": (512, 8, 768, 12, 12, 224, 16, 512),
     "vit-l-14": (768, 12, 1024, 24, 16, 224, 14, 768),
 }
+# SigLIP: (width, layers, heads, MLP width, image, patch), both towers alike.
+SIGLIP = {
+    "siglip-b-16": (768, 12, 12, 3072, 224, 16),
+    "siglip-so400m-14-384": (1152, 27, 16, 4304, 384, 14),
+}
+SPIECE = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "tokenizers", "siglip", "spiece.model")
 TEXTS = ["a photo of a cat.", "a diagram", "A black and white photo of a very old car parked by the sea!",
          "🙂 emoji and CJK 日本", "" , "word " * 100]
+
+
+def build_siglip(arch, out):
+    """A seeded SigLIP at `arch`'s shapes saved with SigLIP's tokenizer; returns (model64, tokenizer, processor)."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from make_siglip_fixtures import randomize
+    w, layers, heads, mlp, img, patch = SIGLIP[arch]
+    tower = dict(hidden_size=w, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp)
+    cfg = SiglipConfig(text_config=dict(tower, vocab_size=32000), vision_config=dict(tower, image_size=img,
+                                                                                  patch_size=patch))
+    torch.manual_seed(0)
+    model = randomize(SiglipModel(cfg).double(), sum(arch.encode())).eval()
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        os.makedirs(out, exist_ok=True)
+        model.float().save_pretrained(out)
+        SiglipTokenizer(SPIECE).save_pretrained(out)
+    model = model.double()
+    return model, SiglipTokenizer(SPIECE), SiglipImageProcessorPil(size={"height": img, "width": img})
+
+
+def siglip_refs(arch, d, paths):
+    import torch
+    model, tok, proc = build_siglip(arch, d)
+    enc = tok(TEXTS, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        pixels = R.pixels_of(proc, paths)
+        img = model.get_image_features(pixel_values=torch.from_numpy(pixels.astype(np.float64)))
+    pool = lambda o: getattr(o, "pooler_output", o).numpy()  # noqa: E731
+    return pool(img), pool(txt)
 
 
 def build(arch, out):
@@ -49,7 +90,7 @@ def build(arch, out):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", nargs="+", default=list(ARCHS))
+    ap.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS) + list(SIGLIP))
     ap.add_argument("--cliprt", default="target/release/cliprt")
     ap.add_argument("--models", default=os.path.join(os.path.dirname(__file__), "models"))
     ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"])
@@ -69,10 +110,13 @@ def main():
             paths.append(p)
         for arch in args.arch:
             d = os.path.join(args.models, arch)
-            model = build(arch, d)
-            tok = R.build_tokenizer()
-            img_ref = R.image_embeds(model, R.pixels_of(R.processor({}), paths))
-            txt_ref = R.text_embeds(model, tok, TEXTS, 77)
+            if arch in SIGLIP:
+                img_ref, txt_ref = siglip_refs(arch, d, paths)
+            else:
+                model = build(arch, d)
+                tok = R.build_tokenizer()
+                img_ref = R.image_embeds(model, R.pixels_of(R.processor({}), paths))
+                txt_ref = R.text_embeds(model, tok, TEXTS, 77)
             outs = {}
             for precision in precisions:
                 oi, ot = os.path.join(tmp, f"i-{precision}.npy"), os.path.join(tmp, f"t-{precision}.npy")
