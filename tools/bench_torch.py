@@ -40,6 +40,12 @@ ARCHS = {
     "vit-h-14": (1024, 24, 16, 1280, 32, 16, 224, 14, 1024, "gelu"),
 }
 
+# SigLIP: (width, layers, heads, MLP width, image, patch), both towers alike (transformers' SiglipModel, SDPA).
+SIGLIP = {
+    "siglip-b-16": (768, 12, 12, 3072, 224, 16),
+    "siglip-so400m-14-384": (1152, 27, 16, 4304, 384, 14),
+}
+
 PROMPTS = [f"a photo of a {x}." for x in [
     "dog", "cat", "car", "airplane", "bird", "horse", "ship", "truck", "frog", "deer", "person riding a bike",
     "bowl of soup", "red apple", "city street at night", "mountain lake", "pizza", "laptop on a desk",
@@ -49,6 +55,13 @@ PROMPTS = [f"a photo of a {x}." for x in [
 
 
 def build_model(arch):
+    if arch in SIGLIP:
+        from transformers import SiglipConfig, SiglipModel
+        w, layers, heads, mlp, img, patch = SIGLIP[arch]
+        tower = dict(hidden_size=w, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp)
+        cfg = SiglipConfig(text_config=dict(tower), vision_config=dict(tower, image_size=img, patch_size=patch))
+        cfg._attn_implementation = "sdpa"
+        return SiglipModel(cfg).eval(), img
     tw, tl, th, vw, vl, vh, img, patch, proj, act = ARCHS[arch]
     cfg = CLIPConfig(text_config=dict(hidden_size=tw, intermediate_size=4 * tw, num_hidden_layers=tl,
                                       num_attention_heads=th, hidden_act=act),
@@ -169,7 +182,7 @@ def openvino_run(model, workload, img, batch, threads, precision, warmup, reps):
 def main():
     global JSON
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="vit-b-32", choices=list(ARCHS))
+    ap.add_argument("--arch", default="vit-b-32", choices=list(ARCHS) + list(SIGLIP))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--workload", nargs="+", default=["image", "text"], choices=["image", "text"])
@@ -182,6 +195,8 @@ def main():
     ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
     JSON = args.json
+    if args.arch in SIGLIP and args.workload != ["image"]:
+        ap.error("SigLIP archs: --workload image (the text side here tokenizes with CLIP's vocabulary)")
     if args.device == "cpu" and args.dtype != "fp32":
         ap.error("--dtype is for CUDA; on the CPU pick the precision by runtime (torch-bf16, openvino-bf16)")
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 # The CPU comparison of BENCHMARKS.md in one run, every runtime at f32 and bf16 on the same shapes and threads:
 # cliprt (its f32 engine and its bf16 engine: amx-bf16, avx512-bf16, or f32 where bf16 does not pay off) against
 # PyTorch (f32, bf16), ONNX Runtime (f32) and OpenVINO (f32, bf16). ViT-B/32 image at batch 1, 8, 32, the text
-# tower on the 32 real short prompts, ViT-L/14 image at batch 8. Ends with tools/compare_table.py's summary.
+# tower on the 32 real short prompts, ViT-L/14 image at batch 8, SigLIP B/16 image at batch 32. Ends with tools/compare_table.py's summary.
 #   tools/compare_cpu.sh [python] [threads] [out.jsonl]   (python: a venv with tools/requirements.txt)
 set -euo pipefail
 PY=${1:-tools/.venv/bin/python}
@@ -27,5 +27,8 @@ peer --batch 32 --workload text --runtime $PEERS --reps 7
 echo "== ViT-L/14 image, batch 8"
 for p in f32 bf16; do ours --arch vit-l-14 --workload image --batch 8 --reps 3 --precision $p; done
 peer --arch vit-l-14 --batch 8 --workload image --runtime $PEERS --reps 3
+echo "== SigLIP B/16 image, batch 32"
+for p in f32 bf16; do ours --arch siglip-b-16 --workload image --batch 32 --reps 3 --precision $p; done
+peer --arch siglip-b-16 --batch 32 --workload image --runtime $PEERS --reps 3
 echo "== summary ($T threads)"
 python3 tools/compare_table.py "$OUT"

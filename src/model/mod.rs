@@ -19,8 +19,39 @@ pub use vision::VisionTower;
 pub use weights::ClipWeights;
 
 use crate::backend::Backend;
-use crate::config::ClipConfig;
-use crate::error::Result;
+use crate::config::{ClipConfig, Family};
+use crate::error::{Error, Result};
+use crate::weights::Checkpoint;
+use weights::TensorReader;
+
+impl ClipWeights {
+    /// Reads every tensor the model needs from `ckpt` under its family's key names, checking shapes against
+    /// `config`. Extra tensors (such as `position_ids` buffers) are ignored.
+    pub fn from_checkpoint(ckpt: &Checkpoint, config: &ClipConfig) -> Result<Self> {
+        let mut r = TensorReader::new(ckpt);
+        let (text, vision, logit_bias) = match config.family {
+            Family::Clip => {
+                let (t, v) = clip::read_hf(&mut r, config)?;
+                (t, v, 0.0)
+            }
+            Family::Siglip => siglip::read_hf(&mut r, config)?,
+        };
+        let logit_scale_log = r.scalar("logit_scale")?;
+        // exp(88.7) overflows f32: every logit would be infinite, every probability NaN.
+        if !logit_scale_log.exp().is_finite() {
+            return Err(Error::NonFinite(format!(
+                "logit_scale {logit_scale_log} (its exp overflows f32)"
+            )));
+        }
+        Ok(ClipWeights {
+            text,
+            vision,
+            logit_scale_log,
+            logit_bias,
+            stored_dtype: r.stored_dtype(),
+        })
+    }
+}
 
 /// A model of some family prepared on backend `B`: what the engine runs.
 pub trait Model<B: Backend>: Send + Sync {

@@ -80,35 +80,6 @@ pub struct ClipWeights {
     pub stored_dtype: String,
 }
 
-impl ClipWeights {
-    /// Reads every tensor the model needs from `ckpt` under its family's key names, checking shapes against
-    /// `config`. Extra tensors (such as `position_ids` buffers) are ignored.
-    pub fn from_checkpoint(ckpt: &Checkpoint, config: &ClipConfig) -> Result<Self> {
-        let mut r = TensorReader::new(ckpt);
-        let (text, vision, logit_bias) = match config.family {
-            Family::Clip => {
-                let (t, v) = super::clip::read_hf(&mut r, config)?;
-                (t, v, 0.0)
-            }
-            Family::Siglip => super::siglip::read_hf(&mut r, config)?,
-        };
-        let logit_scale_log = r.scalar("logit_scale")?;
-        // exp(88.7) overflows f32: every logit would be infinite, every probability NaN.
-        if !logit_scale_log.exp().is_finite() {
-            return Err(Error::NonFinite(format!(
-                "logit_scale {logit_scale_log} (its exp overflows f32)"
-            )));
-        }
-        Ok(ClipWeights {
-            text,
-            vision,
-            logit_scale_log,
-            logit_bias,
-            stored_dtype: r.stored_dtype(),
-        })
-    }
-}
-
 /// Reads tensors from a checkpoint, remembering which dtypes it used.
 pub(crate) struct TensorReader<'a> {
     ckpt: &'a Checkpoint,
@@ -187,7 +158,7 @@ impl<'a> TensorReader<'a> {
     }
 
     /// The one dtype every tensor read was stored in, or "mixed".
-    fn stored_dtype(&self) -> String {
+    pub(crate) fn stored_dtype(&self) -> String {
         match self.dtypes.len() {
             1 => self.dtypes.iter().next().cloned().unwrap_or_default(),
             _ => "mixed".to_string(),
