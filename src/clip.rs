@@ -87,8 +87,10 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Loads an HF-format CLIP folder: `config.json`, `model.safetensors` (or sharded, with
-    /// `model.safetensors.index.json`), `tokenizer.json`, and optionally `preprocessor_config.json`.
+    /// Loads a model folder: HF format (`config.json`, `model.safetensors` or shards with
+    /// `model.safetensors.index.json`, `tokenizer.json` or SigLIP's `spiece.model`, optionally
+    /// `preprocessor_config.json`), or open_clip format (`open_clip_config.json`, `open_clip_model.safetensors`;
+    /// open_clip's tokenizer is built in). Where both are present the HF files are read.
     pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Clip> {
         Clip::load_with(dir, device, Precision::F32)
     }
@@ -128,16 +130,27 @@ impl Clip {
                 dir.display()
             )));
         }
+        // HF files win where both are present (HF's config.json and weights are what transformers reads; LAION
+        // repositories ship both with the same weights); open_clip files are read where only they are.
         let config_path = dir.join("config.json");
+        let open_clip_path = dir.join("open_clip_config.json");
+        let open_clip = !config_path.exists() && open_clip_path.exists();
         // Present but not a regular file (a FIFO, a folder) is reported as such when it is read.
-        if !config_path.exists() {
+        if !config_path.exists() && !open_clip {
             return Err(Error::MissingFile {
                 dir: dir.to_path_buf(),
                 file: "config.json",
-                hint: "",
+                hint: " (nor open_clip_config.json)",
             });
         }
-        let mut config = ClipConfig::from_file(&config_path)?;
+        let (mut config, config_path) = if open_clip {
+            (
+                ClipConfig::from_open_clip_file(&open_clip_path)?,
+                open_clip_path,
+            )
+        } else {
+            (ClipConfig::from_file(&config_path)?, config_path)
+        };
         let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
         // The processor pads with the tokenizer's pad token on its side; the padded tower must see the same.
         if let Some(pad) = tokenizer.pad_id() {
@@ -147,17 +160,26 @@ impl Clip {
         config
             .validate()
             .map_err(|msg| Error::config(&config_path, msg))?;
-        let pre_path = dir.join("preprocessor_config.json");
-        let defaults = PreprocessConfig::for_family(config.family, config.vision.image_size);
-        let preprocess = if pre_path.exists() {
-            PreprocessConfig::from_file_over(&pre_path, defaults)?
+        let size = config.vision.image_size;
+        let preprocess = if open_clip {
+            PreprocessConfig::from_open_clip(&config_path, size)?
         } else {
-            defaults
+            let pre_path = dir.join("preprocessor_config.json");
+            let defaults = PreprocessConfig::for_family(config.family, size);
+            if pre_path.exists() {
+                PreprocessConfig::from_file_over(&pre_path, defaults)?
+            } else {
+                defaults
+            }
         };
         let engine = open()?;
         // An unsupported model fails before any weight is read.
         engine.supports(&config)?;
-        let ckpt = Checkpoint::open(dir)?;
+        let ckpt = if open_clip {
+            Checkpoint::open_open_clip(dir)?
+        } else {
+            Checkpoint::open(dir)?
+        };
         let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
         let (logit_scale, logit_bias, stored_dtype) = (
             weights.logit_scale_log.exp(),
@@ -216,7 +238,7 @@ impl Clip {
     }
     /// The checkpoint format the folder was read in.
     pub fn format(&self) -> &'static str {
-        "hf-transformers (config.json, model.safetensors)"
+        self.config.format.name()
     }
     /// The architecture family (CLIP or SigLIP).
     pub fn family(&self) -> crate::config::Family {

@@ -43,6 +43,16 @@ pub struct PreprocessConfig {
     /// `None` when `do_normalize` is false.
     pub mean_std: Option<([f32; 3], [f32; 3])>,
     pub alpha: AlphaMode,
+    /// Where a center crop starts when the margin is odd.
+    pub crop_rounding: CropRounding,
+}
+
+/// How a center crop places an odd margin: HF's image processors floor `(len − out) / 2`; torchvision's
+/// `CenterCrop` (open_clip's transform) rounds it half to even, Python's `round`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CropRounding {
+    Floor,
+    HalfEven,
 }
 
 impl PreprocessConfig {
@@ -55,6 +65,7 @@ impl PreprocessConfig {
             rescale_factor: Some(1.0 / 255.0),
             mean_std: Some((OPENAI_MEAN, OPENAI_STD)),
             alpha: AlphaMode::CompositeWhite,
+            crop_rounding: CropRounding::Floor,
         }
     }
 
@@ -79,6 +90,83 @@ impl PreprocessConfig {
             crate::config::Family::Clip => PreprocessConfig::openai(image_size),
             crate::config::Family::Siglip => PreprocessConfig::siglip(image_size),
         }
+    }
+
+    /// open_clip's inference transform from `preprocess_cfg` of `open_clip_config.json` (open_clip's defaults where
+    /// absent: bicubic, OpenAI mean/std, shortest side): `shortest` resizes the short side to `image_size` and
+    /// center-crops with torchvision's rounding, `squash` resizes straight to `image_size` square. open_clip
+    /// converts to RGB after resizing by dropping alpha (PIL's convert); cliprt drops it before (identical for
+    /// opaque images). `longest` (resize-and-pad) is refused.
+    pub fn from_open_clip(path: &Path, image_size: usize) -> Result<Self> {
+        let text = crate::files::read_json_text(path)?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+        let empty = serde_json::Map::new();
+        let m = match json.get("preprocess_cfg") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(Error::config(path, "`preprocess_cfg` is not an object")),
+        };
+        let bad = |msg: String| Error::config(path, format!("preprocess_cfg: {msg}"));
+        let mut cfg = PreprocessConfig {
+            alpha: AlphaMode::Drop,
+            crop_rounding: CropRounding::HalfEven,
+            ..PreprocessConfig::openai(image_size)
+        };
+        if let Some(size) = m.get("size").filter(|v| !v.is_null()) {
+            let side = match size {
+                Value::Array(p) if p.len() == 2 && p[0] == p[1] => p[0].as_u64(),
+                other => other.as_u64(),
+            };
+            if side != Some(image_size as u64) {
+                return Err(bad(format!(
+                    "size {size} differs from the model's image size {image_size}"
+                )));
+            }
+        }
+        match m.get("interpolation").and_then(Value::as_str) {
+            None | Some("bicubic") => {}
+            Some("bilinear") => cfg.resample = Resample::Bilinear,
+            Some(other) => {
+                return Err(bad(format!(
+                    "interpolation {other:?} (bicubic or bilinear)"
+                )))
+            }
+        }
+        match m.get("resize_mode").and_then(Value::as_str) {
+            None | Some("shortest") => {}
+            Some("squash") => {
+                cfg.resize = Some(ResizeTarget::Exact {
+                    height: image_size,
+                    width: image_size,
+                });
+                cfg.crop = None;
+            }
+            Some(other) => {
+                return Err(Error::UnsupportedModel(format!(
+                    "open_clip preprocess_cfg.resize_mode {other:?} (cliprt runs \"shortest\" and \"squash\")"
+                )))
+            }
+        }
+        let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+            match m.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Array(a)) if a.len() == 3 => {
+                    let mut out = [0.0; 3];
+                    for (o, v) in out.iter_mut().zip(a) {
+                        *o = v
+                            .as_f64()
+                            .ok_or_else(|| bad(format!("`{key}` has a non-number: {v}")))?
+                            as f32;
+                    }
+                    Ok(out)
+                }
+                Some(v) => Err(bad(format!("`{key}` is not a list of 3 numbers: {v}"))),
+            }
+        };
+        cfg.mean_std = Some((triple("mean", OPENAI_MEAN)?, triple("std", OPENAI_STD)?));
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
     }
 
     /// Reads `preprocessor_config.json`; fields it lacks take the OpenAI defaults at `image_size`.
@@ -292,8 +380,8 @@ impl PreprocessConfig {
         };
         let (out_h, out_w) = self.crop.unwrap_or((img.height, img.width));
         let (rows, cols) = (
-            crop_window(img.height, out_h),
-            crop_window(img.width, out_w),
+            crop_window(img.height, out_h, self.crop_rounding),
+            crop_window(img.width, out_w, self.crop_rounding),
         );
         let scale = self.rescale_factor.unwrap_or(1.0);
         let (mean, std) = self.mean_std.unwrap_or(([0.0; 3], [1.0; 3]));
@@ -384,15 +472,25 @@ fn resized_size(target: ResizeTarget, width: usize, height: usize) -> (usize, us
 }
 
 /// Maps an output coordinate of a center crop of `out` from an axis of length `len` to the source coordinate, or
-/// `None` where HF's crop pads. HF: offset = (len − out) // 2 (floor); when the crop is larger, the image is first
-/// centered in a zero canvas with ceil((out − len) / 2) before.
-fn crop_window(len: usize, out: usize) -> impl Fn(usize) -> Option<usize> {
+/// `None` where the crop pads. HF: offset = (len − out) // 2 (floor); when the crop is larger, the image is first
+/// centered in a zero canvas with ceil((out − len) / 2) before. torchvision: offset = round((len − out) / 2) half to
+/// even; a larger crop pads (out − len) // 2 before.
+fn crop_window(len: usize, out: usize, rounding: CropRounding) -> impl Fn(usize) -> Option<usize> {
     let (len_i, out_i) = (len as i64, out as i64);
-    let offset = if out_i <= len_i {
-        (len_i - out_i) / 2
-    } else {
+    let offset = match (out_i <= len_i, rounding) {
+        (true, CropRounding::Floor) => (len_i - out_i) / 2,
+        (true, CropRounding::HalfEven) => {
+            let (half, odd) = ((len_i - out_i) / 2, (len_i - out_i) % 2 == 1);
+            // x.5 rounds to the even neighbour: half if half is even, else half + 1.
+            if odd && half % 2 == 1 {
+                half + 1
+            } else {
+                half
+            }
+        }
         // Canvas of length `out` with the image at ceil((out − len) / 2); HF's crop of it then starts at 0.
-        -((out_i - len_i + 1) / 2)
+        (false, CropRounding::Floor) => -((out_i - len_i + 1) / 2),
+        (false, CropRounding::HalfEven) => -((out_i - len_i) / 2),
     };
     move |i| {
         let src = i as i64 + offset;
@@ -452,15 +550,29 @@ mod tests {
 
     #[test]
     fn crop_offsets_floor_and_pad() {
-        let f = crop_window(7, 4); // floor(3/2) = 1
+        let f = crop_window(7, 4, CropRounding::Floor); // floor(3/2) = 1
         assert_eq!(
             (0..4).map(&f).collect::<Vec<_>>(),
             vec![Some(1), Some(2), Some(3), Some(4)]
         );
-        let g = crop_window(2, 5); // padded: ceil(3/2) = 2 zeros before
+        let g = crop_window(2, 5, CropRounding::Floor); // padded: ceil(3/2) = 2 zeros before
         assert_eq!(
             (0..5).map(&g).collect::<Vec<_>>(),
             vec![None, None, Some(0), Some(1), None]
         );
+    }
+
+    #[test]
+    fn torchvision_crop_rounds_half_to_even() {
+        // Margins 1, 3, 5, 2 → offsets round(0.5) = 0, round(1.5) = 2, round(2.5) = 2, 1.
+        for (len, out, want) in [(5, 4, 0), (7, 4, 2), (9, 4, 2), (6, 4, 1)] {
+            assert_eq!(
+                crop_window(len, out, CropRounding::HalfEven)(0),
+                Some(want),
+                "{len}→{out}"
+            );
+        }
+        // A larger crop pads floor((out − len) / 2) before.
+        assert_eq!(crop_window(2, 5, CropRounding::HalfEven)(1), Some(0));
     }
 }

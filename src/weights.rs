@@ -142,6 +142,32 @@ impl Checkpoint {
                 hint: "",
             });
         };
+        Checkpoint::from_paths(paths)
+    }
+
+    /// Opens open_clip's `open_clip_model.safetensors` in `dir`.
+    pub fn open_open_clip(dir: &Path) -> Result<Self> {
+        let path = dir.join("open_clip_model.safetensors");
+        if !path.exists() {
+            let pickled = ["open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth"]
+                .iter()
+                .any(|f| dir.join(f).is_file());
+            return Err(Error::MissingFile {
+                dir: dir.to_path_buf(),
+                file: "open_clip_model.safetensors",
+                hint: if pickled {
+                    " (only a pickled open_clip checkpoint is present: convert it to safetensors, e.g. \
+                     `safetensors.torch.save_file(torch.load(path), \"open_clip_model.safetensors\")`)"
+                } else {
+                    ""
+                },
+            });
+        }
+        Checkpoint::from_paths(vec![path])
+    }
+
+    /// Opens safetensors files as one tensor source.
+    fn from_paths(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut index = BTreeMap::new();
         for path in paths {

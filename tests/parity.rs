@@ -12,6 +12,8 @@ const MODELS: &[&str] = &[
     "exotic-bf16",
     "siglip-gemma",
     "siglip-spm",
+    "openclip-ls",
+    "openclip-custom",
 ];
 
 fn load(name: &str, device: Device) -> Clip {

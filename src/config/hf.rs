@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{Activation, ClipConfig, EncoderConfig, Family, TextConfig, VisionConfig};
+use super::{Activation, ClipConfig, EncoderConfig, Family, Format, TextConfig, VisionConfig};
 use crate::error::{Error, Result};
 
 impl ClipConfig {
@@ -67,6 +67,7 @@ impl ClipConfig {
         };
         Ok(ClipConfig {
             family: Family::Clip,
+            format: Format::Hf,
             text,
             vision,
             projection_dim: opt_usize(root, "", "projection_dim", 512)?,
@@ -125,6 +126,7 @@ impl ClipConfig {
         }
         Ok(ClipConfig {
             family: Family::Siglip,
+            format: Format::Hf,
             projection_dim: projection,
             text,
             vision,
@@ -138,7 +140,7 @@ pub(super) enum ConfigError {
 }
 
 /// A family's defaults for the encoder fields (SigLIP's configuration classes default every one).
-struct EncoderDefaults {
+pub(super) struct EncoderDefaults {
     hidden_size: usize,
     intermediate_size: usize,
     num_layers: usize,
@@ -148,7 +150,7 @@ struct EncoderDefaults {
 }
 
 /// A tower's encoder fields; with `defaults`, absent fields take them, else sizes are required (CLIP).
-fn encoder(
+pub(super) fn encoder(
     m: &Map<String, Value>,
     ctx: &str,
     defaults: Option<&EncoderDefaults>,
@@ -218,7 +220,7 @@ fn tower<'a>(
 
 /// A size given as one integer or as an equal `[height, width]` pair (transformers accepts both); cliprt's towers
 /// are square.
-fn square(
+pub(super) fn square(
     m: &Map<String, Value>,
     ctx: &str,
     key: &str,
@@ -237,7 +239,7 @@ fn square(
     }
 }
 
-fn opt_u32(
+pub(super) fn opt_u32(
     m: &Map<String, Value>,
     ctx: &str,
     key: &str,
@@ -247,7 +249,7 @@ fn opt_u32(
         .map_err(|_| ConfigError::Invalid(format!("{} is over 2^32 − 1", dotted(ctx, key))))
 }
 
-fn req_usize(
+pub(super) fn req_usize(
     m: &Map<String, Value>,
     ctx: &str,
     key: &str,
@@ -261,7 +263,7 @@ fn req_usize(
     }
 }
 
-fn opt_usize(
+pub(super) fn opt_usize(
     m: &Map<String, Value>,
     ctx: &str,
     key: &str,
@@ -273,7 +275,7 @@ fn opt_usize(
     }
 }
 
-fn as_usize(v: &Value, ctx: &str, key: &str) -> std::result::Result<usize, ConfigError> {
+pub(super) fn as_usize(v: &Value, ctx: &str, key: &str) -> std::result::Result<usize, ConfigError> {
     v.as_u64()
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| {
@@ -284,7 +286,7 @@ fn as_usize(v: &Value, ctx: &str, key: &str) -> std::result::Result<usize, Confi
         })
 }
 
-fn dotted(ctx: &str, key: &str) -> String {
+pub(super) fn dotted(ctx: &str, key: &str) -> String {
     if ctx.is_empty() {
         key.to_string()
     } else {

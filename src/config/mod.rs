@@ -7,6 +7,7 @@
 //! write almost none).
 
 mod hf;
+pub mod openclip;
 pub mod presets;
 #[cfg(test)]
 mod tests;
@@ -143,10 +144,44 @@ impl VisionConfig {
     }
 }
 
+/// How a checkpoint is laid out: which files, which tensor names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// HF transformers: `config.json`, `model.safetensors` (or shards), HF key names.
+    Hf,
+    /// open_clip: `open_clip_config.json`, `open_clip_model.safetensors`, open_clip's key names.
+    OpenClip(OpenClipLayout),
+}
+
+/// What an open_clip checkpoint's key names depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenClipLayout {
+    /// `custom_text`: the text tower's tensors live under `text.` (CustomTextCLIP) rather than at the top level.
+    pub custom_text: bool,
+    /// `text_cfg.proj_bias`: the text projection is a Linear with bias (`text_projection.weight`/`.bias`) rather
+    /// than a `[width, embed_dim]` matrix.
+    pub text_proj_bias: bool,
+    /// `ls_init_value` set: each block scales its attention and MLP outputs by learned `ls_1`/`ls_2` gammas.
+    pub vision_layer_scale: bool,
+    pub text_layer_scale: bool,
+}
+
+impl Format {
+    /// The format's name as `cliprt info` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Hf => "hf-transformers (config.json, model.safetensors)",
+            Format::OpenClip(_) => "open_clip (open_clip_config.json, open_clip_model.safetensors)",
+        }
+    }
+}
+
 /// A whole CLIP-family model: its family, both towers and the shared embedding width.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipConfig {
     pub family: Family,
+    /// The checkpoint's layout (presets: HF).
+    pub format: Format,
     pub text: TextConfig,
     pub vision: VisionConfig,
     /// The embedding width both towers map to (SigLIP: the vision width, which the text head maps to).

@@ -1,6 +1,6 @@
 //! Built-in architectures at the real shapes of public checkpoints, for synthetic (random-weight) models.
 
-use super::{Activation, ClipConfig, EncoderConfig, Family, TextConfig, VisionConfig};
+use super::{Activation, ClipConfig, EncoderConfig, Family, Format, TextConfig, VisionConfig};
 
 /// An encoder as (width, layers, heads, MLP width).
 type Tower = (usize, usize, usize, usize);
@@ -26,6 +26,7 @@ fn clip(
     act: Activation,
 ) -> ClipConfig {
     ClipConfig {
+        format: Format::Hf,
         family: Family::Clip,
         text: TextConfig {
             encoder: enc(text, 1e-5, act),
@@ -50,6 +51,7 @@ fn clip(
 fn siglip(tower: Tower, image: usize, patch: usize) -> ClipConfig {
     let act = Activation::GeluTanh;
     ClipConfig {
+        format: Format::Hf,
         family: Family::Siglip,
         text: TextConfig {
             encoder: enc(tower, 1e-6, act),

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod clip;
 pub mod layers;
+pub mod openclip;
 pub mod siglip;
 pub mod text;
 pub mod vision;
@@ -19,7 +20,7 @@ pub use vision::VisionTower;
 pub use weights::ClipWeights;
 
 use crate::backend::Backend;
-use crate::config::{ClipConfig, Family};
+use crate::config::{ClipConfig, Family, Format};
 use crate::error::{Error, Result};
 use crate::weights::Checkpoint;
 use weights::TensorReader;
@@ -29,12 +30,21 @@ impl ClipWeights {
     /// `config`. Extra tensors (such as `position_ids` buffers) are ignored.
     pub fn from_checkpoint(ckpt: &Checkpoint, config: &ClipConfig) -> Result<Self> {
         let mut r = TensorReader::new(ckpt);
-        let (text, vision, logit_bias) = match config.family {
-            Family::Clip => {
+        let (text, vision, logit_bias) = match (config.family, config.format) {
+            (Family::Clip, Format::Hf) => {
                 let (t, v) = clip::read_hf(&mut r, config)?;
                 (t, v, 0.0)
             }
-            Family::Siglip => siglip::read_hf(&mut r, config)?,
+            (Family::Clip, Format::OpenClip(layout)) => {
+                let (t, v) = openclip::read_open_clip(&mut r, config, layout)?;
+                (t, v, 0.0)
+            }
+            (Family::Siglip, Format::Hf) => siglip::read_hf(&mut r, config)?,
+            (Family::Siglip, Format::OpenClip(_)) => {
+                return Err(Error::UnsupportedModel(
+                    "SigLIP in open_clip format (its towers are timm trunks)".into(),
+                ))
+            }
         };
         let logit_scale_log = r.scalar("logit_scale")?;
         // exp(88.7) overflows f32: every logit would be infinite, every probability NaN.

@@ -3,6 +3,8 @@
 //! end-of-text token kept last; SigLIP's `spiece.model` goes through [`siglip`] (transformers' SiglipTokenizer).
 //! [`sentencepiece`] reads SentencePiece models.
 
+mod html_entities;
+pub mod openclip;
 pub mod sentencepiece;
 pub mod siglip;
 
@@ -18,6 +20,8 @@ enum Kind {
     Json(Box<Tokenizer>),
     /// SigLIP's SentencePiece model through transformers' SiglipTokenizer rules.
     Siglip(Box<siglip::SiglipTokenizer>),
+    /// open_clip's SimpleTokenizer with its built-in vocabulary.
+    OpenClip(Box<openclip::OpenClipTokenizer>),
 }
 
 /// The tokenizer of one model.
@@ -59,6 +63,16 @@ impl ClipTokenizer {
             kind: Kind::Json(Box::new(inner)),
             context_length,
             pad_id: None,
+            pad_left: false,
+        })
+    }
+
+    /// open_clip's tokenizer (built-in vocabulary), truncating to `context_length`.
+    pub fn open_clip(context_length: usize) -> Result<Self> {
+        Ok(ClipTokenizer {
+            kind: Kind::OpenClip(Box::new(openclip::OpenClipTokenizer::new()?)),
+            context_length,
+            pad_id: Some(0),
             pad_left: false,
         })
     }
@@ -160,6 +174,9 @@ impl ClipTokenizer {
             Kind::Siglip(sp) => {
                 contain_panic(|| sp.encode(text, self.context_length)).map_err(fail)??
             }
+            Kind::OpenClip(oc) => {
+                contain_panic(|| oc.encode(text, self.context_length)).map_err(fail)??
+            }
         };
         // Truncation cannot cut below the special tokens a post-processor adds.
         if ids.len() > self.context_length {
@@ -220,6 +237,13 @@ impl ModelTokenizer {
             .and_then(|v| v.as_str())
             .map(|c| c.trim_end_matches("Fast").to_string());
         let context = config.text.max_position_embeddings;
+        if let crate::config::Format::OpenClip(_) = config.format {
+            // open_clip's own tokenizer, whatever else the folder holds (open_clip.get_tokenizer ignores it).
+            return Ok(ModelTokenizer {
+                tokenizer: ClipTokenizer::open_clip(context)?,
+                eos_token_id: config.text.eos_token_id,
+            });
+        }
         let sentencepiece = config.family == crate::config::Family::Siglip
             && class.as_deref().is_none_or(|c| c == "SiglipTokenizer");
         let tokenizer = if sentencepiece {
