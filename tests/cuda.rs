@@ -184,6 +184,8 @@ fn check_fixtures(device: Device) {
         "exotic-bf16",
         "siglip-gemma",
         "siglip-spm",
+        "openclip-ls",
+        "openclip-custom",
     ] {
         let clip = Clip::load(fixture(name), device).unwrap();
         let r = reference(name);
