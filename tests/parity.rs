@@ -16,19 +16,6 @@ const MODELS: &[&str] = &[
     "openclip-custom",
 ];
 
-/// The one documented tokenizer difference: open_clip cleans text with ftfy, whose mojibake repair ("Ã©" → "é")
-/// cliprt does not reproduce (src/tokenizer/openclip.rs).
-fn known_difference(name: &str, text: &str) -> bool {
-    name.starts_with("openclip") && text.contains('Ã')
-}
-
-/// The documented preprocessing difference: open_clip resizes before converting to RGB, cliprt after. For 8-bit
-/// grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits after the resize in
-/// open_clip and before it in cliprt.
-fn resized_before_conversion(name: &str, image: &str) -> bool {
-    name.starts_with("openclip") && image.contains("16")
-}
-
 fn load(name: &str, device: Device) -> Clip {
     Clip::load(fixture(name), device).unwrap_or_else(|e| panic!("{name}: {e}"))
 }

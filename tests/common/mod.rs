@@ -305,3 +305,16 @@ pub fn flat_png(width: u32, height: u32) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
 }
+
+/// The one documented tokenizer difference: open_clip cleans text with ftfy, whose mojibake repair ("Ã©" → "é")
+/// cliprt does not reproduce (src/tokenizer/openclip.rs).
+pub fn known_difference(name: &str, text: &str) -> bool {
+    name.starts_with("openclip") && text.contains('Ã')
+}
+
+/// The documented preprocessing difference: open_clip resizes before converting to RGB, cliprt after. For 8-bit
+/// grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits after the resize in
+/// open_clip and before it in cliprt.
+pub fn resized_before_conversion(name: &str, image: &str) -> bool {
+    name.starts_with("openclip") && image.contains("16")
+}
