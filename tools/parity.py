@@ -3,7 +3,7 @@ SigLIP (siglip-b-16, siglip-so400m-14-384: SiglipModel with the processor's padd
 mask, the SentencePiece tokenizer of tests/fixtures/tokenizers/siglip, SiglipImageProcessorPil pixels).
 
     tools/.venv/bin/python tools/parity.py --arch vit-b-32 vit-b-16 vit-l-14 [--cliprt target/release/cliprt]
-    tools/.venv/bin/python tools/parity.py --arch siglip-b-16 siglip-so400m-14-384
+    tools/.venv/bin/python tools/parity.py --arch siglip-b-16 siglip-so400m-14-384 openclip-vit-h-14
     tools/.venv/bin/python tools/parity.py --precision f32 bf16 [--engine amx-bf16-emu]
 
 Models are generated into tools/models/<arch> (not committed); images are harsh synthetic PNGs of assorted sizes
@@ -37,6 +37,8 @@ SIGLIP = {
     "siglip-b-16": (768, 12, 12, 3072, 224, 16),
     "siglip-so400m-14-384": (1152, 27, 16, 4304, 384, 14),
 }
+# open_clip models by open_clip's own config name, saved in open_clip's format (references from open_clip itself).
+OPENCLIP = {"openclip-vit-h-14": "ViT-H-14"}
 SPIECE = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "tokenizers", "siglip", "spiece.model")
 TEXTS = ["a photo of a cat.", "a diagram", "A black and white photo of a very old car parked by the sea!",
          "🙂 emoji and CJK 日本", "" , "word " * 100]
@@ -74,6 +76,32 @@ def siglip_refs(arch, d, paths):
     return pool(img), pool(txt)
 
 
+def openclip_refs(arch, d, paths):
+    """A seeded open_clip model saved in open_clip format in `d`; its float64 embeddings as open_clip loads it."""
+    import gc
+    import open_clip
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from make_openclip_fixtures import randomize
+    name = OPENCLIP[arch]
+    if not os.path.exists(os.path.join(d, "open_clip_model.safetensors")):
+        os.makedirs(d, exist_ok=True)
+        model = randomize(open_clip.create_model(name, pretrained=None).double(), sum(arch.encode()))
+        with open(os.path.join(d, "open_clip_config.json"), "w") as f:
+            json.dump({"model_cfg": open_clip.get_model_config(name), "preprocess_cfg": {}}, f)
+        save_file({k: v.float().contiguous() for k, v in model.state_dict().items()},
+                  os.path.join(d, "open_clip_model.safetensors"))
+        del model
+        gc.collect()
+    model, _, transform = open_clip.create_model_and_transforms("local-dir:" + d)
+    model = model.double().eval()
+    tok = open_clip.get_tokenizer("local-dir:" + d)
+    with torch.no_grad():
+        pixels = torch.stack([transform(Image.open(p)) for p in paths]).double()
+        return model.encode_image(pixels).numpy(), model.encode_text(tok(TEXTS)).numpy()
+
+
 def build(arch, out):
     tw, th, vw, vl, vh, img, patch, proj = ARCHS[arch]
     cfg = R.make_config(
@@ -90,7 +118,7 @@ def build(arch, out):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS) + list(SIGLIP))
+    ap.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS) + list(SIGLIP) + list(OPENCLIP))
     ap.add_argument("--cliprt", default="target/release/cliprt")
     ap.add_argument("--models", default=os.path.join(os.path.dirname(__file__), "models"))
     ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"])
@@ -112,6 +140,8 @@ def main():
             d = os.path.join(args.models, arch)
             if arch in SIGLIP:
                 img_ref, txt_ref = siglip_refs(arch, d, paths)
+            elif arch in OPENCLIP:
+                img_ref, txt_ref = openclip_refs(arch, d, paths)
             else:
                 model = build(arch, d)
                 tok = R.build_tokenizer()
