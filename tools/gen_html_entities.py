@@ -17,8 +17,21 @@ lines = [
     "/// (name, replacement), sorted by name.",
     "pub const HTML5: &[(&str, &str)] = &[",
 ]
+def rust_str(text):
+    """A Rust string literal, every character outside printable ASCII as a \\u{…} escape (no invisible source)."""
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            out.append(f"\\u{{{ord(c):x}}}")
+    return '"' + "".join(out) + '"'
+
+
 for name in sorted(html.entities.html5):
-    lines.append(f"    ({json.dumps(name)}, {json.dumps(html.entities.html5[name], ensure_ascii=False)}),")
+    lines.append(f"    ({json.dumps(name)}, {rust_str(html.entities.html5[name])}),")
 lines.append("];")
 with open(OUT, "w") as f:
     f.write("\n".join(lines) + "\n")
