@@ -148,22 +148,7 @@ impl PreprocessConfig {
                 )))
             }
         }
-        let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
-            match m.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Array(a)) if a.len() == 3 => {
-                    let mut out = [0.0; 3];
-                    for (o, v) in out.iter_mut().zip(a) {
-                        *o = v
-                            .as_f64()
-                            .ok_or_else(|| bad(format!("`{key}` has a non-number: {v}")))?
-                            as f32;
-                    }
-                    Ok(out)
-                }
-                Some(v) => Err(bad(format!("`{key}` is not a list of 3 numbers: {v}"))),
-            }
-        };
+        let triple = |key: &str, default| channel_triple(m, key, default, false).map_err(bad);
         cfg.mean_std = Some((triple("mean", OPENAI_MEAN)?, triple("std", OPENAI_STD)?));
         cfg.validate().map_err(bad)?;
         Ok(cfg)
@@ -279,23 +264,7 @@ impl PreprocessConfig {
         if !flag("do_normalize")? {
             cfg.mean_std = None;
         } else {
-            let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
-                match m.get(key) {
-                    None | Some(Value::Null) => Ok(default),
-                    Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(f64::NAN) as f32; 3]),
-                    Some(Value::Array(a)) if a.len() == 3 => {
-                        let mut out = [0.0; 3];
-                        for (o, v) in out.iter_mut().zip(a) {
-                            *o = v
-                                .as_f64()
-                                .ok_or_else(|| bad(format!("`{key}` has a non-number: {v}")))?
-                                as f32;
-                        }
-                        Ok(out)
-                    }
-                    Some(v) => Err(bad(format!("`{key}` is not a list of 3 numbers: {v}"))),
-                }
-            };
+            let triple = |key: &str, default| channel_triple(m, key, default, true).map_err(bad);
             let mean = triple("image_mean", OPENAI_MEAN)?;
             let std = triple("image_std", OPENAI_STD)?;
             if std.iter().any(|s| !s.is_finite() || *s == 0.0)
@@ -401,6 +370,31 @@ impl PreprocessConfig {
             }
         }
         Ok(out)
+    }
+}
+
+/// A per-channel value (`image_mean`, `image_std`, open_clip's `mean`, `std`): three numbers, or one number for all
+/// three where `scalar` (HF's image processors accept it), or `default` when absent.
+fn channel_triple(
+    m: &serde_json::Map<String, Value>,
+    key: &str,
+    default: [f32; 3],
+    scalar: bool,
+) -> std::result::Result<[f32; 3], String> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) if scalar => Ok([n.as_f64().unwrap_or(f64::NAN) as f32; 3]),
+        Some(Value::Array(a)) if a.len() == 3 => {
+            let mut out = [0.0; 3];
+            for (o, v) in out.iter_mut().zip(a) {
+                *o = v
+                    .as_f64()
+                    .ok_or_else(|| format!("`{key}` has a non-number: {v}"))?
+                    as f32;
+            }
+            Ok(out)
+        }
+        Some(v) => Err(format!("`{key}` is not a list of 3 numbers: {v}")),
     }
 }
 

@@ -43,10 +43,21 @@ fn malformed_config_missing_field_unsupported_type() {
     }
     std::fs::write(
         &cfg,
-        original.replace("\"model_type\": \"clip\"", "\"model_type\": \"siglip\""),
+        original.replace("\"model_type\": \"clip\"", "\"model_type\": \"blip\""),
     )
     .unwrap();
     assert!(matches!(load_err(tmp.path()), Error::UnsupportedModel(_)));
+    // Relabelled as SigLIP, CLIP's towers do not fit SigLIP's structure (the text head must map to the vision
+    // width): a config error naming it, before any weight is read.
+    std::fs::write(
+        &cfg,
+        original.replace("\"model_type\": \"clip\"", "\"model_type\": \"siglip\""),
+    )
+    .unwrap();
+    match load_err(tmp.path()) {
+        Error::Config { msg, .. } => assert!(msg.contains("projection_size"), "{msg}"),
+        e => panic!("{e:?}"),
+    }
     std::fs::write(
         &cfg,
         original.replace("\"hidden_act\": \"quick_gelu\"", "\"hidden_act\": \"relu\""),

@@ -177,16 +177,7 @@ fn check_fixtures(device: Device) {
     // The simulator takes every 5th prompt (spread over short, long and truncated ones): its cost grows with the
     // text batch, and each prompt's embedding does not depend on the others.
     let step = if device == Device::CudaSim { 5 } else { 1 };
-    for name in [
-        "tiny-openai",
-        "exotic",
-        "tiny-openai-f16",
-        "exotic-bf16",
-        "siglip-gemma",
-        "siglip-spm",
-        "openclip-ls",
-        "openclip-custom",
-    ] {
+    for &name in MODEL_FIXTURES {
         let clip = Clip::load(fixture(name), device).unwrap();
         let r = reference(name);
         let dim = clip.config().projection_dim;

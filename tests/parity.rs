@@ -5,24 +5,13 @@ mod common;
 use cliprt::{Clip, Device};
 use common::*;
 
-const MODELS: &[&str] = &[
-    "tiny-openai",
-    "exotic",
-    "tiny-openai-f16",
-    "exotic-bf16",
-    "siglip-gemma",
-    "siglip-spm",
-    "openclip-ls",
-    "openclip-custom",
-];
-
 fn load(name: &str, device: Device) -> Clip {
     Clip::load(fixture(name), device).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 #[test]
 fn token_ids_match_python() {
-    for name in MODELS {
+    for name in MODEL_FIXTURES {
         let clip = load(name, Device::Cpu);
         let r = reference(name);
         assert!(r.texts.len() >= 12);
@@ -38,14 +27,7 @@ fn token_ids_match_python() {
 
 #[test]
 fn pixels_within_one_lsb_of_pil() {
-    for name in [
-        "tiny-openai",
-        "exotic",
-        "siglip-gemma",
-        "siglip-spm",
-        "openclip-ls",
-        "openclip-custom",
-    ] {
+    for &name in F32_FIXTURES {
         let clip = load(name, Device::Cpu);
         let r = reference(name);
         let (_, std) = clip.preprocess_config().mean_std.unwrap();
@@ -148,21 +130,14 @@ fn check_embeddings(name: &str, device: Device, min_cos: f64, max_abs: f32) {
 
 #[test]
 fn embeddings_match_hf_float64_cpu() {
-    for name in MODELS {
+    for name in MODEL_FIXTURES {
         check_embeddings(name, Device::Cpu, 0.999_999, 1e-4);
     }
 }
 
 #[test]
 fn embeddings_match_hf_float64_reference_backend() {
-    for name in [
-        "tiny-openai",
-        "exotic",
-        "siglip-gemma",
-        "siglip-spm",
-        "openclip-ls",
-        "openclip-custom",
-    ] {
+    for &name in F32_FIXTURES {
         check_embeddings(name, Device::Reference, 0.999_999_9, 2e-5);
     }
 }
@@ -170,14 +145,7 @@ fn embeddings_match_hf_float64_reference_backend() {
 #[test]
 fn end_to_end_from_image_files() {
     // Our own decode + preprocessing feeding the model: at most 1-LSB pixel differences remain.
-    for name in [
-        "tiny-openai",
-        "exotic",
-        "siglip-gemma",
-        "siglip-spm",
-        "openclip-ls",
-        "openclip-custom",
-    ] {
+    for &name in F32_FIXTURES {
         let clip = load(name, Device::Cpu);
         let r = reference(name);
         let dim = clip.config().projection_dim;

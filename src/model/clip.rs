@@ -12,22 +12,8 @@ pub(crate) fn read_hf(
 ) -> Result<(TextWeights, VisionWeights)> {
     let (t, v) = (&config.text, &config.vision);
     let (td, vd) = (t.encoder.hidden_size, v.encoder.hidden_size);
-    let final_ln = r.layernorm("text_model.final_layer_norm", td)?;
-    let text = TextWeights {
-        token_embedding: r.get(
-            "text_model.embeddings.token_embedding.weight",
-            &[t.vocab_size, td],
-        )?,
-        position_embedding: r.get(
-            "text_model.embeddings.position_embedding.weight",
-            &[t.max_position_embeddings, td],
-        )?,
-        layers: r.hf_layers("text_model", &t.encoder)?,
-        final_ln_g: final_ln.0,
-        final_ln_b: final_ln.1,
-        projection: r.get("text_projection.weight", &[config.projection_dim, td])?,
-        projection_bias: None,
-    };
+    let projection = r.get("text_projection.weight", &[config.projection_dim, td])?;
+    let text = r.hf_text(t, projection, None)?;
     let post_ln = r.layernorm("vision_model.post_layernorm", vd)?;
     let vision = VisionWeights {
         patch_embedding: r.get(

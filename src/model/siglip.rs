@@ -17,22 +17,9 @@ pub(crate) fn read_hf(
         v.encoder.hidden_size,
         config.projection_dim,
     );
-    let final_ln = r.layernorm("text_model.final_layer_norm", td)?;
-    let text = TextWeights {
-        token_embedding: r.get(
-            "text_model.embeddings.token_embedding.weight",
-            &[t.vocab_size, td],
-        )?,
-        position_embedding: r.get(
-            "text_model.embeddings.position_embedding.weight",
-            &[t.max_position_embeddings, td],
-        )?,
-        layers: r.hf_layers("text_model", &t.encoder)?,
-        final_ln_g: final_ln.0,
-        final_ln_b: final_ln.1,
-        projection: r.get("text_model.head.weight", &[p, td])?,
-        projection_bias: Some(r.get("text_model.head.bias", &[p])?),
-    };
+    let projection = r.get("text_model.head.weight", &[p, td])?;
+    let bias = r.get("text_model.head.bias", &[p])?;
+    let text = r.hf_text(t, projection, Some(bias))?;
     let i = v.encoder.intermediate_size;
     let h = "vision_model.head";
     let (ln_g, ln_b) = r.layernorm(&format!("{h}.layernorm"), vd)?;

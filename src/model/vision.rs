@@ -36,7 +36,7 @@ enum Pool<B: Backend> {
 /// `q = W_q·probe + b_q` is computed once at load, and the head's in-projection becomes `[0 | W_k | W_v]` with bias
 /// `[q | b_k | b_v]`: one GEMM over the tokens gives every row the probe's query beside its own key and value, and
 /// the encoder's attention then pools (every query row is the probe's; the tower reads one row per image). This
-/// needs no kernel of its own on any backend, at the cost of one D×D product per token (≈ 0.5 % of a B/16 tower).
+/// needs no kernel of its own on any backend, at the cost of one D×D product per token (≈ 0.7 % of a B/16 tower).
 struct Head<B: Backend> {
     qkv: B::Linear,
     out: B::Linear,

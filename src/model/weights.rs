@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{ClipConfig, EncoderConfig, Family};
+use crate::config::{ClipConfig, EncoderConfig, Family, TextConfig};
 use crate::error::{Error, Result};
 use crate::weights::{Checkpoint, LayerWeights};
 
@@ -143,6 +143,32 @@ impl<'a> TensorReader<'a> {
             fc1_b: self.get(&format!("{prefix}.mlp.fc1.bias"), &[i])?,
             fc2_w: self.get(&format!("{prefix}.mlp.fc2.weight"), &[d, i])?,
             fc2_b: self.get(&format!("{prefix}.mlp.fc2.bias"), &[d])?,
+        })
+    }
+
+    /// An HF text tower (`text_model.*`, the names CLIP and SigLIP share) with its projection or head.
+    pub(crate) fn hf_text(
+        &mut self,
+        t: &TextConfig,
+        projection: Vec<f32>,
+        projection_bias: Option<Vec<f32>>,
+    ) -> Result<TextWeights> {
+        let d = t.encoder.hidden_size;
+        let (final_ln_g, final_ln_b) = self.layernorm("text_model.final_layer_norm", d)?;
+        Ok(TextWeights {
+            token_embedding: self.get(
+                "text_model.embeddings.token_embedding.weight",
+                &[t.vocab_size, d],
+            )?,
+            position_embedding: self.get(
+                "text_model.embeddings.position_embedding.weight",
+                &[t.max_position_embeddings, d],
+            )?,
+            layers: self.hf_layers("text_model", &t.encoder)?,
+            final_ln_g,
+            final_ln_b,
+            projection,
+            projection_bias,
         })
     }
 

@@ -306,6 +306,28 @@ pub fn flat_png(width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// Every model fixture with references: the f32 ones and their low-precision copies (which share their pixels).
+pub const MODEL_FIXTURES: &[&str] = &[
+    "tiny-openai",
+    "exotic",
+    "tiny-openai-f16",
+    "exotic-bf16",
+    "siglip-gemma",
+    "siglip-spm",
+    "openclip-ls",
+    "openclip-custom",
+];
+
+/// The f32 model fixtures, one per family and format variant, each with its own pixel references.
+pub const F32_FIXTURES: &[&str] = &[
+    "tiny-openai",
+    "exotic",
+    "siglip-gemma",
+    "siglip-spm",
+    "openclip-ls",
+    "openclip-custom",
+];
+
 /// The one documented tokenizer difference: open_clip cleans text with ftfy, whose mojibake repair ("Ã©" → "é")
 /// cliprt does not reproduce (src/tokenizer/openclip.rs).
 pub fn known_difference(name: &str, text: &str) -> bool {
