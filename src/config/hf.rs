@@ -49,15 +49,8 @@ impl ClipConfig {
     fn clip(root: &Map<String, Value>) -> std::result::Result<Self, ConfigError> {
         let t = tower(root, "text_config")?;
         let v = tower(root, "vision_config")?;
-        let text = TextConfig {
-            encoder: encoder(t, "text_config", None)?,
-            vocab_size: opt_usize(t, "text_config", "vocab_size", 49408)?,
-            max_position_embeddings: opt_usize(t, "text_config", "max_position_embeddings", 77)?,
-            eos_token_id: opt_u32(t, "text_config", "eos_token_id", 49407)?,
-            // transformers' CLIPTextConfig default; the causal tower never reads padding.
-            pad_token_id: opt_u32(t, "text_config", "pad_token_id", 1)?,
-            pad_left: false,
-        };
+        // transformers' CLIPTextConfig defaults (pad 1: the causal tower never reads padding).
+        let text = text_config(t, None, 49408, 77)?;
         let vision = VisionConfig {
             encoder: encoder(v, "vision_config", None)?,
             image_size: req_usize(v, "vision_config", "image_size")?,
@@ -88,14 +81,7 @@ impl ClipConfig {
             layer_norm_eps: 1e-6,
             activation: "gelu_pytorch_tanh",
         };
-        let text = TextConfig {
-            encoder: encoder(t, "text_config", Some(&defaults))?,
-            vocab_size: opt_usize(t, "text_config", "vocab_size", 32000)?,
-            max_position_embeddings: opt_usize(t, "text_config", "max_position_embeddings", 64)?,
-            eos_token_id: opt_u32(t, "text_config", "eos_token_id", 49407)?,
-            pad_token_id: opt_u32(t, "text_config", "pad_token_id", 1)?,
-            pad_left: false,
-        };
+        let text = text_config(t, Some(&defaults), 32000, 64)?;
         let vision = VisionConfig {
             encoder: encoder(v, "vision_config", Some(&defaults))?,
             image_size: square(v, "vision_config", "image_size", 224)?,
@@ -187,6 +173,24 @@ pub(super) fn encoder(
         num_heads: size("num_attention_heads", defaults.map(|d| d.num_heads))?,
         layer_norm_eps: eps as f32,
         activation,
+    })
+}
+
+/// An HF `text_config` with the family's defaults for the vocabulary and context sizes; eos 49407 and pad 1 are
+/// both families' transformers defaults.
+fn text_config(
+    t: &Map<String, Value>,
+    defaults: Option<&EncoderDefaults>,
+    vocab: usize,
+    context: usize,
+) -> std::result::Result<TextConfig, ConfigError> {
+    Ok(TextConfig {
+        encoder: encoder(t, "text_config", defaults)?,
+        vocab_size: opt_usize(t, "text_config", "vocab_size", vocab)?,
+        max_position_embeddings: opt_usize(t, "text_config", "max_position_embeddings", context)?,
+        eos_token_id: opt_u32(t, "text_config", "eos_token_id", 49407)?,
+        pad_token_id: opt_u32(t, "text_config", "pad_token_id", 1)?,
+        pad_left: false,
     })
 }
 
