@@ -121,10 +121,11 @@ __device__ __forceinline__ void a2_init(A2State<D>& st) {
 // Keys k0 .. k0 + 31 for one warp: K rows sk[0..31] and V rows sv[0..31] (row stride lds halves, zero rows past
 // the sequence), the warp's 16 Q rows at sq (row stride lds). S = Q·Kᵀ on mma.sync, scale and mask, online softmax
 // in f32 on the accumulators, then O += P·V with P re-packed as A fragments and V read by ldmatrix.trans.
+// The mask is one key limit per accumulator row: row qa sees keys below lim_a, row qb below lim_b (a2_limit folds
+// the causal mask and the key padding mask into it, so the key loop holds two integers, not four).
 template <int D>
 __device__ __forceinline__ void a2_key_block(A2State<D>& st, const half_t* sq, const half_t* sk, const half_t* sv,
-                                             int lds, int k0, int nkeys, int qa, int qb, int causal, float scale,
-                                             int lane) {
+                                             int lds, int k0, int lim_a, int lim_b, float scale, int lane) {
     const int t4 = lane & 3;
     // S = Q_w · K_blockᵀ: 16 queries × 32 keys, 4 n8 tiles.
     float s[4][4];
@@ -152,8 +153,8 @@ __device__ __forceinline__ void a2_key_block(A2State<D>& st, const half_t* sq, c
     for (int j = 0; j < 4; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const int key = k0 + j * 8 + t4 * 2 + (e & 1), q = e < 2 ? qa : qb;
-            const bool live = key < nkeys && (!causal || key <= q);
+            const int key = k0 + j * 8 + t4 * 2 + (e & 1);
+            const bool live = key < (e < 2 ? lim_a : lim_b);
             s[j][e] = live ? s[j][e] * scale : NEG_INF;
             mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
         }
@@ -250,6 +251,9 @@ __device__ __forceinline__ void a2_load_rows(half_t* tile, int lds, const half_t
 
 #define A2_LDS (A2_MAXD + 8)
 
+// The keys query row q sees: the first nkeys, and under the causal mask none past itself.
+__device__ __forceinline__ int a2_limit(int q, int nkeys, int causal) { return causal ? min(nkeys, q + 1) : nkeys; }
+
 // attention_f16_v2's (batch, head, 64-query tile) for a padded head dim D (a multiple of 16): K and V stream
 // through shared memory in blocks of 32.
 template <int D>
@@ -266,13 +270,15 @@ __device__ __forceinline__ void attention_v2_tile(half_t* __restrict__ out, cons
     A2State<D> st;
     a2_init(st);
     const int qa = q0 + warp * 16 + (lane >> 2), qb = qa + 8;
+    const int lim_a = a2_limit(qa, nkeys, causal), lim_b = a2_limit(qb, nkeys, causal);
     const int kv_end = causal ? min(nkeys, q0 + A2_Q) : nkeys;
     for (int k0 = 0; k0 < kv_end; k0 += A2_KB) {
         __syncthreads();  // the previous block's K and V are consumed (and Q is stored, on the first pass)
-        a2_load_rows<D>(sk, A2_LDS, base, row_stride, 1, width, k0, A2_KB, seq, hd, false);
-        a2_load_rows<D>(sv, A2_LDS, base, row_stride, 2, width, k0, A2_KB, seq, hd, false);
+        // Keys past nkeys are masked: loading them as zeros keeps `seq` out of the loop (register pressure).
+        a2_load_rows<D>(sk, A2_LDS, base, row_stride, 1, width, k0, A2_KB, nkeys, hd, false);
+        a2_load_rows<D>(sv, A2_LDS, base, row_stride, 2, width, k0, A2_KB, nkeys, hd, false);
         __syncthreads();
-        a2_key_block<D>(st, sq + warp * 16 * A2_LDS, sk, sv, A2_LDS, k0, nkeys, qa, qb, causal, scale, lane);
+        a2_key_block<D>(st, sq + warp * 16 * A2_LDS, sk, sv, A2_LDS, k0, lim_a, lim_b, scale, lane);
     }
     a2_store<D>(st, out, b, h, seq, width, hd, qa, qb, lane);
 }
@@ -321,11 +327,11 @@ __device__ __forceinline__ void attention_v3_tile(half_t* __restrict__ out, cons
     A2State<D> st;
     a2_init(st);
     const int qa = q0 + warp * 16 + (lane >> 2), qb = qa + 8;
+    const int lim_a = a2_limit(qa, nkeys, causal), lim_b = a2_limit(qb, nkeys, causal);
     // Causal: the warp's own last query bounds its keys (other warps' keys are not needed by this one).
     const int warp_end = causal ? min(kv_end, q0 + warp * 16 + 16) : kv_end;
     for (int k0 = 0; k0 < warp_end; k0 += A2_KB) {
-        a2_key_block<D>(st, sq + warp * 16 * LDS, sk + k0 * LDS, sv + k0 * LDS, LDS, k0, nkeys, qa, qb, causal,
-                        scale, lane);
+        a2_key_block<D>(st, sq + warp * 16 * LDS, sk + k0 * LDS, sv + k0 * LDS, LDS, k0, lim_a, lim_b, scale, lane);
     }
     a2_store<D>(st, out, b, h, seq, width, hd, qa, qb, lane);
 }

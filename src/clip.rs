@@ -130,27 +130,8 @@ impl Clip {
                 dir.display()
             )));
         }
-        // HF files win where both are present (HF's config.json and weights are what transformers reads; LAION
-        // repositories ship both with the same weights); open_clip files are read where only they are.
-        let config_path = dir.join("config.json");
-        let open_clip_path = dir.join("open_clip_config.json");
-        let open_clip = !config_path.exists() && open_clip_path.exists();
-        // Present but not a regular file (a FIFO, a folder) is reported as such when it is read.
-        if !config_path.exists() && !open_clip {
-            return Err(Error::MissingFile {
-                dir: dir.to_path_buf(),
-                file: "config.json",
-                hint: " (nor open_clip_config.json)",
-            });
-        }
-        let (mut config, config_path) = if open_clip {
-            (
-                ClipConfig::from_open_clip_file(&open_clip_path)?,
-                open_clip_path,
-            )
-        } else {
-            (ClipConfig::from_file(&config_path)?, config_path)
-        };
+        let (mut config, config_path) = ClipConfig::from_dir(dir)?;
+        let open_clip = matches!(config.format, crate::config::Format::OpenClip(_));
         let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
         // The processor pads with the tokenizer's pad token on its side; the padded tower must see the same.
         if let Some(pad) = tokenizer.pad_id() {

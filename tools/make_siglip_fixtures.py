@@ -128,6 +128,15 @@ def main():
     # References: the tokenizer as AutoTokenizer loads the folder, the processor's padding and mask.
     auto = AutoTokenizer.from_pretrained(d)
     assert type(auto).__name__ == "GemmaTokenizer", type(auto)
+    # The tokenizer kind alone on the tricky strings (its tokenizer.json and tokenizer_config.json, ids at 16).
+    t = os.path.join(ROOT, "tokenizers", "gemma")
+    shutil.rmtree(t, ignore_errors=True)
+    os.makedirs(t)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(d, f), os.path.join(t, f))
+    with open(os.path.join(t, "expected.json"), "w") as f:
+        json.dump({"context": 16, "texts": TRICKY, "ids": [auto(x, truncation=True, max_length=16)["input_ids"]
+                                                           for x in TRICKY]}, f, ensure_ascii=False, indent=0)
     enc = auto(TEXTS, padding="max_length", truncation=True, max_length=context, return_tensors="pt")
     unpadded = [auto(t, truncation=True, max_length=context)["input_ids"] for t in TEXTS]
     with torch.no_grad():

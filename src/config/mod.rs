@@ -189,6 +189,26 @@ pub struct ClipConfig {
 }
 
 impl ClipConfig {
+    /// The config of the model folder `dir` and the file it came from: `config.json` (HF) where present, else
+    /// `open_clip_config.json` (open_clip). HF files win where both are present: they are what transformers reads,
+    /// and LAION's repositories ship the same weights in both formats.
+    pub fn from_dir(dir: &std::path::Path) -> crate::error::Result<(Self, std::path::PathBuf)> {
+        let hf = dir.join("config.json");
+        let open_clip = dir.join("open_clip_config.json");
+        // Present but not a regular file (a FIFO, a folder) is reported as such when it is read.
+        if hf.exists() {
+            Ok((ClipConfig::from_file(&hf)?, hf))
+        } else if open_clip.exists() {
+            Ok((ClipConfig::from_open_clip_file(&open_clip)?, open_clip))
+        } else {
+            Err(crate::error::Error::MissingFile {
+                dir: dir.to_path_buf(),
+                file: "config.json",
+                hint: " (nor open_clip_config.json)",
+            })
+        }
+    }
+
     /// Checks the relations between sizes that the model code relies on, and the architecture limits every family
     /// shares (src/limits.rs): every size computed from a valid config fits far inside usize.
     pub fn validate(&self) -> std::result::Result<(), String> {

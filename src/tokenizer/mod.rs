@@ -211,9 +211,9 @@ pub struct ModelTokenizer {
 }
 
 impl ModelTokenizer {
-    /// Reads `config.json` and `tokenizer.json` of the model folder `dir`.
+    /// The tokenizer of the model folder `dir`, its config read as `Clip::load` reads it (HF or open_clip).
     pub fn open(dir: &Path) -> Result<ModelTokenizer> {
-        let config = crate::config::ClipConfig::from_file(&dir.join("config.json"))?;
+        let (config, _) = crate::config::ClipConfig::from_dir(dir)?;
         ModelTokenizer::for_config(dir, &config)
     }
 

@@ -334,9 +334,10 @@ pub fn known_difference(name: &str, text: &str) -> bool {
     name.starts_with("openclip") && text.contains('Ã')
 }
 
-/// The documented preprocessing difference: open_clip resizes before converting to RGB, cliprt after. For 8-bit
-/// grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits after the resize in
-/// open_clip and before it in cliprt.
+/// The documented preprocessing difference (README, Model families): open_clip resizes before converting to RGB,
+/// cliprt after. For 8-bit grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits
+/// after the resize in open_clip and before it in cliprt. (The fixtures' open_clip image list has no palette or
+/// transparent image, the other two kinds that differ.)
 pub fn resized_before_conversion(name: &str, image: &str) -> bool {
     name.starts_with("openclip") && image.contains("16")
 }
