@@ -1,5 +1,6 @@
-//! Token ids identical to transformers' tokenizers on tricky strings, per tokenizer kind: SigLIP's SentencePiece
-//! model under each of SiglipTokenizer's settings (fixtures from tools/make_siglip_fixtures.py).
+//! Token ids identical to the reference tokenizers on tricky strings, per tokenizer kind: SigLIP's SentencePiece
+//! model under each of SiglipTokenizer's settings, SigLIP2's Gemma tokenizer.json, and open_clip's tokenizer
+//! (fixtures from tools/make_siglip_fixtures.py and tools/make_openclip_fixtures.py).
 
 mod common;
 
@@ -61,4 +62,17 @@ fn siglip_sentencepiece_ids_match_transformers() {
         });
         assert!(wrong.is_empty(), "{name}:\n{}", wrong.join("\n"));
     }
+}
+
+/// SigLIP2's Gemma tokenizer (tokenizer.json) against transformers' GemmaTokenizer on the tricky strings.
+#[test]
+fn gemma_ids_match_transformers() {
+    let path = fixture("tokenizers").join("gemma").join("tokenizer.json");
+    let wrong = mismatches("gemma", |text, context| {
+        ClipTokenizer::from_file(&path, context)
+            .unwrap()
+            .encode(text)
+            .unwrap()
+    });
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
