@@ -142,11 +142,31 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
 /// Decodes `bytes` (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would. `head` is what [`header`]
 /// read from these bytes (it also refused what PIL refuses); the caller holds a reservation of `head.decode_bytes`.
 pub fn decode(bytes: &[u8], head: &Header, alpha: AlphaMode) -> Result<RgbImage, DecodeError> {
+    decode_with_source(bytes, head, alpha).map(|(rgb, _)| rgb)
+}
+
+/// What PIL would make of a file before any conversion, where it changes how PIL resizes it: a palette image
+/// (mode "P") is always resized with nearest neighbour, whatever filter is asked (`Image.resize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// PIL opens the file in mode "P": a palette PNG (colour type 3) or a GIF with a palette. (A palette BMP is
+    /// "P" in PIL only when its palette is not grey; cliprt does not tell those apart and reports false.)
+    pub palette: bool,
+}
+
+/// [`decode`], and what PIL would make of the file before converting it ([`Source`]).
+pub fn decode_with_source(
+    bytes: &[u8],
+    head: &Header,
+    alpha: AlphaMode,
+) -> Result<(RgbImage, Source), DecodeError> {
     let invalid = |e: &dyn std::fmt::Display| DecodeError::Invalid(e.to_string());
     let format = image::guess_format(bytes).map_err(|e| invalid(&e))?;
     if format == ImageFormat::Gif {
         return gif_first_frame(bytes, head.decode_bytes, alpha);
     }
+    // PNG: IHDR is the first chunk; its colour type byte sits at offset 8 + 8 + 9.
+    let palette = format == ImageFormat::Png && bytes.get(25) == Some(&3);
     let completed = complete_like_pil(format, bytes);
     let bytes = completed.as_deref().unwrap_or(bytes);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -154,7 +174,7 @@ pub fn decode(bytes: &[u8], head: &Header, alpha: AlphaMode) -> Result<RgbImage,
     limits.max_alloc = Some(head.decode_bytes);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| invalid(&e))?;
-    Ok(to_rgb_like_pil(img, alpha))
+    Ok((to_rgb_like_pil(img, alpha), Source { palette }))
 }
 
 /// Refuses the truncations PIL refuses (checked on the bytes, before decoding).
@@ -338,7 +358,7 @@ fn gif_first_frame(
     bytes: &[u8],
     max_bytes: u64,
     alpha: AlphaMode,
-) -> Result<RgbImage, DecodeError> {
+) -> Result<(RgbImage, Source), DecodeError> {
     let invalid = |e: &dyn std::fmt::Display| DecodeError::Invalid(e.to_string());
     let mut opts = gif::DecodeOptions::new();
     opts.set_color_output(gif::ColorOutput::Indexed);
@@ -389,11 +409,17 @@ fn gif_first_frame(
             AlphaMode::Drop => rgb,
         });
     }
-    Ok(RgbImage {
-        width,
-        height,
-        data,
-    })
+    let source = Source {
+        palette: palette.is_some(),
+    };
+    Ok((
+        RgbImage {
+            width,
+            height,
+            data,
+        },
+        source,
+    ))
 }
 
 /// Converts a decoded image to 8-bit RGB the way PIL + HF's `convert_to_rgb` do:

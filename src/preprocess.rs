@@ -45,6 +45,9 @@ pub struct PreprocessConfig {
     pub alpha: AlphaMode,
     /// Where a center crop starts when the margin is odd.
     pub crop_rounding: CropRounding,
+    /// Resize a palette file (PIL mode "P") with nearest neighbour, as PIL does when it resizes before converting
+    /// to RGB (open_clip's transform); HF converts first, so its filter applies to every file.
+    pub palette_nearest: bool,
 }
 
 /// How a center crop places an odd margin: HF's image processors floor `(len − out) / 2`; torchvision's
@@ -66,6 +69,7 @@ impl PreprocessConfig {
             mean_std: Some((OPENAI_MEAN, OPENAI_STD)),
             alpha: AlphaMode::CompositeWhite,
             crop_rounding: CropRounding::Floor,
+            palette_nearest: false,
         }
     }
 
@@ -111,6 +115,7 @@ impl PreprocessConfig {
         let mut cfg = PreprocessConfig {
             alpha: AlphaMode::Drop,
             crop_rounding: CropRounding::HalfEven,
+            palette_nearest: true,
             ..PreprocessConfig::openai(image_size)
         };
         if let Some(size) = m.get("size").filter(|v| !v.is_null()) {
@@ -306,7 +311,15 @@ impl PreprocessConfig {
             path,
             self.alpha,
             |w, h| self.working_bytes(w, h),
-            |rgb| Ok((self.apply(&rgb)?, self.output_size(rgb.width, rgb.height))),
+            |rgb, source| {
+                let filter = if self.palette_nearest && source.palette {
+                    Resample::Nearest
+                } else {
+                    self.resample
+                };
+                let pixels = self.apply_filtered(&rgb, filter)?;
+                Ok((pixels, self.output_size(rgb.width, rgb.height)))
+            },
         )
     }
 
@@ -337,12 +350,17 @@ impl PreprocessConfig {
 
     /// Turns an RGB image into a `[3, H, W]` f32 tensor (channel-major).
     pub fn apply(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        self.apply_filtered(img, self.resample)
+    }
+
+    /// [`PreprocessConfig::apply`] with the resize filter `filter`.
+    fn apply_filtered(&self, img: &RgbImage, filter: Resample) -> Result<Vec<f32>> {
         self.working_bytes(img.width, img.height)?;
         let resized;
         let img = match self.resize {
             Some(target) => {
                 let (w, h) = resized_size(target, img.width, img.height);
-                resized = resize_like_pil(img, w, h, self.resample)?;
+                resized = resize_like_pil(img, w, h, filter)?;
                 &resized
             }
             None => img,
@@ -422,7 +440,7 @@ fn decode_error(path: &Path, e: DecodeError) -> Error {
 /// Reads and decodes an image file (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would, its decode
 /// memory reserved from the shared budget meanwhile.
 pub fn load_rgb(path: &Path, alpha: AlphaMode) -> Result<RgbImage> {
-    with_decoded_file(path, alpha, |_, _| Ok(0), Ok)
+    with_decoded_file(path, alpha, |_, _| Ok(0), |rgb, _| Ok(rgb))
 }
 
 /// Reads and decodes an image file, then runs `then` on the RGB image. The decode's memory plus `extra(width,
@@ -431,7 +449,7 @@ fn with_decoded_file<T>(
     path: &Path,
     alpha: AlphaMode,
     extra: impl FnOnce(usize, usize) -> Result<u64>,
-    then: impl FnOnce(RgbImage) -> Result<T>,
+    then: impl FnOnce(RgbImage, decode::Source) -> Result<T>,
 ) -> Result<T> {
     let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
     let fail = |e| decode_error(path, e);
@@ -440,7 +458,8 @@ fn with_decoded_file<T>(
     let _held = MemoryBudget::global()
         .reserve(head.decode_bytes + extra)
         .map_err(fail)?;
-    then(decode::decode(&bytes, &head, alpha).map_err(fail)?)
+    let (rgb, source) = decode::decode_with_source(&bytes, &head, alpha).map_err(fail)?;
+    then(rgb, source)
 }
 
 /// HF's resize rule: `(width, height)` after resizing an image of `width × height`.

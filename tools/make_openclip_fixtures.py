@@ -27,8 +27,10 @@ import clipref as R  # noqa: E402
 from make_fixtures import ROOT, TEXTS  # noqa: E402
 from make_siglip_fixtures import TRICKY  # noqa: E402
 
+# Palette images (photo.gif, palette.png) show PIL's nearest resize of mode "P" (open_clip resizes before
+# converting); grey16.png shows the 16-bit difference cliprt documents.
 IMAGES = ["square.png", "landscape.png", "portrait.png", "upscale.png", "one_wide.png", "grey.png", "rgb16.png",
-          "grey16.png"]
+          "grey16.png", "photo.gif", "palette.png"]
 
 MODELS = {
     "openclip-ls": dict(
@@ -87,6 +89,9 @@ def unpadded(row, eot):
 
 
 def main():
+    palette = os.path.join(ROOT, "images", "palette.png")
+    if not os.path.exists(palette):
+        R.harsh_image(37, 29, 21).convert("P").save(palette)
     for i, (name, cfg) in enumerate(MODELS.items()):
         d = os.path.join(ROOT, name)
         shutil.rmtree(d, ignore_errors=True)
