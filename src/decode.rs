@@ -147,11 +147,35 @@ pub fn decode(bytes: &[u8], head: &Header, alpha: AlphaMode) -> Result<RgbImage,
 
 /// What PIL would make of a file before any conversion, where it changes how PIL resizes it: a palette image
 /// (mode "P") is always resized with nearest neighbour, whatever filter is asked (`Image.resize`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     /// PIL opens the file in mode "P": a palette PNG (colour type 3) or a GIF with a palette. (A palette BMP is
     /// "P" in PIL only when its palette is not grey; cliprt does not tell those apart and reports false.)
     pub palette: bool,
+    /// The alpha plane (8 bits, row-major) of a file PIL opens with alpha ("RGBA", "LA"): PIL resizes those with
+    /// premultiplied alpha.
+    pub alpha: Option<Vec<u8>>,
+}
+
+/// The 8-bit alpha plane of a decoded image that has one (16-bit alpha keeps its high byte, as PIL reads it).
+fn alpha_plane(img: &DynamicImage) -> Option<Vec<u8>> {
+    match img {
+        DynamicImage::ImageLumaA8(b) => Some(b.as_raw().chunks_exact(2).map(|p| p[1]).collect()),
+        DynamicImage::ImageRgba8(b) => Some(b.as_raw().chunks_exact(4).map(|p| p[3]).collect()),
+        DynamicImage::ImageLumaA16(b) => Some(
+            b.as_raw()
+                .chunks_exact(2)
+                .map(|p| (p[1] >> 8) as u8)
+                .collect(),
+        ),
+        DynamicImage::ImageRgba16(b) => Some(
+            b.as_raw()
+                .chunks_exact(4)
+                .map(|p| (p[3] >> 8) as u8)
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 /// [`decode`], and what PIL would make of the file before converting it ([`Source`]).
@@ -174,7 +198,13 @@ pub fn decode_with_source(
     limits.max_alloc = Some(head.decode_bytes);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| invalid(&e))?;
-    Ok((to_rgb_like_pil(img, alpha), Source { palette }))
+    // A palette file stays mode "P" in PIL even with transparency: no premultiplied resize.
+    let alpha_plane = if palette { None } else { alpha_plane(&img) };
+    let source = Source {
+        palette,
+        alpha: alpha_plane,
+    };
+    Ok((to_rgb_like_pil(img, alpha), source))
 }
 
 /// Refuses the truncations PIL refuses (checked on the bytes, before decoding).
@@ -411,6 +441,7 @@ fn gif_first_frame(
     }
     let source = Source {
         palette: palette.is_some(),
+        alpha: None,
     };
     Ok((
         RgbImage {

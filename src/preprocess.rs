@@ -45,9 +45,10 @@ pub struct PreprocessConfig {
     pub alpha: AlphaMode,
     /// Where a center crop starts when the margin is odd.
     pub crop_rounding: CropRounding,
-    /// Resize a palette file (PIL mode "P") with nearest neighbour, as PIL does when it resizes before converting
-    /// to RGB (open_clip's transform); HF converts first, so its filter applies to every file.
-    pub palette_nearest: bool,
+    /// Resize a file in its own mode, as PIL does when it resizes before converting to RGB (open_clip's transform):
+    /// a palette file (mode "P") with nearest neighbour, a file with alpha with premultiplied alpha. HF converts
+    /// first, so its filter applies to plain RGB for every file.
+    pub resize_in_source_mode: bool,
 }
 
 /// How a center crop places an odd margin: HF's image processors floor `(len − out) / 2`; torchvision's
@@ -69,7 +70,7 @@ impl PreprocessConfig {
             mean_std: Some((OPENAI_MEAN, OPENAI_STD)),
             alpha: AlphaMode::CompositeWhite,
             crop_rounding: CropRounding::Floor,
-            palette_nearest: false,
+            resize_in_source_mode: false,
         }
     }
 
@@ -115,7 +116,7 @@ impl PreprocessConfig {
         let mut cfg = PreprocessConfig {
             alpha: AlphaMode::Drop,
             crop_rounding: CropRounding::HalfEven,
-            palette_nearest: true,
+            resize_in_source_mode: true,
             ..PreprocessConfig::openai(image_size)
         };
         if let Some(size) = m.get("size").filter(|v| !v.is_null()) {
@@ -312,12 +313,7 @@ impl PreprocessConfig {
             self.alpha,
             |w, h| self.working_bytes(w, h),
             |rgb, source| {
-                let filter = if self.palette_nearest && source.palette {
-                    Resample::Nearest
-                } else {
-                    self.resample
-                };
-                let pixels = self.apply_filtered(&rgb, filter)?;
+                let pixels = self.apply_source(&rgb, &source)?;
                 Ok((pixels, self.output_size(rgb.width, rgb.height)))
             },
         )
@@ -353,18 +349,47 @@ impl PreprocessConfig {
         self.apply_filtered(img, self.resample)
     }
 
+    /// [`PreprocessConfig::apply`] for a decoded file: with `resize_in_source_mode`, a palette file is resized
+    /// with nearest neighbour and a file with alpha with premultiplied alpha (PIL's `Image.resize` on "P",
+    /// "RGBA" and "LA"; the alpha is dropped afterwards, as `convert("RGB")` drops it).
+    fn apply_source(&self, img: &RgbImage, source: &decode::Source) -> Result<Vec<f32>> {
+        if !self.resize_in_source_mode {
+            return self.apply(img);
+        }
+        if source.palette {
+            return self.apply_filtered(img, Resample::Nearest);
+        }
+        if let (Some(alpha), Some(target)) = (&source.alpha, self.resize) {
+            let (w, h) = resized_size(target, img.width, img.height);
+            // PIL returns a same-size resize as a plain copy, before any premultiplication.
+            if (w, h) != (img.width, img.height) && self.resample != Resample::Nearest {
+                self.working_bytes(img.width, img.height)?;
+                return self.crop_normalize(&resize_premultiplied(
+                    img,
+                    alpha,
+                    w,
+                    h,
+                    self.resample,
+                )?);
+            }
+        }
+        self.apply(img)
+    }
+
     /// [`PreprocessConfig::apply`] with the resize filter `filter`.
     fn apply_filtered(&self, img: &RgbImage, filter: Resample) -> Result<Vec<f32>> {
         self.working_bytes(img.width, img.height)?;
-        let resized;
-        let img = match self.resize {
+        match self.resize {
             Some(target) => {
                 let (w, h) = resized_size(target, img.width, img.height);
-                resized = resize_like_pil(img, w, h, filter)?;
-                &resized
+                self.crop_normalize(&resize_like_pil(img, w, h, filter)?)
             }
-            None => img,
-        };
+            None => self.crop_normalize(img),
+        }
+    }
+
+    /// Center crop (or pad), rescale and normalize a resized image into the `[3, H, W]` tensor.
+    fn crop_normalize(&self, img: &RgbImage) -> Result<Vec<f32>> {
         let (out_h, out_w) = self.crop.unwrap_or((img.height, img.width));
         let (rows, cols) = (
             crop_window(img.height, out_h, self.crop_rounding),
@@ -389,6 +414,60 @@ impl PreprocessConfig {
         }
         Ok(out)
     }
+}
+
+/// PIL's resize of an "RGBA" or "LA" image: premultiply by alpha (`convert("RGBa")`: c·a/255 rounded as PIL's
+/// MULDIV255), resize colour and alpha alike, then divide back (`convert("RGBA")`: ⌊255·c/a⌋ clipped to 255,
+/// colour kept where a is 0 or 255). The alpha is then dropped.
+fn resize_premultiplied(
+    img: &RgbImage,
+    alpha: &[u8],
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> Result<RgbImage> {
+    if alpha.len() != img.width * img.height {
+        return Err(Error::Shape(format!(
+            "alpha plane of {} values for a {}x{} image",
+            alpha.len(),
+            img.width,
+            img.height
+        )));
+    }
+    let muldiv255 = |c: u8, a: u8| {
+        let t = u32::from(c) * u32::from(a) + 128;
+        ((t + (t >> 8)) >> 8) as u8
+    };
+    let premultiplied = RgbImage {
+        width: img.width,
+        height: img.height,
+        data: img
+            .data
+            .chunks_exact(3)
+            .zip(alpha)
+            .flat_map(|(px, &a)| px.iter().map(move |&c| muldiv255(c, a)).collect::<Vec<_>>())
+            .collect(),
+    };
+    // The resampler treats channels independently: alpha resized as a grey image gives PIL's alpha band.
+    let alpha_rgb = RgbImage {
+        width: img.width,
+        height: img.height,
+        data: alpha.iter().flat_map(|&a| [a, a, a]).collect(),
+    };
+    let mut colour = resize_like_pil(&premultiplied, width, height, filter)?;
+    let alpha = resize_like_pil(&alpha_rgb, width, height, filter)?;
+    for (px, a) in colour
+        .data
+        .chunks_exact_mut(3)
+        .zip(alpha.data.chunks_exact(3))
+    {
+        let a = u32::from(a[0]);
+        if a != 0 && a != 255 {
+            px.iter_mut()
+                .for_each(|c| *c = (255 * u32::from(*c) / a).min(255) as u8);
+        }
+    }
+    Ok(colour)
 }
 
 /// A per-channel value (`image_mean`, `image_std`, open_clip's `mean`, `std`): three numbers, or one number for all

@@ -27,10 +27,11 @@ import clipref as R  # noqa: E402
 from make_fixtures import ROOT, TEXTS  # noqa: E402
 from make_siglip_fixtures import TRICKY  # noqa: E402
 
-# Palette images (photo.gif, palette.png) show PIL's nearest resize of mode "P" (open_clip resizes before
+# Palette images (photo.gif, palette.png) and transparent ones (rgba.png, grey_alpha.png) show PIL resizing in the
+# file's own mode (nearest for "P", premultiplied alpha for "RGBA"/"LA": open_clip resizes before
 # converting); grey16.png shows the 16-bit difference cliprt documents.
 IMAGES = ["square.png", "landscape.png", "portrait.png", "upscale.png", "one_wide.png", "grey.png", "rgb16.png",
-          "grey16.png", "photo.gif", "palette.png"]
+          "grey16.png", "photo.gif", "palette.png", "rgba.png", "grey_alpha.png"]
 
 MODELS = {
     "openclip-ls": dict(

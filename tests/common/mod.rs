@@ -336,8 +336,8 @@ pub fn known_difference(name: &str, text: &str) -> bool {
 
 /// The documented preprocessing difference (README, Model families): open_clip resizes before converting to RGB,
 /// cliprt after. For 8-bit grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits
-/// after the resize in open_clip and before it in cliprt. (Palette PNGs and GIFs are resized as open_clip does, with
-/// nearest neighbour, and are checked; transparent images, the other kind that differs, are not in the list.)
+/// after the resize in open_clip and before it in cliprt. (Palette and transparent images are resized in their own
+/// mode as open_clip does, and are checked.)
 pub fn resized_before_conversion(name: &str, image: &str) -> bool {
     name.starts_with("openclip") && image.contains("16")
 }
