@@ -401,6 +401,44 @@ fn sentencepiece_target() -> Target {
     }
 }
 
+/// open_clip_config.json: read as `Clip::load` reads an open_clip folder (the model config, then the preprocessing);
+/// an accepted config must validate, and its preprocessing must give finite pixels for a fixture image.
+fn open_clip_target() -> Target {
+    let dir = fuzz_dir().join("seeds/open_clip");
+    let seeds = ["ls.json", "custom.json"]
+        .iter()
+        .map(|f| vec![read(dir.join(f))])
+        .collect();
+    Target {
+        name: "open_clip",
+        seeds,
+        fixup: None,
+        tokens: tokens(&[
+            "\"model_cfg\"",
+            "\"vision_cfg\"",
+            "\"text_cfg\"",
+            "\"preprocess_cfg\"",
+            "\"ls_init_value\"",
+            "\"head_width\"",
+            "\"mlp_ratio\"",
+            "\"resize_mode\"",
+            "\"squash\"",
+            "\"timm_model_name\"",
+        ]),
+        run: Box::new(|ws, parts| {
+            let path = write(ws, "open_clip_config.json", &parts[0]);
+            let config = tri!(cliprt::config::ClipConfig::from_open_clip_file(&path));
+            if let Err(e) = config.validate() {
+                return Err(Failure::Wrong(format!("accepted an invalid config: {e}")));
+            }
+            let cfg = tri!(PreprocessConfig::from_open_clip(&path, 8));
+            let image = fuzz_dir().join("../tests/fixtures/images/rgba.png");
+            let (pixels, _) = tri!(cfg.apply_file(&image));
+            finite("pixels", &pixels)
+        }),
+    }
+}
+
 /// preprocessor_config.json: preprocess a fixture image for a model of input 8 as `Clip` does; the pixels must be
 /// finite.
 fn preprocessor_target() -> Target {
@@ -662,6 +700,7 @@ pub fn targets(
         model_target(),
         tokenizer_target(),
         sentencepiece_target(),
+        open_clip_target(),
         preprocessor_target(),
         image_target(),
         index_target(ws),

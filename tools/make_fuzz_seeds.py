@@ -71,6 +71,11 @@ def main():
     sp.mkdir(parents=True, exist_ok=True)
     for f in ["spiece.model", "tokenizer_config.json"]:
         shutil.copy(ROOT / "tests" / "fixtures" / "tokenizers" / "siglip" / f, sp / f)
+    # open_clip_config.json: the open_clip fixtures' configs (tools/make_openclip_fixtures.py).
+    oc = SEEDS / "open_clip"
+    oc.mkdir(parents=True, exist_ok=True)
+    for name, fixture in [("ls.json", "openclip-ls"), ("custom.json", "openclip-custom")]:
+        shutil.copy(ROOT / "tests" / "fixtures" / fixture / "open_clip_config.json", oc / name)
     print("seeds written to", SEEDS)
 
 

@@ -101,7 +101,7 @@ impl ClipConfig {
         }
         let layer_scale =
             |m: &Map<String, Value>| !matches!(m.get("ls_init_value"), None | Some(Value::Null));
-        Ok(ClipConfig {
+        let config = ClipConfig {
             family: Family::Clip,
             format: Format::OpenClip(OpenClipLayout {
                 custom_text: flag(cfg, "custom_text")?,
@@ -112,7 +112,10 @@ impl ClipConfig {
             projection_dim: opt_usize(cfg, "model_cfg", "embed_dim", 512)?,
             text,
             vision,
-        })
+        };
+        // The limits every family shares (src/limits.rs), before anything is sized from the config.
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
     }
 }
 
