@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
 use crate::model::ModelSpec;
-use crate::preprocess::{self, AlphaMode, PreprocessConfig, RgbImage};
+use crate::preprocess::{AlphaMode, PreprocessConfig};
 use crate::similarity;
 use crate::tokenizer::{ClipTokenizer, ModelTokenizer};
 use crate::weights::Checkpoint;
@@ -278,17 +278,14 @@ impl Clip {
 
     /// The `[3, H, W]` pixel tensor of a decoded image.
     pub fn preprocess_image(&self, img: &DynamicImage) -> Result<Vec<f32>> {
-        let rgb = preprocess::to_rgb_like_pil(img.clone(), self.preprocess.alpha);
-        self.pixels_of(&rgb)
-    }
-
-    fn pixels_of(&self, rgb: &RgbImage) -> Result<Vec<f32>> {
         let size = self.config.vision.image_size;
-        let (h, w) = self.preprocess.output_size(rgb.width, rgb.height);
+        let (h, w) = self
+            .preprocess
+            .output_size(img.width() as usize, img.height() as usize);
         if (h, w) != (size, size) {
             return Err(self.wrong_output_size(h, w));
         }
-        self.preprocess.apply(rgb)
+        self.preprocess.apply_image(img.clone())
     }
 
     /// Projected image embeddings of image files (decoded and preprocessed in parallel). Not normalized.

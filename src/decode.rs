@@ -158,7 +158,7 @@ pub struct Source {
 }
 
 /// The 8-bit alpha plane of a decoded image that has one (16-bit alpha keeps its high byte, as PIL reads it).
-fn alpha_plane(img: &DynamicImage) -> Option<Vec<u8>> {
+pub fn alpha_plane(img: &DynamicImage) -> Option<Vec<u8>> {
     match img {
         DynamicImage::ImageLumaA8(b) => Some(b.as_raw().chunks_exact(2).map(|p| p[1]).collect()),
         DynamicImage::ImageRgba8(b) => Some(b.as_raw().chunks_exact(4).map(|p| p[3]).collect()),

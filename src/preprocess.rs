@@ -349,6 +349,17 @@ impl PreprocessConfig {
         self.apply_filtered(img, self.resample)
     }
 
+    /// The `[3, H, W]` tensor of an image decoded by the caller: as [`PreprocessConfig::apply_file`] would give for
+    /// its file, except that a decoded image no longer says whether it had a palette (so it is resized with the
+    /// configured filter even where open_clip's PIL would use nearest neighbour).
+    pub fn apply_image(&self, img: image::DynamicImage) -> Result<Vec<f32>> {
+        let source = decode::Source {
+            palette: false,
+            alpha: decode::alpha_plane(&img),
+        };
+        self.apply_source(&to_rgb_like_pil(img, self.alpha), &source)
+    }
+
     /// [`PreprocessConfig::apply`] for a decoded file: with `resize_in_source_mode`, a palette file is resized
     /// with nearest neighbour and a file with alpha with premultiplied alpha (PIL's `Image.resize` on "P",
     /// "RGBA" and "LA"; the alpha is dropped afterwards, as `convert("RGB")` drops it).

@@ -122,3 +122,19 @@ fn a_folder_with_both_formats_reads_the_hf_files() {
     assert!(open_clip.format().starts_with("open_clip"));
     assert_eq!(open_clip.config().text.max_position_embeddings, 20);
 }
+
+/// A transparent image decoded by the caller is resized with premultiplied alpha too (open_clip's PIL resizes
+/// "RGBA" that way): the same pixels as from its file.
+#[test]
+fn decoded_images_resize_in_their_own_mode_like_files() {
+    let clip = Clip::load(fixture("openclip-ls"), Device::Cpu).unwrap();
+    for name in ["rgba.png", "grey_alpha.png", "landscape.png"] {
+        let path = fixture("images").join(name);
+        let decoded = image::open(&path).unwrap();
+        assert_eq!(
+            clip.preprocess_image(&decoded).unwrap(),
+            clip.preprocess_file(&path).unwrap(),
+            "{name}"
+        );
+    }
+}
