@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, Workload, SIMILARITY_CLASSES};
-use crate::config::{presets, ClipConfig, EncoderConfig, Family};
+use crate::config::{presets, ClipConfig, EncoderConfig, Family, Format};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
@@ -251,7 +251,7 @@ fn memory_estimate(config: &ClipConfig, batch: usize) -> u64 {
 /// The model workloads' checks before anything is built: a known arch, a valid config, the memory estimate.
 pub(super) fn check(cfg: &BenchConfig) -> Result<()> {
     let config = match &cfg.model {
-        Some(dir) => ClipConfig::from_file(&dir.join("config.json"))?,
+        Some(dir) => ClipConfig::from_dir(dir)?.0,
         None => presets::by_name(&cfg.arch).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "unknown arch {:?}: one of {}",
@@ -280,9 +280,13 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
     let t = Instant::now();
     let (config, weights, arch, prompts) = match &cfg.model {
         Some(dir) => {
-            let config = ClipConfig::from_file(&dir.join("config.json"))?;
+            let (config, _) = ClipConfig::from_dir(dir)?;
             engine.supports(&config)?;
-            let weights = ClipWeights::from_checkpoint(&Checkpoint::open(dir)?, &config)?;
+            let ckpt = match config.format {
+                Format::Hf => Checkpoint::open(dir)?,
+                Format::OpenClip(_) => Checkpoint::open_open_clip(dir)?,
+            };
+            let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
             let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
             let prompts = tokenizer.encode_batch(&PROMPTS)?;
             let name = dir

@@ -11,7 +11,7 @@ pub struct BenchArgs {
     /// siglip-b-16, siglip-so400m-14-384 (SigLIP).
     #[arg(long, default_value = "vit-b-32")]
     arch: String,
-    /// A real HF-format checkpoint folder instead of a synthetic model.
+    /// A real checkpoint folder (HF or open_clip format) instead of a synthetic model.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Comma-separated: image, text, similarity, search (search needs no model: a random gallery).

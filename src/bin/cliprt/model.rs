@@ -7,7 +7,8 @@ use cliprt::{AlphaMode, Clip, Device, Result};
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// HF-format CLIP folder (config.json, model.safetensors, tokenizer.json, [preprocessor_config.json]).
+    /// Model folder: HF format (config.json, model.safetensors, tokenizer.json or spiece.model,
+    /// [preprocessor_config.json]) or open_clip format (open_clip_config.json, open_clip_model.safetensors).
     #[arg(long)]
     pub model: PathBuf,
     /// cpu, reference (slow f64 oracle), cuda, cuda:N or cuda-sim.
