@@ -1,8 +1,8 @@
 //! # cliprt
 //!
-//! A from-scratch CLIP inference runtime: loads HF-format CLIP checkpoints (config.json, model.safetensors in
-//! f32/f16/bf16, tokenizer.json, preprocessor_config.json), tokenizes and preprocesses exactly like HF transformers +
-//! PIL, and runs both towers on the CPU (f32, or bf16 where the CPU has it) or on a CUDA GPU (fp16 with f32 accumulation,
+//! A from-scratch CLIP inference runtime: loads CLIP-family checkpoints (HF CLIP and SigLIP/SigLIP2 folders, and
+//! open_clip's format; weights in f32/f16/bf16), tokenizes and preprocesses exactly like their reference library
+//! (HF transformers + PIL, open_clip), and runs both towers on the CPU (f32, or bf16 where the CPU has it) or on a CUDA GPU (fp16 with f32 accumulation,
 //! cliprt's own kernels compiled at run time by NVRTC; feature `cuda`, on by default).
 //!
 //! ```no_run
