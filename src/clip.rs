@@ -15,7 +15,6 @@ use crate::model::ModelSpec;
 use crate::preprocess::{AlphaMode, PreprocessConfig};
 use crate::similarity;
 use crate::tokenizer::{ClipTokenizer, ModelTokenizer};
-use crate::weights::Checkpoint;
 
 /// A batch of embeddings, row-major `[rows, dim]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -156,12 +155,7 @@ impl Clip {
         let engine = open()?;
         // An unsupported model fails before any weight is read.
         engine.supports(&config)?;
-        let ckpt = if open_clip {
-            Checkpoint::open_open_clip(dir)?
-        } else {
-            Checkpoint::open(dir)?
-        };
-        let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
+        let weights = ClipWeights::from_dir(dir, &config)?;
         let (logit_scale, logit_bias, stored_dtype) = (
             weights.logit_scale_log.exp(),
             weights.logit_bias,

@@ -364,6 +364,22 @@ fn config_sizes_over_the_shared_limits_are_refused() {
     }
 }
 
+/// Runs an index build and kills it inside the progress callback after its first batch (a panic, silenced), leaving
+/// the journal behind as an interrupted run does.
+fn interrupt_after_first_batch(
+    clip: &cliprt::Clip,
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    opts: &IndexOptions,
+) {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cliprt::index::build(clip, dir, out, opts, |_| panic!("killed"))
+    }));
+    std::panic::set_hook(quiet);
+}
+
 /// A file replaced after an interrupted run is embedded again when the run resumes, not kept from the journal.
 #[test]
 fn a_file_replaced_after_an_interruption_is_embedded_again() {
@@ -375,12 +391,7 @@ fn a_file_replaced_after_an_interruption_is_embedded_again() {
         force: true,
     };
     // Interrupt after the first batch (photo.jpg, first by name) by failing inside the progress callback.
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cliprt::index::build(&clip, dir.path(), &out, &opts, |_| panic!("killed"))
-    }));
-    std::panic::set_hook(quiet);
+    interrupt_after_first_batch(&clip, dir.path(), &out, &opts);
     assert!(!out.exists());
     // Replace photo.jpg by another image, then resume.
     std::fs::copy(
@@ -416,12 +427,7 @@ fn a_journal_record_claiming_an_absurd_length_is_dropped_not_allocated() {
         batch: 1,
         force: true,
     };
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cliprt::index::build(&clip, dir.path(), &out, &opts, |_| panic!("killed"))
-    }));
-    std::panic::set_hook(quiet);
+    interrupt_after_first_batch(&clip, dir.path(), &out, &opts);
     let journal = dir.path().join("x.idx.partial");
     let mut bytes = std::fs::read(&journal).unwrap();
     bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());

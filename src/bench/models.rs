@@ -8,13 +8,12 @@
 use std::time::Instant;
 
 use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, Workload, SIMILARITY_CLASSES};
-use crate::config::{presets, ClipConfig, EncoderConfig, Family, Format};
+use crate::config::{presets, ClipConfig, EncoderConfig, Family};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
 use crate::model::{ModelSpec, TextBatch};
 use crate::tokenizer::ModelTokenizer;
-use crate::weights::Checkpoint;
 
 /// The real short prompts of the default text workload.
 pub const PROMPTS: [&str; 32] = [
@@ -282,11 +281,7 @@ fn build(cfg: &BenchConfig, engine: Engine, peak: f64) -> Result<Subject> {
         Some(dir) => {
             let (config, _) = ClipConfig::from_dir(dir)?;
             engine.supports(&config)?;
-            let ckpt = match config.format {
-                Format::Hf => Checkpoint::open(dir)?,
-                Format::OpenClip(_) => Checkpoint::open_open_clip(dir)?,
-            };
-            let weights = ClipWeights::from_checkpoint(&ckpt, &config)?;
+            let weights = ClipWeights::from_dir(dir, &config)?;
             let tokenizer = ModelTokenizer::for_config(dir, &config)?.tokenizer;
             let prompts = tokenizer.encode_batch(&PROMPTS)?;
             let name = dir

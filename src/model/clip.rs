@@ -14,26 +14,10 @@ pub(crate) fn read_hf(
     let (td, vd) = (t.encoder.hidden_size, v.encoder.hidden_size);
     let projection = r.get("text_projection.weight", &[config.projection_dim, td])?;
     let text = r.hf_text(t, projection, None)?;
-    let post_ln = r.layernorm("vision_model.post_layernorm", vd)?;
-    let vision = VisionWeights {
-        patch_embedding: r.get(
-            "vision_model.embeddings.patch_embedding.weight",
-            &[vd, v.num_channels, v.patch_size, v.patch_size],
-        )?,
-        patch_bias: None,
-        class_embedding: Some(r.get("vision_model.embeddings.class_embedding", &[vd])?),
-        position_embedding: r.get(
-            "vision_model.embeddings.position_embedding.weight",
-            &[v.seq_len(), vd],
-        )?,
-        // HF spells the pre-LayerNorm key "pre_layrnorm".
-        pre_ln: Some(r.layernorm("vision_model.pre_layrnorm", vd)?),
-        layers: r.hf_layers("vision_model", &v.encoder)?,
-        post_ln_g: post_ln.0,
-        post_ln_b: post_ln.1,
-        pool: PoolWeights::ClassToken {
-            projection: r.get("visual_projection.weight", &[config.projection_dim, vd])?,
-        },
+    let pool = PoolWeights::ClassToken {
+        projection: r.get("visual_projection.weight", &[config.projection_dim, vd])?,
     };
+    // HF spells the pre-LayerNorm key "pre_layrnorm".
+    let vision = r.hf_vision(v, false, Some("vision_model.pre_layrnorm"), pool)?;
     Ok((text, vision))
 }

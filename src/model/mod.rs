@@ -26,6 +26,16 @@ use crate::weights::Checkpoint;
 use weights::TensorReader;
 
 impl ClipWeights {
+    /// Reads the weights of the model folder `dir` from the checkpoint files of `config`'s format
+    /// (`model.safetensors` or its shards for HF, `open_clip_model.safetensors` for open_clip).
+    pub fn from_dir(dir: &std::path::Path, config: &ClipConfig) -> Result<Self> {
+        let ckpt = match config.format {
+            Format::Hf => Checkpoint::open(dir)?,
+            Format::OpenClip(_) => Checkpoint::open_open_clip(dir)?,
+        };
+        ClipWeights::from_checkpoint(&ckpt, config)
+    }
+
     /// Reads every tensor the model needs from `ckpt` under its family's key names, checking shapes against
     /// `config`. Extra tensors (such as `position_ids` buffers) are ignored.
     pub fn from_checkpoint(ckpt: &Checkpoint, config: &ClipConfig) -> Result<Self> {

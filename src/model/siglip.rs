@@ -36,24 +36,7 @@ pub(crate) fn read_hf(
         fc2_w: r.get(&format!("{h}.mlp.fc2.weight"), &[vd, i])?,
         fc2_b: r.get(&format!("{h}.mlp.fc2.bias"), &[vd])?,
     };
-    let post_ln = r.layernorm("vision_model.post_layernorm", vd)?;
-    let vision = VisionWeights {
-        patch_embedding: r.get(
-            "vision_model.embeddings.patch_embedding.weight",
-            &[vd, v.num_channels, v.patch_size, v.patch_size],
-        )?,
-        patch_bias: Some(r.get("vision_model.embeddings.patch_embedding.bias", &[vd])?),
-        class_embedding: None,
-        position_embedding: r.get(
-            "vision_model.embeddings.position_embedding.weight",
-            &[v.seq_len(), vd],
-        )?,
-        pre_ln: None,
-        layers: r.hf_layers("vision_model", &v.encoder)?,
-        post_ln_g: post_ln.0,
-        post_ln_b: post_ln.1,
-        pool: PoolWeights::AttentionHead(Box::new(head)),
-    };
+    let vision = r.hf_vision(v, true, None, PoolWeights::AttentionHead(Box::new(head)))?;
     let logit_bias = r.scalar("logit_bias")?;
     Ok((text, vision, logit_bias))
 }

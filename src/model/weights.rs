@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{ClipConfig, EncoderConfig, Family, TextConfig};
+use crate::config::{ClipConfig, EncoderConfig, Family, TextConfig, VisionConfig};
 use crate::error::{Error, Result};
 use crate::weights::{Checkpoint, LayerWeights};
 
@@ -169,6 +169,42 @@ impl<'a> TensorReader<'a> {
             final_ln_b,
             projection,
             projection_bias,
+        })
+    }
+
+    /// An HF vision tower (`vision_model.*`, the names CLIP and SigLIP share): patch embedding, position embedding,
+    /// encoder and post-LN, with the family's own parts given: whether the patch conv has a bias (SigLIP), the class
+    /// token (CLIP), the pre-LN's key (CLIP's `pre_layrnorm`) and the pooling.
+    pub(crate) fn hf_vision(
+        &mut self,
+        v: &VisionConfig,
+        patch_bias: bool,
+        pre_ln: Option<&str>,
+        pool: PoolWeights,
+    ) -> Result<VisionWeights> {
+        let d = v.encoder.hidden_size;
+        let e = "vision_model.embeddings";
+        let (post_ln_g, post_ln_b) = self.layernorm("vision_model.post_layernorm", d)?;
+        Ok(VisionWeights {
+            patch_embedding: self.get(
+                &format!("{e}.patch_embedding.weight"),
+                &[d, v.num_channels, v.patch_size, v.patch_size],
+            )?,
+            patch_bias: match patch_bias {
+                true => Some(self.get(&format!("{e}.patch_embedding.bias"), &[d])?),
+                false => None,
+            },
+            class_embedding: match v.class_token {
+                true => Some(self.get(&format!("{e}.class_embedding"), &[d])?),
+                false => None,
+            },
+            position_embedding: self
+                .get(&format!("{e}.position_embedding.weight"), &[v.seq_len(), d])?,
+            pre_ln: pre_ln.map(|key| self.layernorm(key, d)).transpose()?,
+            layers: self.hf_layers("vision_model", &v.encoder)?,
+            post_ln_g,
+            post_ln_b,
+            pool,
         })
     }
 
