@@ -82,10 +82,16 @@ fn bpe_tables() -> Result<&'static Bpe> {
                 .enumerate()
                 .map(|(i, m)| (m, i))
                 .collect();
+            let special = |t: &str| {
+                encoder
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| format!("the built-in vocabulary lacks {t}"))
+            };
             Ok(Bpe {
                 byte_char,
-                sot: encoder["<start_of_text>"],
-                eot: encoder["<end_of_text>"],
+                sot: special("<start_of_text>")?,
+                eot: special("<end_of_text>")?,
                 encoder,
                 ranks,
             })
