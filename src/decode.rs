@@ -131,11 +131,16 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
         ));
     }
     let bpp = u64::from(decoder.color_type().bytes_per_pixel()).max(4);
-    // The decoded image, as much again for a decoder's working planes, the RGB copy, and metadata.
+    // The decoded image, as much again for a decoder's working planes, the RGB copy, and metadata; a JPEG's
+    // libjpeg needs its own reckoning (a progressive file's whole coefficient buffer).
+    let pixel_bytes = match format {
+        ImageFormat::Jpeg => crate::jpeg::decode_bytes(width, height),
+        _ => pixels * (2 * bpp + 3),
+    };
     Ok(Header {
         width,
         height,
-        decode_bytes: pixels * (2 * bpp + 3) + DECODE_METADATA_BYTES,
+        decode_bytes: pixel_bytes + DECODE_METADATA_BYTES,
     })
 }
 
@@ -188,6 +193,10 @@ pub fn decode_with_source(
     let format = image::guess_format(bytes).map_err(|e| invalid(&e))?;
     if format == ImageFormat::Gif {
         return gif_first_frame(bytes, head.decode_bytes, alpha);
+    }
+    if format == ImageFormat::Jpeg {
+        let rgb = crate::jpeg::decode(bytes, head.width, head.height)?;
+        return Ok((rgb, Source::default()));
     }
     // PNG: IHDR is the first chunk; its colour type byte sits at offset 8 + 8 + 9.
     let palette = format == ImageFormat::Png && bytes.get(25) == Some(&3);

@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod index;
+pub mod jpeg;
 pub mod limits;
 pub mod model;
 pub mod npy;
