@@ -253,6 +253,17 @@ impl Clip {
         Ok(pixels)
     }
 
+    /// The `[3, H, W]` pixel tensor of an encoded image in memory (the bytes of a file: PNG, JPEG, WebP, BMP,
+    /// GIF), exactly as [`Clip::preprocess_file`] gives for that file. `label` names it in errors.
+    pub fn preprocess_bytes(&self, bytes: &[u8], label: &str) -> Result<Vec<f32>> {
+        let size = self.config.vision.image_size;
+        let (pixels, (h, w)) = self.preprocess.apply_bytes(bytes, Path::new(label))?;
+        if (h, w) != (size, size) {
+            return Err(self.wrong_output_size(h, w));
+        }
+        Ok(pixels)
+    }
+
     fn wrong_output_size(&self, h: usize, w: usize) -> Error {
         let size = self.config.vision.image_size;
         Error::Shape(format!(
@@ -284,18 +295,31 @@ impl Clip {
 
     /// Projected image embeddings of image files (decoded and preprocessed in parallel). Not normalized.
     pub fn embed_image_files<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Embeddings> {
-        if paths.is_empty() {
+        self.embed_each(paths, |p| self.preprocess_file(p))
+    }
+
+    /// Projected image embeddings of any kind of image input, each turned into its `[3, H, W]` pixel tensor by
+    /// `pixels` (in parallel, a forward pass of at most 32 images at a time, so memory stays bounded however many
+    /// are given). Not normalized. [`Clip::embed_image_files`] is this with [`Clip::preprocess_file`].
+    pub fn embed_each<T: Sync>(
+        &self,
+        items: &[T],
+        pixels: impl Fn(&T) -> Result<Vec<f32>> + Sync,
+    ) -> Result<Embeddings> {
+        if items.is_empty() {
             return Err(Error::EmptyInput("no images given"));
         }
-        let mut data = Vec::with_capacity(paths.len() * self.config.projection_dim);
-        for chunk in paths.chunks(IMAGE_CHUNK) {
-            let pixels = self
-                .preprocess_files(chunk)
-                .into_iter()
-                .collect::<Result<Vec<_>>>()?;
-            data.extend(self.engine.encode_images(&pixels.concat(), chunk.len())?);
+        let mut data = Vec::with_capacity(items.len() * self.config.projection_dim);
+        for chunk in items.chunks(IMAGE_CHUNK) {
+            // One image alone stays on this thread, so that its resize runs in parallel (src/resample.rs says why
+            // that is only safe off the pool).
+            let tensors = match chunk {
+                [one] => vec![pixels(one)?],
+                _ => chunk.par_iter().map(&pixels).collect::<Result<Vec<_>>>()?,
+            };
+            data.extend(self.engine.encode_images(&tensors.concat(), chunk.len())?);
         }
-        self.embeddings(data, paths.len()).checked()
+        self.embeddings(data, items.len()).checked()
     }
 
     /// Projected image embeddings of decoded images. Not normalized.
@@ -391,6 +415,22 @@ impl Clip {
         Ok(logits)
     }
 
+    /// Zero-shot probabilities from logits `[rows, labels]` (row-major): a softmax over each row for CLIP, a
+    /// sigmoid of each logit for SigLIP ([`Clip::probability`]).
+    pub fn probabilities(&self, logits: &[f32], labels: usize) -> Result<Vec<f32>> {
+        if labels == 0 || logits.len() % labels != 0 {
+            return Err(Error::Shape(format!(
+                "{} logits are not rows of {labels} labels",
+                logits.len()
+            )));
+        }
+        Ok(if self.config.family.sigmoid_probabilities() {
+            logits.iter().map(|&l| similarity::sigmoid(l)).collect()
+        } else {
+            similarity::softmax_rows(logits, labels)
+        })
+    }
+
     /// Zero-shot classification: for each image, every label with its probability, most likely first: a softmax
     /// over the labels for CLIP, a per-pair sigmoid for SigLIP (probabilities then need not sum to 1; see
     /// [`Clip::probability`]). Each label is put into `template` at `{}` (use `"{}"` for the bare label).
@@ -415,12 +455,7 @@ impl Clip {
         let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let text = self.embed_texts(&prompt_refs)?;
         let img = self.embed_image_files(images)?;
-        let logits = self.logits(&img, &text)?;
-        let probs = if self.config.family.sigmoid_probabilities() {
-            logits.iter().map(|&l| similarity::sigmoid(l)).collect()
-        } else {
-            similarity::softmax_rows(&logits, labels.len())
-        };
+        let probs = self.probabilities(&self.logits(&img, &text)?, labels.len())?;
         Ok(probs
             .chunks_exact(labels.len())
             .map(|row| {

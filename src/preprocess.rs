@@ -308,8 +308,15 @@ impl PreprocessConfig {
     /// Reads, decodes and preprocesses an image file into a `[3, H, W]` tensor, returned with `(H, W)`. The memory
     /// of the whole step (decode, RGB, resize) is reserved from the shared decode budget before decoding starts.
     pub fn apply_file(&self, path: &Path) -> Result<(Vec<f32>, (usize, usize))> {
-        with_decoded_file(
-            path,
+        let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
+        self.apply_bytes(&bytes, path)
+    }
+
+    /// [`PreprocessConfig::apply_file`] for an encoded image in memory (`label` names it in errors).
+    pub fn apply_bytes(&self, bytes: &[u8], label: &Path) -> Result<(Vec<f32>, (usize, usize))> {
+        with_decoded_bytes(
+            bytes,
+            label,
             self.alpha,
             |w, h| self.working_bytes(w, h),
             |rgb, source| {
@@ -542,13 +549,29 @@ fn with_decoded_file<T>(
     then: impl FnOnce(RgbImage, decode::Source) -> Result<T>,
 ) -> Result<T> {
     let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
-    let fail = |e| decode_error(path, e);
-    let head = decode::header(&bytes).map_err(fail)?;
+    with_decoded_bytes(&bytes, path, alpha, extra, then)
+}
+
+/// [`with_decoded_file`] for an encoded image in memory; `label` names it in errors (a path, a tar member).
+fn with_decoded_bytes<T>(
+    bytes: &[u8],
+    label: &Path,
+    alpha: AlphaMode,
+    extra: impl FnOnce(usize, usize) -> Result<u64>,
+    then: impl FnOnce(RgbImage, decode::Source) -> Result<T>,
+) -> Result<T> {
+    limits::check(
+        "encoded image bytes",
+        bytes.len() as u64,
+        limits::MAX_IMAGE_FILE_BYTES,
+    )?;
+    let fail = |e| decode_error(label, e);
+    let head = decode::header(bytes).map_err(fail)?;
     let extra = extra(head.width as usize, head.height as usize)?;
     let _held = MemoryBudget::global()
         .reserve(head.decode_bytes + extra)
         .map_err(fail)?;
-    let (rgb, source) = decode::decode_with_source(&bytes, &head, alpha).map_err(fail)?;
+    let (rgb, source) = decode::decode_with_source(bytes, &head, alpha).map_err(fail)?;
     then(rgb, source)
 }
 

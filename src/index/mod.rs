@@ -34,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::files::{path_bytes, path_from_bytes};
 
 mod journal;
+pub mod shards;
+mod tar;
 use journal::{Done, FileId, Journal, Outcome};
 
 const INDEX_MAGIC: &[u8; 8] = b"CLIPRTIX";

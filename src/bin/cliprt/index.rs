@@ -9,13 +9,19 @@ use cliprt::{Error, Result};
 use super::model::ModelArgs;
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "shards"])))]
 pub struct IndexArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The folder tree to index.
     #[arg(long)]
-    images: PathBuf,
-    /// The index file to write.
+    images: Option<PathBuf>,
+    /// Webdataset shards (tar files as img2dataset writes them), repeatable; brace ranges expand:
+    /// `data/{00000..00099}.tar`. Each shard gets its own NAME.npy + NAME.json in --out (a folder); shards
+    /// with a finished output of this model are passed over, so a rerun redoes only unfinished ones.
+    #[arg(long)]
+    shards: Vec<String>,
+    /// The index file to write (with --images), or the output folder (with --shards).
     #[arg(long)]
     out: PathBuf,
     /// Images per forward pass.
@@ -27,13 +33,16 @@ pub struct IndexArgs {
 }
 
 pub fn run(a: IndexArgs) -> Result<()> {
+    let Some(images) = &a.images else {
+        return run_shards(&a);
+    };
     let clip = a.model.load()?;
     let opts = IndexOptions {
         batch: a.batch,
         force: a.force,
     };
     let progress = ProgressLine::new();
-    let report = cliprt::index::build(&clip, &a.images, &a.out, &opts, |p| progress.show(p))?;
+    let report = cliprt::index::build(&clip, images, &a.out, &opts, |p| progress.show(p))?;
     progress.finish();
     // Each reason names its file.
     for (_, why) in &report.failed {
@@ -51,6 +60,55 @@ pub fn run(a: IndexArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// `cliprt index --shards`: one output per shard; failed shards are listed and the job goes on. Exits with an
+/// error when any shard failed, after doing every other one.
+fn run_shards(a: &IndexArgs) -> Result<()> {
+    use cliprt::index::shards;
+    let mut list = Vec::new();
+    for pattern in &a.shards {
+        list.extend(shards::expand(pattern)?);
+    }
+    let clip = a.model.load()?;
+    let start = std::time::Instant::now();
+    let report = shards::run(&clip, &list, &a.out, a.batch, a.force, |p| {
+        eprintln!(
+            "{}/{} shards, {} images embedded, {} failed, {:.1} images/s",
+            p.finished,
+            p.total,
+            p.rows,
+            p.failed,
+            p.rows as f64 / start.elapsed().as_secs_f64().max(1e-9)
+        );
+    })?;
+    for r in &report.embedded {
+        for s in &r.skipped {
+            eprintln!("skipped: {}:{}: {}", r.shard, s.key, s.reason);
+        }
+    }
+    // Each reason names its shard.
+    for (_, why) in &report.failed {
+        eprintln!("failed shard: {why}");
+    }
+    let rows: usize = report.embedded.iter().map(|r| r.rows).sum();
+    let skipped: usize = report.embedded.iter().map(|r| r.skipped.len()).sum();
+    println!(
+        "embedded {} shards ({rows} images, {skipped} samples skipped) into {}; {} already done; {} failed",
+        report.embedded.len(),
+        a.out.display(),
+        report.already_done.len(),
+        report.failed.len()
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{} of {} shards failed (listed above); rerun to retry them",
+            report.failed.len(),
+            list.len()
+        )))
+    }
 }
 
 #[derive(Args)]
