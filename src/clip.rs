@@ -418,7 +418,7 @@ impl Clip {
     /// Zero-shot probabilities from logits `[rows, labels]` (row-major): a softmax over each row for CLIP, a
     /// sigmoid of each logit for SigLIP ([`Clip::probability`]).
     pub fn probabilities(&self, logits: &[f32], labels: usize) -> Result<Vec<f32>> {
-        if labels == 0 || logits.len() % labels != 0 {
+        if labels == 0 || !logits.len().is_multiple_of(labels) {
             return Err(Error::Shape(format!(
                 "{} logits are not rows of {labels} labels",
                 logits.len()
