@@ -7,7 +7,7 @@ mask, the SentencePiece tokenizer of tests/fixtures/tokenizers/siglip, SiglipIma
     tools/.venv/bin/python tools/parity.py --precision f32 bf16 [--engine amx-bf16-emu]
 
 Models are generated into tools/models/<arch> (not committed); images are harsh synthetic PNGs of assorted sizes
-and texts a mix of short and over-long prompts. Prints, per model and precision, the worst cosine and the worst
+and JPEGs (PIL-written: 4:2:0, progressive 4:4:4, 4:2:2, grey, CMYK), texts a mix of short and over-long prompts. Prints, per model and precision, the worst cosine and the worst
 max-abs difference of the L2-normalized embeddings against HF float64, and for bf16 also against cliprt's own f32
 (the bars: f32 cosine ≥ 0.99999 and max-abs ≤ 1e-4 to HF; bf16 cosine ≥ 0.9999 to f32 and ≥ 0.9995 to HF).
 `--engine` runs the bf16 side on one CPU engine (`CLIPRT_CPU_ENGINE`), e.g. the AMX emulator.
@@ -135,6 +135,16 @@ def main():
         for i, (w, h) in enumerate(sizes):
             p = os.path.join(tmp, f"img{i}.png")
             R.harsh_image(w, h, 500 + i).save(p)
+            paths.append(p)
+        from PIL import ImageFile
+        ImageFile.MAXBLOCK = 1 << 24  # a progressive file of pure noise outgrows PIL's default encoder buffer
+        # JPEGs as PIL writes them (4:2:0, progressive 4:4:4, 4:2:2, grey, CMYK): decoded as PIL decodes them.
+        for i, (w, h, mode, opts) in enumerate([(640, 480, "RGB", dict(subsampling=2)),
+                                                (500, 333, "RGB", dict(subsampling=0, progressive=True)),
+                                                (300, 410, "RGB", dict(subsampling=1)),
+                                                (257, 199, "L", {}), (320, 240, "CMYK", {})]):
+            p = os.path.join(tmp, f"jpeg{i}.jpg")
+            R.harsh_image(w, h, 600 + i).convert(mode).save(p, "JPEG", quality=90, **opts)
             paths.append(p)
         for arch in args.arch:
             d = os.path.join(args.models, arch)
