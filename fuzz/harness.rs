@@ -509,6 +509,73 @@ fn image_target() -> Target {
     }
 }
 
+/// A webdataset shard (tar): read to its end and embedded with the micro model into a shard output; a finished
+/// output must read back whole with finite rows, and a refused shard must leave no output.
+fn shard_target() -> Target {
+    let fixture = |f: &str| {
+        read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/images")
+                .join(f),
+        )
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("000000.png", fixture("square.png")),
+        ("000000.txt", b"a caption".to_vec()),
+        ("000000.json", br#"{"url": "x"}"#.to_vec()),
+        ("000001.jpg", fixture("photo.jpg")),
+        ("000002.txt", b"no image".to_vec()),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data.as_slice())
+            .expect("seed shard member");
+    }
+    let seed = tar.into_inner().expect("seed shard");
+    Target {
+        name: "shard",
+        seeds: vec![vec![seed]],
+        fixup: None,
+        tokens: vec![
+            b"ustar\0".to_vec(),
+            b".jpg".to_vec(),
+            b".txt".to_vec(),
+            b"\0\0\0\0".to_vec(),
+        ],
+        run: Box::new(|ws, parts| {
+            use cliprt::index::shards;
+            let path = write(ws, "shard.tar", &parts[0]);
+            let shard = path.to_string_lossy().into_owned();
+            let out = ws.dir.join("shard-out");
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out).expect("shard output folder");
+            let identity = tri!(cliprt::index::ModelIdentity::of(&ws.clip));
+            let done = shards::embed_shard(&ws.clip, &identity, &shard, &out, 2);
+            let files = shards::outputs(&shard, &out);
+            if done.is_err() {
+                if files.embeddings.exists() || files.meta.exists() {
+                    return Err(Failure::Wrong("a refused shard left output".into()));
+                }
+                return Ok(Outcome::Refused);
+            }
+            let Some(meta) = shards::read_meta(&shard, &out) else {
+                return Err(Failure::Wrong("a finished shard does not read back".into()));
+            };
+            let (rows, shape) = tri!(cliprt::npy::read_npy(&files.embeddings));
+            if shape != [meta.rows, meta.dim] || meta.samples.len() != meta.rows {
+                return Err(Failure::Wrong(format!(
+                    "shape {shape:?} vs {} rows",
+                    meta.rows
+                )));
+            }
+            finite("shard embeddings", &rows)
+        }),
+    }
+}
+
 /// The folder and index the index and journal targets start from, built once with the micro model.
 fn index_seed(ws: &Workspace) -> (PathBuf, PathBuf) {
     let images = ws.dir.join("index-images");
@@ -703,6 +770,7 @@ pub fn targets(
         open_clip_target(),
         preprocessor_target(),
         image_target(),
+        shard_target(),
         index_target(ws),
         journal_target(ws),
         cli_target(cli_check),

@@ -190,6 +190,7 @@ pub fn embed_shard(
     out_dir: &Path,
     batch: usize,
 ) -> Result<ShardReport> {
+    check_batch(batch)?;
     let path = Path::new(shard);
     let file = crate::files::open_regular(path)?;
     let mut reader = TarReader::new(BufReader::with_capacity(1 << 20, file));
@@ -272,6 +273,13 @@ pub fn embed_shard(
         rows: meta.rows,
         skipped,
     })
+}
+
+fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument("--batch must be ≥ 1".into()));
+    }
+    limits::check("--batch", batch as u64, limits::MAX_INDEX_BATCH as u64)
 }
 
 /// Embeds the images of `pending` (emptying it): rows and sample metadata for those that embed, a [`Skipped`]
@@ -378,10 +386,7 @@ pub fn run(
     force: bool,
     mut progress: impl FnMut(&ShardProgress),
 ) -> Result<ShardsReport> {
-    if batch == 0 {
-        return Err(Error::InvalidArgument("--batch must be ≥ 1".into()));
-    }
-    limits::check("--batch", batch as u64, limits::MAX_INDEX_BATCH as u64)?;
+    check_batch(batch)?;
     if shards.is_empty() {
         return Err(Error::EmptyInput("no shards given"));
     }
