@@ -195,7 +195,8 @@ pub fn decode_with_source(
         return gif_first_frame(bytes, head.decode_bytes, alpha);
     }
     if format == ImageFormat::Jpeg {
-        let rgb = crate::jpeg::decode(bytes, head.width, head.height)?;
+        let rgb =
+            crate::jpeg::decode(bytes, head.width, head.height).map_err(DecodeError::Invalid)?;
         return Ok((rgb, Source::default()));
     }
     // PNG: IHDR is the first chunk; its colour type byte sits at offset 8 + 8 + 9.

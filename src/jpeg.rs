@@ -20,7 +20,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use mozjpeg_sys as ffi;
 
-use crate::decode::{DecodeError, RgbImage};
+use crate::resample::RgbImage;
 
 /// Progressive scans in one file. Real encoders write about 10; each scan re-reads the whole coefficient buffer,
 /// so a crafted file with hundreds of thousands of tiny scans would decode for minutes (libjpeg-turbo's tools
@@ -94,7 +94,7 @@ impl Drop for Decompressor {
 
 /// Decodes a JPEG into RGB exactly as `PIL.Image.open(f).convert("RGB")` does. `width` and `height` are what
 /// [`crate::decode::header`] read; libjpeg must agree with them.
-pub(crate) fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, DecodeError> {
+pub(crate) fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, String> {
     let decoded = catch_unwind(AssertUnwindSafe(|| unsafe {
         decode_components(bytes, width, height)
     }));
@@ -106,7 +106,7 @@ pub(crate) fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, 
                 // Not ours: a real panic keeps unwinding.
                 Err(other) => resume_unwind(other),
             };
-            return Err(DecodeError::Invalid(format!("JPEG: {text}")));
+            return Err(format!("JPEG: {text}"));
         }
     };
     let data = match components {
@@ -138,7 +138,7 @@ unsafe fn decode_components(
     bytes: &[u8],
     width: u32,
     height: u32,
-) -> Result<(usize, Vec<u8>), DecodeError> {
+) -> Result<(usize, Vec<u8>), String> {
     let mut d: Box<Decompressor> = Box::new(std::mem::zeroed());
     ffi::jpeg_std_error(&mut d.err);
     d.err.error_exit = Some(error_exit);
@@ -152,21 +152,17 @@ unsafe fn decode_components(
     ffi::jpeg_mem_src(&mut d.cinfo, bytes.as_ptr(), bytes.len() as _);
     ffi::jpeg_read_header(&mut d.cinfo, 1);
     if (d.cinfo.image_width, d.cinfo.image_height) != (width, height) {
-        return Err(DecodeError::Invalid(format!(
+        return Err(format!(
             "JPEG: libjpeg reads {}x{}, the header {width}x{height}",
             d.cinfo.image_width, d.cinfo.image_height
-        )));
+        ));
     }
     // PIL's mode follows the component count alone (JpegImagePlugin: 1 → L, 3 → RGB, 4 → CMYK).
     d.cinfo.out_color_space = match d.cinfo.num_components {
         1 => ffi::J_COLOR_SPACE::JCS_GRAYSCALE,
         3 => ffi::J_COLOR_SPACE::JCS_RGB,
         4 => ffi::J_COLOR_SPACE::JCS_CMYK,
-        n => {
-            return Err(DecodeError::Invalid(format!(
-                "JPEG with {n} components (PIL opens 1, 3 or 4)"
-            )))
-        }
+        n => return Err(format!("JPEG with {n} components (PIL opens 1, 3 or 4)")),
     };
     ffi::jpeg_start_decompress(&mut d.cinfo);
     let components = d.cinfo.output_components as usize;
@@ -176,7 +172,7 @@ unsafe fn decode_components(
         let at = d.cinfo.output_scanline as usize * stride;
         let mut row = raw[at..].as_mut_ptr();
         if ffi::jpeg_read_scanlines(&mut d.cinfo, &mut row, 1) != 1 {
-            return Err(DecodeError::Invalid("JPEG: no scanline decoded".into()));
+            return Err("JPEG: no scanline decoded".into());
         }
     }
     ffi::jpeg_finish_decompress(&mut d.cinfo);
@@ -207,8 +203,8 @@ mod tests {
         ];
         bytes.extend_from_slice(&[0xFF, 0xD9]);
         match decode(&bytes, 16, 16) {
-            Err(DecodeError::Invalid(m)) => assert!(m.starts_with("JPEG: "), "{m}"),
-            other => panic!("{other:?}"),
+            Err(m) => assert!(m.starts_with("JPEG: "), "{m}"),
+            Ok(_) => panic!("garbage decoded"),
         }
     }
 }

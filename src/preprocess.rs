@@ -537,22 +537,13 @@ fn decode_error(path: &Path, e: DecodeError) -> Error {
 /// Reads and decodes an image file (PNG, JPEG, WebP, BMP, GIF first frame) into RGB as HF + PIL would, its decode
 /// memory reserved from the shared budget meanwhile.
 pub fn load_rgb(path: &Path, alpha: AlphaMode) -> Result<RgbImage> {
-    with_decoded_file(path, alpha, |_, _| Ok(0), |rgb, _| Ok(rgb))
-}
-
-/// Reads and decodes an image file, then runs `then` on the RGB image. The decode's memory plus `extra(width,
-/// height)` more bytes (what `then` will take) stay reserved from the shared budget until `then` returns.
-fn with_decoded_file<T>(
-    path: &Path,
-    alpha: AlphaMode,
-    extra: impl FnOnce(usize, usize) -> Result<u64>,
-    then: impl FnOnce(RgbImage, decode::Source) -> Result<T>,
-) -> Result<T> {
     let bytes = crate::files::read_limited(path, limits::MAX_IMAGE_FILE_BYTES, "image")?;
-    with_decoded_bytes(&bytes, path, alpha, extra, then)
+    with_decoded_bytes(&bytes, path, alpha, |_, _| Ok(0), |rgb, _| Ok(rgb))
 }
 
-/// [`with_decoded_file`] for an encoded image in memory; `label` names it in errors (a path, a tar member).
+/// Decodes an encoded image, then runs `then` on the RGB image; `label` names it in errors (a path, a tar member).
+/// The decode's memory plus `extra(width, height)` more bytes (what `then` will take) stay reserved from the shared
+/// budget until `then` returns.
 fn with_decoded_bytes<T>(
     bytes: &[u8],
     label: &Path,
