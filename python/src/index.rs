@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use crate::arrays;
 use crate::errors::{self, to_py};
 use crate::model::{pixels_of, Model};
+use crate::pools::Pools;
 
 type Hits<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 
@@ -41,9 +42,11 @@ pub fn search<'py>(
     }
     let top = py
         .detach(|| {
-            let g = cliprt::search::Gallery::new(cliprt::search::Storage::F32(&g), gd, false)?;
-            cliprt::search::search(&g, &q, k, 1.0)
-        })
+            Pools::shared().run(|| {
+                let g = cliprt::search::Gallery::new(cliprt::search::Storage::F32(&g), gd, false)?;
+                cliprt::search::search(&g, &q, k, 1.0)
+            })
+        })?
         .map_err(to_py)?;
     hits(py, top)
 }
@@ -143,13 +146,15 @@ impl Index {
         let q = e.normalized();
         let top = py
             .detach(|| {
-                let g = cliprt::search::Gallery::new(
-                    cliprt::search::Storage::F32(self.index.embeddings()),
-                    self.index.dim(),
-                    true,
-                )?;
-                cliprt::search::search(&g, &q.data, k, 1.0)
-            })
+                Pools::shared().run(|| {
+                    let g = cliprt::search::Gallery::new(
+                        cliprt::search::Storage::F32(self.index.embeddings()),
+                        self.index.dim(),
+                        true,
+                    )?;
+                    cliprt::search::search(&g, &q.data, k, 1.0)
+                })
+            })?
             .map_err(to_py)?;
         hits(py, top)
     }

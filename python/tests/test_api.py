@@ -192,3 +192,25 @@ def test_index_matches_the_cli(model, tmp_path):
         idx.path(len(FILES))
     with pytest.raises(cliprt.CliprtError):
         cliprt.Index(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_a_forked_child_computes(threads):
+    """A model that computed in the parent works in a forked child (multiprocessing, DataLoader workers): the
+    parent's thread pools do not exist there, and the child must not wait on them."""
+    import signal
+
+    model = cliprt.Model(TINY, threads=threads)
+    want = model.embed_images(FILES)
+    scores, _ = cliprt.search(want, want, 2)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)  # a hang ends the child with SIGALRM instead of hanging the suite
+        try:
+            got = model.embed_images(FILES)
+            s2, _ = cliprt.search(got, got, 2)
+            os._exit(0 if np.array_equal(got, want) and np.array_equal(s2, scores) else 1)
+        except BaseException:  # noqa: BLE001 — the child reports through its exit status only
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
