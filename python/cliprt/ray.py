@@ -29,6 +29,14 @@ import numpy as np
 import cliprt
 
 
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("cliprt.ray needs Ray Data: pip install 'ray[data]' (or the package's [ray] extra)") from e
+    return ray
+
+
 class ShardEmbedder:
     """A Ray Data actor: loads the model once, then embeds the shards of each batch it is given."""
 
@@ -88,7 +96,7 @@ def embed_shards(
     "seconds": float}; each result is {"shard", "rows", "skipped": [[key, reason]]}. `progress` is called with each
     shard's result as it finishes (default: a line on stderr).
     """
-    import ray
+    ray = _import_ray()
 
     shard_list = cliprt.expand_shards(shards)
     if not shard_list:
@@ -157,8 +165,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     p.add_argument("--force", action="store_true", help="redo shards that already have an output")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     a = p.parse_args(None if argv is None else list(argv))
-    import ray
-
+    ray = _import_ray()
     ray.init(address=a.address)
     report = embed_shards(a.shards, a.model, a.out, concurrency=a.concurrency, threads=a.threads, batch=a.batch,
                           precision=a.precision, device=a.device, force=a.force)
