@@ -27,6 +27,9 @@ pub struct Model {
     clip: Clip,
     pools: Pools,
     device: String,
+    /// The precision and alpha mode as asked: with `device` and the pools' threads, what pickling recreates.
+    precision_asked: String,
+    drop_alpha: bool,
     /// The model's identity in index and shard outputs, computed on first use.
     identity: std::sync::OnceLock<cliprt::index::ModelIdentity>,
 }
@@ -95,6 +98,7 @@ impl Model {
         drop_alpha: bool,
     ) -> PyResult<Model> {
         let dev: Device = device.parse().map_err(to_py)?;
+        let precision_name = precision;
         let precision = precision.parse().map_err(to_py)?;
         let pools = Pools::new(threads)?;
         let mut clip = py
@@ -107,6 +111,8 @@ impl Model {
             clip,
             pools,
             device: device.to_string(),
+            precision_asked: precision_name.to_string(),
+            drop_alpha,
             identity: std::sync::OnceLock::new(),
         })
     }
@@ -338,6 +344,28 @@ impl Model {
     #[getter]
     fn path(&self) -> PathBuf {
         self.clip.dir().to_path_buf()
+    }
+
+    /// Pickling (multiprocessing with spawn, Ray object refs): the folder and the options; the unpickling process
+    /// loads the model again from the same path.
+    #[allow(clippy::type_complexity)]
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(
+        Bound<'py, pyo3::types::PyType>,
+        (PathBuf, String, String, Option<usize>, bool),
+    )> {
+        let m = slf.get();
+        Ok((
+            slf.get_type(),
+            (
+                m.clip.dir().to_path_buf(),
+                m.device.clone(),
+                m.precision_asked.clone(),
+                m.pools.threads(),
+                m.drop_alpha,
+            ),
+        ))
     }
 
     fn __repr__(&self) -> String {

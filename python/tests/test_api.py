@@ -214,3 +214,15 @@ def test_a_forked_child_computes(threads):
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_model_pickles_by_its_folder_and_options():
+    import pickle
+
+    model = cliprt.Model(TINY, threads=1, drop_alpha=True)
+    again = pickle.loads(pickle.dumps(model))
+    assert (again.path, again.threads, again.device, again.precision) == (model.path, 1, "cpu", "f32")
+    np.testing.assert_array_equal(again.embed_images(FILES), model.embed_images(FILES))
+    # drop_alpha travels too: rgba.png differs between compositing on white and dropping the alpha.
+    white = cliprt.Model(TINY, threads=1).embed_images([image("rgba.png")])
+    assert not np.array_equal(again.embed_images([image("rgba.png")]), white)
