@@ -226,3 +226,21 @@ def test_a_model_pickles_by_its_folder_and_options():
     # drop_alpha travels too: rgba.png differs between compositing on white and dropping the alpha.
     white = cliprt.Model(TINY, threads=1).embed_images([image("rgba.png")])
     assert not np.array_equal(again.embed_images([image("rgba.png")]), white)
+
+
+def test_other_families():
+    """SigLIP (sigmoid probabilities, logit bias, left-padded Gemma ids) and an open_clip folder."""
+    from conftest import FIXTURES
+
+    siglip = cliprt.Model(os.path.join(FIXTURES, "siglip-gemma"))
+    assert siglip.family == "siglip" and siglip.probability == "sigmoid" and siglip.format == "hf"
+    labels = ["cat", "dog", "car"]
+    probs = siglip.zero_shot(FILES[:2], labels, template="a photo of a {}.")
+    logits = siglip.logits(siglip.embed_images(FILES[:2]), siglip.embed_texts([f"a photo of a {l}." for l in labels]))
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-7)
+    ids = siglip.tokenize(["a cat"])
+    # GemmaTokenizer pads on the left with <pad> (0), as the processor does: `cliprt tokenize` gives [416, 448, 1].
+    assert ids.shape == (1, siglip.context_length) and ids[0, -3:].tolist() == [416, 448, 1] and ids[0, 0] == 0
+    openclip = cliprt.Model(os.path.join(FIXTURES, "openclip-ls"))
+    assert openclip.family == "clip" and openclip.format == "open_clip"
+    assert openclip.embed_texts(["a cat"]).shape == (1, openclip.dim)
