@@ -431,15 +431,15 @@ impl Clip {
         })
     }
 
-    /// Zero-shot classification: for each image, every label with its probability, most likely first: a softmax
-    /// over the labels for CLIP, a per-pair sigmoid for SigLIP (probabilities then need not sum to 1; see
-    /// [`Clip::probability`]). Each label is put into `template` at `{}` (use `"{}"` for the bare label).
-    pub fn zero_shot<P: AsRef<Path> + Sync, S: AsRef<str>>(
+    /// Zero-shot probabilities `[images, labels]` (row-major, in label order) of any kind of image input, each
+    /// turned into its pixels by `pixels` as in [`Clip::embed_each`]; see [`Clip::zero_shot`].
+    pub fn zero_shot_each<T: Sync, S: AsRef<str>>(
         &self,
-        images: &[P],
+        images: &[T],
+        pixels: impl Fn(&T) -> Result<Vec<f32>> + Sync,
         labels: &[S],
         template: &str,
-    ) -> Result<Vec<Vec<(String, f32)>>> {
+    ) -> Result<Vec<f32>> {
         if labels.is_empty() {
             return Err(Error::EmptyInput("no labels given"));
         }
@@ -454,8 +454,20 @@ impl Clip {
             .collect();
         let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let text = self.embed_texts(&prompt_refs)?;
-        let img = self.embed_image_files(images)?;
-        let probs = self.probabilities(&self.logits(&img, &text)?, labels.len())?;
+        let img = self.embed_each(images, pixels)?;
+        self.probabilities(&self.logits(&img, &text)?, labels.len())
+    }
+
+    /// Zero-shot classification: for each image, every label with its probability, most likely first: a softmax
+    /// over the labels for CLIP, a per-pair sigmoid for SigLIP (probabilities then need not sum to 1; see
+    /// [`Clip::probability`]). Each label is put into `template` at `{}` (use `"{}"` for the bare label).
+    pub fn zero_shot<P: AsRef<Path> + Sync, S: AsRef<str>>(
+        &self,
+        images: &[P],
+        labels: &[S],
+        template: &str,
+    ) -> Result<Vec<Vec<(String, f32)>>> {
+        let probs = self.zero_shot_each(images, |p| self.preprocess_file(p), labels, template)?;
         Ok(probs
             .chunks_exact(labels.len())
             .map(|row| {

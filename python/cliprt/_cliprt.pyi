@@ -117,6 +117,9 @@ def expand_shards(patterns: Union[str, Sequence[str]]) -> list[str]:
 def shard_output_done(model: Model, shard: str, out_dir: Union[str, os.PathLike]) -> bool:
     """Whether the shard has a finished output from this model in out_dir."""
 
+def check_shard_names(shards: Sequence[str]) -> None:
+    """Raises InputError when two shards would write the same output file."""
+
 def embed_shard(
     model: Model, shard: str, out_dir: Union[str, os.PathLike], batch: int = 32, force: bool = False
 ) -> dict:

@@ -67,16 +67,6 @@ class ShardEmbedder:
                 for k, v in out.items()}
 
 
-def _check_names(shards: Sequence[str]) -> None:
-    seen = {}
-    for s in shards:
-        name = os.path.basename(s)
-        name = name[:-4] if name.endswith(".tar") else name
-        if name in seen:
-            raise cliprt.InputError(f"{seen[name]} and {s} would write the same output {name}.json")
-        seen[name] = s
-
-
 def embed_shards(
     shards: Union[str, Sequence[str]],
     model: str,
@@ -101,7 +91,7 @@ def embed_shards(
     shard_list = cliprt.expand_shards(shards)
     if not shard_list:
         raise cliprt.InputError("no shards given")
-    _check_names(shard_list)
+    cliprt._cliprt.check_shard_names(shard_list)
     os.makedirs(out_dir, exist_ok=True)
     if not ray.is_initialized():
         ray.init()

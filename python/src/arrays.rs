@@ -15,20 +15,28 @@ pub fn f32_values(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f32>, Vec
             describe(obj)
         ))
     })?;
+    let values = c_order_copy(arr, what)?;
+    Ok((values, arr.shape().to_vec()))
+}
+
+/// A copy of a C-contiguous array's values; `what` names it in errors.
+fn c_order_copy<T: numpy::Element + Copy>(
+    arr: &Bound<'_, numpy::PyArrayDyn<T>>,
+    what: &str,
+) -> PyResult<Vec<T>> {
     let ro = arr
         .try_readonly()
         .map_err(|e| errors::input(format!("{what}: {e}")))?;
     // as_slice also takes a Fortran-ordered array (in its memory order): only C order is row-major.
-    let values = ro
-        .as_slice()
+    ro.as_slice()
         .ok()
         .filter(|_| arr.is_c_contiguous())
+        .map(<[T]>::to_vec)
         .ok_or_else(|| {
             errors::input(format!(
                 "{what} must be C-contiguous (use numpy.ascontiguousarray)"
             ))
-        })?;
-    Ok((values.to_vec(), arr.shape().to_vec()))
+        })
 }
 
 /// A `[rows, dim]` float32 matrix (one 1-D vector is one row).
@@ -139,19 +147,7 @@ fn pixels(a: &Bound<'_, numpy::PyArrayDyn<u8>>, i: usize) -> PyResult<image::Dyn
             )))
         }
     };
-    let ro = a
-        .try_readonly()
-        .map_err(|e| errors::input(format!("image {i}: {e}")))?;
-    let data = ro
-        .as_slice()
-        .ok()
-        .filter(|_| a.is_c_contiguous())
-        .ok_or_else(|| {
-            errors::input(format!(
-                "image {i} must be C-contiguous (use numpy.ascontiguousarray)"
-            ))
-        })?
-        .to_vec();
+    let data = c_order_copy(a, &format!("image {i}"))?;
     let too_big = || errors::input(format!("image {i}: {w}x{h} is too large"));
     let (w, h) = (
         u32::try_from(w).map_err(|_| too_big())?,

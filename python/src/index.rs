@@ -145,16 +145,7 @@ impl Index {
         let e = cliprt::Embeddings { rows, dim, data: q };
         let q = e.normalized();
         let top = py
-            .detach(|| {
-                Pools::shared().run(|| {
-                    let g = cliprt::search::Gallery::new(
-                        cliprt::search::Storage::F32(self.index.embeddings()),
-                        self.index.dim(),
-                        true,
-                    )?;
-                    cliprt::search::search(&g, &q.data, k, 1.0)
-                })
-            })?
+            .detach(|| Pools::shared().run(|| self.index.search_host(&q.data, k)))?
             .map_err(to_py)?;
         hits(py, top)
     }

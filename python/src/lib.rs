@@ -24,5 +24,6 @@ fn _cliprt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shards::expand_shards, m)?)?;
     m.add_function(wrap_pyfunction!(shards::shard_output_done, m)?)?;
     m.add_function(wrap_pyfunction!(shards::embed_shard, m)?)?;
+    m.add_function(wrap_pyfunction!(shards::check_shard_names, m)?)?;
     Ok(())
 }

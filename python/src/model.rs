@@ -250,20 +250,8 @@ impl Model {
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let inputs = arrays::images(images)?;
         let labels = arrays::texts(labels)?;
-        if !template.contains("{}") {
-            return Err(errors::input(format!(
-                "template {template:?} has no {{}} for the label"
-            )));
-        }
         let probs = self.compute(py, |clip| {
-            let prompts: Vec<String> = labels
-                .iter()
-                .map(|l| template.replacen("{}", l, 1))
-                .collect();
-            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let text = clip.embed_texts(&refs)?;
-            let img = clip.embed_each(&inputs, |i| pixels_of(clip, i))?;
-            clip.probabilities(&clip.logits(&img, &text)?, labels.len())
+            clip.zero_shot_each(&inputs, |i| pixels_of(clip, i), &labels, template)
         })?;
         arrays::matrix(py, probs, inputs.len(), labels.len())
     }

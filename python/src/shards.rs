@@ -64,8 +64,12 @@ pub fn embed_shard<'py>(
     }
     let identity = model.identity(py)?;
     let result = py.detach(|| {
-        if !force && shards::is_done(shard, &out_dir, &identity) {
-            return Ok(Ok(None));
+        if !force {
+            if let Some(done) =
+                shards::read_meta(shard, &out_dir).filter(|m| m.model.matches(&identity))
+            {
+                return Ok(Ok(Err(done.rows)));
+            }
         }
         if let Err(e) = std::fs::create_dir_all(&out_dir) {
             return Ok(Err(cliprt::Error::Io {
@@ -75,21 +79,19 @@ pub fn embed_shard<'py>(
         }
         model
             .pools()
-            .run(|| shards::embed_shard(model.clip(), &identity, shard, &out_dir, batch).map(Some))
+            .run(|| shards::embed_shard(model.clip(), &identity, shard, &out_dir, batch).map(Ok))
     });
+    // Ok(report) for an embedded shard, Err(rows) for one already done.
     let report = result?.map_err(to_py)?;
     let d = PyDict::new(py);
     d.set_item("shard", shard)?;
     match report {
-        None => {
-            d.set_item(
-                "rows",
-                shards::read_meta(shard, &out_dir).map_or(0, |m| m.rows),
-            )?;
+        Err(rows) => {
+            d.set_item("rows", rows)?;
             d.set_item("skipped", Vec::<(String, String)>::new())?;
             d.set_item("already_done", true)?;
         }
-        Some(r) => {
+        Ok(r) => {
             let skipped: Vec<(String, String)> =
                 r.skipped.into_iter().map(|s| (s.key, s.reason)).collect();
             d.set_item("rows", r.rows)?;
@@ -98,4 +100,12 @@ pub fn embed_shard<'py>(
         }
     }
     Ok(d)
+}
+
+/// check_shard_names(shards)
+///
+/// Raises InputError when two shards would write the same output (their file names, less `.tar`, are equal).
+#[pyfunction]
+pub fn check_shard_names(shards: Vec<String>) -> PyResult<()> {
+    shards::check_names(&shards).map_err(to_py)
 }

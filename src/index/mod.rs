@@ -134,15 +134,20 @@ impl Index {
         k: usize,
     ) -> Result<crate::search::TopK> {
         if engine.backend::<crate::cpu::CpuBackend>().is_some() {
-            let g = crate::search::Gallery::new(
-                crate::search::Storage::F32(self.embeddings()),
-                self.dim(),
-                true,
-            )?;
-            return crate::search::search(&g, queries, k, 1.0);
+            return self.search_host(queries, k);
         }
         let g = engine.upload_gallery(self.embeddings(), self.dim(), true)?;
         engine.search(&g, queries, k, 1.0)
+    }
+
+    /// [`Index::search`] on the CPU, with no engine: the memory-mapped rows searched in place.
+    pub fn search_host(&self, queries: &[f32], k: usize) -> Result<crate::search::TopK> {
+        let g = crate::search::Gallery::new(
+            crate::search::Storage::F32(self.embeddings()),
+            self.dim(),
+            true,
+        )?;
+        crate::search::search(&g, queries, k, 1.0)
     }
 
     /// Checks that `clip` is the model this index was built with (searching it with another model's embeddings

@@ -266,7 +266,7 @@ mod tests {
     use super::*;
 
     /// A ustar header for a regular file (`kind` b'0') or another kind.
-    pub fn header(name: &str, size: u64, kind: u8) -> [u8; BLOCK] {
+    fn header(name: &str, size: u64, kind: u8) -> [u8; BLOCK] {
         let mut h = [0u8; BLOCK];
         h[..name.len()].copy_from_slice(name.as_bytes());
         h[100..108].copy_from_slice(b"0000644\0");
