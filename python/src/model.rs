@@ -203,7 +203,7 @@ impl Model {
         let mut out = vec![pad; ids.len() * context];
         for (row, ids) in out.chunks_exact_mut(context).zip(&ids) {
             let at = if text.pad_left {
-                context - ids.len()
+                context.saturating_sub(ids.len())
             } else {
                 0
             };
