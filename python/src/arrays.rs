@@ -78,23 +78,13 @@ pub fn describe(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
-/// A `[rows, dim]` float32 numpy array from row-major values.
-pub fn matrix<'py>(
+/// A `[rows, cols]` numpy array (float32 embeddings and scores, int64 ids) from row-major values.
+pub fn matrix<'py, T: numpy::Element>(
     py: Python<'py>,
-    data: Vec<f32>,
-    rows: usize,
-    dim: usize,
-) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    PyArray1::from_vec(py, data).reshape([rows, dim])
-}
-
-/// A `[rows, cols]` int64 numpy array.
-pub fn index_matrix<'py>(
-    py: Python<'py>,
-    data: Vec<i64>,
+    data: Vec<T>,
     rows: usize,
     cols: usize,
-) -> PyResult<Bound<'py, PyArray2<i64>>> {
+) -> PyResult<Bound<'py, PyArray2<T>>> {
     PyArray1::from_vec(py, data).reshape([rows, cols])
 }
 

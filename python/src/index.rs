@@ -16,7 +16,7 @@ fn hits<'py>(py: Python<'py>, top: cliprt::search::TopK) -> PyResult<Hits<'py>> 
     let ids = top.indices.iter().map(|&i| i as i64).collect();
     Ok((
         arrays::matrix(py, top.scores, top.queries, top.k)?,
-        arrays::index_matrix(py, ids, top.queries, top.k)?,
+        arrays::matrix(py, ids, top.queries, top.k)?,
     ))
 }
 

@@ -211,7 +211,7 @@ impl Model {
                 *o = i64::from(id);
             }
         }
-        arrays::index_matrix(py, out, ids.len(), context)
+        arrays::matrix(py, out, ids.len(), context)
     }
 
     /// Logits [N, M]: exp(logit_scale) · cosine(image i, text j) + logit_bias, from embeddings [N, dim] and
