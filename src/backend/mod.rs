@@ -239,6 +239,18 @@ pub trait Backend: Send + Sync {
         in_features: usize,
         bias: Option<&[f32]>,
     ) -> Result<Self::Linear>;
+    /// [`Backend::linear`] for a layer whose products must not be rounded to bf16: the patch embedding and each
+    /// tower's first q/k/v projection, whose rounding error every later layer carries (ARCHITECTURE §7.13). A CPU
+    /// engine that rounds to bf16 runs it in f32; every other backend prepares it as any linear.
+    fn linear_f32(
+        &self,
+        w: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Self::Linear> {
+        self.linear(w, out_features, in_features, bias)
+    }
     /// `(out_features, in_features, has_bias)` of a prepared layer.
     fn linear_dims(&self, lin: &Self::Linear) -> (usize, usize, bool);
 

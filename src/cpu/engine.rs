@@ -70,6 +70,16 @@ impl MatrixEngine {
         }
     }
 
+    /// The engine of this one's vector tier with f32 products: itself for the f32 engines. Weights packed for it
+    /// run beside this engine's (`PackedLinear::run` follows the packed layout).
+    pub fn f32_engine(self) -> MatrixEngine {
+        match self.isa() {
+            Isa::Avx512 => MatrixEngine::Avx512F32,
+            Isa::Avx2 => MatrixEngine::Avx2,
+            Isa::Scalar => MatrixEngine::Scalar,
+        }
+    }
+
     /// The SIMD tier of the row-wise ops (LayerNorm, softmax, epilogues) that run beside the engine.
     pub fn isa(self) -> Isa {
         match self {

@@ -133,6 +133,16 @@ impl Backend for CpuBackend {
         check_linear(w, n, k, bias)?;
         Ok(PackedLinear::new(w, n, k, bias, self.engine))
     }
+    fn linear_f32(
+        &self,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<PackedLinear> {
+        check_linear(w, n, k, bias)?;
+        Ok(PackedLinear::new(w, n, k, bias, self.engine.f32_engine()))
+    }
     fn linear_dims(&self, lin: &PackedLinear) -> (usize, usize, bool) {
         (lin.n, lin.k, lin.has_bias())
     }

@@ -18,12 +18,18 @@ pub struct EncoderLayer<B: Backend> {
 }
 
 impl<B: Backend> EncoderLayer<B> {
-    pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig) -> Result<Self> {
+    /// Layer `index` of its tower: layer 0's q/k/v projection runs in f32 on every engine (ARCHITECTURE §7.13).
+    pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig, index: usize) -> Result<Self> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
+        let qkv = if index == 0 {
+            b.linear_f32(&w.qkv_w, 3 * d, d, Some(&w.qkv_b))?
+        } else {
+            b.linear(&w.qkv_w, 3 * d, d, Some(&w.qkv_b))?
+        };
         Ok(EncoderLayer {
             ln1_g: b.upload(&w.ln1_g)?,
             ln1_b: b.upload(&w.ln1_b)?,
-            qkv: b.linear(&w.qkv_w, 3 * d, d, Some(&w.qkv_b))?,
+            qkv,
             out: b.linear(&w.out_w, d, d, Some(&w.out_b))?,
             ln2_g: b.upload(&w.ln2_g)?,
             ln2_b: b.upload(&w.ln2_b)?,

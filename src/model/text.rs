@@ -75,8 +75,9 @@ impl<B: Backend> TextTower<B> {
             layers: w
                 .layers
                 .into_iter()
+                .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
-                .map(|l| EncoderLayer::new(b, &l, &config.encoder))
+                .map(|(index, l)| EncoderLayer::new(b, &l, &config.encoder, index))
                 .collect::<Result<_>>()?,
             final_ln: (b.upload(&w.final_ln_g)?, b.upload(&w.final_ln_b)?),
             projection: b.linear(

@@ -159,8 +159,9 @@ impl<B: Backend> VisionTower<B> {
         };
         Ok(VisionTower {
             config: config.clone(),
-            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows.
-            patch_embedding: b.linear(
+            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows; f32 products on every
+            // engine (ARCHITECTURE §7.13).
+            patch_embedding: b.linear_f32(
                 &w.patch_embedding,
                 d,
                 config.patch_dim(),
@@ -179,8 +180,9 @@ impl<B: Backend> VisionTower<B> {
             layers: w
                 .layers
                 .into_iter()
+                .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
-                .map(|l| EncoderLayer::new(b, &l, &config.encoder))
+                .map(|(index, l)| EncoderLayer::new(b, &l, &config.encoder, index))
                 .collect::<Result<_>>()?,
             post_ln: (b.upload(&w.post_ln_g)?, b.upload(&w.post_ln_b)?),
             pool,
