@@ -236,13 +236,14 @@ fn zero_shot_probabilities_sum_to_one_and_rank() {
 }
 
 /// Every bf16 engine this machine runs (avx512-bf16 where it exists, the AMX emulator everywhere, AMX where
-/// present) on the fixtures: embeddings of real images and texts within cosine 0.999 of f32 and of HF float64.
+/// present) on the fixtures: embeddings of real images and texts within cosine 0.9995 of f32 and of HF float64.
 ///
-/// These toy models (widths 24–64, embeddings of 20–64 dims) average bf16's rounding over few terms, so their
-/// cosines are lower than a real model's: worst measured 0.99924 (exotic, text, vs f32 and vs HF float64; the
-/// image rows ≥ 0.99995). At CLIP's real shapes the bar is 0.9999 (tests/amx.rs, tools/parity.py).
+/// On these toy models (widths 24–64, embeddings of 20–64 dims) bf16 drifts further than on a real model: worst
+/// measured 0.99970 (exotic, text, AMX emulator, whose attention products are bf16 too) and 0.99982 on
+/// avx512-bf16 (siglip-gemma, text), with the patch embedding and first q/k/v projections in f32 (before that:
+/// 0.99924). At CLIP's real shapes the bar is 0.9999 (tests/amx.rs, tools/parity.py).
 #[test]
-fn bf16_engines_stay_within_cosine_0_999_of_f32() {
+fn bf16_engines_stay_within_cosine_0_9995_of_f32() {
     let img = fixture("images");
     let images: Vec<std::path::PathBuf> = ["square.png", "big_landscape.png", "portrait.png"]
         .iter()
@@ -288,7 +289,7 @@ fn bf16_engines_stay_within_cosine_0_999_of_f32() {
                     let c = cosine(a.row(i), b.row(i));
                     println!("{model} {} {what}[{i}] vs f32 cosine {c:.7}", engine.name());
                     assert!(
-                        c >= 0.999,
+                        c >= 0.9995,
                         "{model} {} {what}[{i}]: cosine {c}",
                         engine.name()
                     );
@@ -309,7 +310,7 @@ fn bf16_engines_stay_within_cosine_0_999_of_f32() {
             let fi = f32m.embed_pixels(&r.pixels, r.images.len()).unwrap();
             let ft = f32m.embed_texts(&rtexts).unwrap();
             let hf = |got: &[f32], want: &[f32], kind: &str| {
-                assert_rows_match(got, want, dim, 0.999, 0.05, &format!("{what} {kind}")).0
+                assert_rows_match(got, want, dim, 0.9995, 0.05, &format!("{what} {kind}")).0
             };
             let (hi, ht) = (
                 hf(&emb.data, &r.image_embeds, "image"),

@@ -926,6 +926,16 @@ pub(crate) mod avx512 {
     pub(crate) unsafe fn to_bf16_rows(src: &[f32], k: usize, dst: &mut [u32], kp: usize) {
         for (s, d) in src.chunks_exact(k).zip(dst.chunks_exact_mut(kp)) {
             let mut i = 0;
+            // Whole 32-value steps with plain loads and stores, the masked forms only for the tail: with masked
+            // loads and stores in every step, this pass took 6.6 % of a 1-thread out-projection GEMM (1600 rows)
+            // in `perf`, 3.1 % without.
+            while i + 32 <= k {
+                let lo = _mm512_loadu_ps(s.as_ptr().add(i));
+                let hi = _mm512_loadu_ps(s.as_ptr().add(i + 16));
+                let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(d.as_mut_ptr().add(i / 2) as *mut __m512i, packed);
+                i += 32;
+            }
             while i < k {
                 let w = (k - i).min(32);
                 let lo = _mm512_maskz_loadu_ps(mask16(w), s.as_ptr().add(i));
