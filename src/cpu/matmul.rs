@@ -580,6 +580,21 @@ pub(crate) mod avx512 {
     /// the prefetched lines in place.
     const C_PREFETCH_STEPS: usize = 64;
 
+    /// Runs `$step!(kk)` for every k step `kk` in `0..$k`, with `$prefetch` (of the C tile) issued
+    /// [`C_PREFETCH_STEPS`] steps before the end.
+    macro_rules! k_loop {
+        ($k:expr, $step:ident, $prefetch:expr) => {{
+            let split = $k.saturating_sub(C_PREFETCH_STEPS);
+            for kk in 0..split {
+                $step!(kk);
+            }
+            $prefetch;
+            for kk in split..$k {
+                $step!(kk);
+            }
+        }};
+    }
+
     /// Prefetches the C tile a tile is about to store, with intent to write (`prefetchw`). A C larger than L2 (fc1
     /// at 1600 rows: 20 MB) otherwise makes every tile's store wait on a read-for-ownership of its lines from DRAM,
     /// and an Accumulate tile wait on its loads of the residual. Measured on one Zen 5 core (A already bf16,
@@ -655,14 +670,7 @@ pub(crate) mod avx512 {
                 }
             }};
         }
-        let split = kc.saturating_sub(C_PREFETCH_STEPS);
-        for kk in 0..split {
-            step!(kk);
-        }
-        prefetch_tile::<R>(c, ldc);
-        for kk in split..kc {
-            step!(kk);
-        }
+        k_loop!(kc, step, prefetch_tile::<R>(c, ldc));
         store_tile::<R>(&acc, c, ldc, cols, st);
     }
 
@@ -718,14 +726,7 @@ pub(crate) mod avx512 {
                 }
             }};
         }
-        let split = kp.saturating_sub(C_PREFETCH_STEPS);
-        for kk in 0..split {
-            step!(kk);
-        }
-        prefetch_tile::<R>(c, ldc);
-        for kk in split..kp {
-            step!(kk);
-        }
+        k_loop!(kp, step, prefetch_tile::<R>(c, ldc));
         if st.to_bf16 {
             store_tile_pairs::<R>(acc, c as *mut u32, ldc, cols, st);
         } else {
