@@ -18,7 +18,8 @@ pub struct EncoderLayer<B: Backend> {
 }
 
 impl<B: Backend> EncoderLayer<B> {
-    /// Layer `index` of its tower: layer 0's q/k/v projection runs in f32 on every engine (ARCHITECTURE §7.13).
+    /// Layer `index` of its tower: layer 0's q/k/v projection keeps f32 products on the CPU's bf16 engines too
+    /// (`Backend::linear_f32`, ARCHITECTURE §7.13).
     pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig, index: usize) -> Result<Self> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
         let qkv = if index == 0 {

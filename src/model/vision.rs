@@ -159,8 +159,8 @@ impl<B: Backend> VisionTower<B> {
         };
         Ok(VisionTower {
             config: config.clone(),
-            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows; f32 products on every
-            // engine (ARCHITECTURE §7.13).
+            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows; f32 products on the
+            // CPU's bf16 engines too (ARCHITECTURE §7.13).
             patch_embedding: b.linear_f32(
                 &w.patch_embedding,
                 d,
