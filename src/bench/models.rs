@@ -120,14 +120,25 @@ fn synthetic_prompts(c: &ClipConfig) -> Vec<Vec<u32>> {
     }
 }
 
-/// FLOPs of one encoder pass over `batch` sequences of `seq` tokens.
-fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize) -> f64 {
+/// FLOPs of one encoder pass over `batch` sequences of `seq` tokens, as it runs: with `pooled`, the last layer's
+/// out-projection and MLP cover one row per sequence (`run_encoder_pooled`).
+fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize, pooled: bool) -> f64 {
     let (d, i) = (e.hidden_size as f64, e.intermediate_size as f64);
     let rows = (batch * seq) as f64;
-    let gemms = 2.0 * rows * (3.0 * d * d + d * d + 2.0 * d * i);
+    let attend = |rows: f64| 2.0 * rows * 3.0 * d * d;
+    let residual = |rows: f64| 2.0 * rows * (d * d + 2.0 * d * i);
     // QKᵀ and P·V: 2 · seq² · D multiply–adds per sequence.
     let attention = 4.0 * batch as f64 * (seq * seq) as f64 * d;
-    e.num_layers as f64 * (gemms + attention)
+    let layer = attend(rows) + attention + residual(rows);
+    let last = if pooled {
+        attend(rows) + attention + residual(batch as f64)
+    } else {
+        layer
+    };
+    match e.num_layers {
+        0 => 0.0,
+        n => (n - 1) as f64 * layer + last,
+    }
 }
 
 /// FLOPs of the image tower for `batch` images.
@@ -146,13 +157,16 @@ pub fn image_flops(c: &ClipConfig, batch: usize) -> f64 {
             2.0 * b * seq * 3.0 * d * d + 4.0 * b * seq * seq * d + 2.0 * b * (d * d + 2.0 * d * i)
         }
     };
-    embed + encoder_flops(&v.encoder, batch, v.seq_len()) + pool
+    // CLIP reads the class token's row alone; SigLIP's head attends over every token.
+    let pooled = c.family == Family::Clip;
+    embed + encoder_flops(&v.encoder, batch, v.seq_len(), pooled) + pool
 }
 
 /// FLOPs of the text tower for `batch` prompts run at `seq` tokens.
 pub fn text_flops(c: &ClipConfig, batch: usize, seq: usize) -> f64 {
     let d = c.text.encoder.hidden_size as f64;
-    encoder_flops(&c.text.encoder, batch, seq) + 2.0 * batch as f64 * d * c.projection_dim as f64
+    encoder_flops(&c.text.encoder, batch, seq, true)
+        + 2.0 * batch as f64 * d * c.projection_dim as f64
 }
 
 /// Deterministic pixels in the normalized range (the content does not change the work).
@@ -408,9 +422,12 @@ mod tests {
 
     #[test]
     fn vit_b_32_image_flops_match_the_known_count() {
-        // ≈ 4.4 GMAC per image: 12 layers at 50 tokens, the patch GEMM and the projection.
+        // ≈ 4.4 GMAC per image for 12 full layers at 50 tokens, the patch GEMM and the projection; the last
+        // layer's out-projection and MLP then run on the class token only: 49 rows × (768² + 2·768·3072) MACs
+        // fewer.
         let c = presets::by_name("vit-b-32").unwrap();
-        let gflop = image_flops(&c, 1) / 1e9;
+        let skipped = 2.0 * 49.0 * (768.0 * 768.0 + 2.0 * 768.0 * 3072.0);
+        let gflop = (image_flops(&c, 1) + skipped) / 1e9;
         assert!((8.7..8.9).contains(&gflop), "{gflop}");
         assert!((image_flops(&c, 32) / image_flops(&c, 1) - 32.0).abs() < 1e-9);
     }

@@ -123,79 +123,240 @@ pub fn run_encoder<B: Backend>(
     causal: bool,
     key_lens: Option<&Rows<B>>,
 ) -> Result<()> {
+    for l in layers {
+        attend(b, l, c, ws, batch, seq, causal, key_lens)?;
+        let Workspace {
+            x, norm, attn, mlp, ..
+        } = ws;
+        residual_blocks(b, l, c, x, attn, norm, mlp, batch * seq)?;
+    }
+    Ok(())
+}
+
+/// [`run_encoder`] for a tower that reads one row per item (CLIP's class token or end-of-text token, SigLIP's
+/// last text token): writes the final stream's rows `rows[..batch]` to `pooled` `[batch, D]` and nothing else.
+/// The last layer's attention still runs over every token (every key and value is needed), but its
+/// out-projection, LayerNorm and MLP are row-wise, so they run on the pooled rows alone: the same values, without
+/// ≈ 3/4 of the last layer's FLOPs (ARCHITECTURE §7.14).
+#[allow(clippy::too_many_arguments)]
+pub fn run_encoder_pooled<B: Backend>(
+    b: &B,
+    layers: &[EncoderLayer<B>],
+    c: &EncoderConfig,
+    ws: &mut Workspace<B>,
+    batch: usize,
+    seq: usize,
+    causal: bool,
+    key_lens: Option<&Rows<B>>,
+    rows: &Rows<B>,
+    pooled: &mut B::Buf,
+) -> Result<()> {
+    let d = c.hidden_size;
+    let Some((last, body)) = layers.split_last() else {
+        return backend::gather_rows(b, pooled, &ws.x, rows, batch, d);
+    };
+    run_encoder(b, body, c, ws, batch, seq, causal, key_lens)?;
+    attend(b, last, c, ws, batch, seq, causal, key_lens)?;
+    let Workspace {
+        x,
+        norm,
+        qkv,
+        attn,
+        mlp,
+        ..
+    } = ws;
+    backend::gather_rows(b, pooled, x, rows, batch, d)?;
+    // q/k/v are spent: their buffer holds the pooled rows' attention output.
+    backend::gather_rows(b, qkv, attn, rows, batch, d)?;
+    residual_blocks(b, last, c, pooled, qkv, norm, mlp, batch)
+}
+
+/// `ws.attn = attention(LN1(ws.x))` over all `batch × seq` rows.
+#[allow(clippy::too_many_arguments)]
+fn attend<B: Backend>(
+    b: &B,
+    l: &EncoderLayer<B>,
+    c: &EncoderConfig,
+    ws: &mut Workspace<B>,
+    batch: usize,
+    seq: usize,
+    causal: bool,
+    key_lens: Option<&Rows<B>>,
+) -> Result<()> {
     let rows = batch * seq;
-    let (d, i) = (c.hidden_size, c.intermediate_size);
-    let attn = AttnShape {
+    let d = c.hidden_size;
+    let shape = AttnShape {
         batch,
         seq,
         heads: c.num_heads,
         head_dim: c.head_dim(),
         causal,
     };
-    for l in layers {
-        backend::layernorm(
-            b,
-            &mut ws.norm,
-            &ws.x,
-            &l.ln1_g,
-            &l.ln1_b,
-            rows,
-            d,
-            c.layer_norm_eps,
-        )?;
-        backend::gemm(
-            b,
-            &mut ws.qkv,
-            &ws.norm,
-            &l.qkv,
-            GemmShape {
-                m: rows,
-                n: 3 * d,
-                k: d,
-            },
-            Epilogue::Store,
-        )?;
-        match key_lens {
-            Some(k) => backend::attention_masked(b, &mut ws.attn, &ws.qkv, attn, k)?,
-            None => backend::attention(b, &mut ws.attn, &ws.qkv, attn)?,
-        }
-        backend::gemm(
-            b,
-            &mut ws.x,
-            &ws.attn,
-            &l.out,
-            GemmShape {
-                m: rows,
-                n: d,
-                k: d,
-            },
-            Epilogue::Accumulate,
-        )?;
-        backend::layernorm(
-            b,
-            &mut ws.norm,
-            &ws.x,
-            &l.ln2_g,
-            &l.ln2_b,
-            rows,
-            d,
-            c.layer_norm_eps,
-        )?;
-        let mlp = MlpShape {
-            rows,
-            dim: d,
-            hidden: i,
-        };
-        backend::mlp(
-            b,
-            &mut ws.x,
-            &mut ws.mlp,
-            &ws.norm,
-            &l.fc1,
-            &l.fc2,
-            mlp,
-            c.activation,
-        )?;
+    backend::layernorm(
+        b,
+        &mut ws.norm,
+        &ws.x,
+        &l.ln1_g,
+        &l.ln1_b,
+        rows,
+        d,
+        c.layer_norm_eps,
+    )?;
+    backend::gemm(
+        b,
+        &mut ws.qkv,
+        &ws.norm,
+        &l.qkv,
+        GemmShape {
+            m: rows,
+            n: 3 * d,
+            k: d,
+        },
+        Epilogue::Store,
+    )?;
+    match key_lens {
+        Some(k) => backend::attention_masked(b, &mut ws.attn, &ws.qkv, shape, k),
+        None => backend::attention(b, &mut ws.attn, &ws.qkv, shape),
     }
-    Ok(())
+}
+
+/// The rest of a layer on `rows` rows, all row-wise: x += out_proj(attn); x += fc2(act(fc1(LN2(x)))), with `norm`
+/// and `hidden` as scratch.
+#[allow(clippy::too_many_arguments)]
+fn residual_blocks<B: Backend>(
+    b: &B,
+    l: &EncoderLayer<B>,
+    c: &EncoderConfig,
+    x: &mut B::Buf,
+    attn: &B::Buf,
+    norm: &mut B::Buf,
+    hidden: &mut B::Buf,
+    rows: usize,
+) -> Result<()> {
+    let (d, i) = (c.hidden_size, c.intermediate_size);
+    backend::gemm(
+        b,
+        x,
+        attn,
+        &l.out,
+        GemmShape {
+            m: rows,
+            n: d,
+            k: d,
+        },
+        Epilogue::Accumulate,
+    )?;
+    backend::layernorm(b, norm, x, &l.ln2_g, &l.ln2_b, rows, d, c.layer_norm_eps)?;
+    let mlp = MlpShape {
+        rows,
+        dim: d,
+        hidden: i,
+    };
+    backend::mlp(b, x, hidden, norm, &l.fc1, &l.fc2, mlp, c.activation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{reference::ReferenceBackend, Activation};
+    use crate::cpu::{CpuBackend, MatrixEngine};
+    use crate::weights::LayerWeights;
+
+    /// Uniform values in [-scale, scale) from a seeded LCG.
+    fn values(seed: &mut u64, len: usize, scale: f32) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn layer(seed: &mut u64, d: usize, i: usize) -> LayerWeights {
+        let (sd, si) = (1.0 / (d as f32).sqrt(), 1.0 / (i as f32).sqrt());
+        LayerWeights {
+            qkv_w: values(seed, 3 * d * d, sd),
+            qkv_b: values(seed, 3 * d, 0.1),
+            out_w: values(seed, d * d, sd),
+            out_b: values(seed, d, 0.1),
+            ln1_g: values(seed, d, 0.5).iter().map(|v| 1.0 + v).collect(),
+            ln1_b: values(seed, d, 0.1),
+            ln2_g: values(seed, d, 0.5).iter().map(|v| 1.0 + v).collect(),
+            ln2_b: values(seed, d, 0.1),
+            fc1_w: values(seed, i * d, sd),
+            fc1_b: values(seed, i, 0.1),
+            fc2_w: values(seed, d * i, si),
+            fc2_b: values(seed, d, 0.1),
+        }
+    }
+
+    /// The pooled rows of the final stream, through the full encoder + a gather, and through
+    /// `run_encoder_pooled`.
+    fn both_ways<B: Backend>(b: &B, causal: bool, masked: bool) -> (Vec<f32>, Vec<f32>) {
+        // Awkward widths: 5 heads of 8, an MLP of 72, 3 sequences of 7, pooled at different positions.
+        let c = EncoderConfig {
+            hidden_size: 40,
+            intermediate_size: 72,
+            num_layers: 3,
+            num_heads: 5,
+            layer_norm_eps: 1e-5,
+            activation: Activation::QuickGelu,
+        };
+        let (batch, seq, d) = (3, 7, 40);
+        let mut seed = 0x5eed;
+        let layers: Vec<_> = (0..c.num_layers)
+            .map(|index| EncoderLayer::new(b, &layer(&mut seed, d, 72), &c, index).unwrap())
+            .collect();
+        let x = values(&mut seed, batch * seq * d, 1.0);
+        let pool = backend::rows(b, &[6, seq + 2, 2 * seq + 4]).unwrap();
+        let lens = backend::rows(b, &[7, 3, 5]).unwrap();
+        let mask = masked.then_some(&lens);
+
+        let mut ws = Workspace::new(b, batch * seq, &c).unwrap();
+        ws.x = b.upload(&x).unwrap();
+        run_encoder(b, &layers, &c, &mut ws, batch, seq, causal, mask).unwrap();
+        let mut full = b.alloc(batch * d).unwrap();
+        backend::gather_rows(b, &mut full, &ws.x, &pool, batch, d).unwrap();
+
+        let mut ws = Workspace::new(b, batch * seq, &c).unwrap();
+        ws.x = b.upload(&x).unwrap();
+        let mut pooled = b.upload(&vec![f32::NAN; batch * d]).unwrap();
+        #[rustfmt::skip]
+        run_encoder_pooled(b, &layers, &c, &mut ws, batch, seq, causal, mask, &pool, &mut pooled).unwrap();
+        (b.download(&full).unwrap(), b.download(&pooled).unwrap())
+    }
+
+    fn assert_same(what: &str, (full, pooled): (Vec<f32>, Vec<f32>), tol: f32) {
+        assert_eq!(full.len(), pooled.len());
+        for (i, (f, p)) in full.iter().zip(&pooled).enumerate() {
+            assert!(
+                (f - p).abs() <= tol * (1.0 + f.abs()),
+                "{what}: value {i}: full encoder {f}, pooled {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn pooled_encoder_matches_the_full_encoder_gathered() {
+        for (causal, masked) in [(false, false), (true, false), (false, true)] {
+            let what = format!("causal {causal}, masked {masked}");
+            // The reference backend's products are row by row: the same values exactly.
+            assert_same(
+                &format!("reference, {what}"),
+                both_ways(&ReferenceBackend, causal, masked),
+                0.0,
+            );
+            // Packed kernels may tile 3 rows differently from 21: the same sums, so within f32 rounding.
+            for engine in MatrixEngine::ALL.into_iter().filter(|e| e.available()) {
+                let b = CpuBackend::with_engine(engine).unwrap();
+                assert_same(
+                    &format!("{}, {what}", engine.name()),
+                    both_ways(&b, causal, masked),
+                    1e-5,
+                );
+            }
+        }
+    }
 }

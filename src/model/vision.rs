@@ -8,7 +8,7 @@ use super::weights::{HeadWeights, PoolWeights, VisionWeights};
 use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape, PatchShape, Rows};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::model::layers::{run_encoder, EncoderLayer, Reuse, Workspace};
+use crate::model::layers::{run_encoder, run_encoder_pooled, EncoderLayer, Reuse, Workspace};
 
 /// The image tower prepared for backend `B`.
 pub struct VisionTower<B: Backend> {
@@ -290,11 +290,12 @@ impl<B: Backend> VisionTower<B> {
             if let Some((g, be)) = &self.pre_ln {
                 backend::layernorm(b, &mut ws.x, embedded, g, be, batch * seq, d, eps)?;
             }
-            run_encoder(b, &self.layers, &c.encoder, ws, batch, seq, false, None)?;
             let (post_g, post_b) = &self.post_ln;
+            let e = &c.encoder;
             match &self.pool {
                 Pool::ClassToken { projection } => {
-                    backend::gather_rows(b, pooled, &ws.x, class_rows, batch, d)?;
+                    #[rustfmt::skip]
+                    run_encoder_pooled(b, &self.layers, e, ws, batch, seq, false, None, class_rows, pooled)?;
                     backend::layernorm(b, normed, pooled, post_g, post_b, batch, d, eps)?;
                     let g = GemmShape {
                         m: batch,
@@ -304,6 +305,8 @@ impl<B: Backend> VisionTower<B> {
                     backend::gemm(b, out, normed, projection, g, Epilogue::Store)
                 }
                 Pool::AttentionHead(h) => {
+                    // The head attends over every token: the whole last layer is needed.
+                    run_encoder(b, &self.layers, e, ws, batch, seq, false, None)?;
                     let rows = batch * seq;
                     backend::layernorm(b, embedded, &ws.x, post_g, post_b, rows, d, eps)?;
                     let g = GemmShape {
