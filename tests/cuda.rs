@@ -182,10 +182,7 @@ fn check_fixtures(device: Device) {
         let r = reference(name);
         let dim = clip.config().projection_dim;
         let img = clip.embed_pixels(&r.pixels, r.images.len()).unwrap();
-        let picked: Vec<usize> = (0..r.texts.len())
-            .step_by(step)
-            .filter(|&t| !known_difference(name, &r.texts[t]))
-            .collect();
+        let picked: Vec<usize> = (0..r.texts.len()).step_by(step).collect();
         let texts: Vec<&str> = picked.iter().map(|&t| r.texts[t].as_str()).collect();
         let txt = clip.embed_texts(&texts).unwrap();
         let want_text: Vec<f32> = picked

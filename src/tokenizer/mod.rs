@@ -3,6 +3,9 @@
 //! end-of-text token kept last; SigLIP's `spiece.model` goes through [`siglip`] (transformers' SiglipTokenizer).
 //! [`sentencepiece`] reads SentencePiece models.
 
+mod ftfy;
+mod ftfy_tables;
+mod html;
 mod html_entities;
 pub mod openclip;
 pub mod sentencepiece;

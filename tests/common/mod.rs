@@ -328,12 +328,6 @@ pub const F32_FIXTURES: &[&str] = &[
     "openclip-custom",
 ];
 
-/// The one documented tokenizer difference: open_clip cleans text with ftfy, whose mojibake repair ("Ã©" → "é")
-/// cliprt does not reproduce (src/tokenizer/openclip.rs).
-pub fn known_difference(name: &str, text: &str) -> bool {
-    name.starts_with("openclip") && text.contains('Ã')
-}
-
 /// The documented preprocessing difference (README, Model families): open_clip resizes before converting to RGB,
 /// cliprt after. For 8-bit grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits
 /// after the resize in open_clip and before it in cliprt. (Palette and transparent images are resized in their own

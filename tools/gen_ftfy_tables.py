@@ -1,0 +1,185 @@
+"""Writes src/tokenizer/ftfy_tables.rs: the data behind ftfy's mojibake repair (`fix_encoding`), which open_clip's
+tokenizer runs on every text (src/tokenizer/ftfy.rs holds the logic).
+
+    tools/.venv/bin/python tools/gen_ftfy_tables.py      # needs ftfy 6.3 (open_clip's dependency)
+
+What it writes, each taken from the installed ftfy, never retyped:
+- ftfy's regular expressions (`BADNESS_RE`, `UTF8_DETECTOR_RE`, `ALTERED_UTF8_RE`, `LOSSY_UTF8_RE`,
+  `A_GRAVE_WORD_RE`), translated from Python's parse tree into fancy-regex syntax with every character escaped, and
+  Python's `\\s` and `\\w` spelled out as the exact sets Python matches (the Rust classes differ at the edges). Byte
+  patterns match byte strings held as Latin-1 text (byte b is the character U+00bb).
+- The 256-byte decode tables of the single-byte encodings ftfy tries, in its order, ftfy's sloppy codecs included.
+- The upper-case HTML entity names ftfy also decodes (`&NTILDE;` → `Ñ`).
+"""
+
+import html
+import html.entities
+import os
+import re
+import re._constants as C
+import re._parser as P
+import sys
+
+import ftfy
+import ftfy.bad_codecs  # noqa: F401 (registers the sloppy codecs)
+from ftfy import badness, chardata, fixes
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "src", "tokenizer", "ftfy_tables.rs")
+
+
+def esc(code):
+    return f"\\x{{{code:x}}}"
+
+
+def class_set(category):
+    """Python's own \\s or \\w (str patterns) as a list of (first, last) code point runs."""
+    pattern = re.compile({C.CATEGORY_SPACE: r"\s", C.CATEGORY_WORD: r"\w"}[category])
+    runs, start = [], None
+    for c in range(0x110000 + 1):
+        hit = c < 0x110000 and not (0xD800 <= c <= 0xDFFF) and pattern.match(chr(c)) is not None
+        if hit and start is None:
+            start = c
+        elif not hit and start is not None:
+            runs.append((start, c - 1))
+            start = None
+    return runs
+
+
+CLASS_CACHE = {}
+
+
+def category_items(category):
+    if category not in CLASS_CACHE:
+        runs = class_set(category)
+        CLASS_CACHE[category] = "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in runs)
+    return CLASS_CACHE[category]
+
+
+def convert(tree):
+    """A parsed Python pattern → the same pattern in fancy-regex syntax."""
+    out = []
+    for op, av in tree:
+        if op is C.LITERAL:
+            out.append(esc(av))
+        elif op is C.NOT_LITERAL:
+            out.append(f"[^{esc(av)}]")
+        elif op is C.ANY:
+            out.append(".")
+        elif op is C.IN:
+            items, negate = [], ""
+            for iop, iav in av:
+                if iop is C.NEGATE:
+                    negate = "^"
+                elif iop is C.LITERAL:
+                    items.append(esc(iav))
+                elif iop is C.RANGE:
+                    items.append(f"{esc(iav[0])}-{esc(iav[1])}")
+                elif iop is C.CATEGORY:
+                    items.append(category_items(iav))
+                else:
+                    raise ValueError(f"class item {iop}")
+            out.append(f"[{negate}{''.join(items)}]")
+        elif op is C.CATEGORY:
+            out.append(f"[{category_items(av)}]")
+        elif op is C.BRANCH:
+            out.append("(?:" + "|".join(convert(b) for b in av[1]) + ")")
+        elif op is C.SUBPATTERN:
+            group, add, delete, sub = av
+            if add or delete:
+                raise ValueError("inline flags")
+            out.append(("(" if group else "(?:") + convert(sub) + ")")
+        elif op in (C.MAX_REPEAT, C.MIN_REPEAT):
+            lo, hi, sub = av
+            hi_txt = "" if hi is C.MAXREPEAT else str(hi)
+            rep = f"{{{lo},{hi_txt}}}" if lo != hi else f"{{{lo}}}"
+            lazy = "?" if op is C.MIN_REPEAT else ""
+            out.append(f"(?:{convert(sub)}){rep}{lazy}")
+        elif op is C.AT:
+            out.append({C.AT_BEGINNING: "^", C.AT_BEGINNING_STRING: "\\A", C.AT_END: "$",
+                        C.AT_END_STRING: "\\z"}[av])
+        elif op in (C.ASSERT, C.ASSERT_NOT):
+            direction, sub = av
+            kind = ("=" if op is C.ASSERT else "!")
+            out.append(f"(?{'<' if direction < 0 else ''}{kind}{convert(sub)})")
+        else:
+            raise ValueError(f"unsupported regex op {op}")
+    return "".join(out)
+
+
+def pattern(compiled):
+    source = compiled.pattern
+    if isinstance(source, bytes):
+        source = source.decode("latin-1")
+    return convert(P.parse(source, compiled.flags & re.VERBOSE))
+
+
+def rust_str(text):
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            out.append(f"\\u{{{ord(c):x}}}")
+    return '"' + "".join(out) + '"'
+
+
+def main():
+    if ftfy.__version__.split(".")[:2] != ["6", "3"]:
+        sys.exit(f"ftfy {ftfy.__version__}: the tables follow ftfy 6.3 (open_clip_torch 3.3's)")
+    lines = [
+        "//! ftfy 6.3's mojibake data (generated by tools/gen_ftfy_tables.py from the installed ftfy; do not edit).",
+        "//! Patterns are fancy-regex syntax with every character escaped; byte patterns match Latin-1 text.",
+        "//!",
+        "//! (over ~700 lines: generated data.)",
+        "",
+    ]
+    regexes = [
+        ("BADNESS", badness.BADNESS_RE, "`badness.BADNESS_RE`: unlikely character sequences (`is_bad`)."),
+        ("UTF8_DETECTOR", chardata.UTF8_DETECTOR_RE, "`chardata.UTF8_DETECTOR_RE`: runs that look like UTF-8 read as a single-byte encoding."),
+        ("ALTERED_UTF8", chardata.ALTERED_UTF8_RE, "`chardata.ALTERED_UTF8_RE` (bytes): UTF-8 whose byte A0 became a space."),
+        ("LOSSY_UTF8", chardata.LOSSY_UTF8_RE, "`chardata.LOSSY_UTF8_RE` (bytes): UTF-8 with bytes lost to U+FFFD (byte 1A)."),
+        ("A_GRAVE_WORD", fixes.A_GRAVE_WORD_RE, "`fixes.A_GRAVE_WORD_RE` (bytes): `à` followed by a space that was byte A0."),
+    ]
+    for name, compiled, doc in regexes:
+        lines.append(f"/// {doc}")
+        lines.append(f"pub const {name}: &str = {rust_str(pattern(compiled))};")
+        lines.append("")
+
+    lines.append("/// The single-byte encodings ftfy tries, in its order: name, whether it is one of ftfy's sloppy codecs, and")
+    lines.append("/// the character each byte decodes to (`char::REPLACEMENT_CHARACTER` for byte 1A in the sloppy ones).")
+    lines.append("pub const CHARMAPS: &[(&str, bool, [char; 256])] = &[")
+    for enc in chardata.CHARMAP_ENCODINGS:
+        table = bytes(range(256)).decode(enc)
+        assert len(table) == 256, enc
+        for b in range(0x80):
+            assert table[b] == chr(b) or (b == 0x1A and table[b] == "\ufffd"), (enc, b)
+        # Encoding is then the inverse table.
+        assert len(set(table)) == 256, enc
+        chars = ", ".join(f"'\\u{{{ord(c):x}}}'" for c in table)
+        lines.append(f"    ({rust_str(enc)}, {str(enc.startswith('sloppy')).lower()}, [{chars}]),")
+    lines.append("];")
+    lines.append("")
+
+    strict = bytes(range(256)).decode("windows-1252", errors="replace")
+    assert strict.count("\ufffd") == 5
+    lines.append("/// Python's strict windows-1252 (ftfy's last resort for Latin-1 text); U+FFFD marks its 5 undefined bytes.")
+    chars = ", ".join(f"'\\u{{{ord(c):x}}}'" for c in strict)
+    lines.append(f"pub const WINDOWS_1252: [char; 256] = [{chars}];")
+    lines.append("")
+
+    upper = sorted((k, v) for k, v in chardata.HTML_ENTITIES.items()
+                   if html.entities.html5.get(k[1:]) != v)
+    lines.append("/// The references ftfy's `unescape_html` decodes beyond HTML5's own: lower-case names written in upper case")
+    lines.append("/// (`&NTILDE;`), each to its character upper-cased; sorted.")
+    lines.append("pub const UPPER_ENTITIES: &[(&str, &str)] = &[")
+    for k, v in upper:
+        lines.append(f"    ({rust_str(k)}, {rust_str(v)}),")
+    lines.append("];")
+    with open(OUT, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
