@@ -210,6 +210,14 @@ pub trait Backend: Send + Sync {
     fn peak_gflops(&self, _threads: usize) -> Option<f64> {
         None
     }
+    /// Runs `forward` (one tower's forward pass) where this backend's ops run best: on the calling thread by
+    /// default; the CPU backend moves it onto a worker of its thread pool.
+    fn on_workers<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        forward()
+    }
     /// Whether this backend can run a model of `config` (checked before any weight is prepared), or why not.
     fn supports(&self, _config: &ClipConfig) -> Result<()> {
         Ok(())

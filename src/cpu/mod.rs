@@ -121,6 +121,18 @@ impl Backend for CpuBackend {
     fn precision(&self) -> Precision {
         self.engine.precision()
     }
+    /// From a thread outside every rayon pool (the CLI's main thread, a caller's own thread), each of a forward's
+    /// ≈ 100 parallel ops would be injected into the global pool and waited for across threads, two thread
+    /// hand-offs per op; run on a worker, an op is a fork-join among the workers. ViT-B/32 bf16 at 2 threads,
+    /// binaries alternated 3 times: batch 1 63–68 → 80–85 images/s, batch 32 +2–4 %, text batch 32 +10 %.
+    fn on_workers<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            forward()
+        } else {
+            rayon::scope(|_| forward())
+        }
+    }
+
     fn peak_gflops(&self, threads: usize) -> Option<f64> {
         self.engine
             .peak_unit()

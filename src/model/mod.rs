@@ -146,12 +146,14 @@ impl<B: Backend> ClipModel<B> {
 
     /// Projected image embeddings `[batch, projection_dim]` of `pixels[batch, C, H, W]`.
     pub fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
-        self.vision.forward(&self.backend, pixels, batch)
+        let b = &self.backend;
+        b.on_workers(|| self.vision.forward(b, pixels, batch))
     }
 
     /// Projected text embeddings `[batch, projection_dim]` of a laid-out batch.
     pub fn encode_texts(&self, batch: &TextBatch) -> Result<Vec<f32>> {
-        self.text.forward(&self.backend, batch)
+        let b = &self.backend;
+        b.on_workers(|| self.text.forward(b, batch))
     }
 }
 
