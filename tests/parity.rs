@@ -351,3 +351,56 @@ fn reused_buffers_give_the_same_embeddings_at_any_batch_order() {
     );
     assert_eq!(clip.embed_texts(&texts).unwrap().data, t_all.data);
 }
+
+#[test]
+fn batches_cut_into_concurrent_parts_give_the_same_embeddings() {
+    // On 2 threads the CPU backend cuts a batch of ≥ 2 × 192 token rows into 2 parts run concurrently (each text
+    // part laid out on its own); every item must come out as it does alone.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for name in ["tiny-openai", "siglip-spm"] {
+            let clip = load(name, Device::Cpu);
+            let r = reference(name);
+            let n = r.images.len();
+            let per_image = r.pixels.len() / n;
+            // Enough images for two parts, each a different reference image.
+            let seq = clip.config().vision.seq_len();
+            let batch = (2 * 192usize).div_ceil(seq) + 3;
+            let pixels: Vec<f32> = (0..batch)
+                .flat_map(|i| r.pixels[(i % n) * per_image..(i % n + 1) * per_image].to_vec())
+                .collect();
+            let all = clip.embed_pixels(&pixels, batch).unwrap();
+            for i in 0..n {
+                let one = clip
+                    .embed_pixels(&pixels[i * per_image..(i + 1) * per_image], 1)
+                    .unwrap();
+                for j in (i..batch).step_by(n) {
+                    assert_close(
+                        one.row(0),
+                        all.row(j),
+                        1e-6,
+                        1e-5,
+                        &format!("{name} image {j}"),
+                    );
+                }
+            }
+            let texts: Vec<&str> = (0..60)
+                .map(|i| r.texts[i % r.texts.len()].as_str())
+                .collect();
+            let all = clip.embed_texts(&texts).unwrap();
+            for (j, text) in texts.iter().enumerate().take(r.texts.len()) {
+                let one = clip.embed_texts(&[text]).unwrap();
+                assert_close(
+                    one.row(0),
+                    all.row(j),
+                    1e-6,
+                    1e-5,
+                    &format!("{name} text {j}"),
+                );
+            }
+        }
+    });
+}

@@ -218,6 +218,11 @@ pub trait Backend: Send + Sync {
     {
         forward()
     }
+    /// Into how many parts a batch of `rows` token rows in all is cut, the parts' forwards run concurrently
+    /// ([`Backend::on_workers`] decides where): 1 by default.
+    fn batch_parts(&self, _rows: usize) -> usize {
+        1
+    }
     /// Whether this backend can run a model of `config` (checked before any weight is prepared), or why not.
     fn supports(&self, _config: &ClipConfig) -> Result<()> {
         Ok(())

@@ -97,6 +97,10 @@ impl CpuBackend {
     }
 }
 
+/// The fewest token rows worth a concurrent forward of their own (below, the GEMMs' row blocks would be too few to
+/// reuse each weight panel).
+const MIN_PART_ROWS: usize = 192;
+
 /// Rows per rayon task for the memory-bound row-wise ops: large enough to amortize scheduling.
 const ROWS_PER_TASK: usize = 8;
 
@@ -131,6 +135,12 @@ impl Backend for CpuBackend {
         } else {
             rayon::scope(|_| forward())
         }
+    }
+
+    /// One part per thread, each of at least [`MIN_PART_ROWS`] rows: a forward's GEMMs, attention and row-wise ops
+    /// then run on their own part without waiting for each other at every op.
+    fn batch_parts(&self, rows: usize) -> usize {
+        (rows / MIN_PART_ROWS).clamp(1, rayon::current_num_threads())
     }
 
     fn peak_gflops(&self, threads: usize) -> Option<f64> {

@@ -71,40 +71,48 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
-/// A value kept from one forward pass to the next (a tower's activation buffers), so that repeated calls at the
+/// Values kept from one forward pass to the next (a tower's activation buffers), so that repeated calls at the
 /// same or a smaller shape allocate and page-fault nothing: at ViT-B/32 batch 32 that is ≈ 100 MB per call, a few
-/// percent of the forward. A caller that finds it taken (another thread mid-forward) builds its own.
-pub struct Reuse<T>(std::sync::Mutex<Option<T>>);
+/// percent of the forward. Concurrent forwards (parts of one batch, or callers on several threads) each take their
+/// own; at most [`Reuse::KEPT`] are kept.
+pub struct Reuse<T>(std::sync::Mutex<Vec<T>>);
 
 impl<T> Default for Reuse<T> {
     fn default() -> Self {
-        Reuse(std::sync::Mutex::new(None))
+        Reuse(std::sync::Mutex::new(Vec::new()))
     }
 }
 
 impl<T> Reuse<T> {
-    /// The kept value if `fits` accepts it, else a new one from `make`.
+    /// More than any CPU runs at once (one per concurrent batch part, [`Backend::batch_parts`]).
+    const KEPT: usize = 8;
+
+    /// A kept value that `fits` accepts, else a new one from `make`.
     pub fn take_or(
         &self,
         fits: impl Fn(&T) -> bool,
         make: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         // A poisoned lock only means a panic elsewhere mid-forward: the buffers are plain data, still usable.
-        let kept = match self.0.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
+        let kept = {
+            let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match g.iter().position(&fits) {
+                Some(i) => Some(g.swap_remove(i)),
+                // One value too small for this call is freed rather than kept beside the new one.
+                None => g.pop().and(None),
+            }
         };
         match kept {
-            Some(v) if fits(&v) => Ok(v),
-            _ => make(),
+            Some(v) => Ok(v),
+            None => make(),
         }
     }
 
-    /// Keeps `v` for the next call.
+    /// Keeps `v` for a later call.
     pub fn keep(&self, v: T) {
-        match self.0.lock() {
-            Ok(mut g) => *g = Some(v),
-            Err(p) => *p.into_inner() = Some(v),
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() < Self::KEPT {
+            g.push(v);
         }
     }
 }

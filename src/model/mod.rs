@@ -164,11 +164,96 @@ impl<B: Backend> Model<B> for ClipModel<B> {
     fn into_backend(self: Box<Self>) -> B {
         self.backend
     }
+    /// In the backend's [`Backend::batch_parts`], run concurrently (each image is independent of the others).
     fn encode_images(&self, pixels: &[f32], batch: usize) -> Result<Vec<f32>> {
-        ClipModel::encode_images(self, pixels, batch)
+        let (b, v) = (&self.backend, &self.config.vision);
+        let per_image = v.num_channels * v.image_size * v.image_size;
+        // A malformed call goes whole to the tower, which says what is wrong with it.
+        if pixels.len() != batch * per_image {
+            return ClipModel::encode_images(self, pixels, batch);
+        }
+        let parts = b.batch_parts(batch * v.seq_len());
+        b.on_workers(|| {
+            in_parts(parts, 0, batch, &|first, n| {
+                let part = &pixels[first * per_image..(first + n) * per_image];
+                ClipModel::encode_images(self, part, n)
+            })
+        })
     }
-    /// The family's layout (ARCHITECTURE.md, trap 2): CLIP's cut batch, SigLIP's padded and masked one.
+    /// The family's layout (ARCHITECTURE.md, trap 2): CLIP's cut batch, SigLIP's padded and masked one; in the
+    /// backend's [`Backend::batch_parts`], each part laid out on its own (a causal part cut at its own longest row:
+    /// the same embeddings).
     fn encode_texts(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
-        ClipModel::encode_texts(self, &TextBatch::for_model(rows, &self.config)?)
+        let b = &self.backend;
+        let parts = b.batch_parts(rows.iter().map(Vec::len).sum());
+        b.on_workers(|| {
+            in_parts(parts, 0, rows.len(), &|first, n| {
+                let part = TextBatch::for_model(&rows[first..first + n], &self.config)?;
+                ClipModel::encode_texts(self, &part)
+            })
+        })
+    }
+}
+
+/// `f(first, count)` over `parts` consecutive, near-equal slices of the items `first..first + n`, run concurrently
+/// (`rayon::join`), the outputs concatenated in item order. Fewer parts than asked when there are fewer items.
+fn in_parts(
+    parts: usize,
+    first: usize,
+    n: usize,
+    f: &(dyn Fn(usize, usize) -> Result<Vec<f32>> + Sync),
+) -> Result<Vec<f32>> {
+    let parts = parts.min(n);
+    if parts <= 1 {
+        return f(first, n);
+    }
+    let left_parts = parts / 2;
+    let left = n * left_parts / parts;
+    let (a, b) = rayon::join(
+        || in_parts(left_parts, first, left, f),
+        || in_parts(parts - left_parts, first + left, n - left, f),
+    );
+    let mut out = a?;
+    out.extend(b?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_every_item_once_in_order() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (parts, n) in [(1, 5), (2, 5), (3, 7), (4, 4), (8, 3), (2, 1), (2, 0)] {
+            let calls = std::sync::Mutex::new(Vec::new());
+            let out = pool
+                .install(|| {
+                    in_parts(parts, 10, n, &|first, count| {
+                        calls.lock().unwrap().push(count);
+                        Ok((first..first + count).map(|i| i as f32).collect())
+                    })
+                })
+                .unwrap();
+            let want: Vec<f32> = (10..10 + n).map(|i| i as f32).collect();
+            assert_eq!(out, want, "{parts} parts of {n}");
+            let calls = calls.into_inner().unwrap();
+            assert_eq!(calls.len(), parts.min(n).max(1), "{parts} parts of {n}");
+            assert!(calls.iter().all(|&c| c + 1 >= n / parts.min(n).max(1)));
+        }
+        // An error in any part is the call's error.
+        let err = pool.install(|| {
+            in_parts(2, 0, 4, &|first, _| {
+                if first == 0 {
+                    Ok(vec![0.0])
+                } else {
+                    Err(crate::error::Error::EmptyInput("part"))
+                }
+            })
+        });
+        assert!(err.is_err());
     }
 }
