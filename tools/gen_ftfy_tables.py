@@ -1,7 +1,7 @@
 """Writes src/tokenizer/ftfy_tables.rs: the data behind ftfy's mojibake repair (`fix_encoding`), which open_clip's
 tokenizer runs on every text (src/tokenizer/ftfy.rs holds the logic).
 
-    tools/.venv/bin/python tools/gen_ftfy_tables.py      # needs ftfy 6.3 (open_clip's dependency)
+    tools/.venv/bin/python tools/gen_ftfy_tables.py && cargo fmt      # needs ftfy 6.3 (open_clip's dependency)
 
 What it writes, each taken from the installed ftfy, never retyped:
 - ftfy's regular expressions (`BADNESS_RE`, `UTF8_DETECTOR_RE`, `ALTERED_UTF8_RE`, `LOSSY_UTF8_RE`,
@@ -23,6 +23,9 @@ import sys
 import ftfy
 import ftfy.bad_codecs  # noqa: F401 (registers the sloppy codecs)
 from ftfy import badness, chardata, fixes
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gen_html_entities import rust_str  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "src", "tokenizer", "ftfy_tables.rs")
 
@@ -111,18 +114,6 @@ def pattern(compiled):
     if isinstance(source, bytes):
         source = source.decode("latin-1")
     return convert(P.parse(source, compiled.flags & re.VERBOSE))
-
-
-def rust_str(text):
-    out = []
-    for c in text:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif " " <= c <= "~":
-            out.append(c)
-        else:
-            out.append(f"\\u{{{ord(c):x}}}")
-    return '"' + "".join(out) + '"'
 
 
 def main():

@@ -3,8 +3,8 @@
 //!
 //! Per head: `S = Q·Kᵀ` (S is at most 257 × 257 floats, 264 KB: it stays in L2), a SIMD softmax per row with the
 //! 1/√d scale and the causal mask folded in, then `O = P·V` written straight into the head's columns of the output.
-//! On AVX-512 both products run the GEMM micro-kernel: Kᵀ is packed into 32-column panels, V is read in place
-//! (masked loads make any head dim work: 64, 80, 104). The AMX engines run both products on tiles
+//! On AVX-512 both products run the GEMM micro-kernel: Kᵀ is packed into panels of `NR` (48) columns, V is read
+//! in place (masked loads make any head dim work: 64, 80, 104). The AMX engines run both products on tiles
 //! (`amx::attention`); the AVX2 and scalar tiers use the `gemm` crate.
 
 use std::cell::RefCell;
@@ -107,7 +107,7 @@ unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
     let plain = TileStore::PLAIN;
     with_scratch(panels * hd * NR + seq * lds, |buf| {
         let (kt, scores) = buf.split_at_mut(panels * hd * NR);
-        // Kᵀ in panels: kt[p][c][j] = k[32p + j][c], zero past the sequence.
+        // Kᵀ in panels: kt[p][c][j] = k[NR·p + j][c], zero past the sequence.
         kt[(panels - 1) * hd * NR..].fill(0.0);
         for j in 0..seq {
             let krow = &head[j * 3 * d + d..][..hd];

@@ -117,26 +117,30 @@ impl<T> Reuse<T> {
     }
 }
 
+/// One forward's layout: `batch` sequences of `seq` tokens, causal or not; with `key_lens`, item b attends only to
+/// its first `key_lens[b]` tokens (a padding mask).
+pub struct Pass<'a, B: Backend> {
+    pub batch: usize,
+    pub seq: usize,
+    pub causal: bool,
+    pub key_lens: Option<&'a Rows<B>>,
+}
+
 /// Runs `layers` over the residual stream `ws.x` (`batch × seq` rows):
-/// x += out_proj(attention(LN1(x)));  x += fc2(act(fc1(LN2(x)))). With `key_lens`, item b attends only to its
-/// first `key_lens[b]` tokens (a padding mask).
-#[allow(clippy::too_many_arguments)]
+/// x += out_proj(attention(LN1(x)));  x += fc2(act(fc1(LN2(x)))).
 pub fn run_encoder<B: Backend>(
     b: &B,
     layers: &[EncoderLayer<B>],
     c: &EncoderConfig,
     ws: &mut Workspace<B>,
-    batch: usize,
-    seq: usize,
-    causal: bool,
-    key_lens: Option<&Rows<B>>,
+    p: &Pass<B>,
 ) -> Result<()> {
     for l in layers {
-        attend(b, l, c, ws, batch, seq, causal, key_lens)?;
+        attend(b, l, c, ws, p)?;
         let Workspace {
             x, norm, attn, mlp, ..
         } = ws;
-        residual_blocks(b, l, c, x, attn, norm, mlp, batch * seq)?;
+        residual_blocks(b, l, c, x, attn, norm, mlp, p.batch * p.seq)?;
     }
     Ok(())
 }
@@ -146,25 +150,20 @@ pub fn run_encoder<B: Backend>(
 /// The last layer's attention still runs over every token (every key and value is needed), but its
 /// out-projection, LayerNorm and MLP are row-wise, so they run on the pooled rows alone: the same values, without
 /// ≈ 3/4 of the last layer's FLOPs (ARCHITECTURE §7.14).
-#[allow(clippy::too_many_arguments)]
 pub fn run_encoder_pooled<B: Backend>(
     b: &B,
     layers: &[EncoderLayer<B>],
     c: &EncoderConfig,
     ws: &mut Workspace<B>,
-    batch: usize,
-    seq: usize,
-    causal: bool,
-    key_lens: Option<&Rows<B>>,
-    rows: &Rows<B>,
-    pooled: &mut B::Buf,
+    p: &Pass<B>,
+    (rows, pooled): (&Rows<B>, &mut B::Buf),
 ) -> Result<()> {
     let d = c.hidden_size;
     let Some((last, body)) = layers.split_last() else {
-        return backend::gather_rows(b, pooled, &ws.x, rows, batch, d);
+        return backend::gather_rows(b, pooled, &ws.x, rows, p.batch, d);
     };
-    run_encoder(b, body, c, ws, batch, seq, causal, key_lens)?;
-    attend(b, last, c, ws, batch, seq, causal, key_lens)?;
+    run_encoder(b, body, c, ws, p)?;
+    attend(b, last, c, ws, p)?;
     let Workspace {
         x,
         norm,
@@ -173,32 +172,28 @@ pub fn run_encoder_pooled<B: Backend>(
         mlp,
         ..
     } = ws;
-    backend::gather_rows(b, pooled, x, rows, batch, d)?;
+    backend::gather_rows(b, pooled, x, rows, p.batch, d)?;
     // q/k/v are spent: their buffer holds the pooled rows' attention output.
-    backend::gather_rows(b, qkv, attn, rows, batch, d)?;
-    residual_blocks(b, last, c, pooled, qkv, norm, mlp, batch)
+    backend::gather_rows(b, qkv, attn, rows, p.batch, d)?;
+    residual_blocks(b, last, c, pooled, qkv, norm, mlp, p.batch)
 }
 
 /// `ws.attn = attention(LN1(ws.x))` over all `batch × seq` rows.
-#[allow(clippy::too_many_arguments)]
 fn attend<B: Backend>(
     b: &B,
     l: &EncoderLayer<B>,
     c: &EncoderConfig,
     ws: &mut Workspace<B>,
-    batch: usize,
-    seq: usize,
-    causal: bool,
-    key_lens: Option<&Rows<B>>,
+    p: &Pass<B>,
 ) -> Result<()> {
-    let rows = batch * seq;
+    let rows = p.batch * p.seq;
     let d = c.hidden_size;
     let shape = AttnShape {
-        batch,
-        seq,
+        batch: p.batch,
+        seq: p.seq,
         heads: c.num_heads,
         head_dim: c.head_dim(),
-        causal,
+        causal: p.causal,
     };
     backend::layernorm(
         b,
@@ -222,7 +217,7 @@ fn attend<B: Backend>(
         },
         Epilogue::Store,
     )?;
-    match key_lens {
+    match p.key_lens {
         Some(k) => backend::attention_masked(b, &mut ws.attn, &ws.qkv, shape, k),
         None => backend::attention(b, &mut ws.attn, &ws.qkv, shape),
     }
@@ -324,15 +319,20 @@ mod tests {
 
         let mut ws = Workspace::new(b, batch * seq, &c).unwrap();
         ws.x = b.upload(&x).unwrap();
-        run_encoder(b, &layers, &c, &mut ws, batch, seq, causal, mask).unwrap();
+        let pass = Pass {
+            batch,
+            seq,
+            causal,
+            key_lens: mask,
+        };
+        run_encoder(b, &layers, &c, &mut ws, &pass).unwrap();
         let mut full = b.alloc(batch * d).unwrap();
         backend::gather_rows(b, &mut full, &ws.x, &pool, batch, d).unwrap();
 
         let mut ws = Workspace::new(b, batch * seq, &c).unwrap();
         ws.x = b.upload(&x).unwrap();
         let mut pooled = b.upload(&vec![f32::NAN; batch * d]).unwrap();
-        #[rustfmt::skip]
-        run_encoder_pooled(b, &layers, &c, &mut ws, batch, seq, causal, mask, &pool, &mut pooled).unwrap();
+        run_encoder_pooled(b, &layers, &c, &mut ws, &pass, (&pool, &mut pooled)).unwrap();
         (b.download(&full).unwrap(), b.download(&pooled).unwrap())
     }
 

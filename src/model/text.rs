@@ -9,7 +9,7 @@ use super::weights::TextWeights;
 use crate::backend::{self, Backend, Epilogue, GemmShape, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::model::layers::{run_encoder_pooled, EncoderLayer, Reuse, Workspace};
+use crate::model::layers::{run_encoder_pooled, EncoderLayer, Pass, Reuse, Workspace};
 
 /// The text tower prepared for backend `B`.
 pub struct TextTower<B: Backend> {
@@ -158,8 +158,13 @@ impl<B: Backend> TextTower<B> {
                 backend::gather_rows(b, &mut ws.x, &ws.norm, order, n * seq, d)?;
             }
             let mask = masked.then_some(&*key_lens);
-            #[rustfmt::skip]
-            run_encoder_pooled(b, &self.layers, c, ws, n, seq, batch.causal, mask, pool, pooled)?;
+            let pass = Pass {
+                batch: n,
+                seq,
+                causal: batch.causal,
+                key_lens: mask,
+            };
+            run_encoder_pooled(b, &self.layers, c, ws, &pass, (pool, pooled))?;
             backend::layernorm(
                 b,
                 normed,

@@ -8,7 +8,7 @@ use super::weights::{HeadWeights, PoolWeights, VisionWeights};
 use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape, PatchShape, Rows};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::model::layers::{run_encoder, run_encoder_pooled, EncoderLayer, Reuse, Workspace};
+use crate::model::layers::{run_encoder, run_encoder_pooled, EncoderLayer, Pass, Reuse, Workspace};
 
 /// The image tower prepared for backend `B`.
 pub struct VisionTower<B: Backend> {
@@ -291,11 +291,16 @@ impl<B: Backend> VisionTower<B> {
                 backend::layernorm(b, &mut ws.x, embedded, g, be, batch * seq, d, eps)?;
             }
             let (post_g, post_b) = &self.post_ln;
-            let e = &c.encoder;
+            let (e, layers) = (&c.encoder, &self.layers);
+            let pass = Pass {
+                batch,
+                seq,
+                causal: false,
+                key_lens: None,
+            };
             match &self.pool {
                 Pool::ClassToken { projection } => {
-                    #[rustfmt::skip]
-                    run_encoder_pooled(b, &self.layers, e, ws, batch, seq, false, None, class_rows, pooled)?;
+                    run_encoder_pooled(b, layers, e, ws, &pass, (class_rows, pooled))?;
                     backend::layernorm(b, normed, pooled, post_g, post_b, batch, d, eps)?;
                     let g = GemmShape {
                         m: batch,
@@ -306,7 +311,7 @@ impl<B: Backend> VisionTower<B> {
                 }
                 Pool::AttentionHead(h) => {
                     // The head attends over every token: the whole last layer is needed.
-                    run_encoder(b, &self.layers, e, ws, batch, seq, false, None)?;
+                    run_encoder(b, layers, e, ws, &pass)?;
                     let rows = batch * seq;
                     backend::layernorm(b, embedded, &ws.x, post_g, post_b, rows, d, eps)?;
                     let g = GemmShape {
