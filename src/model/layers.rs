@@ -74,7 +74,7 @@ impl<B: Backend> Workspace<B> {
 /// Values kept from one forward pass to the next (a tower's activation buffers), so that repeated calls at the
 /// same or a smaller shape allocate and page-fault nothing: at ViT-B/32 batch 32 that is ≈ 100 MB per call, a few
 /// percent of the forward. Concurrent forwards (parts of one batch, or callers on several threads) each take their
-/// own; at most [`Reuse::KEPT`] are kept.
+/// own; at most one per rayon thread (and never fewer than [`Reuse::MIN_KEPT`]) are kept.
 pub struct Reuse<T>(std::sync::Mutex<Vec<T>>);
 
 impl<T> Default for Reuse<T> {
@@ -84,8 +84,8 @@ impl<T> Default for Reuse<T> {
 }
 
 impl<T> Reuse<T> {
-    /// More than any CPU runs at once (one per concurrent batch part, [`Backend::batch_parts`]).
-    const KEPT: usize = 8;
+    /// Kept even on few threads: callers on threads of their own may run forwards beside the pool's.
+    const MIN_KEPT: usize = 8;
 
     /// A kept value that `fits` accepts, else a new one from `make`.
     pub fn take_or(
@@ -111,7 +111,8 @@ impl<T> Reuse<T> {
     /// Keeps `v` for a later call.
     pub fn keep(&self, v: T) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if g.len() < Self::KEPT {
+        // One per concurrent batch part (`Backend::batch_parts`: at most one per thread).
+        if g.len() < rayon::current_num_threads().max(Self::MIN_KEPT) {
             g.push(v);
         }
     }

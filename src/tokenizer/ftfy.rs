@@ -45,11 +45,12 @@ fn segments(text: &str) -> impl Iterator<Item = &str> {
             return None;
         }
         let line_end = rest.find('\n').map_or(rest.len(), |i| i + 1);
-        let cap = rest
+        // Counted within the line only, so that many short lines cost one pass over the text.
+        let end = rest[..line_end]
             .char_indices()
             .nth(MAX_SEGMENT)
-            .map_or(rest.len(), |(i, _)| i);
-        let (segment, tail) = rest.split_at(line_end.min(cap));
+            .map_or(line_end, |(i, _)| i);
+        let (segment, tail) = rest.split_at(end);
         rest = tail;
         Some(segment)
     })
@@ -136,6 +137,8 @@ fn is_bad(p: &Patterns, text: &str) -> bool {
 
 /// ftfy's `fix_encoding`: mojibake undone, one layer per step, until a step changes nothing.
 fn fix_encoding(text: &str) -> String {
+    // The patterns are generated from ftfy and compile (fix_text_matches_ftfy would fail otherwise); were one
+    // ever rejected, the text goes on unrepaired rather than the tokenizer failing.
     let Some(p) = patterns() else {
         return text.to_string();
     };
