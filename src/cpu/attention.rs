@@ -3,8 +3,8 @@
 //!
 //! Per head: `S = Q·Kᵀ` (S is at most 257 × 257 floats, 264 KB: it stays in L2), a SIMD softmax per row with the
 //! 1/√d scale and the causal mask folded in, then `O = P·V` written straight into the head's columns of the output.
-//! On AVX-512 both products run the GEMM micro-kernel: Kᵀ is packed into panels of `NR` (48) columns, V is read
-//! in place (masked loads make any head dim work: 64, 80, 104). The AMX engines run both products on tiles
+//! On AVX-512 both products run tiles sized to their width (`rows_times_cols`): Kᵀ is packed into panels of 64
+//! keys, V is read in place (masked loads make any head dim work: 64, 80 = 64 + 16, 104 = 64 + 40). The AMX engines run both products on tiles
 //! (`amx::attention`); the AVX2 and scalar tiers use the `gemm` crate.
 
 use std::cell::RefCell;
@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use super::matmul::{sgemm, NR};
+use super::matmul::sgemm;
 use super::simd;
 use super::MatrixEngine;
 use crate::backend::AttnShape;
@@ -98,36 +98,43 @@ pub fn attention(
 }
 
 /// One head on AVX-512. `head` starts at this head's q columns of the batch item's first row; `out` at its output.
+///
+/// Only what the masks let through is computed: `Q·Kᵀ` over the first `valid` keys (key padding mask), a causal
+/// tower's key panel only for the queries at or after its first key, and `P·V` over the keys each row tile sees.
 #[cfg(target_arch = "x86_64")]
 unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
-    use super::matmul::{avx512::rows_times_panel, TileStore};
+    use super::matmul::avx512::{rows_times_cols, MAX_COLS};
+    use super::matmul::TileStore;
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
-    let panels = seq.div_ceil(NR);
-    let lds = panels * NR;
+    // Kᵀ in panels of MAX_COLS keys: the widest tile, so a 64-wide product has no wasted columns.
+    let panels = valid.div_ceil(MAX_COLS);
+    // A row of scores is padded to whole zmm; the softmax zeroes it past each query's keys, up to `seq`.
+    let lds = seq.next_multiple_of(16);
     let plain = TileStore::PLAIN;
-    with_scratch(panels * hd * NR + seq * lds, |buf| {
-        let (kt, scores) = buf.split_at_mut(panels * hd * NR);
-        // Kᵀ in panels: kt[p][c][j] = k[NR·p + j][c], zero past the sequence.
-        kt[(panels - 1) * hd * NR..].fill(0.0);
-        for j in 0..seq {
+    with_scratch(panels * hd * MAX_COLS + seq * lds, |buf| {
+        let (kt, scores) = buf.split_at_mut(panels * hd * MAX_COLS);
+        // kt[p][c][j] = k[MAX_COLS·p + j][c]; lanes past `valid` are never loaded (masked).
+        for j in 0..valid {
             let krow = &head[j * 3 * d + d..][..hd];
-            let base = (j / NR) * hd * NR + j % NR;
+            let base = (j / MAX_COLS) * hd * MAX_COLS + j % MAX_COLS;
             for (c, &v) in krow.iter().enumerate() {
-                kt[base + c * NR] = v;
+                kt[base + c * MAX_COLS] = v;
             }
         }
         for p in 0..panels {
-            let cols = NR.min(seq - p * NR);
-            rows_times_panel(
-                seq,
-                hd,
-                head.as_ptr(),
+            let first_key = p * MAX_COLS;
+            // Causal: queries before the panel's first key see none of its keys.
+            let first_row = if s.causal { first_key } else { 0 };
+            rows_times_cols(
+                seq - first_row,
+                |_, _| hd,
+                head.as_ptr().add(first_row * 3 * d),
                 3 * d,
-                kt.as_ptr().add(p * hd * NR),
-                NR,
-                scores.as_mut_ptr().add(p * NR),
+                kt.as_ptr().add(p * hd * MAX_COLS),
+                MAX_COLS,
+                scores.as_mut_ptr().add(first_row * lds + first_key),
                 lds,
-                cols,
+                MAX_COLS.min(valid - first_key),
                 plain,
             );
         }
@@ -137,18 +144,18 @@ unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
             simd::softmax(Isa::Avx512, &mut row[..seq], keys, scale);
         }
         let v = head.as_ptr().add(2 * d);
-        for p in 0..hd.div_ceil(NR) {
-            let cols = NR.min(hd - p * NR);
-            rows_times_panel(
+        for c0 in (0..hd).step_by(MAX_COLS) {
+            rows_times_cols(
                 seq,
-                seq,
+                // The last (largest) key count among the tile's rows: the probabilities past it are zero.
+                |r0, rows| s.keys(r0 + rows - 1, valid),
                 scores.as_ptr(),
                 lds,
-                v.add(p * NR),
+                v.add(c0),
                 3 * d,
-                out.add(p * NR),
+                out.add(c0),
                 d,
-                cols,
+                MAX_COLS.min(hd - c0),
                 plain,
             );
         }

@@ -501,14 +501,14 @@ pub(crate) mod avx512 {
 
     /// Adds C / bias, applies the activation, stores the first `cols` columns of an `R × NR` accumulator tile.
     #[inline(always)]
-    unsafe fn store_tile<const R: usize>(
-        acc: &[[__m512; NV]; R],
+    unsafe fn store_tile<const R: usize, const V: usize>(
+        acc: &[[__m512; V]; R],
         c: *mut f32,
         ldc: usize,
         cols: usize,
         st: TileStore,
     ) {
-        let masks: [__mmask16; NV] = std::array::from_fn(|j| mask16(cols.saturating_sub(16 * j)));
+        let masks: [__mmask16; V] = std::array::from_fn(|j| mask16(cols.saturating_sub(16 * j)));
         for (i, row) in acc.iter().enumerate() {
             for (j, &m) in masks.iter().enumerate() {
                 if m == 0 {
@@ -671,7 +671,7 @@ pub(crate) mod avx512 {
             }};
         }
         k_loop!(kc, step, prefetch_tile::<R>(c, ldc));
-        store_tile::<R>(&acc, c, ldc, cols, st);
+        store_tile::<R, NV>(&acc, c, ldc, cols, st);
     }
 
     /// The bf16 twin of [`tile_f32`]: A and B hold bf16 pairs along k (`kp` pairs), products summed in f32.
@@ -730,7 +730,7 @@ pub(crate) mod avx512 {
         if st.to_bf16 {
             store_tile_pairs::<R>(acc, c as *mut u32, ldc, cols, st);
         } else {
-            store_tile::<R>(&acc, c, ldc, cols, st);
+            store_tile::<R, NV>(&acc, c, ldc, cols, st);
         }
     }
 
@@ -747,15 +747,13 @@ pub(crate) mod avx512 {
         };
     }
 
-    /// `C[m, cols] (+)= A[m, kc] · B[kc, cols]` for any m, in row tiles of ≤ 12 (cols ≤ 32). Used by attention.
-    ///
-    /// # Safety
-    /// AVX-512F must be available; A, B and C must be valid for the strided extents described.
-    #[target_feature(enable = "avx512f")]
+    /// `C[R, cols] (+)= A[R, k] · B[k, cols]` with `V` = ⌈cols/16⌉ zmm per row (cols ≤ 16·V), B any strided
+    /// matrix read with masked loads. Attention's products take it: their widths (the sequence for `Q·Kᵀ`, the head
+    /// dim for `P·V`) fit a panel of 48 badly (64 = 48 + 48 with a third of the second panel's products wasted).
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn rows_times_panel(
-        m: usize,
-        kc: usize,
+    unsafe fn tile_cols<const R: usize, const V: usize>(
+        k: usize,
         a: *const f32,
         lda: usize,
         b: *const f32,
@@ -765,23 +763,69 @@ pub(crate) mod avx512 {
         cols: usize,
         st: TileStore,
     ) {
-        let tiles = m.div_ceil(MR);
-        for t in 0..tiles {
-            let (r0, rows) = tile_span(m, tiles, t);
-            by_rows!(
-                rows,
-                tile_f32,
-                kc,
-                a.add(r0 * lda),
-                lda,
-                b,
-                ldb,
-                c.add(r0 * ldc),
-                ldc,
-                cols,
-                st,
-                b
-            );
+        let masks: [__mmask16; V] = std::array::from_fn(|j| mask16(cols.saturating_sub(16 * j)));
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for kk in 0..k {
+            let bp = b.add(kk * ldb);
+            let bv: [__m512; V] =
+                std::array::from_fn(|j| _mm512_maskz_loadu_ps(masks[j], bp.add(16 * j)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i * lda + kk));
+                for j in 0..V {
+                    row[j] = _mm512_fmadd_ps(ai, bv[j], row[j]);
+                }
+            }
+        }
+        store_tile::<R, V>(&acc, c, ldc, cols, st);
+    }
+
+    /// Widest product [`rows_times_cols`] takes: four zmm per row.
+    pub(crate) const MAX_COLS: usize = 64;
+
+    /// `C[m, cols] (+)= A[m, k] · B[k, cols]` for any m and `cols` ≤ [`MAX_COLS`], in row tiles whose
+    /// accumulators fill ≤ 24 zmm (6 rows × 4 zmm, 8 × 3, 12 × 2; 12 × 1, as more rows would be bound by their
+    /// broadcasts). `k(first_row, rows)` is the reduction length of each row tile: a causal or key-masked `P·V`
+    /// stops at the last key any of the tile's rows sees (the probabilities past it are zero).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; A, B and C must be valid for the strided extents described.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn rows_times_cols(
+        m: usize,
+        k: impl Fn(usize, usize) -> usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+    ) {
+        assert!(
+            cols <= MAX_COLS,
+            "rows_times_cols: {cols} columns > {MAX_COLS}"
+        );
+        macro_rules! tiles {
+            ($v:literal, $rmax:literal, [$($r:literal)+]) => {{
+                let tiles = m.div_ceil($rmax);
+                for t in 0..tiles {
+                    let (r0, rows) = tile_span(m, tiles, t);
+                    let (kt, ap, cp) = (k(r0, rows), a.add(r0 * lda), c.add(r0 * ldc));
+                    match rows {
+                        $($r => tile_cols::<$r, $v>(kt, ap, lda, b, ldb, cp, ldc, cols, st),)+
+                        _ => unreachable!("tile height {rows} outside 1..={}", $rmax),
+                    }
+                }
+            }};
+        }
+        match cols.div_ceil(16) {
+            0 => {}
+            1 => tiles!(1, 12, [1 2 3 4 5 6 7 8 9 10 11 12]),
+            2 => tiles!(2, 12, [1 2 3 4 5 6 7 8 9 10 11 12]),
+            3 => tiles!(3, 8, [1 2 3 4 5 6 7 8]),
+            _ => tiles!(4, 6, [1 2 3 4 5 6]),
         }
     }
 
