@@ -1,5 +1,7 @@
 //! What `embed` spends on one image before the tower: decode (JPEG through libjpeg-turbo, PNG), PIL's bicubic
-//! resize of the shortest side, the center crop and the normalization. Throughput is in images; one thread.
+//! resize of the shortest side, the center crop and the normalization. Throughput is in images; one thread, inside
+//! a one-thread pool as in a pipeline's parallel decodes (called from outside a pool, the resize would spread its
+//! rows over every core).
 //!
 //!     cargo bench --bench preprocess
 //!
@@ -20,14 +22,15 @@ fn photo(w: u32, h: u32) -> Vec<u8> {
     let mut px = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
-            let noise = ((x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663)) % 25) as i32 - 12;
+            let noise =
+                ((x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663)) % 25) as i32 - 12;
             let (dx, dy) = (x as i32 - w as i32 / 2, y as i32 - h as i32 / 3);
-            let disc = if dx * dx + dy * dy < (h as i32 / 4).pow(2) { 60 } else { 0 };
-            for base in [
-                255 * x / w.max(1),
-                255 * y / h.max(1),
-                128 + (x + y) % 64,
-            ] {
+            let disc = if dx * dx + dy * dy < (h as i32 / 4).pow(2) {
+                60
+            } else {
+                0
+            };
+            for base in [255 * x / w.max(1), 255 * y / h.max(1), 128 + (x + y) % 64] {
                 px.push((base as i32 + noise + disc).clamp(0, 255) as u8);
             }
         }
@@ -53,6 +56,10 @@ fn png(w: u32, h: u32) -> Vec<u8> {
 
 fn preprocess(c: &mut Criterion) {
     let config = PreprocessConfig::openai(224);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
     let mut g = c.benchmark_group("preprocess");
     g.sample_size(20);
     g.warm_up_time(std::time::Duration::from_millis(500));
@@ -65,7 +72,7 @@ fn preprocess(c: &mut Criterion) {
         ("png-640x480", png(640, 480)),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| config.apply_bytes(&bytes, Path::new(name)).unwrap())
+            pool.install(|| b.iter(|| config.apply_bytes(&bytes, Path::new(name)).unwrap()))
         });
     }
     g.finish();

@@ -339,8 +339,11 @@ impl PreprocessConfig {
         };
         limits::check("pixels after the resize", rw * rh, MAX_RESIZED_PIXELS)?;
         let (oh, ow) = self.output_size(width, height);
-        // Either pass order's intermediate, the resized image (3 bytes a pixel) and the f32 output.
-        Ok(3 * (rw * h + w * rh + rw * rh) + 12 * (oh as u64) * (ow as u64))
+        // Either pass order's intermediate, the resized image (3 bytes a pixel), the horizontal pass's strips and
+        // the f32 output.
+        Ok(3 * (rw * h + w * rh + rw * rh)
+            + crate::resample::strip_bytes(width, rw as usize)
+            + 12 * (oh as u64) * (ow as u64))
     }
 
     /// The `(height, width)` of the tensor this config produces from an image of `width × height`.

@@ -175,29 +175,58 @@ fn for_each_row(data: &mut [u8], row: usize, f: impl Fn(usize, &mut [u8]) + Sync
     }
 }
 
-/// Resamples the rows (horizontal pass) to `width`.
+/// Resamples the rows (horizontal pass) to `width`, in strips of [`STRIP`] rows: each strip is transposed, resampled
+/// as columns (the vertical pass's vector kernel, [`weighted_rows`]) and transposed back. A row pass gathers each
+/// output pixel's taps 3 bytes apart, one pixel at a time (measured: 1.3 of the 3.0 ms a 640 × 480 photo took to
+/// preprocess); a strip stays in L2 (64 rows of 1280 pixels: 246 KB). The sums are integers, so the order changes
+/// nothing: the pixels are PIL's.
 fn horizontal(img: &RgbImage, width: usize, filter: Resample) -> RgbImage {
     let t = taps(img.width, width, filter);
     let mut data = vec![0u8; width * img.height * 3];
-    for_each_row(&mut data, width * 3, |y, out| {
-        let row = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
-        for (x, px) in out.chunks_exact_mut(3).enumerate() {
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (i, &w) in t.weights[x].iter().enumerate() {
-                let src = &row[(t.first[x] + i) * 3..][..3];
-                for c in 0..3 {
-                    acc[c] += i32::from(src[c]) * w;
-                }
-            }
-            for c in 0..3 {
-                px[c] = clip8(acc[c]);
-            }
+    for_each_row(&mut data, width * 3 * STRIP, |strip, out| {
+        let rows = out.len() / (width * 3);
+        let y0 = strip * STRIP;
+        // columns[x] = the strip's pixels of column x (rows·3 bytes), then the same for the resampled columns.
+        let mut columns = vec![0u8; img.width * rows * 3];
+        transpose(
+            &img.data[y0 * img.width * 3..][..img.width * rows * 3],
+            img.width,
+            rows,
+            &mut columns,
+        );
+        let mut resampled = vec![0u8; width * rows * 3];
+        for (x, col) in resampled.chunks_exact_mut(rows * 3).enumerate() {
+            weighted_rows(&columns, t.first[x], rows * 3, &t.weights[x], col);
         }
+        transpose(&resampled, rows, width, out);
     });
     RgbImage {
         width,
         height: img.height,
         data,
+    }
+}
+
+/// Scratch bytes the horizontal pass from `width` to `resized_width` pixels holds at once: a strip transposed and
+/// resampled, on each thread that may run one (every thread of the pool when called from outside it).
+pub(crate) fn strip_bytes(width: usize, resized_width: usize) -> u64 {
+    let threads = rayon::current_num_threads() as u64;
+    threads * 3 * STRIP as u64 * (width as u64 + resized_width as u64)
+}
+
+/// Rows per strip of the horizontal pass: a transposed row is then 192 bytes, three whole [`CHUNK`]s.
+const STRIP: usize = 64;
+
+/// Values per vector chunk of [`weighted_rows`]: 64 i32 accumulators, four zmm registers.
+const CHUNK: usize = 64;
+
+/// `dst` (`w` rows of `h` pixels) = `src` (`h` rows of `w` RGB pixels) mirrored about its diagonal.
+fn transpose(src: &[u8], w: usize, h: usize, dst: &mut [u8]) {
+    let (src, dst) = (&src[..w * h * 3], &mut dst[..w * h * 3]);
+    for (y, row) in src.chunks_exact(w * 3).enumerate() {
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            dst[(x * h + y) * 3..][..3].copy_from_slice(px);
+        }
     }
 }
 
@@ -207,20 +236,70 @@ fn vertical(img: &RgbImage, height: usize, filter: Resample) -> RgbImage {
     let stride = img.width * 3;
     let mut data = vec![0u8; stride * height];
     for_each_row(&mut data, stride, |y, out| {
-        let mut acc = vec![1i32 << (PRECISION_BITS - 1); stride];
-        for (i, &w) in t.weights[y].iter().enumerate() {
-            let src = &img.data[(t.first[y] + i) * stride..][..stride];
-            acc.iter_mut()
-                .zip(src)
-                .for_each(|(a, &s)| *a += i32::from(s) * w);
-        }
-        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = clip8(a));
+        weighted_rows(&img.data, t.first[y], stride, &t.weights[y], out)
     });
     RgbImage {
         width: img.width,
         height,
         data,
     }
+}
+
+/// `out = clip8(½ + Σᵢ weights[i] · row(first + i))` elementwise, where row `r` is `src[r·stride..][..out.len()]`:
+/// one output row of a column pass. Compiled for the widest vector unit the CPU has (the compiler vectorizes the
+/// multiply-adds across the row), in chunks of [`CHUNK`] values.
+fn weighted_rows(src: &[u8], first: usize, stride: usize, weights: &[i32], out: &mut [u8]) {
+    #[inline(always)]
+    fn sum(src: &[u8], first: usize, stride: usize, weights: &[i32], out: &mut [u8]) {
+        let whole = out.len() / CHUNK * CHUNK;
+        let (body, tail) = out.split_at_mut(whole);
+        for (c, o) in body.chunks_exact_mut(CHUNK).enumerate() {
+            let o: &mut [u8; CHUNK] = o.try_into().expect("a whole chunk");
+            chunk(src, first, stride, c * CHUNK, weights, o);
+        }
+        chunk(src, first, stride, whole, weights, tail);
+    }
+    /// One chunk of the row from column `at`: a fixed `[u8; CHUNK]` keeps the accumulators in registers across the
+    /// taps (with a run-time length they lived on the stack, each tap a store and a reload).
+    #[inline(always)]
+    fn chunk<O: AsMut<[u8]> + ?Sized>(
+        src: &[u8],
+        first: usize,
+        stride: usize,
+        at: usize,
+        weights: &[i32],
+        out: &mut O,
+    ) {
+        let out = out.as_mut();
+        let mut acc = [1i32 << (PRECISION_BITS - 1); CHUNK];
+        for (i, &w) in weights.iter().enumerate() {
+            let row = &src[(first + i) * stride + at..][..out.len()];
+            acc.iter_mut()
+                .zip(row)
+                .for_each(|(a, &s)| *a += i32::from(s) * w);
+        }
+        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = clip8(a));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn avx512(src: &[u8], first: usize, stride: usize, weights: &[i32], out: &mut [u8]) {
+            sum(src, first, stride, weights, out)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(src: &[u8], first: usize, stride: usize, weights: &[i32], out: &mut [u8]) {
+            sum(src, first, stride, weights, out)
+        }
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the features were just detected.
+            return unsafe { avx512(src, first, stride, weights, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(src, first, stride, weights, out) };
+        }
+    }
+    sum(src, first, stride, weights, out)
 }
 
 /// Resizes with a PIL convolution filter, in Pillow 13's pass order: vertical first when the height shrinks by
@@ -243,5 +322,108 @@ pub fn resize_convolution(
         (false, true, _) => vertical(img, height, filter),
         (true, true, false) => vertical(&horizontal(img, width, filter), height, filter),
         (true, true, true) => horizontal(&vertical(img, height, filter), width, filter),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PIL's row pass as PIL writes it: each output pixel sums its taps 3 bytes apart (the reference for the
+    /// strip-transposed [`horizontal`]).
+    fn horizontal_by_pixel(img: &RgbImage, width: usize, filter: Resample) -> RgbImage {
+        let t = taps(img.width, width, filter);
+        let mut data = Vec::with_capacity(width * img.height * 3);
+        for row in img.data.chunks_exact(img.width * 3) {
+            for x in 0..width {
+                for c in 0..3 {
+                    let acc = t.weights[x]
+                        .iter()
+                        .enumerate()
+                        .fold(1i32 << (PRECISION_BITS - 1), |acc, (i, &w)| {
+                            acc + i32::from(row[(t.first[x] + i) * 3 + c]) * w
+                        });
+                    data.push(clip8(acc));
+                }
+            }
+        }
+        RgbImage {
+            width,
+            height: img.height,
+            data,
+        }
+    }
+
+    /// PIL's column pass, one value at a time (the reference for the vectorized [`vertical`]).
+    fn vertical_by_value(img: &RgbImage, height: usize, filter: Resample) -> RgbImage {
+        let t = taps(img.height, height, filter);
+        let stride = img.width * 3;
+        let mut data = Vec::with_capacity(stride * height);
+        for y in 0..height {
+            for v in 0..stride {
+                let acc = t.weights[y]
+                    .iter()
+                    .enumerate()
+                    .fold(1i32 << (PRECISION_BITS - 1), |acc, (i, &w)| {
+                        acc + i32::from(img.data[(t.first[y] + i) * stride + v]) * w
+                    });
+                data.push(clip8(acc));
+            }
+        }
+        RgbImage {
+            width: img.width,
+            height,
+            data,
+        }
+    }
+
+    /// Both passes equal their one-value-at-a-time references exactly, for every filter, on fresh random images:
+    /// heights below, at and past a strip (64 rows), rows that are not whole chunks (64 values), up and down.
+    #[test]
+    fn passes_equal_pil_one_value_at_a_time() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        let mut state = seed;
+        let mut next = |n: usize| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        };
+        let filters = [
+            Resample::Bicubic,
+            Resample::Bilinear,
+            Resample::Lanczos,
+            Resample::Box,
+            Resample::Hamming,
+        ];
+        let sizes = [1, 2, 7, 63, 64, 65, 130, 257];
+        for case in 0..60 {
+            let (w, h) = (
+                sizes[case % sizes.len()] + next(40),
+                sizes[(case / 2) % sizes.len()] + next(40),
+            );
+            let img = RgbImage {
+                width: w,
+                height: h,
+                data: (0..w * h * 3).map(|_| next(256) as u8).collect(),
+            };
+            let filter = filters[case % filters.len()];
+            let (nw, nh) = (1 + next(2 * w + 8), 1 + next(2 * h + 8));
+            let what = format!("{w}x{h} -> {nw}x{nh} {filter:?}, seed {seed}");
+            assert_eq!(
+                horizontal(&img, nw, filter),
+                horizontal_by_pixel(&img, nw, filter),
+                "horizontal {what}"
+            );
+            assert_eq!(
+                vertical(&img, nh, filter),
+                vertical_by_value(&img, nh, filter),
+                "vertical {what}"
+            );
+        }
     }
 }

@@ -200,8 +200,10 @@ unsafe fn pack_keys(kt: &mut [f32], k: *const f32, ldk: usize, hd: usize, valid:
     #[inline(always)]
     unsafe fn round<const S: usize>(r: &mut [__m512; 16]) {
         // Lane c of row i takes i's column c (bit S clear) or (i+S)'s column c − S; row i + S the rest.
-        let lo: [i32; 16] = std::array::from_fn(|c| (if c & S == 0 { c } else { 16 + c - S }) as i32);
-        let hi: [i32; 16] = std::array::from_fn(|c| (if c & S == 0 { c + S } else { 16 + c }) as i32);
+        let lo: [i32; 16] =
+            std::array::from_fn(|c| (if c & S == 0 { c } else { 16 + c - S }) as i32);
+        let hi: [i32; 16] =
+            std::array::from_fn(|c| (if c & S == 0 { c + S } else { 16 + c }) as i32);
         let (lo, hi) = (
             _mm512_loadu_si512(lo.as_ptr() as *const __m512i),
             _mm512_loadu_si512(hi.as_ptr() as *const __m512i),
