@@ -87,6 +87,25 @@ fn weight_buffer<T: Copy + Default>(len: usize) -> Vec<T> {
     buf
 }
 
+/// Fills the panels of a packed weight in parallel, one panel (`depth` rows of `NR`) per task:
+/// `fill(panel, columns)` writes its `depth × NR` values row by row, for the weight columns (`w` rows) it holds,
+/// a range that stops at `n` (the zeros past it stay). Packing is most of a model's load time (serial, the
+/// scattered stores of ViT-B/32's 151 M weights took 0.5 s of a 1.1 s load).
+fn fill_panels<T: Send>(
+    packed: &mut [T],
+    depth: usize,
+    n: usize,
+    fill: impl Fn(&mut [T], std::ops::Range<usize>) + Sync,
+) {
+    if depth == 0 {
+        return;
+    }
+    packed
+        .par_chunks_mut(depth * NR)
+        .enumerate()
+        .for_each(|(p, panel)| fill(panel, p * NR..((p + 1) * NR).min(n)));
+}
+
 /// The bf16 pair of one or two values (a lone last value pairs with 0), the first in the low half, each rounded to
 /// nearest even (what `vcvtne2ps2bf16` does; NaN stays NaN).
 pub(crate) fn bf16_pair(pair: &[f32]) -> u32 {
@@ -115,23 +134,30 @@ impl PackedLinear {
         let packed = match engine {
             MatrixEngine::Avx512F32 => {
                 let mut p = weight_buffer::<f32>(panels * k * NR);
-                for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-                    let base = (col / NR) * k * NR + col % NR;
-                    for (t, &v) in row.iter().enumerate() {
-                        p[base + t * NR] = v;
+                fill_panels(&mut p, k, n, |panel, cols| {
+                    for (t, out) in panel.chunks_exact_mut(NR).enumerate() {
+                        for (o, col) in out.iter_mut().zip(cols.clone()) {
+                            *o = w[col * k + t];
+                        }
                     }
-                }
+                });
                 Packed::F32(p)
             }
             MatrixEngine::Avx512Bf16 => {
                 let kp = k.div_ceil(2);
                 let mut p = weight_buffer::<u32>(panels * kp * NR);
-                for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-                    let base = (col / NR) * kp * NR + col % NR;
-                    for (t, pair) in row.chunks(2).enumerate() {
-                        p[base + t * NR] = bf16_pair(pair);
+                fill_panels(&mut p, kp, n, |panel, cols| {
+                    // The panel's weight rows as bf16 pairs (vectorized), then transposed into it.
+                    let mut pairs = vec![0u32; cols.len() * kp];
+                    for (dst, col) in pairs.chunks_exact_mut(kp).zip(cols.clone()) {
+                        row_to_bf16_pairs(&w[col * k..(col + 1) * k], dst);
                     }
-                }
+                    for (t, out) in panel.chunks_exact_mut(NR).enumerate() {
+                        for (o, row) in out.iter_mut().zip(pairs.chunks_exact(kp)) {
+                            *o = row[t];
+                        }
+                    }
+                });
                 Packed::Bf16(p)
             }
             MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
