@@ -412,29 +412,25 @@ impl PreprocessConfig {
     /// Center crop (or pad), rescale and normalize a resized image into the `[3, H, W]` tensor.
     fn crop_normalize(&self, img: &RgbImage) -> Result<Vec<f32>> {
         let (out_h, out_w) = self.crop.unwrap_or((img.height, img.width));
-        let (rows, cols) = (
-            crop_window(img.height, out_h, self.crop_rounding),
-            crop_window(img.width, out_w, self.crop_rounding),
-        );
+        let rows = crop_window(img.height, out_h, self.crop_rounding);
+        let cols = crop_window(img.width, out_w, self.crop_rounding);
         let scale = self.rescale_factor.unwrap_or(1.0);
         let (mean, std) = self.mean_std.unwrap_or(([0.0; 3], [1.0; 3]));
         // Every value a channel can take, computed once with the per-value formula (so the same f32 operations
         // give the same bits); HF pads a crop larger than the image with zeros before rescaling and normalizing.
-        let value = |c: usize, v: f32| (v * scale - mean[c]) / std[c];
+        let value = |c: usize, v: u8| (f32::from(v) * scale - mean[c]) / std[c];
         let table: [[f32; 256]; 3] =
-            std::array::from_fn(|c| std::array::from_fn(|v| value(c, v as f32)));
-        let pad: [f32; 3] = std::array::from_fn(|c| value(c, 0.0));
+            std::array::from_fn(|c| std::array::from_fn(|v| value(c, v as u8)));
+        let pad: [f32; 3] = std::array::from_fn(|c| value(c, 0));
         let src_cols: Vec<Option<usize>> = (0..out_w).map(cols).collect();
         let mut out = vec![0.0f32; 3 * out_h * out_w];
         for (c, plane) in out.chunks_exact_mut(out_h * out_w).enumerate() {
             for (y, row) in plane.chunks_exact_mut(out_w).enumerate() {
-                let Some(sy) = rows(y) else {
-                    row.fill(pad[c]);
-                    continue;
-                };
-                let line = &img.data[sy * img.width * 3..][..img.width * 3];
+                let line = rows(y).map(|sy| &img.data[sy * img.width * 3..][..img.width * 3]);
                 for (o, sx) in row.iter_mut().zip(&src_cols) {
-                    *o = sx.map_or(pad[c], |sx| table[c][usize::from(line[sx * 3 + c])]);
+                    *o = line
+                        .zip(*sx)
+                        .map_or(pad[c], |(l, sx)| table[c][usize::from(l[sx * 3 + c])]);
                 }
             }
         }
