@@ -8,7 +8,7 @@ mask, the SentencePiece tokenizer of tests/fixtures/tokenizers/siglip, SiglipIma
 
 Models are generated into tools/models/<arch> (not committed); images are harsh synthetic PNGs of assorted sizes
 and JPEGs (PIL-written: 4:2:0, progressive 4:4:4, 4:2:2, grey, CMYK), texts a mix of short and over-long prompts. Prints, per model and precision, the worst cosine and the worst
-max-abs difference of the L2-normalized embeddings against HF float64, and for bf16 also against cliprt's own f32
+max-abs difference of the L2-normalized embeddings against HF float64 (with the input of the worst cosine), and for bf16 also against cliprt's own f32
 (the bars: f32 cosine ≥ 0.99999 and max-abs ≤ 1e-4 to HF; bf16 cosine ≥ 0.9999 to f32 and ≥ 0.9995 to HF).
 `--engine` runs the bf16 side on one CPU engine (`CLIPRT_CPU_ENGINE`), e.g. the AMX emulator.
 """
@@ -192,8 +192,11 @@ def main():
                 row = {}
                 for what in ("image", "text"):
                     g = outs[precision][what]
-                    row[what] = {"worst_cosine": float(np.min(np.sum(g * refs[what], axis=1))),
-                                 "worst_max_abs": float(np.max(np.abs(g - refs[what])))}
+                    cos = np.sum(g * refs[what], axis=1)
+                    row[what] = {"worst_cosine": float(np.min(cos)),
+                                 "worst_max_abs": float(np.max(np.abs(g - refs[what]))),
+                                 # Which input it was: an image file or a text.
+                                 "worst_at": os.path.basename((paths if what == "image" else TEXTS)[int(np.argmin(cos))])}
                     if precision == "bf16":
                         row[what]["worst_cosine_to_f32"] = float(np.min(np.sum(g * outs["f32"][what], axis=1)))
                 label = f"{arch} {precision}" + (f" ({args.engine})" if precision == "bf16" and args.engine else "")
