@@ -6,7 +6,7 @@
 //! the `mozjpeg-sys` crate builds mozjpeg, a libjpeg-turbo fork whose decoding side is libjpeg-turbo's, from C
 //! with the system C compiler, plus libjpeg-turbo's SIMD (IDCT, upsampling, colour conversion) where NASM is
 //! installed. The SIMD paths are bit-exact with the C code (libjpeg-turbo's design, and tests/jpeg.rs holds both
-//! builds to PIL's pixels), so NASM changes only speed: 25–38 % less preprocessing time per photo
+//! builds to PIL's pixels), so NASM changes only speed: 16–32 % less preprocessing time per JPEG photo
 //! (`cargo bench --bench preprocess`). Then, as PIL does:
 //! - one component is grey (mode "L"), replicated to RGB;
 //! - three are RGB, whatever the file's colour transform (libjpeg converts);
