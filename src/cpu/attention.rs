@@ -4,8 +4,8 @@
 //! Per head: `S = Q·Kᵀ` (S is at most 257 × 257 floats, 264 KB: it stays in L2), a SIMD softmax per row with the
 //! 1/√d scale and the causal mask folded in, then `O = P·V` written straight into the head's columns of the output.
 //! On AVX-512 both products run tiles sized to their width (`rows_times_cols`): Kᵀ is packed into panels of 64
-//! keys, V is read in place (masked loads make any head dim work: 64, 80 = 64 + 16, 104 = 64 + 40). The AMX engines run both products on tiles
-//! (`amx::attention`); the AVX2 and scalar tiers use the `gemm` crate.
+//! keys, V is read in place (masked loads make any head dim work: 64, 80 = 64 + 16, 104 = 64 + 40). The AMX
+//! engines run both products on tiles (`amx::attention`); the AVX2 and scalar tiers use the `gemm` crate.
 
 use std::cell::RefCell;
 
@@ -192,7 +192,7 @@ unsafe fn head_avx512(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_keys(kt: &mut [f32], k: *const f32, ldk: usize, hd: usize, valid: usize) {
-    use super::matmul::avx512::MAX_COLS;
+    use super::matmul::avx512::{mask16, MAX_COLS};
     use std::arch::x86_64::*;
     assert!(kt.len() >= valid.div_ceil(MAX_COLS) * hd * MAX_COLS);
     /// Round `S` of the transpose swaps the off-diagonal S × S blocks of every 2S × 2S block: rows i and i + S
@@ -224,7 +224,7 @@ unsafe fn pack_keys(kt: &mut [f32], k: *const f32, ldk: usize, hd: usize, valid:
             .add((j0 / MAX_COLS) * hd * MAX_COLS + j0 % MAX_COLS);
         for c0 in (0..hd).step_by(16) {
             let chans = (hd - c0).min(16);
-            let m = ((1u32 << chans) - 1) as __mmask16;
+            let m = mask16(chans);
             let mut r: [__m512; 16] = std::array::from_fn(|t| {
                 if t < keys {
                     _mm512_maskz_loadu_ps(m, k.add((j0 + t) * ldk + c0))

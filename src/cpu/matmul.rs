@@ -516,8 +516,9 @@ pub(crate) mod avx512 {
     use crate::cpu::simd::{generic, Avx512};
     use std::arch::x86_64::*;
 
+    /// The mask of a zmm's first `cols` lanes (all 16 from 16 on).
     #[inline(always)]
-    fn mask16(cols: usize) -> __mmask16 {
+    pub(crate) fn mask16(cols: usize) -> __mmask16 {
         if cols >= 16 {
             0xFFFF
         } else {
