@@ -150,16 +150,19 @@ pub fn decode(bytes: &[u8], head: &Header, alpha: AlphaMode) -> Result<RgbImage,
     decode_with_source(bytes, head, alpha).map(|(rgb, _)| rgb)
 }
 
-/// What PIL would make of a file before any conversion, where it changes how PIL resizes it: a palette image
-/// (mode "P") is always resized with nearest neighbour, whatever filter is asked (`Image.resize`).
+/// What PIL would make of a file before any conversion, where it changes how PIL resizes it (open_clip resizes
+/// before converting to RGB): `Image.resize` always resizes modes "P" and "1" with nearest neighbour, "RGBA" and
+/// "LA" with premultiplied alpha, and "CMYK" band by band.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
-    /// PIL opens the file in mode "P": a palette PNG (colour type 3) or a GIF with a palette. (A palette BMP is
-    /// "P" in PIL only when its palette is not grey; cliprt does not tell those apart and reports false.)
-    pub palette: bool,
+    /// PIL opens the file in mode "P" or "1": a palette PNG (colour type 3), a 1-bit grey PNG, a GIF with a
+    /// palette, or a BMP of up to 8 bits a pixel whose palette is not PIL's grey ramp.
+    pub nearest: bool,
     /// The alpha plane (8 bits, row-major) of a file PIL opens with alpha ("RGBA", "LA"): PIL resizes those with
     /// premultiplied alpha.
     pub alpha: Option<Vec<u8>>,
+    /// The bands of a file PIL opens in mode "CMYK" (a four-component JPEG), 4 bytes a pixel in PIL's values.
+    pub cmyk: Option<Vec<u8>>,
 }
 
 /// The 8-bit alpha plane of a decoded image that has one (16-bit alpha keeps its high byte, as PIL reads it).
@@ -195,12 +198,19 @@ pub fn decode_with_source(
         return gif_first_frame(bytes, head.decode_bytes, alpha);
     }
     if format == ImageFormat::Jpeg {
-        let rgb =
+        let decoded =
             crate::jpeg::decode(bytes, head.width, head.height).map_err(DecodeError::Invalid)?;
-        return Ok((rgb, Source::default()));
+        let source = Source {
+            cmyk: decoded.cmyk,
+            ..Source::default()
+        };
+        return Ok((decoded.rgb, source));
     }
-    // PNG: IHDR is the first chunk; its colour type byte sits at offset 8 + 8 + 9.
-    let palette = format == ImageFormat::Png && bytes.get(25) == Some(&3);
+    let nearest = match format {
+        ImageFormat::Png => png_opens_as_palette_or_bilevel(bytes),
+        ImageFormat::Bmp => bmp_opens_as_palette_or_bilevel(bytes),
+        _ => false,
+    };
     let completed = complete_like_pil(format, bytes);
     let bytes = completed.as_deref().unwrap_or(bytes);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -209,12 +219,72 @@ pub fn decode_with_source(
     reader.limits(limits);
     let img = reader.decode().map_err(|e| invalid(&e))?;
     // A palette file stays mode "P" in PIL even with transparency: no premultiplied resize.
-    let alpha_plane = if palette { None } else { alpha_plane(&img) };
+    let alpha_plane = if nearest { None } else { alpha_plane(&img) };
     let source = Source {
-        palette,
+        nearest,
         alpha: alpha_plane,
+        cmyk: None,
     };
     Ok((to_rgb_like_pil(img, alpha), source))
+}
+
+/// PIL opens a PNG in mode "P" (colour type 3) or "1" (grey at 1 bit): IHDR is the first chunk, its bit depth
+/// and colour type bytes sit at offsets 24 and 25.
+fn png_opens_as_palette_or_bilevel(bytes: &[u8]) -> bool {
+    matches!(
+        (bytes.get(24), bytes.get(25)),
+        (_, Some(3)) | (Some(1), Some(0))
+    )
+}
+
+/// PIL opens a BMP of up to 8 bits a pixel in mode "P", unless its palette is grey: entries `(0,0,0), (255,255,255)`
+/// for two colours (mode "1"), else entry `i` equal to `(i, i, i)` for every `i` (mode "L"). "P" and "1" are
+/// resized with nearest neighbour. The palette follows the info header: 3 bytes an entry after a 12-byte OS/2
+/// header, else 4 (BGRX); its length is the header's colour count, or `2^bits` when that is 0.
+fn bmp_opens_as_palette_or_bilevel(bytes: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(header) = u32_at(14) else {
+        return false;
+    };
+    let (bits, colors, entry) = if header == 12 {
+        (u16_at(24), Some(0), 3)
+    } else {
+        (u16_at(28), u32_at(46), 4)
+    };
+    let (Some(bits), Some(colors)) = (bits, colors) else {
+        return false;
+    };
+    if bits == 0 || bits > 8 {
+        return false;
+    }
+    let colors = if colors == 0 {
+        1usize << bits
+    } else {
+        colors as usize
+    };
+    let palette = 14 + header as usize;
+    let grey_at = |i: usize, value: usize| {
+        let at = palette + i * entry;
+        bytes
+            .get(at..at + 3)
+            .is_some_and(|c| c.iter().all(|&v| usize::from(v) == value))
+    };
+    let grey = if colors == 2 {
+        grey_at(0, 0) && grey_at(1, 255)
+    } else {
+        (0..colors).all(|i| grey_at(i, i))
+    };
+    // PIL's mode "1" (grey with at most two colours) is resized with nearest neighbour as "P" is.
+    !grey || colors <= 2
 }
 
 /// Refuses the truncations PIL refuses (checked on the bytes, before decoding).
@@ -450,8 +520,9 @@ fn gif_first_frame(
         });
     }
     let source = Source {
-        palette: palette.is_some(),
+        nearest: palette.is_some(),
         alpha: None,
+        cmyk: None,
     };
     Ok((
         RgbImage {
@@ -552,6 +623,64 @@ fn composite_on_white(rgb: [u8; 3], a: u8) -> [u8; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A BMP header (14-byte file header, `info`-byte info header) with `bits` a pixel and `palette` entries.
+    fn bmp(info: u32, bits: u16, colours_used: u32, palette: &[[u8; 3]]) -> Vec<u8> {
+        let mut b = vec![0u8; 14 + info as usize];
+        b[..2].copy_from_slice(b"BM");
+        b[14..18].copy_from_slice(&info.to_le_bytes());
+        if info == 12 {
+            b[24..26].copy_from_slice(&bits.to_le_bytes());
+        } else {
+            b[28..30].copy_from_slice(&bits.to_le_bytes());
+            b[46..50].copy_from_slice(&colours_used.to_le_bytes());
+        }
+        let entry = if info == 12 { 3 } else { 4 };
+        for c in palette {
+            b.extend_from_slice(&c[..entry.min(3)]);
+            b.extend(std::iter::repeat_n(0, entry - 3));
+        }
+        b
+    }
+
+    /// PIL's BMP modes: "P" unless the palette is its grey ramp, "1" for two grey colours (both resized with
+    /// nearest neighbour), "L" for a longer grey ramp; true colour and cut headers are neither.
+    #[test]
+    fn bmp_modes_follow_pil() {
+        let ramp: Vec<[u8; 3]> = (0..=255).map(|i| [i; 3]).collect();
+        assert!(
+            !bmp_opens_as_palette_or_bilevel(&bmp(40, 8, 0, &ramp)),
+            "grey ramp is L"
+        );
+        assert!(
+            !bmp_opens_as_palette_or_bilevel(&bmp(12, 4, 0, &ramp[..16])),
+            "OS/2 ramp is L"
+        );
+        assert!(
+            bmp_opens_as_palette_or_bilevel(&bmp(40, 1, 2, &[[0; 3], [255; 3]])),
+            "1"
+        );
+        let mut tinted = ramp.clone();
+        tinted[7] = [7, 7, 8];
+        assert!(
+            bmp_opens_as_palette_or_bilevel(&bmp(40, 8, 0, &tinted)),
+            "P"
+        );
+        assert!(
+            bmp_opens_as_palette_or_bilevel(&bmp(40, 8, 3, &ramp[5..8])),
+            "P: not from 0"
+        );
+        assert!(
+            !bmp_opens_as_palette_or_bilevel(&bmp(40, 24, 0, &[])),
+            "true colour"
+        );
+        let whole = bmp(40, 8, 0, &ramp);
+        for cut in 0..whole.len() {
+            // A cut palette is not PIL's grey ramp; a cut header is not a palette file.
+            let _ = bmp_opens_as_palette_or_bilevel(&whole[..cut]);
+        }
+        assert!(!bmp_opens_as_palette_or_bilevel(&whole[..20]));
+    }
 
     #[test]
     fn composite_matches_pil_endpoints() {

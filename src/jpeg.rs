@@ -94,9 +94,17 @@ impl Drop for Decompressor {
     }
 }
 
-/// Decodes a JPEG into RGB exactly as `PIL.Image.open(f).convert("RGB")` does. `width` and `height` are what
-/// [`crate::decode::header`] read; libjpeg must agree with them.
-pub(crate) fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, String> {
+/// A decoded JPEG: its RGB, exactly as `PIL.Image.open(f).convert("RGB")` gives it, and for a four-component file
+/// the CMYK bands as PIL holds them in mode "CMYK" (4 bytes a pixel, already inverted), which open_clip resizes
+/// before converting.
+pub(crate) struct Decoded {
+    pub rgb: RgbImage,
+    pub cmyk: Option<Vec<u8>>,
+}
+
+/// Decodes a JPEG as PIL does. `width` and `height` are what [`crate::decode::header`] read; libjpeg must agree
+/// with them.
+pub(crate) fn decode(bytes: &[u8], width: u32, height: u32) -> Result<Decoded, String> {
     let decoded = catch_unwind(AssertUnwindSafe(|| unsafe {
         decode_components(bytes, width, height)
     }));
@@ -111,28 +119,39 @@ pub(crate) fn decode(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage, 
             return Err(format!("JPEG: {text}"));
         }
     };
-    let data = match components {
-        1 => raw.iter().flat_map(|&g| [g, g, g]).collect(),
-        3 => raw,
-        _ => raw.chunks_exact(4).flat_map(cmyk_to_rgb_like_pil).collect(),
+    let (data, cmyk) = match components {
+        1 => (raw.iter().flat_map(|&g| [g, g, g]).collect(), None),
+        3 => (raw, None),
+        _ => {
+            // PIL reads Adobe's CMYK inverted (rawmode "CMYK;I").
+            let mut cmyk = raw;
+            cmyk.iter_mut().for_each(|v| *v = 255 - *v);
+            (cmyk_to_rgb_like_pil(&cmyk), Some(cmyk))
+        }
     };
-    Ok(RgbImage {
-        width: width as usize,
-        height: height as usize,
-        data,
+    Ok(Decoded {
+        rgb: RgbImage {
+            width: width as usize,
+            height: height as usize,
+            data,
+        },
+        cmyk,
     })
 }
 
-/// PIL's `cmyk2rgb` on libjpeg's CMYK, which PIL first inverts (rawmode "CMYK;I"): with `nk = 255 − K`, each
-/// channel is `nk − round(C · nk / 255)` in PIL's integer rounding.
-fn cmyk_to_rgb_like_pil(px: &[u8]) -> [u8; 3] {
-    let nk = u32::from(px[3]); // 255 − (255 − k): PIL's inverted K, complemented
-    let channel = |v: u8| {
-        let c = 255 - u32::from(v);
-        let t = c * nk + 128;
-        nk.saturating_sub(((t >> 8) + t) >> 8) as u8
-    };
-    [channel(px[0]), channel(px[1]), channel(px[2])]
+/// PIL's `cmyk2rgb` over pixels of 4 bytes in PIL's "CMYK" values: with `nk = 255 − K`, each channel is
+/// `nk − round(C · nk / 255)` in PIL's integer rounding (MULDIV255), clipped at 0.
+pub(crate) fn cmyk_to_rgb_like_pil(cmyk: &[u8]) -> Vec<u8> {
+    cmyk.chunks_exact(4)
+        .flat_map(|px| {
+            let nk = 255 - u32::from(px[3]);
+            let channel = |c: u8| {
+                let t = u32::from(c) * nk + 128;
+                nk.saturating_sub(((t >> 8) + t) >> 8) as u8
+            };
+            [channel(px[0]), channel(px[1]), channel(px[2])]
+        })
+        .collect()
 }
 
 /// Runs libjpeg over `bytes`: (components in the output, the output rows). Errors unwind as [`LibjpegError`].
@@ -185,14 +204,14 @@ unsafe fn decode_components(
 mod tests {
     use super::*;
 
-    /// PIL's cmyk2rgb after its inversion, against the formula in real numbers: within half an LSB of
-    /// (255 − C')(255 − K')/255 with C' = 255 − c, K' = 255 − k, at every (c, k).
+    /// PIL's cmyk2rgb against the formula in real numbers: within half an LSB of (255 − C)(255 − K)/255 at every
+    /// (C, K).
     #[test]
     fn cmyk_conversion_rounds_like_pil() {
         for c in 0..=255u8 {
             for k in 0..=255u8 {
                 let got = cmyk_to_rgb_like_pil(&[c, c, c, k])[0];
-                let exact = f64::from(c) * f64::from(k) / 255.0;
+                let exact = f64::from(255 - c) * f64::from(255 - k) / 255.0;
                 assert!((f64::from(got) - exact).abs() <= 0.5 + 1e-9, "{c} {k}");
             }
         }

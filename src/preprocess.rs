@@ -100,8 +100,8 @@ impl PreprocessConfig {
     /// open_clip's inference transform from `preprocess_cfg` of `open_clip_config.json` (open_clip's defaults where
     /// absent: bicubic, OpenAI mean/std, shortest side): `shortest` resizes the short side to `image_size` and
     /// center-crops with torchvision's rounding, `squash` resizes straight to `image_size` square. open_clip
-    /// converts to RGB after resizing by dropping alpha (PIL's convert); cliprt drops it before (identical for
-    /// opaque images). `longest` (resize-and-pad) is refused.
+    /// converts to RGB after resizing (PIL's convert, which drops alpha), so the resize runs in the file's own mode
+    /// (`resize_in_source_mode`). `longest` (resize-and-pad) is refused.
     pub fn from_open_clip(path: &Path, image_size: usize) -> Result<Self> {
         let text = crate::files::read_json_text(path)?;
         let json: Value = serde_json::from_str(&text)
@@ -339,11 +339,18 @@ impl PreprocessConfig {
         };
         limits::check("pixels after the resize", rw * rh, MAX_RESIZED_PIXELS)?;
         let (oh, ow) = self.output_size(width, height);
-        // Either pass order's intermediate, the resized image (3 bytes a pixel), the horizontal pass's strips and
-        // the f32 output.
-        Ok(3 * (rw * h + w * rh + rw * rh)
-            + crate::resample::strip_bytes(width, rw as usize)
-            + 12 * (oh as u64) * (ow as u64))
+        // Either pass order's intermediate, the resized image (3 bytes a pixel) and the horizontal pass's strips.
+        let resize =
+            3 * (rw * h + w * rh + rw * rh) + crate::resample::strip_bytes(width, rw as usize);
+        // Resizing in the file's own mode runs two 3-band resizes (colour and alpha, or C·M·Y and K) on copies of
+        // the source bands, and joins them (4 bytes a pixel).
+        let source_mode = if self.resize_in_source_mode {
+            resize + 6 * w * h + 4 * rw * rh
+        } else {
+            0
+        };
+        // The f32 output.
+        Ok(resize + source_mode + 12 * (oh as u64) * (ow as u64))
     }
 
     /// The `(height, width)` of the tensor this config produces from an image of `width × height`.
@@ -364,35 +371,42 @@ impl PreprocessConfig {
     /// configured filter even where open_clip's PIL would use nearest neighbour).
     pub fn apply_image(&self, img: image::DynamicImage) -> Result<Vec<f32>> {
         let source = decode::Source {
-            palette: false,
             alpha: decode::alpha_plane(&img),
+            ..decode::Source::default()
         };
         self.apply_source(&to_rgb_like_pil(img, self.alpha), &source)
     }
 
-    /// [`PreprocessConfig::apply`] for a decoded file: with `resize_in_source_mode`, a palette file is resized
-    /// with nearest neighbour and a file with alpha with premultiplied alpha (PIL's `Image.resize` on "P",
-    /// "RGBA" and "LA"; the alpha is dropped afterwards, as `convert("RGB")` drops it).
+    /// [`PreprocessConfig::apply`] for a decoded file: with `resize_in_source_mode`, the file is resized in the
+    /// mode PIL opened it in ([`decode::Source`]), then converted to RGB: a palette or 1-bit file with nearest
+    /// neighbour, a file with alpha with premultiplied alpha (the alpha is then dropped, as `convert("RGB")`
+    /// drops it), a CMYK file band by band before `cmyk2rgb`.
     fn apply_source(&self, img: &RgbImage, source: &decode::Source) -> Result<Vec<f32>> {
         if !self.resize_in_source_mode {
             return self.apply(img);
         }
-        if source.palette {
+        if source.nearest {
             return self.apply_filtered(img, Resample::Nearest);
         }
-        if let (Some(alpha), Some(target)) = (&source.alpha, self.resize) {
-            let (w, h) = resized_size(target, img.width, img.height);
-            // PIL returns a same-size resize as a plain copy, before any premultiplication.
-            if (w, h) != (img.width, img.height) && self.resample != Resample::Nearest {
-                self.working_bytes(img.width, img.height)?;
-                return self.crop_normalize(&resize_premultiplied(
-                    img,
-                    alpha,
-                    w,
-                    h,
-                    self.resample,
-                )?);
-            }
+        let Some(target) = self.resize else {
+            return self.apply(img);
+        };
+        let (w, h) = resized_size(target, img.width, img.height);
+        // PIL returns a same-size resize as a plain copy, so converting before or after it is the same.
+        if (w, h) == (img.width, img.height) {
+            return self.apply(img);
+        }
+        if let Some(cmyk) = &source.cmyk {
+            self.working_bytes(img.width, img.height)?;
+            return self.crop_normalize(&resize_cmyk(img, cmyk, w, h, self.resample)?);
+        }
+        if let Some(alpha) = source
+            .alpha
+            .as_ref()
+            .filter(|_| self.resample != Resample::Nearest)
+        {
+            self.working_bytes(img.width, img.height)?;
+            return self.crop_normalize(&resize_premultiplied(img, alpha, w, h, self.resample)?);
         }
         self.apply(img)
     }
@@ -490,6 +504,43 @@ fn resize_premultiplied(
         }
     }
     Ok(colour)
+}
+
+/// PIL's resize of a "CMYK" image (`img`'s size, 4 bytes a pixel in `cmyk`), then its `cmyk2rgb`: the resampler
+/// treats bands independently, so C, M, Y go through as one 3-band image and K as a grey one.
+fn resize_cmyk(
+    img: &RgbImage,
+    cmyk: &[u8],
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> Result<RgbImage> {
+    if cmyk.len() != 4 * img.width * img.height {
+        return Err(Error::Shape(format!(
+            "CMYK bands of {} bytes for a {}x{} image",
+            cmyk.len(),
+            img.width,
+            img.height
+        )));
+    }
+    let bands = |pick: fn(&[u8]) -> [u8; 3]| RgbImage {
+        width: img.width,
+        height: img.height,
+        data: cmyk.chunks_exact(4).flat_map(pick).collect(),
+    };
+    let cmy = resize_like_pil(&bands(|p| [p[0], p[1], p[2]]), width, height, filter)?;
+    let k = resize_like_pil(&bands(|p| [p[3]; 3]), width, height, filter)?;
+    let resized: Vec<u8> = cmy
+        .data
+        .chunks_exact(3)
+        .zip(k.data.chunks_exact(3))
+        .flat_map(|(c, k)| [c[0], c[1], c[2], k[0]])
+        .collect();
+    Ok(RgbImage {
+        width,
+        height,
+        data: crate::jpeg::cmyk_to_rgb_like_pil(&resized),
+    })
 }
 
 /// A per-channel value (`image_mean`, `image_std`, open_clip's `mean`, `std`): three numbers, or one number for all

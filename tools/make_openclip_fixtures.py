@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import open_clip
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -27,11 +28,13 @@ import clipref as R  # noqa: E402
 from make_fixtures import ROOT, TEXTS  # noqa: E402
 from make_siglip_fixtures import TRICKY  # noqa: E402
 
-# Palette images (photo.gif, palette.png) and transparent ones (rgba.png, grey_alpha.png) show PIL resizing in the
-# file's own mode (nearest for "P", premultiplied alpha for "RGBA"/"LA": open_clip resizes before
-# converting); grey16.png shows the 16-bit difference cliprt documents.
+# open_clip resizes before converting to RGB, so PIL resizes in the file's own mode: palette and 1-bit images
+# (photo.gif, palette.png, bilevel.png, palette.bmp) with nearest neighbour, a grey-ramp BMP (mode "L",
+# grey_ramp.bmp) with the filter, transparent ones (rgba.png, grey_alpha.png) with premultiplied alpha, a CMYK JPEG
+# (cmyk.jpg) band by band; grey16.png shows the 16-bit difference cliprt documents.
 IMAGES = ["square.png", "landscape.png", "portrait.png", "upscale.png", "one_wide.png", "grey.png", "rgb16.png",
-          "grey16.png", "photo.gif", "palette.png", "rgba.png", "grey_alpha.png"]
+          "grey16.png", "photo.gif", "palette.png", "rgba.png", "grey_alpha.png", "bilevel.png", "palette.bmp",
+          "grey_ramp.bmp", "cmyk.jpg"]
 
 MODELS = {
     "openclip-ls": dict(
@@ -90,9 +93,23 @@ def unpadded(row, eot):
 
 
 def main():
-    palette = os.path.join(ROOT, "images", "palette.png")
-    if not os.path.exists(palette):
-        R.harsh_image(37, 29, 21).convert("P").save(palette)
+    made = {
+        "palette.png": lambda: R.harsh_image(37, 29, 21).convert("P"),
+        "bilevel.png": lambda: R.harsh_image(35, 31, 22).convert("1"),
+        "palette.bmp": lambda: R.harsh_image(31, 37, 23).convert("P"),
+        # PIL writes grey as 8 bits through a palette whose entry i is (i, i, i), and opens that as mode "L".
+        "grey_ramp.bmp": lambda: R.harsh_image(33, 27, 24).convert("L"),
+        # Four harsh bands as C, M, Y, K (PIL writes them as an Adobe CMYK JPEG).
+        "cmyk.jpg": lambda: Image.frombytes("CMYK", (43, 35), R.harsh_image(43, 35, 25, "RGBA").tobytes()),
+    }
+    for name, make in made.items():
+        path = os.path.join(ROOT, "images", name)
+        if not os.path.exists(path):
+            make().save(path)
+    expected = {"bilevel.png": "1", "palette.bmp": "P", "grey_ramp.bmp": "L", "cmyk.jpg": "CMYK"}
+    for name, mode in expected.items():
+        got = Image.open(os.path.join(ROOT, "images", name)).mode
+        assert got == mode, f"{name} opens as {got}, not {mode}"
     for i, (name, cfg) in enumerate(MODELS.items()):
         d = os.path.join(ROOT, name)
         shutil.rmtree(d, ignore_errors=True)
@@ -110,7 +127,6 @@ def main():
         tok = open_clip.get_tokenizer("local-dir:" + d)
         ctx = mc["text_cfg"]["context_length"]
         with torch.no_grad():
-            from PIL import Image
             pixels = torch.stack([transform(Image.open(os.path.join(ROOT, "images", im))) for im in IMAGES])
             img = loaded.encode_image(pixels.double()).numpy()
             txt = loaded.encode_text(tok(TEXTS, context_length=ctx)).numpy()

@@ -328,10 +328,9 @@ pub const F32_FIXTURES: &[&str] = &[
     "openclip-custom",
 ];
 
-/// The documented preprocessing difference (README, Model families): open_clip resizes before converting to RGB,
-/// cliprt after. For 8-bit grey and RGB images the order changes nothing; a 16-bit grey image is clipped to 8 bits
-/// after the resize in open_clip and before it in cliprt. (Palette and transparent images are resized in their own
-/// mode as open_clip does, and are checked.)
+/// The documented preprocessing difference (README, Model families): open_clip resizes a 16-bit grey image at 16
+/// bits and then clips it to 8, cliprt clips first. (Palette, 1-bit, transparent and CMYK images are resized in
+/// their own mode as open_clip does, and are checked.)
 pub fn resized_before_conversion(name: &str, image: &str) -> bool {
     name.starts_with("openclip") && image.contains("16")
 }
