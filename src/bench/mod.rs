@@ -75,6 +75,9 @@ pub struct BenchConfig {
     /// What the bench may allocate, estimated before anything is built (default
     /// [`crate::limits::bench_memory_bytes`]).
     pub max_memory: u64,
+    /// After each image or text measurement, run it `reps` times more with the CPU backend's op timers on and
+    /// report where the time went ([`Measurement::ops`]). CPU only.
+    pub breakdown: bool,
 }
 
 /// Gallery rows, embedding widths, query counts and k values of the search workload (every combination runs).
@@ -112,6 +115,7 @@ impl Default for BenchConfig {
             peak_gflops: None,
             search: SearchSizes::default(),
             max_memory: crate::limits::bench_memory_bytes(),
+            breakdown: false,
         }
     }
 }
@@ -155,6 +159,24 @@ pub struct Measurement {
     pub k: Option<usize>,
     /// Search: recall@k of the first queries against the f64 reference, checked before timing.
     pub recall: Option<f64>,
+    /// With `--breakdown`: the share of the forward's time each op class took, then what the classes leave over
+    /// ("other": residual adds, embeddings, pooling, scheduling).
+    pub ops: Option<Vec<OpShare>>,
+}
+
+/// One op class of a forward ([`crate::cpu::breakdown`]), measured over separate runs with the op timers on.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpShare {
+    pub op: &'static str,
+    /// Of the forward's time: the class's time summed over the threads that ran it, over (wall time × concurrent
+    /// batch parts).
+    pub share: f64,
+    /// The class's FLOPs over its share of the wall time: the rate the whole machine ran it at. Null for classes
+    /// without FLOPs.
+    pub gflops_per_s: Option<f64>,
+    /// `gflops_per_s` over the peak of the unit its products run on: `vdpbf16ps` or AMX for bf16 GEMMs, the FMA
+    /// rate for f32 GEMMs and for attention (whose products are f32 except on AMX). Null where none is known.
+    pub peak_fraction: Option<f64>,
 }
 
 /// Refuses a bench configuration whose estimated allocation `bytes` (saturating arithmetic: an absurd size
@@ -228,6 +250,11 @@ pub fn check(cfg: &BenchConfig) -> Result<()> {
     }
     if cfg.workloads.is_empty() {
         return Err(Error::InvalidArgument("no workload given".into()));
+    }
+    if cfg.breakdown && cfg.device != Device::Cpu {
+        return Err(Error::InvalidArgument(
+            "--breakdown times the CPU backend's ops: --device cpu".into(),
+        ));
     }
     if cfg.workloads.iter().any(|&w| w != Workload::Search) {
         models::check(cfg)?;
@@ -320,4 +347,22 @@ pub fn table_row(m: &Measurement) -> String {
     ) + &m
         .recall
         .map_or(String::new(), |r| format!("  recall@k {r:.4}"))
+        + &m.ops.as_deref().map_or(String::new(), breakdown_line)
+}
+
+/// `--breakdown`'s line under a row: each class's share of the time, its rate and its fraction of its unit's peak.
+fn breakdown_line(ops: &[OpShare]) -> String {
+    let parts: Vec<String> = ops
+        .iter()
+        .map(|o| {
+            let rate = o.gflops_per_s.map_or(String::new(), |g| {
+                let peak = o
+                    .peak_fraction
+                    .map_or(String::new(), |f| format!(", {:.1}% of its peak", 100.0 * f));
+                format!(" ({g:.0} GFLOP/s{peak})")
+            });
+            format!("{} {:.1}%{rate}", o.op, 100.0 * o.share)
+        })
+        .collect();
+    format!("\n  time: {}", parts.join(" · "))
 }

@@ -2,12 +2,16 @@
 //! model at real shapes (seeded random weights, no download) or a real checkpoint, through one [`Engine`].
 //!
 //! FLOPs are counted from the shapes, 2 per multiply–add, for the work cliprt actually does: every GEMM, both
-//! attention products (the causal text attention is counted in full, as it is computed), and the projections.
+//! attention products (over every query and key: the CPU skips the keys a causal mask hides, so a text tower's
+//! rate is slightly understated), and the projections.
 //! Element-wise work (layernorm, softmax, activations) is not counted.
 
 use std::time::Instant;
 
-use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, Workload, SIMILARITY_CLASSES};
+use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, OpShare, Workload, SIMILARITY_CLASSES};
+use crate::backend::Backend;
+use crate::cpu::breakdown::{self, OpClass};
+use crate::cpu::CpuBackend;
 use crate::config::{presets, ClipConfig, EncoderConfig, Family};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
@@ -344,23 +348,30 @@ fn measure(
     let weights_mb = c.parameter_count() as f64 * 4.0 / 1e6;
     for &workload in &cfg.workloads {
         for &batch in &cfg.batches {
+            let mut ops = None;
             let (seq, flops, (ms, lo, hi)) = match workload {
                 // Runs without a model: super::search.
                 Workload::Search => continue,
                 Workload::Image => {
                     let size = c.vision.image_size;
                     let pixels = synthetic_pixels(batch * c.vision.num_channels * size * size);
-                    let t = time_runs(cfg.warmup, cfg.reps, || {
-                        s.engine.encode_images(&pixels, batch).map(drop)
-                    })?;
+                    let mut run = || s.engine.encode_images(&pixels, batch).map(drop);
+                    let t = time_runs(cfg.warmup, cfg.reps, &mut run)?;
+                    if cfg.breakdown {
+                        let tokens = batch * c.vision.seq_len();
+                        ops = Some(op_shares(cfg, s, threads, batch, tokens, run)?);
+                    }
                     (None, image_flops(c, batch), t)
                 }
                 Workload::Text => {
                     let rows = text_rows(batch, cfg.prompt_len, &s.prompts, c)?;
                     let tb = TextBatch::for_model(&rows, c)?;
-                    let t = time_runs(cfg.warmup, cfg.reps, || {
-                        s.engine.encode_texts(&rows).map(drop)
-                    })?;
+                    let mut run = || s.engine.encode_texts(&rows).map(drop);
+                    let t = time_runs(cfg.warmup, cfg.reps, &mut run)?;
+                    if cfg.breakdown {
+                        let tokens = rows.iter().map(Vec::len).sum();
+                        ops = Some(op_shares(cfg, s, threads, batch, tokens, run)?);
+                    }
                     (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
                 }
                 Workload::Similarity => {
@@ -410,10 +421,71 @@ fn measure(
                 peak_rss_mb: peak_rss_mb(),
                 k: None,
                 recall: None,
+                ops,
             });
         }
     }
     Ok(())
+}
+
+/// `--breakdown`: `cfg.reps` more runs of `run` (a forward of `batch` items, `tokens` token rows) with the CPU
+/// backend's op timers on, as shares of the time the forwards' concurrent batch parts ran.
+fn op_shares(
+    cfg: &BenchConfig,
+    s: &Subject,
+    threads: usize,
+    batch: usize,
+    tokens: usize,
+    mut run: impl FnMut() -> Result<()>,
+) -> Result<Vec<OpShare>> {
+    let cpu = s.engine.backend::<CpuBackend>().ok_or_else(|| {
+        Error::InvalidArgument("--breakdown times the CPU backend's ops: --device cpu".into())
+    })?;
+    // The model runs a batch as this many concurrent parts, each on a thread of its own (ClipModel's encode_*).
+    let parts = cpu.batch_parts(tokens).min(batch).max(1) as f64;
+    let (wall, times) = breakdown::record(|| -> Result<f64> {
+        let start = Instant::now();
+        for _ in 0..cfg.reps.max(1) {
+            run()?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    });
+    let wall = wall?;
+    let f32_peak = match cpu.engine().precision() {
+        crate::backend::Precision::F32 => s.peak,
+        _ => cpu.engine().f32_engine().peak_unit().map_or(f64::NAN, |u| {
+            crate::cpu::peak::peak_gflops(threads, u)
+        }),
+    };
+    let known = |p: f64| (p.is_finite() && p > 0.0).then_some(p);
+    let mut shares: Vec<OpShare> = OpClass::ALL
+        .iter()
+        .map(|&class| {
+            let share = times.seconds(class) / (wall * parts);
+            let flops = times.flops(class);
+            let gflops = (flops > 0.0 && share > 0.0).then(|| flops / (share * wall) / 1e9);
+            let peak = match class {
+                OpClass::GemmBf16 => known(s.peak),
+                OpClass::GemmF32 | OpClass::Attention => known(f32_peak),
+                OpClass::LayerNorm => None,
+            };
+            OpShare {
+                op: class.name(),
+                share,
+                gflops_per_s: gflops,
+                peak_fraction: gflops.zip(peak).map(|(g, p)| g / p),
+            }
+        })
+        .filter(|o| o.share > 0.0)
+        .collect();
+    let counted: f64 = shares.iter().map(|o| o.share).sum();
+    shares.push(OpShare {
+        op: "other",
+        share: (1.0 - counted).max(0.0),
+        gflops_per_s: None,
+        peak_fraction: None,
+    });
+    Ok(shares)
 }
 
 #[cfg(test)]

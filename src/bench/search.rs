@@ -97,6 +97,7 @@ impl Point {
             peak_rss_mb: peak_rss_mb(),
             k: Some(self.k),
             recall: Some(self.recall),
+            ops: None,
         }
     }
 }

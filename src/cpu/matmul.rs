@@ -181,6 +181,14 @@ impl PackedLinear {
         }
     }
 
+    /// The breakdown class of this layer's products: bf16 (`vdpbf16ps` or AMX tiles) or f32.
+    pub fn op_class(&self) -> super::breakdown::OpClass {
+        match self.w {
+            Packed::Bf16(_) | Packed::Amx(_) => super::breakdown::OpClass::GemmBf16,
+            Packed::F32(_) | Packed::Transposed(_) => super::breakdown::OpClass::GemmF32,
+        }
+    }
+
     pub fn has_bias(&self) -> bool {
         self.bias.is_some()
     }

@@ -7,6 +7,7 @@
 
 pub mod amx;
 pub mod attention;
+pub mod breakdown;
 pub mod engine;
 pub mod isa;
 pub mod matmul;
@@ -21,6 +22,7 @@ use crate::backend::{
     check_linear, host, Activation, AttnShape, Backend, BackendInfo, Epilogue, GemmShape, MlpShape,
 };
 use crate::error::Result;
+use breakdown::{timed, timed_counting, OpClass};
 pub use engine::MatrixEngine;
 pub use isa::Isa;
 pub use matmul::{PackedLinear, Precision};
@@ -177,7 +179,8 @@ impl Backend for CpuBackend {
         s: GemmShape,
         ep: Epilogue,
     ) -> Result<()> {
-        w.run(self.engine, x, s.m, out, ep);
+        let flops = 2.0 * (s.m * w.n * w.k) as f64;
+        timed(w.op_class(), flops, || w.run(self.engine, x, s.m, out, ep));
         Ok(())
     }
 
@@ -191,7 +194,13 @@ impl Backend for CpuBackend {
         s: MlpShape,
         act: Activation,
     ) -> Result<()> {
-        if !matmul::fused_mlp(self.engine, fc1, fc2, input, s.rows, x, act) {
+        let flops = 2.0 * (s.rows * (fc1.n * fc1.k + fc2.n * fc2.k)) as f64;
+        // Unfused, the two GEMMs below count themselves.
+        let fused = timed_counting(fc1.op_class(), || {
+            let fused = matmul::fused_mlp(self.engine, fc1, fc2, input, s.rows, x, act);
+            (fused, if fused { flops } else { 0.0 })
+        });
+        if !fused {
             self.gemm_unchecked(hidden, input, fc1, s.fc1(), Epilogue::Activation(act))?;
             self.gemm_unchecked(x, hidden, fc2, s.fc2(), Epilogue::Accumulate)?;
         }
@@ -209,14 +218,16 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> Result<()> {
         let (gamma, beta, isa) = (&gamma[..dim], &beta[..dim], self.isa());
-        out[..rows * dim]
-            .par_chunks_mut(dim * ROWS_PER_TASK)
-            .zip(x[..rows * dim].par_chunks(dim * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                    simd::layernorm(isa, o, x, gamma, beta, eps);
-                }
-            });
+        timed(OpClass::LayerNorm, 0.0, || {
+            out[..rows * dim]
+                .par_chunks_mut(dim * ROWS_PER_TASK)
+                .zip(x[..rows * dim].par_chunks(dim * ROWS_PER_TASK))
+                .for_each(|(o, x)| {
+                    for (o, x) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                        simd::layernorm(isa, o, x, gamma, beta, eps);
+                    }
+                })
+        });
         Ok(())
     }
 
@@ -227,7 +238,12 @@ impl Backend for CpuBackend {
         s: AttnShape,
         key_lens: Option<&Vec<u32>>,
     ) -> Result<()> {
-        attention::attention(self.engine, out, qkv, s, key_lens.map(Vec::as_slice));
+        // Both products over every query and key, as `cliprt bench` counts them (masked keys are skipped, so a
+        // causal tower runs fewer).
+        let flops = 4.0 * (s.batch * s.seq * s.seq * s.width()) as f64;
+        timed(OpClass::Attention, flops, || {
+            attention::attention(self.engine, out, qkv, s, key_lens.map(Vec::as_slice))
+        });
         Ok(())
     }
 }

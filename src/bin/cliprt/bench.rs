@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// One JSON object per line per measurement instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time the CPU backend's ops (GEMMs by precision, attention, LayerNorm) over --reps more runs of each
+    /// image and text measurement, and show each class's share of the time, its GFLOP/s and its fraction of its
+    /// unit's peak (JSON: `ops`).
+    #[arg(long)]
+    breakdown: bool,
     /// What the bench may allocate, in GB, estimated before it starts; larger sweeps are refused (default: half the
     /// physical memory, at least 2 GiB).
     #[arg(long)]
@@ -77,6 +82,7 @@ pub fn config(a: BenchArgs) -> Result<(cliprt::bench::BenchConfig, bool, bool)> 
         reps,
         peak_gflops,
         json,
+        breakdown,
         max_memory_gb,
     } = a;
     let max_memory = match max_memory_gb {
@@ -106,6 +112,7 @@ pub fn config(a: BenchArgs) -> Result<(cliprt::bench::BenchConfig, bool, bool)> 
             ks: k,
         },
         max_memory,
+        breakdown,
     };
     Ok((cfg, json, peak_gflops.is_some()))
 }
