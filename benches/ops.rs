@@ -28,7 +28,8 @@ fn quick<'a>(
     g
 }
 
-/// ViT-B/32's four GEMMs at batch 1 (50 rows) and 32 (1600 rows), and ViT-L/14's MLP at batch 8.
+/// ViT-B/32's four GEMMs at batch 1 (50 rows) and 32 (1600 rows), its text tower's at batch 32 (352 rows), and
+/// ViT-L/14's MLP at batch 8.
 fn gemms(c: &mut Criterion) {
     let isa = Isa::from_env().expect("CLIPRT_CPU_ISA");
     for precision in [Precision::F32, Precision::Bf16] {
@@ -46,6 +47,11 @@ fn gemms(c: &mut Criterion) {
             (50, 768, 768, "out"),
             (50, 768, 3072, "fc1"),
             (50, 3072, 768, "fc2"),
+            // The text tower at batch 32 of short prompts (11 tokens).
+            (352, 512, 1536, "text-qkv"),
+            (352, 512, 512, "text-out"),
+            (352, 512, 2048, "text-fc1"),
+            (352, 2048, 512, "text-fc2"),
             (2056, 1024, 4096, "l14-fc1"),
             // Everything in L2: the micro-kernel's own ceiling.
             (144, 256, 256, "in-cache"),
@@ -56,8 +62,8 @@ fn gemms(c: &mut Criterion) {
             let x = data(m * k, 3);
             let mut out = vec![0.0; m * n];
             let ep = match role {
-                "fc1" | "l14-fc1" => Epilogue::Activation(Activation::QuickGelu),
-                "out" | "fc2" => Epilogue::Accumulate,
+                "fc1" | "l14-fc1" | "text-fc1" => Epilogue::Activation(Activation::QuickGelu),
+                "out" | "fc2" | "text-out" | "text-fc2" => Epilogue::Accumulate,
                 _ => Epilogue::Store,
             };
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));

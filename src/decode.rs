@@ -152,7 +152,7 @@ pub fn decode(bytes: &[u8], head: &Header, alpha: AlphaMode) -> Result<RgbImage,
 
 /// What PIL would make of a file before any conversion, where it changes how PIL resizes it (open_clip resizes
 /// before converting to RGB): `Image.resize` always resizes modes "P" and "1" with nearest neighbour, "RGBA" and
-/// "LA" with premultiplied alpha, and "CMYK" band by band.
+/// "LA" with premultiplied alpha, "CMYK" band by band, and "I;16" at 16 bits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     /// PIL opens the file in mode "P" or "1": a palette PNG (colour type 3), a 1-bit grey PNG, a GIF with a
@@ -163,6 +163,16 @@ pub struct Source {
     pub alpha: Option<Vec<u8>>,
     /// The bands of a file PIL opens in mode "CMYK" (a four-component JPEG), 4 bytes a pixel in PIL's values.
     pub cmyk: Option<Vec<u8>>,
+    /// The values of a file PIL opens in mode "I;16" (16-bit grey without alpha), which PIL resizes at 16 bits.
+    pub grey16: Option<Vec<u16>>,
+}
+
+/// The values of a 16-bit grey image without alpha (PIL's mode "I;16").
+pub fn grey16_plane(img: &DynamicImage) -> Option<Vec<u16>> {
+    match img {
+        DynamicImage::ImageLuma16(b) => Some(b.as_raw().clone()),
+        _ => None,
+    }
 }
 
 /// The 8-bit alpha plane of a decoded image that has one (16-bit alpha keeps its high byte, as PIL reads it).
@@ -224,6 +234,7 @@ pub fn decode_with_source(
         nearest,
         alpha: alpha_plane,
         cmyk: None,
+        grey16: grey16_plane(&img),
     };
     Ok((to_rgb_like_pil(img, alpha), source))
 }
@@ -521,8 +532,7 @@ fn gif_first_frame(
     }
     let source = Source {
         nearest: palette.is_some(),
-        alpha: None,
-        cmyk: None,
+        ..Source::default()
     };
     Ok((
         RgbImage {

@@ -45,9 +45,8 @@ pub struct PreprocessConfig {
     pub alpha: AlphaMode,
     /// Where a center crop starts when the margin is odd.
     pub crop_rounding: CropRounding,
-    /// Resize a file in its own mode, as PIL does when it resizes before converting to RGB (open_clip's transform):
-    /// a palette file (mode "P") with nearest neighbour, a file with alpha with premultiplied alpha. HF converts
-    /// first, so its filter applies to plain RGB for every file.
+    /// Resize a file in its own mode, as PIL does when it resizes before converting to RGB (open_clip's transform;
+    /// the modes in [`decode::Source`]). HF converts first, so its filter applies to plain RGB for every file.
     pub resize_in_source_mode: bool,
 }
 
@@ -343,7 +342,7 @@ impl PreprocessConfig {
         let resize =
             3 * (rw * h + w * rh + rw * rh) + crate::resample::strip_bytes(width, rw as usize);
         // Resizing in the file's own mode runs two 3-band resizes (colour and alpha, or C·M·Y and K) on copies of
-        // the source bands, and joins them (4 bytes a pixel).
+        // the source bands, and joins them (4 bytes a pixel); a 16-bit grey resize holds less.
         let source_mode = if self.resize_in_source_mode {
             resize + 6 * w * h + 4 * rw * rh
         } else {
@@ -372,6 +371,7 @@ impl PreprocessConfig {
     pub fn apply_image(&self, img: image::DynamicImage) -> Result<Vec<f32>> {
         let source = decode::Source {
             alpha: decode::alpha_plane(&img),
+            grey16: decode::grey16_plane(&img),
             ..decode::Source::default()
         };
         self.apply_source(&to_rgb_like_pil(img, self.alpha), &source)
@@ -380,7 +380,7 @@ impl PreprocessConfig {
     /// [`PreprocessConfig::apply`] for a decoded file: with `resize_in_source_mode`, the file is resized in the
     /// mode PIL opened it in ([`decode::Source`]), then converted to RGB: a palette or 1-bit file with nearest
     /// neighbour, a file with alpha with premultiplied alpha (the alpha is then dropped, as `convert("RGB")`
-    /// drops it), a CMYK file band by band before `cmyk2rgb`.
+    /// drops it), a CMYK file band by band before `cmyk2rgb`, a 16-bit grey file at 16 bits before its clip.
     fn apply_source(&self, img: &RgbImage, source: &decode::Source) -> Result<Vec<f32>> {
         if !self.resize_in_source_mode {
             return self.apply(img);
@@ -399,6 +399,15 @@ impl PreprocessConfig {
         if let Some(cmyk) = &source.cmyk {
             self.working_bytes(img.width, img.height)?;
             return self.crop_normalize(&resize_cmyk(img, cmyk, w, h, self.resample)?);
+        }
+        // Nearest neighbour picks the same pixels before or after the clip to 8 bits.
+        if let Some(grey) = source
+            .grey16
+            .as_ref()
+            .filter(|_| self.resample != Resample::Nearest)
+        {
+            self.working_bytes(img.width, img.height)?;
+            return self.crop_normalize(&resize_grey16(img, grey, w, h, self.resample)?);
         }
         if let Some(alpha) = source
             .alpha
@@ -540,6 +549,35 @@ fn resize_cmyk(
         width,
         height,
         data: crate::jpeg::cmyk_to_rgb_like_pil(&resized),
+    })
+}
+
+/// PIL's resize of an "I;16" image (`img`'s size, one value a pixel in `grey`) at 16 bits, then its conversion to
+/// RGB, which clips each value to 255 (not a scaling: PIL's I;16 → RGB rule).
+fn resize_grey16(
+    img: &RgbImage,
+    grey: &[u16],
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> Result<RgbImage> {
+    if grey.len() != img.width * img.height {
+        return Err(Error::Shape(format!(
+            "16-bit grey plane of {} values for a {}x{} image",
+            grey.len(),
+            img.width,
+            img.height
+        )));
+    }
+    let size = (img.width, img.height);
+    let resized = crate::resample::resize_grey16_like_pil(grey, size, (width, height), filter);
+    Ok(RgbImage {
+        width,
+        height,
+        data: resized
+            .iter()
+            .flat_map(|&v| [v.min(255) as u8; 3])
+            .collect(),
     })
 }
 

@@ -110,13 +110,15 @@ fn kernel(filter: Resample) -> (fn(f64) -> f64, f64) {
     }
 }
 
-/// The fixed-point taps of every output position along one axis.
-struct Taps {
+/// The taps of every output position along one axis: the first input it reads and the weight of each input from
+/// there, `W` being PIL's normalized `f64` or its 22-bit fixed point.
+struct Taps<W> {
     first: Vec<usize>,
-    weights: Vec<Vec<i32>>,
+    weights: Vec<Vec<W>>,
 }
 
-fn taps(in_size: usize, out_size: usize, filter: Resample) -> Taps {
+/// PIL's `precompute_coeffs`: the filter widened by the downscale factor, each output's weights normalized to sum 1.
+fn float_taps(in_size: usize, out_size: usize, filter: Resample) -> Taps<f64> {
     let (f, base_support) = kernel(filter);
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
@@ -138,21 +140,28 @@ fn taps(in_size: usize, out_size: usize, filter: Resample) -> Taps {
         if sum != 0.0 {
             w.iter_mut().for_each(|v| *v /= sum);
         }
-        let one = f64::from(1u32 << PRECISION_BITS);
-        // Round half away from zero, as PIL's (int)(±0.5 + w·2^22).
-        weights.push(
-            w.iter()
-                .map(|&v| {
-                    if v < 0.0 {
-                        (-0.5 + v * one) as i32
-                    } else {
-                        (0.5 + v * one) as i32
-                    }
-                })
-                .collect(),
-        );
+        weights.push(w);
         first.push(lo);
     }
+    Taps { first, weights }
+}
+
+/// [`float_taps`] in PIL's fixed point for 8-bit images (`normalize_coeffs_8bpc`).
+fn taps(in_size: usize, out_size: usize, filter: Resample) -> Taps<i32> {
+    let Taps { first, weights } = float_taps(in_size, out_size, filter);
+    let one = f64::from(1u32 << PRECISION_BITS);
+    // Round half away from zero, as PIL's (int)(±0.5 + w·2^22).
+    let fixed = |v: f64| {
+        if v < 0.0 {
+            (-0.5 + v * one) as i32
+        } else {
+            (0.5 + v * one) as i32
+        }
+    };
+    let weights = weights
+        .iter()
+        .map(|w| w.iter().map(|&v| fixed(v)).collect())
+        .collect();
     Taps { first, weights }
 }
 
@@ -308,27 +317,88 @@ fn weighted_rows(src: &[u8], first: usize, stride: usize, weights: &[i32], out: 
     sum(src, first, stride, weights, out)
 }
 
-/// Resizes with a PIL convolution filter, in Pillow 13's pass order: vertical first when the height shrinks by
-/// more than twice what the width shrinks, horizontal first otherwise. An axis whose size is unchanged is not
-/// resampled at all (as in PIL).
+/// Which passes PIL's resize runs from `(w, h)` to `(width, height)`, in order (Pillow 13): vertical first when the
+/// height shrinks by more than twice what the width shrinks, horizontal first otherwise; an axis whose size is
+/// unchanged is not resampled at all. `true` is a horizontal pass.
+fn pass_order(w: usize, h: usize, width: usize, height: usize) -> Vec<bool> {
+    let shrink_h = h as i64 - height as i64;
+    let shrink_w = w as i64 - width as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
+    let passes = if vertical_first {
+        [(false, height != h), (true, width != w)]
+    } else {
+        [(true, width != w), (false, height != h)]
+    };
+    passes.iter().filter(|p| p.1).map(|p| p.0).collect()
+}
+
+/// Resizes with a PIL convolution filter, in Pillow 13's pass order ([`pass_order`]).
 pub fn resize_convolution(
     img: &RgbImage,
     width: usize,
     height: usize,
     filter: Resample,
 ) -> RgbImage {
-    let shrink_h = img.height as i64 - height as i64;
-    let shrink_w = img.width as i64 - width as i64;
-    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
-    let need_h = width != img.width;
-    let need_v = height != img.height;
-    match (need_h, need_v, vertical_first) {
-        (false, false, _) => img.clone(),
-        (true, false, _) => horizontal(img, width, filter),
-        (false, true, _) => vertical(img, height, filter),
-        (true, true, false) => vertical(&horizontal(img, width, filter), height, filter),
-        (true, true, true) => horizontal(&vertical(img, height, filter), width, filter),
+    let mut out: Option<RgbImage> = None;
+    for horizontal_pass in pass_order(img.width, img.height, width, height) {
+        let src = out.as_ref().unwrap_or(img);
+        out = Some(if horizontal_pass {
+            horizontal(src, width, filter)
+        } else {
+            vertical(src, height, filter)
+        });
     }
+    out.unwrap_or_else(|| img.clone())
+}
+
+/// PIL's resize of a 16-bit grey image (mode "I;16", `width × height` values, row-major) with a convolution
+/// filter (`ImagingResample*_16bpc`): each value is `Σ input · weight` in `f64` with the normalized weights (no
+/// fixed point), rounded half away from zero and clamped to 0..=65535 (held to Pillow 13's own output, sums above
+/// 65535 included, by tests/openclip.rs). The passes run in [`pass_order`].
+pub fn resize_grey16_like_pil(
+    plane: &[u16],
+    (w, h): (usize, usize),
+    (width, height): (usize, usize),
+    filter: Resample,
+) -> Vec<u16> {
+    let store = |sum: f64| -> u16 {
+        let v = if sum >= 0.0 {
+            (sum + 0.5) as i64
+        } else {
+            (sum - 0.5) as i64
+        };
+        v.clamp(0, 65535) as u16
+    };
+    let (mut data, mut cur_w, mut cur_h) = (plane[..w * h].to_vec(), w, h);
+    for horizontal_pass in pass_order(w, h, width, height) {
+        data = if horizontal_pass {
+            let t = float_taps(cur_w, width, filter);
+            let mut out = Vec::with_capacity(width * cur_h);
+            for row in data.chunks_exact(cur_w) {
+                for (first, weights) in t.first.iter().zip(&t.weights) {
+                    let taps = row[*first..].iter().zip(weights);
+                    out.push(store(taps.fold(0.0, |s, (&v, k)| s + f64::from(v) * k)));
+                }
+            }
+            cur_w = width;
+            out
+        } else {
+            let t = float_taps(cur_h, height, filter);
+            let mut out = Vec::with_capacity(cur_w * height);
+            for (first, weights) in t.first.iter().zip(&t.weights) {
+                for x in 0..cur_w {
+                    let column = data[first * cur_w + x..].iter().step_by(cur_w);
+                    let sum = column
+                        .zip(weights)
+                        .fold(0.0, |s, (&v, k)| s + f64::from(v) * k);
+                    out.push(store(sum));
+                }
+            }
+            cur_h = height;
+            out
+        };
+    }
+    data
 }
 
 #[cfg(test)]

@@ -123,18 +123,61 @@ fn a_folder_with_both_formats_reads_the_hf_files() {
     assert_eq!(open_clip.config().text.max_position_embeddings, 20);
 }
 
-/// A transparent image decoded by the caller is resized with premultiplied alpha too (open_clip's PIL resizes
-/// "RGBA" that way): the same pixels as from its file.
+/// A transparent or 16-bit grey image decoded by the caller is resized in its own mode too (open_clip's PIL
+/// resizes "RGBA" with premultiplied alpha, "I;16" at 16 bits): the same pixels as from its file.
 #[test]
 fn decoded_images_resize_in_their_own_mode_like_files() {
     let clip = Clip::load(fixture("openclip-ls"), Device::Cpu).unwrap();
-    for name in ["rgba.png", "grey_alpha.png", "landscape.png"] {
+    for name in ["rgba.png", "grey_alpha.png", "grey16.png", "landscape.png"] {
         let path = fixture("images").join(name);
         let decoded = image::open(&path).unwrap();
         assert_eq!(
             clip.preprocess_image(&decoded).unwrap(),
             clip.preprocess_file(&path).unwrap(),
             "{name}"
+        );
+    }
+}
+
+/// PIL's own 16-bit resizes (tools/make_openclip_fixtures.py), value for value: every filter, up and down,
+/// sums above 65535 stored as PIL stores them.
+#[test]
+fn grey16_resize_equals_pil() {
+    use cliprt::resample::{resize_grey16_like_pil, Resample};
+    let text = std::fs::read_to_string(fixture("resize16").join("expected.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let numbers = |v: &serde_json::Value| -> Vec<u16> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u16)
+            .collect()
+    };
+    let size = |v: &serde_json::Value| {
+        (
+            v["width"].as_u64().unwrap() as usize,
+            v["height"].as_u64().unwrap() as usize,
+        )
+    };
+    let input = numbers(&json["input"]);
+    let cases = json["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 25);
+    for case in cases {
+        let filter = match case["filter"].as_u64().unwrap() {
+            1 => Resample::Lanczos,
+            2 => Resample::Bilinear,
+            3 => Resample::Bicubic,
+            4 => Resample::Box,
+            5 => Resample::Hamming,
+            other => panic!("filter {other}"),
+        };
+        let got = resize_grey16_like_pil(&input, size(&json), size(case), filter);
+        assert_eq!(
+            got,
+            numbers(&case["output"]),
+            "{:?} to {:?}",
+            filter,
+            size(case)
         );
     }
 }

@@ -8,7 +8,9 @@ through torchvision), `open_clip.get_tokenizer("local-dir:…")` for the ids.
 - openclip-ls: layer scale (ls_init_value) in both towers, gelu, shortest-side resize + center crop at 26 px (odd
   crop margins, where torchvision's rounding differs from HF's), OpenAI mean/std, context 20;
 - openclip-custom: CustomTextCLIP key names (`text.`), a text projection with bias, quick_gelu, norm eps 1e-6,
-  squash resize with bilinear interpolation and its own mean/std.
+  squash resize with bilinear interpolation and its own mean/std;
+- resize16: PIL's 16-bit resizes of a small grey image (open_clip resizes a 16-bit grey file before its clip to 8
+  bits).
 """
 
 import json
@@ -92,7 +94,28 @@ def unpadded(row, eot):
     return row[:len(row) - row[::-1].index(eot)]
 
 
+def resize16_cases():
+    """PIL's own 16-bit resizes ("I;16", Resample.c's 16bpc passes) of a small image with values around the 8-bit clip
+    and at the top of the range, where the filters' overshoot takes sums above 65535."""
+    rng = np.random.default_rng(31)
+    w, h = 23, 17
+    a = rng.integers(0, 600, (h, w)).astype(np.uint16)
+    a[rng.random((h, w)) < 0.2] = 65535
+    a[:, ::5] = 0
+    im = Image.fromarray(a)
+    assert im.mode == "I;16", im.mode
+    filters = [Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS,
+               Image.Resampling.BOX, Image.Resampling.HAMMING]
+    cases = [dict(width=ow, height=oh, filter=int(f), output=np.asarray(im.resize((ow, oh), f)).flatten().tolist())
+             for ow, oh in [(9, 7), (31, 12), (23, 40), (5, 17), (40, 4)] for f in filters]
+    d = os.path.join(ROOT, "resize16")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump(dict(width=w, height=h, input=a.flatten().tolist(), cases=cases), f)
+
+
 def main():
+    resize16_cases()
     made = {
         "palette.png": lambda: R.harsh_image(37, 29, 21).convert("P"),
         "bilevel.png": lambda: R.harsh_image(35, 31, 22).convert("1"),

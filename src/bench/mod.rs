@@ -356,9 +356,9 @@ fn breakdown_line(ops: &[OpShare]) -> String {
         .iter()
         .map(|o| {
             let rate = o.gflops_per_s.map_or(String::new(), |g| {
-                let peak = o
-                    .peak_fraction
-                    .map_or(String::new(), |f| format!(", {:.1}% of its peak", 100.0 * f));
+                let peak = o.peak_fraction.map_or(String::new(), |f| {
+                    format!(", {:.1}% of its peak", 100.0 * f)
+                });
                 format!(" ({g:.0} GFLOP/s{peak})")
             });
             format!("{} {:.1}%{rate}", o.op, 100.0 * o.share)

@@ -8,11 +8,13 @@
 
 use std::time::Instant;
 
-use super::{peak_rss_mb, time_runs, BenchConfig, Measurement, OpShare, Workload, SIMILARITY_CLASSES};
+use super::{
+    peak_rss_mb, time_runs, BenchConfig, Measurement, OpShare, Workload, SIMILARITY_CLASSES,
+};
 use crate::backend::Backend;
+use crate::config::{presets, ClipConfig, EncoderConfig, Family};
 use crate::cpu::breakdown::{self, OpClass};
 use crate::cpu::CpuBackend;
-use crate::config::{presets, ClipConfig, EncoderConfig, Family};
 use crate::engine::{Device, Engine};
 use crate::error::{Error, Result};
 use crate::model::ClipWeights;
@@ -453,9 +455,11 @@ fn op_shares(
     let wall = wall?;
     let f32_peak = match cpu.engine().precision() {
         crate::backend::Precision::F32 => s.peak,
-        _ => cpu.engine().f32_engine().peak_unit().map_or(f64::NAN, |u| {
-            crate::cpu::peak::peak_gflops(threads, u)
-        }),
+        _ => cpu
+            .engine()
+            .f32_engine()
+            .peak_unit()
+            .map_or(f64::NAN, |u| crate::cpu::peak::peak_gflops(threads, u)),
     };
     let known = |p: f64| (p.is_finite() && p > 0.0).then_some(p);
     let mut shares: Vec<OpShare> = OpClass::ALL

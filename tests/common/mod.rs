@@ -327,10 +327,3 @@ pub const F32_FIXTURES: &[&str] = &[
     "openclip-ls",
     "openclip-custom",
 ];
-
-/// The documented preprocessing difference (README, Model families): open_clip resizes a 16-bit grey image at 16
-/// bits and then clips it to 8, cliprt clips first. (Palette, 1-bit, transparent and CMYK images are resized in
-/// their own mode as open_clip does, and are checked.)
-pub fn resized_before_conversion(name: &str, image: &str) -> bool {
-    name.starts_with("openclip") && image.contains("16")
-}
