@@ -309,6 +309,66 @@ fn bench_reports_json_lines_with_the_documented_fields() {
     }
 }
 
+/// `--breakdown`: op classes with shares that add up to the whole forward, rates that follow from the FLOPs, and
+/// the classes an f32 tower has (no bf16 GEMM); the table's extra line; refused off the CPU.
+#[test]
+fn bench_breakdown_accounts_for_the_forward() {
+    let (ok, out, err) = cliprt(&[
+        "--threads",
+        "2",
+        "bench",
+        "--workload",
+        "image,text,similarity",
+        "--batch",
+        "2",
+        "--warmup",
+        "0",
+        "--reps",
+        "2",
+        "--peak-gflops",
+        "100",
+        "--breakdown",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for m in &lines[..2] {
+        let ops = m["ops"].as_array().unwrap();
+        let names: Vec<&str> = ops.iter().map(|o| o["op"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["gemm f32", "attention", "layernorm", "other"],
+            "{m}"
+        );
+        let total: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-9, "shares add up to {total}: {m}");
+        let gemm = &ops[0];
+        assert!(gemm["share"].as_f64().unwrap() > 0.3, "{m}");
+        let rate = gemm["gflops_per_s"].as_f64().unwrap();
+        let fraction = gemm["peak_fraction"].as_f64().unwrap();
+        assert!(rate > 0.0 && (fraction - rate / 100.0).abs() < 1e-9, "{m}");
+        assert!(ops[2]["gflops_per_s"].is_null() && ops[3]["peak_fraction"].is_null());
+    }
+    assert!(lines[2]["ops"].is_null(), "similarity runs no tower");
+    let (ok, out, err) = cliprt(&[
+        "bench",
+        "--workload",
+        "image",
+        "--batch",
+        "1",
+        "--reps",
+        "1",
+        "--breakdown",
+    ]);
+    assert!(ok && out.contains("\n  time: gemm f32 "), "{out}{err}");
+    let (ok, _, err) = cliprt(&["bench", "--device", "reference", "--breakdown"]);
+    assert!(!ok && err.contains("--breakdown"), "{err}");
+}
+
 #[test]
 fn bench_prompts_are_tokenized_for_real() {
     let tok = cliprt::tokenizer::ClipTokenizer::from_file(&fixtures().join("tokenizer.json"), 77)
