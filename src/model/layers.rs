@@ -17,25 +17,49 @@ pub struct EncoderLayer<B: Backend> {
     fc2: B::Linear,
 }
 
+/// Which of a layer's products keep f32 on the CPU's bf16 engines (`Backend::linear_f32`, ARCHITECTURE §7.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Products {
+    /// Every linear as the engine runs it.
+    None,
+    /// The q/k/v projection: a tower's first layer.
+    Qkv,
+    /// All four linears: the text tower's first layer.
+    All,
+}
+
+impl F32Products {
+    /// Layer `index` of the image tower (`text` false) or the text tower.
+    pub fn for_layer(text: bool, index: usize) -> Self {
+        match (text, index) {
+            (true, 0) => F32Products::All,
+            (false, 0) => F32Products::Qkv,
+            _ => F32Products::None,
+        }
+    }
+}
+
 impl<B: Backend> EncoderLayer<B> {
-    /// Layer `index` of its tower: layer 0's q/k/v projection keeps f32 products on the CPU's bf16 engines too
-    /// (`Backend::linear_f32`, ARCHITECTURE §7.13).
-    pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig, index: usize) -> Result<Self> {
+    /// One layer, its products in f32 where `f32` says (ARCHITECTURE §7.13).
+    pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig, f32: F32Products) -> Result<Self> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
-        let qkv = if index == 0 {
-            b.linear_f32(&w.qkv_w, 3 * d, d, Some(&w.qkv_b))?
-        } else {
-            b.linear(&w.qkv_w, 3 * d, d, Some(&w.qkv_b))?
+        let linear = |w: &[f32], n, k, bias: &[f32], keep_f32: bool| {
+            if keep_f32 {
+                b.linear_f32(w, n, k, Some(bias))
+            } else {
+                b.linear(w, n, k, Some(bias))
+            }
         };
+        let (qkv_f32, rest_f32) = (f32 != F32Products::None, f32 == F32Products::All);
         Ok(EncoderLayer {
             ln1_g: b.upload(&w.ln1_g)?,
             ln1_b: b.upload(&w.ln1_b)?,
-            qkv,
-            out: b.linear(&w.out_w, d, d, Some(&w.out_b))?,
+            qkv: linear(&w.qkv_w, 3 * d, d, &w.qkv_b, qkv_f32)?,
+            out: linear(&w.out_w, d, d, &w.out_b, rest_f32)?,
             ln2_g: b.upload(&w.ln2_g)?,
             ln2_b: b.upload(&w.ln2_b)?,
-            fc1: b.linear(&w.fc1_w, i, d, Some(&w.fc1_b))?,
-            fc2: b.linear(&w.fc2_w, d, i, Some(&w.fc2_b))?,
+            fc1: linear(&w.fc1_w, i, d, &w.fc1_b, rest_f32)?,
+            fc2: linear(&w.fc2_w, d, i, &w.fc2_b, rest_f32)?,
         })
     }
 }
@@ -311,7 +335,10 @@ mod tests {
         let (batch, seq, d) = (3, 7, 40);
         let mut seed = 0x5eed;
         let layers: Vec<_> = (0..c.num_layers)
-            .map(|index| EncoderLayer::new(b, &layer(&mut seed, d, 72), &c, index).unwrap())
+            .map(|index| {
+                let f32 = F32Products::for_layer(causal, index);
+                EncoderLayer::new(b, &layer(&mut seed, d, 72), &c, f32).unwrap()
+            })
             .collect();
         let x = values(&mut seed, batch * seq * d, 1.0);
         let pool = backend::rows(b, &[6, seq + 2, 2 * seq + 4]).unwrap();

@@ -9,7 +9,7 @@ use super::weights::TextWeights;
 use crate::backend::{self, Backend, Epilogue, GemmShape, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::model::layers::{run_encoder_pooled, EncoderLayer, Pass, Reuse, Workspace};
+use crate::model::layers::{run_encoder_pooled, EncoderLayer, F32Products, Pass, Reuse, Workspace};
 
 /// The text tower prepared for backend `B`.
 pub struct TextTower<B: Backend> {
@@ -77,7 +77,10 @@ impl<B: Backend> TextTower<B> {
                 .into_iter()
                 .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
-                .map(|(index, l)| EncoderLayer::new(b, &l, &config.encoder, index))
+                .map(|(index, l)| {
+                    let f32 = F32Products::for_layer(true, index);
+                    EncoderLayer::new(b, &l, &config.encoder, f32)
+                })
                 .collect::<Result<_>>()?,
             final_ln: (b.upload(&w.final_ln_g)?, b.upload(&w.final_ln_b)?),
             projection: b.linear(

@@ -8,7 +8,9 @@ use super::weights::{HeadWeights, PoolWeights, VisionWeights};
 use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape, PatchShape, Rows};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::model::layers::{run_encoder, run_encoder_pooled, EncoderLayer, Pass, Reuse, Workspace};
+use crate::model::layers::{
+    run_encoder, run_encoder_pooled, EncoderLayer, F32Products, Pass, Reuse, Workspace,
+};
 
 /// The image tower prepared for backend `B`.
 pub struct VisionTower<B: Backend> {
@@ -182,7 +184,10 @@ impl<B: Backend> VisionTower<B> {
                 .into_iter()
                 .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
-                .map(|(index, l)| EncoderLayer::new(b, &l, &config.encoder, index))
+                .map(|(index, l)| {
+                    let f32 = F32Products::for_layer(false, index);
+                    EncoderLayer::new(b, &l, &config.encoder, f32)
+                })
                 .collect::<Result<_>>()?,
             post_ln: (b.upload(&w.post_ln_g)?, b.upload(&w.post_ln_b)?),
             pool,
