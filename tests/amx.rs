@@ -79,8 +79,13 @@ fn native_amx_matches_the_emulator_and_the_f64_product() {
         );
         return;
     }
-    let native = CpuBackend::with_engine(MatrixEngine::AmxBf16).unwrap();
-    let emu = CpuBackend::with_engine(MatrixEngine::AmxBf16Emulated).unwrap();
+    // Attention on tiles (opt-in; the default runs the f32 AVX-512 kernel, the same on both).
+    let native = CpuBackend::with_engine(MatrixEngine::AmxBf16)
+        .unwrap()
+        .with_tile_attention(true);
+    let emu = CpuBackend::with_engine(MatrixEngine::AmxBf16Emulated)
+        .unwrap()
+        .with_tile_attention(true);
     let round = |v: &[f32]| -> Vec<f32> {
         v.iter()
             .map(|&x| half::bf16::from_f32(x).to_f32())

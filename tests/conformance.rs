@@ -54,7 +54,7 @@ fn cpu_profile(cpu: &CpuBackend) -> Profile {
         atol: 1e-5,
         rtol: 1e-5,
         // Engines on tiles keep Q, K, V and P in bf16 (2⁻⁹ relative each): measured worst 0.0101, so a 3× margin.
-        attn: if cpu.engine().tiles().is_some() {
+        attn: if cpu.tile_attention() {
             (3e-2, 1e-2)
         } else {
             (2e-5, 1e-4)
@@ -635,6 +635,13 @@ fn every_cpu_engine_conforms() {
     for e in MatrixEngine::available_engines() {
         let cpu = CpuBackend::with_engine(e).unwrap();
         conform(&cpu, &cpu_profile(&cpu));
+        // The AMX engines' opt-in attention on tiles.
+        let tiles = cpu.clone().with_tile_attention(true);
+        if tiles.tile_attention() {
+            let mut p = cpu_profile(&tiles);
+            p.name += " with tile attention";
+            conform_op(&tiles, &p, "attention");
+        }
     }
 }
 

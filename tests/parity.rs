@@ -218,14 +218,16 @@ fn zero_shot_probabilities_sum_to_one_and_rank() {
 }
 
 /// Every bf16 engine this machine runs (avx512-bf16 where it exists, the AMX emulator everywhere, AMX where
-/// present) on the fixtures: embeddings of real images and texts within cosine 0.9995 of f32 and of HF float64.
+/// present) on the fixtures: embeddings of real images and texts within cosine 0.9999 of f32, and 0.9995 of HF
+/// float64.
 ///
-/// On these toy models (widths 24–64, embeddings of 20–64 dims) bf16 drifts further than on a real model: worst
-/// measured 0.99970 (exotic, text, AMX emulator, whose attention products are bf16 too) and 0.99982 on
-/// avx512-bf16 (siglip-gemma, text), with the patch embedding and first q/k/v projections in f32 (before that:
-/// 0.99924). At CLIP's real shapes the bar is 0.9999 (tests/amx.rs, tools/parity.py).
+/// On these toy models (widths 24–64, embeddings of 20–64 dims) bf16 drifts further than on a real model. Worst
+/// measured, with the f32 layers of ARCHITECTURE §7.13 (the patch embedding, the image tower's first q/k/v, the
+/// text tower's whole first layer): 0.99991 (exotic, text) on avx512-bf16 and on the AMX emulator, whose
+/// attention is f32 by default. Before the text tower's first layer was f32: 0.99982 (siglip-gemma, text); with
+/// attention on AMX tiles (bf16 Q, K, V and P, `CpuBackend::with_tile_attention`): 0.99972.
 #[test]
-fn bf16_engines_stay_within_cosine_0_9995_of_f32() {
+fn bf16_engines_stay_within_cosine_0_9999_of_f32() {
     let img = fixture("images");
     let images: Vec<std::path::PathBuf> = ["square.png", "big_landscape.png", "portrait.png"]
         .iter()
@@ -271,7 +273,7 @@ fn bf16_engines_stay_within_cosine_0_9995_of_f32() {
                     let c = cosine(a.row(i), b.row(i));
                     println!("{model} {} {what}[{i}] vs f32 cosine {c:.7}", engine.name());
                     assert!(
-                        c >= 0.9995,
+                        c >= 0.9999,
                         "{model} {} {what}[{i}]: cosine {c}",
                         engine.name()
                     );
@@ -289,16 +291,16 @@ fn bf16_engines_stay_within_cosine_0_9995_of_f32() {
             let what = format!("{model} {}", engine.name());
             let fi = f32m.embed_pixels(&r.pixels, r.images.len()).unwrap();
             let ft = f32m.embed_texts(&rtexts).unwrap();
-            let hf = |got: &[f32], want: &[f32], kind: &str| {
-                assert_rows_match(got, want, dim, 0.9995, 0.05, &format!("{what} {kind}")).0
+            let close = |got: &[f32], want: &[f32], cos: f64, kind: &str| {
+                assert_rows_match(got, want, dim, cos, 0.05, &format!("{what} {kind}")).0
             };
             let (hi, ht) = (
-                hf(&emb.data, &r.image_embeds, "image"),
-                hf(&txt.data, &want_text, "text"),
+                close(&emb.data, &r.image_embeds, 0.9995, "image"),
+                close(&txt.data, &want_text, 0.9995, "text"),
             );
             let (vi, vt) = (
-                hf(&emb.data, &fi.data, "image vs f32"),
-                hf(&txt.data, &ft.data, "text vs f32"),
+                close(&emb.data, &fi.data, 0.9999, "image vs f32"),
+                close(&txt.data, &ft.data, 0.9999, "text vs f32"),
             );
             println!(
                 "{what} worst cosine: vs HF float64 image {hi:.7} text {ht:.7}; vs f32 image {vi:.7} text {vt:.7}"

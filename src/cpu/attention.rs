@@ -5,16 +5,17 @@
 //! 1/√d scale and the causal mask folded in, then `O = P·V` written straight into the head's columns of the output.
 //! On AVX-512 both products run tiles sized to their width (`rows_times_cols`): Kᵀ is packed into panels of 64
 //! keys, V is read in place (masked loads make any head dim work: 64, 80 = 64 + 16, 104 = 64 + 40). The AMX
-//! engines run both products on tiles (`amx::attention`); the AVX2 and scalar tiers use the `gemm` crate.
+//! engines run this f32 kernel too, unless asked to run both products on tiles (`amx::attention`,
+//! `CpuBackend::with_tile_attention`); the AVX2 and scalar tiers use the `gemm` crate.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::amx::TileMode;
 use super::isa::Isa;
 use super::matmul::sgemm;
 use super::simd;
-use super::MatrixEngine;
 use crate::backend::AttnShape;
 
 thread_local! {
@@ -52,14 +53,16 @@ impl OutPtr {
 /// `out[b·seq + i, h·hd..(h+1)·hd] = softmax(q_i·Kᵀ/√hd [causal]) · V` for every (b, h); `qkv` rows are `[q | k | v]`.
 /// With `key_lens`, item b's queries see only its first `key_lens[b]` keys. Lengths are checked by the caller
 /// (backend::attention, backend::attention_masked).
+///
+/// `tiles`: run both products on AMX tiles in that mode (bf16 operands); otherwise the f32 kernel of tier `isa`.
 pub fn attention(
-    engine: MatrixEngine,
+    isa: Isa,
+    tiles: Option<TileMode>,
     out: &mut [f32],
     qkv: &[f32],
     s: AttnShape,
     key_lens: Option<&[u32]>,
 ) {
-    let isa = engine.isa();
     let (d, seq) = (s.width(), s.seq);
     assert!(qkv.len() >= s.batch * seq * 3 * d && out.len() >= s.batch * seq * d);
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -68,8 +71,8 @@ pub fn attention(
         let (b, h) = (bh / s.heads, bh % s.heads);
         let head = &qkv[b * seq * 3 * d + h * s.head_dim..];
         let valid = key_lens.map_or(seq, |k| (k[b] as usize).clamp(1, seq));
-        if let Some(mode) = engine.tiles() {
-            // SAFETY: as below; the engine is AMX only where its tiles can run.
+        if let Some(mode) = tiles {
+            // SAFETY: as below; a tile mode is only handed out where its tiles can run.
             unsafe {
                 super::amx::attention_head(
                     mode,

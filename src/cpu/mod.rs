@@ -32,6 +32,8 @@ pub use matmul::{PackedLinear, Precision};
 pub struct CpuBackend {
     engine: MatrixEngine,
     reason: Arc<str>,
+    /// Attention's products on AMX tiles (bf16 Q, K, V and P) instead of the f32 AVX-512 kernel; AMX engines only.
+    tile_attention: bool,
 }
 
 impl Default for CpuBackend {
@@ -50,6 +52,7 @@ impl CpuBackend {
         CpuBackend {
             engine: c.engine,
             reason: c.reason.into(),
+            tile_attention: false,
         }
     }
 
@@ -64,18 +67,46 @@ impl CpuBackend {
         Ok(CpuBackend {
             engine,
             reason: "engine chosen by the caller".into(),
+            tile_attention: false,
         })
     }
 
+    /// With `on`, an AMX engine runs attention's two products on tiles: Q, K, V and the probabilities rounded to
+    /// bf16. Off by default: that rounding took bf16's worst cosine to f32 on tools/parity.py's ViT-B/16 text from
+    /// 0.99995 to 0.99984 (emulated), under the 0.9999 bar; the f32 AVX-512 kernel (every AMX CPU has AVX-512)
+    /// keeps the AMX engine's embeddings those of `avx512-bf16`. No effect on other engines.
+    pub fn with_tile_attention(mut self, on: bool) -> Self {
+        self.tile_attention = on;
+        self
+    }
+
+    /// Whether attention runs on AMX tiles ([`CpuBackend::with_tile_attention`] on an AMX engine).
+    pub fn tile_attention(&self) -> bool {
+        self.tile_attention && self.engine.tiles().is_some()
+    }
+
     /// `CLIPRT_CPU_ENGINE` when set, else the tier from `CLIPRT_CPU_ISA` (best available when unset) with the
-    /// fastest engine for `precision`.
+    /// fastest engine for `precision`; `CLIPRT_AMX_ATTENTION=bf16` puts an AMX engine's attention on tiles
+    /// ([`CpuBackend::with_tile_attention`]).
     pub fn from_env(precision: Precision) -> Result<Self> {
-        if let Some(e) = MatrixEngine::from_env()? {
-            let mut b = CpuBackend::with_engine(e)?;
-            b.reason = "forced by CLIPRT_CPU_ENGINE".into();
-            return Ok(b);
-        }
-        Ok(CpuBackend::new(Isa::from_env()?, precision))
+        let tiles = match std::env::var("CLIPRT_AMX_ATTENTION").as_deref() {
+            Ok("bf16") => true,
+            Ok("f32") | Ok("") | Err(_) => false,
+            Ok(other) => {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "CLIPRT_AMX_ATTENTION={other}: expected f32 (the default) or bf16"
+                )))
+            }
+        };
+        let b = match MatrixEngine::from_env()? {
+            Some(e) => {
+                let mut b = CpuBackend::with_engine(e)?;
+                b.reason = "forced by CLIPRT_CPU_ENGINE".into();
+                b
+            }
+            None => CpuBackend::new(Isa::from_env()?, precision),
+        };
+        Ok(b.with_tile_attention(tiles))
     }
 
     /// The SIMD tier of the row-wise ops.
@@ -242,7 +273,15 @@ impl Backend for CpuBackend {
         // causal tower runs fewer).
         let flops = 4.0 * (s.batch * s.seq * s.seq * s.width()) as f64;
         timed(OpClass::Attention, flops, || {
-            attention::attention(self.engine, out, qkv, s, key_lens.map(Vec::as_slice))
+            let tiles = self.engine.tiles().filter(|_| self.tile_attention);
+            attention::attention(
+                self.engine.isa(),
+                tiles,
+                out,
+                qkv,
+                s,
+                key_lens.map(Vec::as_slice),
+            )
         });
         Ok(())
     }
