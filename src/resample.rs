@@ -172,7 +172,7 @@ fn clip8(acc: i32) -> u8 {
 
 /// Runs `f(y, row)` over the rows of `data`: in parallel when called from outside rayon's pool (one image, e.g. from
 /// the main thread), in order on a pool thread. A caller on a pool thread is one of several parallel decodes, which
-/// holds a share of the decode memory budget (src/decode.rs); waiting inside a parallel loop, that thread could pick
+/// holds a share of the decode memory budget (src/decode/mod.rs); waiting inside a parallel loop, that thread could pick
 /// up another decode that then waits for the very share it holds: a deadlock.
 fn for_each_row(data: &mut [u8], row: usize, f: impl Fn(usize, &mut [u8]) + Sync + Send) {
     if rayon::current_thread_index().is_none() {
