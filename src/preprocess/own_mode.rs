@@ -16,14 +16,7 @@ pub(super) fn resize_premultiplied(
     height: usize,
     filter: Resample,
 ) -> Result<RgbImage> {
-    if alpha.len() != img.width * img.height {
-        return Err(Error::Shape(format!(
-            "alpha plane of {} values for a {}x{} image",
-            alpha.len(),
-            img.width,
-            img.height
-        )));
-    }
+    check_plane(img, alpha.len(), 1, "alpha plane")?;
     let muldiv255 = |c: u8, a: u8| {
         let t = u32::from(c) * u32::from(a) + 128;
         ((t + (t >> 8)) >> 8) as u8
@@ -69,14 +62,7 @@ pub(super) fn resize_cmyk(
     height: usize,
     filter: Resample,
 ) -> Result<RgbImage> {
-    if cmyk.len() != 4 * img.width * img.height {
-        return Err(Error::Shape(format!(
-            "CMYK bands of {} bytes for a {}x{} image",
-            cmyk.len(),
-            img.width,
-            img.height
-        )));
-    }
+    check_plane(img, cmyk.len(), 4, "CMYK bands")?;
     let bands = |pick: fn(&[u8]) -> [u8; 3]| RgbImage {
         width: img.width,
         height: img.height,
@@ -106,14 +92,7 @@ pub(super) fn resize_grey16(
     height: usize,
     filter: Resample,
 ) -> Result<RgbImage> {
-    if grey.len() != img.width * img.height {
-        return Err(Error::Shape(format!(
-            "16-bit grey plane of {} values for a {}x{} image",
-            grey.len(),
-            img.width,
-            img.height
-        )));
-    }
+    check_plane(img, grey.len(), 1, "16-bit grey plane")?;
     let size = (img.width, img.height);
     let resized = crate::resample::resize_grey16_like_pil(grey, size, (width, height), filter);
     Ok(RgbImage {
@@ -124,4 +103,15 @@ pub(super) fn resize_grey16(
             .flat_map(|&v| [v.min(255) as u8; 3])
             .collect(),
     })
+}
+
+/// A source plane of `len` values, `per_pixel` a pixel, must cover `img` exactly.
+fn check_plane(img: &RgbImage, len: usize, per_pixel: usize, what: &str) -> Result<()> {
+    if len == per_pixel * img.width * img.height {
+        return Ok(());
+    }
+    Err(Error::Shape(format!(
+        "{what} of {len} values for a {}x{} image",
+        img.width, img.height
+    )))
 }
