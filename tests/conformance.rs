@@ -80,7 +80,6 @@ fn poisoned<B: Backend>(b: &B, len: usize) -> B::Buf {
     b.upload(&vec![f32::NAN; len]).unwrap()
 }
 
-#[cfg(feature = "cuda")]
 /// The checks that exercise `op`'s kernels (every check for an op without a dedicated one).
 fn conform_op<B: Backend + Retrieval>(b: &B, p: &Profile, op: &str) {
     match op {
