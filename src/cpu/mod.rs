@@ -1,9 +1,10 @@
 //! The CPU backend: a matrix engine ([`MatrixEngine`]: AMX bf16 tiles, AVX-512 bf16 or f32 micro-kernels, or the
-//! `gemm` crate on AVX2/scalar) for the GEMMs and attention products, with weights packed once at load for it;
-//! hand-written SIMD for the row-wise ops; rayon threads.
+//! `gemm` crate on AVX2/scalar) for the GEMMs, with weights packed once at load for it; attention's products in f32
+//! on the SIMD tier (on AMX tiles only when asked); hand-written SIMD for the row-wise ops; rayon threads.
 //!
 //! The engine is chosen once per backend ([`engine::choose`], with the reason kept for the bench);
-//! `CLIPRT_CPU_ISA` caps the SIMD tier and `CLIPRT_CPU_ENGINE` forces an engine.
+//! `CLIPRT_CPU_ISA` caps the SIMD tier, `CLIPRT_CPU_ENGINE` forces an engine and `CLIPRT_AMX_ATTENTION=bf16` puts
+//! an AMX engine's attention on tiles. [`breakdown`] times the ops for `cliprt bench --breakdown`.
 
 pub mod amx;
 pub mod attention;
