@@ -355,6 +355,9 @@ pub fn resize_convolution(
 /// filter (`ImagingResample*_16bpc`): each value is `Σ input · weight` in `f64` with the normalized weights (no
 /// fixed point), rounded half away from zero and clamped to 0..=65535 (held to Pillow 13's own output, sums above
 /// 65535 included, by tests/openclip.rs). The passes run in [`pass_order`].
+///
+/// # Panics
+/// When `plane` holds fewer than `w · h` values (callers check the plane against its image first).
 pub fn resize_grey16_like_pil(
     plane: &[u16],
     (w, h): (usize, usize),

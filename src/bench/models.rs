@@ -348,6 +348,8 @@ fn measure(
     // CLIP's trained exp(logit_scale); the value does not change the work.
     let logit_scale = 100.0;
     let weights_mb = c.parameter_count() as f64 * 4.0 / 1e6;
+    // `--breakdown`'s f32 peak, measured once for every row that needs it.
+    let f32_peak = std::cell::OnceCell::new();
     for &workload in &cfg.workloads {
         for &batch in &cfg.batches {
             let mut ops = None;
@@ -361,7 +363,7 @@ fn measure(
                     let t = time_runs(cfg.warmup, cfg.reps, &mut run)?;
                     if cfg.breakdown {
                         let tokens = batch * c.vision.seq_len();
-                        ops = Some(op_shares(cfg, s, threads, batch, tokens, run)?);
+                        ops = Some(op_shares(cfg, s, (threads, &f32_peak), batch, tokens, run)?);
                     }
                     (None, image_flops(c, batch), t)
                 }
@@ -372,7 +374,7 @@ fn measure(
                     let t = time_runs(cfg.warmup, cfg.reps, &mut run)?;
                     if cfg.breakdown {
                         let tokens = rows.iter().map(Vec::len).sum();
-                        ops = Some(op_shares(cfg, s, threads, batch, tokens, run)?);
+                        ops = Some(op_shares(cfg, s, (threads, &f32_peak), batch, tokens, run)?);
                     }
                     (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
                 }
@@ -431,11 +433,12 @@ fn measure(
 }
 
 /// `--breakdown`: `cfg.reps` more runs of `run` (a forward of `batch` items, `tokens` token rows) with the CPU
-/// backend's op timers on, as shares of the time the forwards' concurrent batch parts ran.
+/// backend's op timers on, as shares of the time the forwards' concurrent batch parts ran. `f32_peak` holds the
+/// FMA peak on `threads` once measured.
 fn op_shares(
     cfg: &BenchConfig,
     s: &Subject,
-    threads: usize,
+    (threads, f32_peak): (usize, &std::cell::OnceCell<f64>),
     batch: usize,
     tokens: usize,
     mut run: impl FnMut() -> Result<()>,
@@ -453,14 +456,14 @@ fn op_shares(
         Ok(start.elapsed().as_secs_f64())
     });
     let wall = wall?;
-    let f32_peak = match cpu.engine().precision() {
+    let f32_peak = *f32_peak.get_or_init(|| match cpu.engine().precision() {
         crate::backend::Precision::F32 => s.peak,
         _ => cpu
             .engine()
             .f32_engine()
             .peak_unit()
             .map_or(f64::NAN, |u| crate::cpu::peak::peak_gflops(threads, u)),
-    };
+    });
     let known = |p: f64| (p.is_finite() && p > 0.0).then_some(p);
     let mut shares: Vec<OpShare> = OpClass::ALL
         .iter()
