@@ -28,6 +28,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 use super::amx::{self, PackedB};
 use super::isa::{has_avx512_bf16, Isa};
 use super::simd;
@@ -45,15 +48,24 @@ const TILES_PER_BLOCK: usize = 18;
 /// Longest k chunk (elements): ViT-B's K = 768 runs in one chunk, the MLP's K = 3072 in four. Measured on the
 /// ViT-B/32 tower (2 threads, Zen 5): 192 to 768 are within noise of each other, 768 at the top.
 const KC: usize = 768;
+/// The AVX-512 kernels' job shape: 8 panels (384 columns) at most per job.
+const BLOCKING: Blocking = Blocking {
+    mr: MR,
+    nr: NR,
+    tiles_per_block: TILES_PER_BLOCK,
+    max_panels_per_job: 8,
+};
 
 pub use crate::backend::Precision;
 
 /// A weight in the layout of the kernel that will run it.
 enum Packed {
     /// `[panel][k][NR]` f32.
-    F32(Vec<f32>),
+    F32(Aligned<f32>),
     /// `[panel][⌈k/2⌉][NR]` u32, each holding the bf16 pair (w[2t], w[2t+1]) low half first.
-    Bf16(Vec<u32>),
+    Bf16(Aligned<u32>),
+    /// `[panel][k][avx2::NR]` f32, for the AVX2 kernel.
+    Avx2(Aligned<f32>),
     /// `Wᵀ[k, n]` row-major for the `gemm` crate.
     Transposed(Vec<f32>),
     /// AMX B tiles (see `amx::gemm`).
@@ -68,31 +80,65 @@ pub struct PackedLinear {
     pub k: usize,
 }
 
-/// A zeroed buffer for packed weights, backed by transparent huge pages where the OS allows: the kernels stream
-/// hundreds of MB of panels, and with 4 KB pages every 4 KB of a panel costs a TLB miss.
-fn weight_buffer<T: Copy + Default>(len: usize) -> Vec<T> {
-    let buf = vec![T::default(); len];
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let bytes = len * std::mem::size_of::<T>();
-        let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (buf.as_ptr() as usize + bytes) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: advisory only, on whole huge pages inside our own (not yet touched) allocation; a refusal
-            // (THP disabled) changes nothing.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    buf
+/// A zeroed buffer whose first element sits on a cache line (64 bytes), for packed weights. Aligned, no load of a
+/// panel row splits two cache lines (`Vec`'s large allocations start 16 bytes past a page: every 32- or 64-byte
+/// load of a panel would split). Backed by transparent huge pages where the OS allows: the kernels stream hundreds
+/// of MB of panels, and with 4 KB pages every 4 KB of a panel costs a TLB miss.
+pub(crate) struct Aligned<T> {
+    buf: Vec<T>,
+    start: usize,
+    len: usize,
 }
 
-/// Fills the panels of a packed weight in parallel, one panel (`depth` rows of `NR`) per task:
-/// `fill(panel, columns)` writes its `depth × NR` values row by row, for the weight columns (`w` rows) it holds,
+impl<T: Copy + Default> Aligned<T> {
+    const LINE: usize = 64;
+
+    pub(crate) fn zeroed(len: usize) -> Aligned<T> {
+        let size = std::mem::size_of::<T>();
+        let buf = vec![T::default(); len + Self::LINE / size];
+        let start = (buf.as_ptr() as usize).next_multiple_of(Self::LINE) - buf.as_ptr() as usize;
+        assert!(
+            start.is_multiple_of(size),
+            "element size must divide the cache line"
+        );
+        let aligned = Aligned {
+            buf,
+            start: start / size,
+            len,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            const HUGE: usize = 2 << 20;
+            let first = aligned.as_slice().as_ptr() as usize;
+            let (from, to) = (
+                first.next_multiple_of(HUGE),
+                (first + len * size) / HUGE * HUGE,
+            );
+            if to > from {
+                // SAFETY: advisory only, on whole huge pages inside our own (not yet touched) allocation; a
+                // refusal (THP disabled) changes nothing.
+                unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+            }
+        }
+        aligned
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// Fills the panels of a packed weight in parallel, one panel (`depth` rows of `nr`) per task:
+/// `fill(panel, columns)` writes its `depth × nr` values row by row, for the weight columns (`w` rows) it holds,
 /// a range that stops at `n` (the zeros past it stay). Packing is most of a model's load time (serial, the
 /// scattered stores of ViT-B/32's 151 M weights took 0.5 s of a 1.1 s load).
 fn fill_panels<T: Send>(
     packed: &mut [T],
+    nr: usize,
     depth: usize,
     n: usize,
     fill: impl Fn(&mut [T], std::ops::Range<usize>) + Sync,
@@ -101,9 +147,9 @@ fn fill_panels<T: Send>(
         return;
     }
     packed
-        .par_chunks_mut(depth * NR)
+        .par_chunks_mut(depth * nr)
         .enumerate()
-        .for_each(|(p, panel)| fill(panel, p * NR..((p + 1) * NR).min(n)));
+        .for_each(|(p, panel)| fill(panel, p * nr..((p + 1) * nr).min(n)));
 }
 
 /// The bf16 pair of one or two values (a lone last value pairs with 0), the first in the low half, each rounded to
@@ -133,8 +179,8 @@ impl PackedLinear {
         let panels = n.div_ceil(NR);
         let packed = match engine {
             MatrixEngine::Avx512F32 => {
-                let mut p = weight_buffer::<f32>(panels * k * NR);
-                fill_panels(&mut p, k, n, |panel, cols| {
+                let mut p = Aligned::<f32>::zeroed(panels * k * NR);
+                fill_panels(p.as_mut_slice(), NR, k, n, |panel, cols| {
                     for (t, out) in panel.chunks_exact_mut(NR).enumerate() {
                         for (o, col) in out.iter_mut().zip(cols.clone()) {
                             *o = w[col * k + t];
@@ -145,8 +191,8 @@ impl PackedLinear {
             }
             MatrixEngine::Avx512Bf16 => {
                 let kp = k.div_ceil(2);
-                let mut p = weight_buffer::<u32>(panels * kp * NR);
-                fill_panels(&mut p, kp, n, |panel, cols| {
+                let mut p = Aligned::<u32>::zeroed(panels * kp * NR);
+                fill_panels(p.as_mut_slice(), NR, kp, n, |panel, cols| {
                     // The panel's weight rows as bf16 pairs (vectorized), then transposed into it.
                     let mut pairs = vec![0u32; cols.len() * kp];
                     for (dst, col) in pairs.chunks_exact_mut(kp).zip(cols.clone()) {
@@ -163,7 +209,11 @@ impl PackedLinear {
             MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
                 Packed::Amx(PackedB::from_rows(n, k, |j| &w[j * k..(j + 1) * k]))
             }
-            MatrixEngine::Avx2 | MatrixEngine::Scalar => {
+            #[cfg(target_arch = "x86_64")]
+            MatrixEngine::Avx2 => Packed::Avx2(avx2::pack(w, n, k)),
+            #[cfg(not(target_arch = "x86_64"))]
+            MatrixEngine::Avx2 => unreachable!("the avx2 engine exists only on x86_64"),
+            MatrixEngine::Scalar => {
                 let mut t = vec![0.0f32; n * k];
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
                     for (kk, &v) in row.iter().enumerate() {
@@ -185,7 +235,9 @@ impl PackedLinear {
     pub fn op_class(&self) -> super::breakdown::OpClass {
         match self.w {
             Packed::Bf16(_) | Packed::Amx(_) => super::breakdown::OpClass::GemmBf16,
-            Packed::F32(_) | Packed::Transposed(_) => super::breakdown::OpClass::GemmF32,
+            Packed::F32(_) | Packed::Avx2(_) | Packed::Transposed(_) => {
+                super::breakdown::OpClass::GemmF32
+            }
         }
     }
 
@@ -202,9 +254,15 @@ impl PackedLinear {
         }
         match &self.w {
             #[cfg(target_arch = "x86_64")]
-            Packed::F32(p) => avx512::run_f32(a, m, k, p, n, self.bias.as_deref(), out, ep),
+            Packed::F32(p) => {
+                avx512::run_f32(a, m, k, p.as_slice(), n, self.bias.as_deref(), out, ep)
+            }
             #[cfg(target_arch = "x86_64")]
-            Packed::Bf16(p) => avx512::run_bf16(a, m, k, p, n, self.bias.as_deref(), out, ep),
+            Packed::Bf16(p) => {
+                avx512::run_bf16(a, m, k, p.as_slice(), n, self.bias.as_deref(), out, ep)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Packed::Avx2(p) => avx2::run(a, m, k, p.as_slice(), n, self.bias.as_deref(), out, ep),
             Packed::Transposed(t) => {
                 run_fallback(engine.isa(), a, m, k, t, n, self.bias.as_deref(), out, ep)
             }
@@ -268,14 +326,23 @@ pub fn fused_mlp(
                         a,
                         m,
                         d,
-                        w1,
+                        w1.as_slice(),
                         hidden,
                         b1,
                         fc1_out,
                         Epilogue::Activation(act),
                     );
                     let fc2_out = avx512::Dest::F32(x);
-                    avx512::run_bf16_pairs(h, m, hidden, w2, d, b2, fc2_out, Epilogue::Accumulate);
+                    avx512::run_bf16_pairs(
+                        h,
+                        m,
+                        hidden,
+                        w2.as_slice(),
+                        d,
+                        b2,
+                        fc2_out,
+                        Epilogue::Accumulate,
+                    );
                 };
                 // A nested call on this thread (rayon work stealing) finds the buffer borrowed: a fresh one.
                 HIDDEN_BF16.with(|s| match s.try_borrow_mut() {
@@ -442,9 +509,19 @@ impl TileStore {
     };
 }
 
+/// A kernel's job shape: its tile (`mr` rows × `nr` columns, one panel wide), the tiles of a job's row block, the
+/// and the most panels a job takes.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocking {
+    pub mr: usize,
+    pub nr: usize,
+    pub tiles_per_block: usize,
+    pub max_panels_per_job: usize,
+}
+
 /// Job partition of an `m × n` product: row blocks × panel groups.
-struct Jobs {
-    tiles: usize,
+pub(crate) struct Jobs {
+    pub tiles: usize,
     tiles_per_block: usize,
     row_blocks: usize,
     panels: usize,
@@ -452,12 +529,13 @@ struct Jobs {
 }
 
 impl Jobs {
-    fn new(m: usize, n: usize) -> Jobs {
-        let tiles = m.div_ceil(MR);
-        let tpb = TILES_PER_BLOCK;
+    fn new(m: usize, n: usize, b: Blocking) -> Jobs {
+        let tiles = m.div_ceil(b.mr);
+        let tpb = b.tiles_per_block;
         let row_blocks = tiles.div_ceil(tpb);
-        let panels = n.div_ceil(NR);
-        // At most 8 panels (384 columns) per job, so a job's A block is reused across several panels; among those
+        let panels = n.div_ceil(b.nr);
+        // At most `max_panels_per_job` per job (AVX-512: 8 panels, 384 columns), so a job's A block is reused
+        // across several panels; among those
         // sizes, the one whose jobs split most evenly over the threads (the slowest thread sets the time), larger
         // on ties. E.g. batch 8's out-proj: 3 row blocks × 3 groups of 8 = 9 jobs leave one thread 5 of 9;
         // 3 × 4 groups of 6 = 12 split evenly.
@@ -468,7 +546,7 @@ impl Jobs {
             let rounds = (row_blocks * groups).div_ceil(threads);
             rounds * per
         };
-        let per_job = (1..=8usize.min(panels))
+        let per_job = (1..=b.max_panels_per_job.min(panels))
             .rev()
             .min_by_key(|&p| cost(p))
             .unwrap_or(1);
@@ -480,11 +558,11 @@ impl Jobs {
             panels_per_job: per_job,
         }
     }
-    fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.row_blocks * self.panels.div_ceil(self.panels_per_job)
     }
     /// (first tile, tile count, first panel, panel count) of job `j`.
-    fn job(&self, j: usize) -> (usize, usize, usize, usize) {
+    pub fn job(&self, j: usize) -> (usize, usize, usize, usize) {
         let (rb, pb) = (j % self.row_blocks, j / self.row_blocks);
         let t0 = rb * self.tiles_per_block;
         let p0 = pb * self.panels_per_job;
@@ -497,11 +575,73 @@ impl Jobs {
     }
 }
 
-/// k chunks of near-equal length ≤ `KC`, each a multiple of `unit` (2 for bf16 pairs) except possibly the last.
-fn k_chunks(k: usize, unit: usize) -> (usize, usize) {
-    let chunks = k.div_ceil(KC).max(1);
+/// k chunks of near-equal length ≤ `max`, each a multiple of `unit` (2 for bf16 pairs) except possibly the last:
+/// (count, length).
+pub(crate) fn k_chunks(k: usize, unit: usize, max: usize) -> (usize, usize) {
+    let chunks = k.div_ceil(max).max(1);
     let len = k.div_ceil(chunks).next_multiple_of(unit);
     (k.div_ceil(len).max(1), len)
+}
+
+/// The store flags for k chunk `chunk` of `chunks`.
+pub(crate) fn chunk_store(
+    ep: Epilogue,
+    chunk: usize,
+    chunks: usize,
+    bias: *const f32,
+) -> TileStore {
+    let last = chunk + 1 == chunks;
+    TileStore {
+        load_c: chunk > 0 || ep == Epilogue::Accumulate,
+        bias: if last { bias } else { std::ptr::null() },
+        act: match ep {
+            Epilogue::Activation(a) if last => Some(a),
+            _ => None,
+        },
+        to_bf16: false,
+    }
+}
+
+/// Runs `job(jobs, j, a, w, bias, out)` for every job `j` of an `m × n` product, in parallel. Each job writes a
+/// disjoint rectangle of `out`, which is why the raw pointers may be shared.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub(crate) fn par_jobs<A, W>(
+    blocking: Blocking,
+    m: usize,
+    n: usize,
+    a: *const A,
+    w: *const W,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    job: impl Fn(&Jobs, usize, *const A, *const W, *const f32, *mut f32) + Sync,
+) {
+    let jobs = Jobs::new(m, n, blocking);
+    let (ap, wp, cp) = (SendPtr(a as *mut A), SendPtr(w as *mut W), SendPtr(out));
+    let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
+    (0..jobs.count())
+        .into_par_iter()
+        .for_each(|j| job(&jobs, j, ap.get(), wp.get(), bp.get(), cp.get()));
+}
+
+/// k = 0: the product is zero, so only the bias, activation or residual remain.
+pub(crate) fn zero_k(
+    isa: Isa,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    ep: Epilogue,
+) {
+    for row in out[..m * n].chunks_exact_mut(n) {
+        if ep != Epilogue::Accumulate {
+            row.fill(0.0);
+        }
+        let act = match ep {
+            Epilogue::Activation(a) => Some(a),
+            _ => None,
+        };
+        simd::bias_act(isa, row, bias, act);
+    }
 }
 
 /// A raw pointer that rayon jobs may share: every job writes a disjoint rectangle of C.
@@ -864,20 +1004,6 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// The store flags for k chunk `chunk` of `chunks`.
-    fn chunk_store(ep: Epilogue, chunk: usize, chunks: usize, bias: *const f32) -> TileStore {
-        let last = chunk + 1 == chunks;
-        TileStore {
-            load_c: chunk > 0 || ep == Epilogue::Accumulate,
-            bias: if last { bias } else { std::ptr::null() },
-            act: match ep {
-                Epilogue::Activation(a) if last => Some(a),
-                _ => None,
-            },
-            to_bf16: false,
-        }
-    }
-
     /// One tile of a job, as [`for_each_tile`] hands it out. `k` counts k units (floats, or bf16 pairs).
     #[derive(Clone, Copy)]
     struct Tile {
@@ -910,7 +1036,7 @@ pub(crate) mod avx512 {
         mut f: impl FnMut(Tile),
     ) {
         let (t0, nt, p0, np) = jobs.job(j);
-        let (chunks, kc) = k_chunks(k, 1);
+        let (chunks, kc) = k_chunks(k, 1, KC);
         for ch in 0..chunks {
             let k0 = ch * kc;
             let st = chunk_store(ep, ch, chunks, bias);
@@ -992,11 +1118,12 @@ pub(crate) mod avx512 {
         assert!(is_x86_feature_detected!("avx512f"));
         assert!(w.len() >= n.div_ceil(NR) * k * NR && bias.is_none_or(|b| b.len() >= n));
         if k == 0 {
-            return zero_k(out, m, n, bias, ep);
+            return zero_k(Isa::Avx512, out, m, n, bias, ep);
         }
         // SAFETY: AVX-512F asserted above; a, w, bias and out were bounds-checked for m, n, k; each job writes its
         // own rectangle of out.
         par_jobs(
+            BLOCKING,
             m,
             n,
             a.as_ptr(),
@@ -1005,26 +1132,6 @@ pub(crate) mod avx512 {
             out.as_mut_ptr(),
             |jobs, j, a, w, b, c| unsafe { job_f32(jobs, j, a, m, k, w, n, b, c, ep) },
         );
-    }
-
-    /// Runs `job(jobs, j, a, w, bias, out)` for every job `j` of an `m × n` product, in parallel. Each job writes a
-    /// disjoint rectangle of `out`, which is why the raw pointers may be shared.
-    #[allow(clippy::type_complexity)]
-    fn par_jobs<A, W>(
-        m: usize,
-        n: usize,
-        a: *const A,
-        w: *const W,
-        bias: Option<&[f32]>,
-        out: *mut f32,
-        job: impl Fn(&Jobs, usize, *const A, *const W, *const f32, *mut f32) + Sync,
-    ) {
-        let jobs = Jobs::new(m, n);
-        let (ap, wp, cp) = (SendPtr(a as *mut A), SendPtr(w as *mut W), SendPtr(out));
-        let bp = SendPtr(bias.map_or(std::ptr::null(), <[f32]>::as_ptr) as *mut f32);
-        (0..jobs.count())
-            .into_par_iter()
-            .for_each(|j| job(&jobs, j, ap.get(), wp.get(), bp.get(), cp.get()));
     }
 
     /// Converts rows of f32 to bf16 pairs (round to nearest even), `kp` pairs per row, zero-padding odd k.
@@ -1153,7 +1260,7 @@ pub(crate) mod avx512 {
             Dest::F32(out) => {
                 assert!(out.len() >= m * n);
                 if k == 0 {
-                    return zero_k(out, m, n, bias, ep);
+                    return zero_k(Isa::Avx512, out, m, n, bias, ep);
                 }
                 (out.as_mut_ptr(), n, false)
             }
@@ -1167,6 +1274,7 @@ pub(crate) mod avx512 {
         };
         // SAFETY: as in run_f32; the bf16 A holds m·kp pairs, C m rows of its stride.
         par_jobs(
+            BLOCKING,
             m,
             n,
             abf.as_ptr(),
@@ -1181,7 +1289,7 @@ pub(crate) mod avx512 {
 
     /// Whether a bf16 product over `k` runs in one k chunk (its tiles then store C once, so C may be bf16).
     pub(super) fn single_k_chunk(k: usize) -> bool {
-        k_chunks(k.div_ceil(2), 1).0 == 1
+        k_chunks(k.div_ceil(2), 1, KC).0 == 1
     }
 
     thread_local! {
@@ -1214,19 +1322,5 @@ pub(crate) mod avx512 {
             to_bf16_pairs(a, m, k, abf);
             run_bf16_pairs(abf, m, k, w, n, bias, Dest::F32(out), ep)
         });
-    }
-
-    /// k = 0: the product is zero, so only the bias, activation or residual remain.
-    fn zero_k(out: &mut [f32], m: usize, n: usize, bias: Option<&[f32]>, ep: Epilogue) {
-        for row in out[..m * n].chunks_exact_mut(n) {
-            if ep != Epilogue::Accumulate {
-                row.fill(0.0);
-            }
-            let act = match ep {
-                Epilogue::Activation(a) => Some(a),
-                _ => None,
-            };
-            simd::bias_act(Isa::Avx512, row, bias, act);
-        }
     }
 }
