@@ -6,7 +6,8 @@
 //! On AVX-512 both products run tiles sized to their width (`rows_times_cols`): Kᵀ is packed into panels of 64
 //! keys, V is read in place (masked loads make any head dim work: 64, 80 = 64 + 16, 104 = 64 + 40). The AMX
 //! engines run this f32 kernel too, unless asked to run both products on tiles (`amx::attention`,
-//! `CpuBackend::with_tile_attention`); the AVX2 and scalar tiers use the `gemm` crate.
+//! `CpuBackend::with_tile_attention`). AVX2 runs both products on the GEMM's micro-kernel on packed operands
+//! (`head_avx2`); only the forced scalar tier uses the `gemm` crate.
 
 use std::cell::RefCell;
 
@@ -67,6 +68,7 @@ pub fn attention(
     assert!(qkv.len() >= s.batch * seq * 3 * d && out.len() >= s.batch * seq * d);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let avx512 = cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && isa.available();
+    let avx2 = cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && isa.available();
     (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / s.heads, bh % s.heads);
         let head = &qkv[b * seq * 3 * d + h * s.head_dim..];
@@ -90,6 +92,19 @@ pub fn attention(
             // SAFETY: AVX-512F checked above; the asserts bound every row this head touches.
             unsafe {
                 head_avx512(
+                    out_ptr.get().add(b * seq * d + h * s.head_dim),
+                    head,
+                    s,
+                    valid,
+                )
+            }
+        } else if avx2 {
+            #[cfg(target_arch = "x86_64")]
+            prefetch_head(qkv, s, bh + 1);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 + FMA checked above; the asserts bound every row this head touches.
+            unsafe {
+                head_avx2(
                     out_ptr.get().add(b * seq * d + h * s.head_dim),
                     head,
                     s,
@@ -241,6 +256,147 @@ unsafe fn pack_keys(kt: &mut [f32], k: *const f32, ldk: usize, hd: usize, valid:
             round::<1>(&mut r);
             for (u, row) in r.iter().enumerate().take(chans) {
                 _mm512_storeu_ps(panel.add((c0 + u) * MAX_COLS), *row);
+            }
+        }
+    }
+}
+
+/// One head on AVX2: both products on the GEMM's 6 × 16 micro-kernel (`matmul::avx2`), every operand packed
+/// first: Q and P into 6-row micro-panels, Kᵀ and V into 16-wide panels. Read in place (Q and V rows 3–12 KB apart,
+/// one page each for ViT-L), the products ran slower than the `gemm` crate, which packs too.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_avx2(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
+    use super::matmul::avx2::{pack_a, packed_tile, MR, NR};
+    use super::matmul::{tile_span, TileStore};
+    let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
+    let tiles = seq.div_ceil(MR);
+    let (key_panels, chan_panels) = (valid.div_ceil(NR), hd.div_ceil(NR));
+    // Each packed micro-panel has 2 floats of slack: pack_a's last 8-wide store runs 2 past.
+    let (q_len, p_len) = (hd * MR + 2, seq * MR + 2);
+    let sizes = [
+        key_panels * hd * NR,
+        chan_panels * valid * NR,
+        tiles * q_len,
+        tiles * p_len,
+        seq * seq,
+    ];
+    with_scratch(sizes.iter().sum(), |buf| {
+        let (kt, rest) = buf.split_at_mut(sizes[0]);
+        let (vp, rest) = rest.split_at_mut(sizes[1]);
+        let (qp, rest) = rest.split_at_mut(sizes[2]);
+        let (pp, scores) = rest.split_at_mut(sizes[3]);
+        let q = head.as_ptr();
+        pack_keys_avx2(kt, q.add(d), 3 * d, hd, valid);
+        pack_values(vp, q.add(2 * d), 3 * d, hd, valid);
+        for t in 0..tiles {
+            let (r0, rows) = tile_span(seq, tiles, t);
+            pack_a(
+                q.add(r0 * 3 * d),
+                3 * d,
+                rows,
+                hd,
+                qp.as_mut_ptr().add(t * q_len),
+            );
+        }
+        for p in 0..key_panels {
+            let first_key = p * NR;
+            for t in 0..tiles {
+                let (r0, rows) = tile_span(seq, tiles, t);
+                // Causal: a tile whose last query comes before the panel's first key sees none of its keys.
+                if s.causal && r0 + rows <= first_key {
+                    continue;
+                }
+                packed_tile(
+                    rows,
+                    hd,
+                    qp.as_ptr().add(t * q_len),
+                    kt.as_ptr().add(p * hd * NR),
+                    scores.as_mut_ptr().add(r0 * seq + first_key),
+                    seq,
+                    NR.min(valid - first_key),
+                    TileStore::PLAIN,
+                );
+            }
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
+            simd::softmax(Isa::Avx2, row, s.keys(i, valid), scale);
+        }
+        for t in 0..tiles {
+            let (r0, rows) = tile_span(seq, tiles, t);
+            // The last (largest) key count among the tile's rows: the probabilities past it are zero.
+            let keys = s.keys(r0 + rows - 1, valid);
+            let pt = pp.as_mut_ptr().add(t * p_len);
+            pack_a(scores.as_ptr().add(r0 * seq), seq, rows, keys, pt);
+            for c in 0..chan_panels {
+                let c0 = c * NR;
+                let v = vp.as_ptr().add(c * valid * NR);
+                let o = out.add(r0 * d + c0);
+                packed_tile(rows, keys, pt, v, o, d, NR.min(hd - c0), TileStore::PLAIN);
+            }
+        }
+    })
+}
+
+/// V in panels of 16 channels, `vp[p][j][c] = v[j][16p + c]`, for the first `valid` keys (row `j` of `v` at
+/// `v + j·ldv`), zero past `hd`.
+///
+/// # Safety
+/// AVX2; `v` valid for `valid` rows of `hd` floats at stride `ldv`; `vp` holds ⌈hd/16⌉ panels of `valid` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_values(vp: &mut [f32], v: *const f32, ldv: usize, hd: usize, valid: usize) {
+    use super::matmul::avx2::NR;
+    use super::simd::{Avx2, Simd};
+    assert!(vp.len() >= hd.div_ceil(NR) * valid * NR);
+    for j in 0..valid {
+        for c0 in (0..hd).step_by(8) {
+            let lanes = (hd - c0).min(8);
+            let x = Avx2::load(v.add(j * ldv + c0), lanes, 0.0);
+            let dst = vp
+                .as_mut_ptr()
+                .add((c0 / NR) * valid * NR + j * NR + c0 % NR);
+            Avx2::store(dst, x, 8);
+        }
+        // A head dim ending mid-panel: the panel's last 8 lanes are zero, not stale.
+        if !hd.is_multiple_of(NR) && hd % NR <= 8 {
+            let dst = vp.as_mut_ptr().add((hd / NR) * valid * NR + j * NR + 8);
+            Avx2::store(dst, Avx2::splat(0.0), 8);
+        }
+    }
+}
+
+/// Kᵀ in panels of 16 keys, `kt[p][c][j] = k[16p + j][c]`, for the first `valid` keys (row `j` of `k` at
+/// `k + j·ldk`), by 8 × 8 register transposes. Lanes past `valid` in the last panel hold stale values: the
+/// products compute them and never store them.
+///
+/// # Safety
+/// AVX2 + FMA; `k` valid for `valid` rows of `hd` floats at stride `ldk`; `kt` holds ⌈valid/16⌉ panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_keys_avx2(kt: &mut [f32], k: *const f32, ldk: usize, hd: usize, valid: usize) {
+    use super::matmul::avx2::{transpose8, NR as MAX_COLS};
+    use super::simd::{Avx2, Simd};
+    use std::arch::x86_64::*;
+    assert!(kt.len() >= valid.div_ceil(MAX_COLS) * hd * MAX_COLS);
+    for j0 in (0..valid).step_by(8) {
+        let keys = (valid - j0).min(8);
+        // 8 keys never straddle a panel: MAX_COLS is a multiple of 8.
+        let panel = kt
+            .as_mut_ptr()
+            .add((j0 / MAX_COLS) * hd * MAX_COLS + j0 % MAX_COLS);
+        for c0 in (0..hd).step_by(8) {
+            let chans = (hd - c0).min(8);
+            let r: [__m256; 8] = std::array::from_fn(|t| {
+                if t < keys {
+                    Avx2::load(k.add((j0 + t) * ldk + c0), chans, 0.0)
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (u, row) in transpose8(r).iter().enumerate().take(chans) {
+                _mm256_storeu_ps(panel.add((c0 + u) * MAX_COLS), *row);
             }
         }
     }

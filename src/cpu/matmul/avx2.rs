@@ -28,7 +28,7 @@ use crate::cpu::Isa;
 /// Columns per packed weight panel: two ymm.
 pub(crate) const NR: usize = 16;
 /// Most rows per micro-kernel tile.
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Longest k chunk (see the module docs for the measurement).
 const KC: usize = 768;
 
@@ -53,10 +53,10 @@ pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Aligned<f32> {
     p
 }
 
-/// Adds C / bias, applies the activation and stores the first `cols` columns of an `R × 16` accumulator tile.
+/// Adds C / bias, applies the activation and stores the first `cols` columns of an `R × 8V` accumulator tile.
 #[inline(always)]
-unsafe fn store_tile<const R: usize>(
-    acc: &[[__m256; 2]; R],
+unsafe fn store_tile<const R: usize, const V: usize>(
+    acc: &[[__m256; V]; R],
     c: *mut f32,
     ldc: usize,
     cols: usize,
@@ -84,8 +84,8 @@ unsafe fn store_tile<const R: usize>(
     }
 }
 
-/// `C[R, cols] (+)= A[R, kc] · B[kc, 16]`: A a packed micro-panel (`[kc][MR]`, [`pack_a`]), B a 64-byte-aligned
-/// panel chunk.
+/// `C[R, cols] (+)= A[R, kc] · B[kc, 16]`: A a packed micro-panel (`[kc][MR]`, [`pack_a`]), B a panel chunk
+/// (`[kc][16]`, aligned in the GEMM; the unaligned load costs nothing on aligned data).
 #[inline(always)]
 unsafe fn tile<const R: usize>(
     kc: usize,
@@ -99,14 +99,42 @@ unsafe fn tile<const R: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for kk in 0..kc {
         let bp = b.add(kk * NR);
-        let (b0, b1) = (_mm256_load_ps(bp), _mm256_load_ps(bp.add(8)));
+        let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
         for (i, row) in acc.iter_mut().enumerate() {
             let ai = _mm256_broadcast_ss(&*a.add(kk * MR + i));
             row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
             row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
         }
     }
-    store_tile::<R>(&acc, c, ldc, cols, st);
+    store_tile::<R, 2>(&acc, c, ldc, cols, st);
+}
+
+/// [`tile`] for a run-time height `rows` ≤ [`MR`]: `C[rows, cols] (+)= A · B` over `kc` steps, A a packed
+/// micro-panel, B a 16-wide panel chunk.
+///
+/// # Safety
+/// As [`tile`]: AVX2 + FMA, A valid for `kc·MR` floats, B for `kc·16`, C for `rows` rows of `cols` at `ldc`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn packed_tile(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    st: TileStore,
+) {
+    match rows {
+        6 => tile::<6>(kc, a, b, c, ldc, cols, st),
+        5 => tile::<5>(kc, a, b, c, ldc, cols, st),
+        4 => tile::<4>(kc, a, b, c, ldc, cols, st),
+        3 => tile::<3>(kc, a, b, c, ldc, cols, st),
+        2 => tile::<2>(kc, a, b, c, ldc, cols, st),
+        1 => tile::<1>(kc, a, b, c, ldc, cols, st),
+        _ => unreachable!("tile height {rows} outside 1..={MR}"),
+    }
 }
 
 thread_local! {
@@ -119,7 +147,7 @@ thread_local! {
 /// rows held the kernel near 70 % of the FMA peak). Rows past `rows` hold whatever is there: a tile of that height
 /// never reads them. `dst` must have room for `kc·MR + 2` floats (the last 8-wide store runs 2 past).
 #[inline(always)]
-unsafe fn pack_a(a: *const f32, lda: usize, rows: usize, kc: usize, dst: *mut f32) {
+pub(crate) unsafe fn pack_a(a: *const f32, lda: usize, rows: usize, kc: usize, dst: *mut f32) {
     let row = |i: usize| a.add(i.min(rows - 1) * lda);
     let mut kk = 0;
     // 8 k steps at a time: load 8 columns of each row (rows past `rows` repeat the last, harmlessly), transpose
@@ -148,7 +176,7 @@ unsafe fn pack_a(a: *const f32, lda: usize, rows: usize, kc: usize, dst: *mut f3
 
 /// The transpose of an 8 × 8 block held as 8 row vectors.
 #[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
     let t: [__m256; 8] = [
         _mm256_unpacklo_ps(r[0], r[1]),
@@ -220,15 +248,7 @@ unsafe fn job(
                 for t in 0..nt {
                     let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
                     let (ap, cp) = (ablock.as_ptr().add(t * kc * MR), c.add(r0 * n + col));
-                    match rows {
-                        6 => tile::<6>(klen, ap, panel, cp, n, cols, st),
-                        5 => tile::<5>(klen, ap, panel, cp, n, cols, st),
-                        4 => tile::<4>(klen, ap, panel, cp, n, cols, st),
-                        3 => tile::<3>(klen, ap, panel, cp, n, cols, st),
-                        2 => tile::<2>(klen, ap, panel, cp, n, cols, st),
-                        1 => tile::<1>(klen, ap, panel, cp, n, cols, st),
-                        _ => unreachable!("tile height {rows} outside 1..={MR}"),
-                    }
+                    packed_tile(rows, klen, ap, panel, cp, n, cols, st);
                 }
             }
         }

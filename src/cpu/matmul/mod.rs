@@ -29,7 +29,7 @@
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 
 use super::amx::{self, PackedB};
 use super::isa::{has_avx512_bf16, Isa};
