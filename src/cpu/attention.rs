@@ -85,31 +85,19 @@ pub fn attention(
                     valid,
                 )
             }
-        } else if avx512 {
+        } else if avx512 || avx2 {
             #[cfg(target_arch = "x86_64")]
-            prefetch_head(qkv, s, bh + 1);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX-512F checked above; the asserts bound every row this head touches.
-            unsafe {
-                head_avx512(
-                    out_ptr.get().add(b * seq * d + h * s.head_dim),
-                    head,
-                    s,
-                    valid,
-                )
-            }
-        } else if avx2 {
-            #[cfg(target_arch = "x86_64")]
-            prefetch_head(qkv, s, bh + 1);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 + FMA checked above; the asserts bound every row this head touches.
-            unsafe {
-                head_avx2(
-                    out_ptr.get().add(b * seq * d + h * s.head_dim),
-                    head,
-                    s,
-                    valid,
-                )
+            {
+                prefetch_head(qkv, s, bh + 1);
+                let out = out_ptr.get().wrapping_add(b * seq * d + h * s.head_dim);
+                // SAFETY: the tier was checked available above; the asserts bound every row this head touches.
+                unsafe {
+                    if avx512 {
+                        head_avx512(out, head, s, valid)
+                    } else {
+                        head_avx2(out, head, s, valid)
+                    }
+                }
             }
         } else {
             head_fallback(isa, out_ptr.get(), b, h, head, s, valid)

@@ -5,7 +5,7 @@
 //! | `amx-bf16` | AMX tiles, `tdpbf16ps` | bf16 asked, CPUID has AMX-TILE + AMX-BF16, Linux granted the tile state |
 //! | `avx512-bf16` | `vdpbf16ps` micro-kernel | bf16 asked, no AMX, AVX512_BF16 measured ≥ 1.3× the f32 FMA rate |
 //! | `avx512-f32` | f32 FMA micro-kernel | f32 asked, or bf16 does not pay off on this core |
-//! | `avx2` | the `gemm` crate | no AVX-512 |
+//! | `avx2` | 6 × 16 f32 FMA micro-kernel (`matmul::avx2`) | no AVX-512 (or the tier forced) |
 //! | `scalar` | the `gemm` crate, scalar row ops | forced (`CLIPRT_CPU_ISA=scalar`) |
 //! | `amx-bf16-emu` | the AMX kernels on the tile emulator | only when asked (tests, `CLIPRT_CPU_ENGINE`) |
 //!

@@ -22,9 +22,9 @@
 //! - **Threads.** Jobs go to rayon; the N split is made finer when there are few row blocks, so batch 1 (50 rows)
 //!   still gives every core several jobs.
 //!
-//! On the AMX engines the weight is packed into tiles instead and `amx::gemm` runs the product. Without AVX-512 (or
-//! with a lower tier forced) the `gemm` crate runs the product on the pre-transposed weight and a SIMD pass applies
-//! bias and activation.
+//! On the AMX engines the weight is packed into tiles instead and `amx::gemm` runs the product. Without AVX-512 the
+//! `avx2` module's 6 × 16 kernel runs it on its own panels. Only the forced scalar tier runs the `gemm` crate on the
+//! pre-transposed weight, with a SIMD pass for bias and activation.
 
 use rayon::prelude::*;
 
