@@ -33,7 +33,7 @@ pub(crate) const MR: usize = 6;
 const KC: usize = 768;
 
 /// The job shape of this kernel (see [`Jobs`]).
-const BLOCKING: Blocking = Blocking {
+pub(super) const BLOCKING: Blocking = Blocking {
     mr: MR,
     nr: NR,
     tiles_per_block: 24,

@@ -519,59 +519,51 @@ pub(crate) struct Blocking {
     pub max_panels_per_job: usize,
 }
 
-/// Job partition of an `m × n` product: row blocks × panel groups.
+/// Job partition of an `m × n` product: row blocks × panel groups, each cut into near-equal parts (so the jobs are
+/// near-equal too: ViT-B/32 text at batch 32, 59 tiles, makes blocks of 20, 20, 19 tiles, not 24, 24, 11, which
+/// left one of two threads up to a fifth more work).
 pub(crate) struct Jobs {
     pub tiles: usize,
-    tiles_per_block: usize,
     row_blocks: usize,
     panels: usize,
-    panels_per_job: usize,
+    groups: usize,
 }
 
 impl Jobs {
     fn new(m: usize, n: usize, b: Blocking) -> Jobs {
         let tiles = m.div_ceil(b.mr);
-        let tpb = b.tiles_per_block;
-        let row_blocks = tiles.div_ceil(tpb);
+        let row_blocks = tiles.div_ceil(b.tiles_per_block);
         let panels = n.div_ceil(b.nr);
-        // At most `max_panels_per_job` per job (AVX-512: 8 panels, 384 columns), so a job's A block is reused
-        // across several panels; among those
-        // sizes, the one whose jobs split most evenly over the threads (the slowest thread sets the time), larger
-        // on ties. E.g. batch 8's out-proj: 3 row blocks × 3 groups of 8 = 9 jobs leave one thread 5 of 9;
-        // 3 × 4 groups of 6 = 12 split evenly.
+        // At most `max_panels_per_job` per group (AVX-512: 8 panels, 384 columns), so a job's A block is reused
+        // across several panels; among the group counts that allows, the one whose jobs split most evenly over the
+        // threads (the slowest thread sets the time), fewer groups on ties. E.g. 3 row blocks on 2 threads: 3
+        // groups make 9 jobs and leave one thread 5 of them; 2 or 4 groups split evenly.
         let threads = rayon::current_num_threads().max(1);
-        let cost = |per: usize| {
-            let groups = panels.div_ceil(per);
-            // Columns the busiest thread computes, jobs dealt round-robin (rayon steals, but sizes are equal).
+        let cost = |groups: usize| {
+            // Panels the busiest thread computes, jobs dealt round-robin (rayon steals; sizes are near-equal).
             let rounds = (row_blocks * groups).div_ceil(threads);
-            rounds * per
+            rounds * panels.div_ceil(groups)
         };
-        let per_job = (1..=b.max_panels_per_job.min(panels))
-            .rev()
-            .min_by_key(|&p| cost(p))
-            .unwrap_or(1);
+        let fewest = panels.div_ceil(b.max_panels_per_job).max(1);
+        let groups = (fewest..=panels.max(1))
+            .min_by_key(|&g| cost(g))
+            .unwrap_or(fewest);
         Jobs {
             tiles,
-            tiles_per_block: tpb,
             row_blocks,
             panels,
-            panels_per_job: per_job,
+            groups,
         }
     }
     pub fn count(&self) -> usize {
-        self.row_blocks * self.panels.div_ceil(self.panels_per_job)
+        self.row_blocks * self.groups
     }
     /// (first tile, tile count, first panel, panel count) of job `j`.
     pub fn job(&self, j: usize) -> (usize, usize, usize, usize) {
-        let (rb, pb) = (j % self.row_blocks, j / self.row_blocks);
-        let t0 = rb * self.tiles_per_block;
-        let p0 = pb * self.panels_per_job;
-        (
-            t0,
-            self.tiles_per_block.min(self.tiles - t0),
-            p0,
-            self.panels_per_job.min(self.panels - p0),
-        )
+        let (rb, g) = (j % self.row_blocks, j / self.row_blocks);
+        let (t0, nt) = tile_span(self.tiles, self.row_blocks, rb);
+        let (p0, np) = tile_span(self.panels, self.groups, g);
+        (t0, nt, p0, np)
     }
 }
 
@@ -1322,5 +1314,50 @@ pub(crate) mod avx512 {
             to_bf16_pairs(a, m, k, abf);
             run_bf16_pairs(abf, m, k, w, n, bias, Dest::F32(out), ep)
         });
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Every (tile, panel) pair belongs to exactly one job, and jobs differ by at most one tile and one panel.
+    #[test]
+    fn jobs_cover_the_product_once_in_near_equal_parts() {
+        for b in [BLOCKING, avx2::BLOCKING] {
+            for (m, n) in [
+                (1, 1),
+                (50, 768),
+                (352, 512),
+                (1600, 2304),
+                (97, 17),
+                (400, 3072),
+            ] {
+                let jobs = Jobs::new(m, n, b);
+                let panels = n.div_ceil(b.nr);
+                let mut seen = vec![0u8; jobs.tiles * panels];
+                let (mut heights, mut widths) = (Vec::new(), Vec::new());
+                for j in 0..jobs.count() {
+                    let (t0, nt, p0, np) = jobs.job(j);
+                    assert!(nt <= b.tiles_per_block && np <= b.max_panels_per_job && nt * np > 0);
+                    heights.push(nt);
+                    widths.push(np);
+                    for t in t0..t0 + nt {
+                        for p in p0..p0 + np {
+                            seen[t * panels + p] += 1;
+                        }
+                    }
+                }
+                assert!(
+                    seen.iter().all(|&c| c == 1),
+                    "{m}×{n}: a pair missed or repeated"
+                );
+                let spread = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap();
+                assert!(
+                    spread(&heights) <= 1 && spread(&widths) <= 1,
+                    "{m}×{n}: uneven jobs"
+                );
+            }
+        }
     }
 }
