@@ -328,7 +328,8 @@ unsafe fn head_avx2(out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
 }
 
 /// V in panels of 16 channels, `vp[p][j][c] = v[j][16p + c]`, for the first `valid` keys (row `j` of `v` at
-/// `v + j·ldv`), zero past `hd`.
+/// `v + j·ldv`). A head dim ending mid-panel leaves the panel's last lanes stale: the product computes those
+/// columns and never stores them.
 ///
 /// # Safety
 /// AVX2; `v` valid for `valid` rows of `hd` floats at stride `ldv`; `vp` holds ⌈hd/16⌉ panels of `valid` rows.
@@ -346,11 +347,6 @@ unsafe fn pack_values(vp: &mut [f32], v: *const f32, ldv: usize, hd: usize, vali
                 .as_mut_ptr()
                 .add((c0 / NR) * valid * NR + j * NR + c0 % NR);
             Avx2::store(dst, x, 8);
-        }
-        // A head dim ending mid-panel: the panel's last 8 lanes are zero, not stale.
-        if !hd.is_multiple_of(NR) && hd % NR <= 8 {
-            let dst = vp.as_mut_ptr().add((hd / NR) * valid * NR + j * NR + 8);
-            Avx2::store(dst, Avx2::splat(0.0), 8);
         }
     }
 }
