@@ -48,11 +48,20 @@ fn to_f16(v: &[f32]) -> Vec<f32> {
 
 fn cpu_profile(cpu: &CpuBackend) -> Profile {
     let bf16 = cpu.precision() == Precision::Bf16;
+    // i16 rounds each activation row and weight column to its own grid (steps of 2⁻¹⁵ and 2⁻¹¹ of its range),
+    // which no elementwise rounding of the inputs reproduces: a tolerance instead. Weights at 1/√k put a column's
+    // step near 2⁻¹¹/√k, so the error of a product stays ≈ 1e-4 whatever k; tests/ops.rs holds the kernel to its
+    // exact grid.
+    let (atol, rtol) = if cpu.precision() == Precision::I16 {
+        (3e-4, 1e-3)
+    } else {
+        (1e-5, 1e-5)
+    };
     Profile {
         name: cpu.engine().name().into(),
         round: if bf16 { to_bf16 } else { same },
-        atol: 1e-5,
-        rtol: 1e-5,
+        atol,
+        rtol,
         // Engines on tiles keep Q, K, V and P in bf16 (2⁻⁹ relative each): measured worst 0.0101, so a 3× margin.
         attn: if cpu.tile_attention() {
             (3e-2, 1e-2)

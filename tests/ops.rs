@@ -24,6 +24,26 @@ fn is_bf16(cpu: &CpuBackend) -> bool {
     cpu.precision() == Precision::Bf16
 }
 
+fn is_i16(cpu: &CpuBackend) -> bool {
+    cpu.precision() == Precision::I16
+}
+
+/// Each `len`-long row of `v` on the grid an i16 engine puts it on: steps of max|row| / `limit`, rounded to
+/// nearest even (activations: rows of A, limit 32767; weights: rows of W, i.e. output channels, limit 2047).
+fn i16_rounded(v: &[f32], len: usize, limit: f32) -> Vec<f32> {
+    v.chunks(len.max(1))
+        .flat_map(|row| {
+            let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let (step, inv) = if max < 1e-30 {
+                (0.0, 0.0)
+            } else {
+                (max / limit, limit / max)
+            };
+            row.iter().map(move |&x| (x * inv).round_ties_even() * step)
+        })
+        .collect()
+}
+
 /// Values rounded to bf16 (nearest even) and back: what a bf16 engine multiplies.
 fn bf16_rounded(v: &[f32]) -> Vec<f32> {
     v.iter()
@@ -44,6 +64,8 @@ fn reference_gemm(
 ) -> Vec<f32> {
     let (x, w) = if is_bf16(cpu) {
         (bf16_rounded(x), bf16_rounded(w))
+    } else if is_i16(cpu) {
+        (i16_rounded(x, s.k, 32767.0), i16_rounded(w, s.k, 2047.0))
     } else {
         (x.to_vec(), w.to_vec())
     };
@@ -134,6 +156,84 @@ fn bf16_gemm_is_close_to_the_f64_product() {
             }
         }
     }
+}
+
+/// The i16 engine's own risks: rows with outliers (CLIP's activations have channels 100× their neighbours), i32
+/// sums at their worst case (every value at the top of its range, K = 3072), zero rows, and non-finite rows, which
+/// must give NaN rather than a finite wrong value.
+#[test]
+fn i16_gemm_is_close_to_the_f64_product_and_never_overflows() {
+    let Some(cpu) = engines().into_iter().find(is_i16) else {
+        return; // no AVX2
+    };
+    let rf = ReferenceBackend;
+    let product = |x: &[f32], w: &[f32], s: GemmShape| {
+        let mut want = poisoned(s.m * s.n);
+        let lin = rf.linear(w, s.n, s.k, None).unwrap();
+        backend::gemm(&rf, &mut want, &x.to_vec(), &lin, s, Epilogue::Store).unwrap();
+        want
+    };
+    let run = |x: &[f32], w: &[f32], s: GemmShape| {
+        let mut got = poisoned(s.m * s.n);
+        let lin = cpu.linear(w, s.n, s.k, None).unwrap();
+        backend::gemm(&cpu, &mut got, &x.to_vec(), &lin, s, Epilogue::Store).unwrap();
+        got
+    };
+    // Outliers: every 37th input channel 100× the rest. The unrounded f64 product bounds what i16 costs; the bound
+    // is bf16's in `bf16_gemm_is_close_to_the_f64_product` (i16 must be no worse).
+    for &(m, n, k) in &[(13usize, 65usize, 768usize), (50, 33, 3072)] {
+        let s = GemmShape { m, n, k };
+        let mut x = random(m * k, 77, 1.0);
+        for (i, v) in x.iter_mut().enumerate() {
+            if i % k % 37 == 0 {
+                *v *= 100.0;
+            }
+        }
+        let w = random(n * k, 78, 0.5);
+        let (got, want) = (run(&x, &w, s), product(&x, &w, s));
+        assert_close(
+            &got,
+            &want,
+            4e-3 * (k as f32).sqrt(),
+            1e-2,
+            "i16 gemm with outliers",
+        );
+    }
+    // The worst case of the i32 sums: |x| and |w| at their largest everywhere, all products of one sign.
+    let s = GemmShape {
+        m: 7,
+        n: 17,
+        k: 3072,
+    };
+    for sign in [1.0f32, -1.0] {
+        let x = vec![sign * 3.5; s.m * s.k];
+        let w = vec![0.25f32; s.n * s.k];
+        let got = run(&x, &w, s);
+        let want = sign * 3.5 * 0.25 * s.k as f32;
+        assert!(
+            got.iter().all(|&v| (v - want).abs() <= 1e-5 * want.abs()),
+            "{:?} vs {want}",
+            &got[..3]
+        );
+    }
+    // Zero rows give zero; a row holding NaN or ∞ gives NaN in its outputs only.
+    let s = GemmShape { m: 4, n: 20, k: 40 };
+    let mut x = random(s.m * s.k, 79, 1.0);
+    x[..s.k].fill(0.0);
+    x[s.k + 5] = f32::NAN;
+    x[2 * s.k + 39] = f32::INFINITY;
+    let w = random(s.n * s.k, 80, 0.5);
+    let got = run(&x, &w, s);
+    assert!(got[..s.n].iter().all(|&v| v == 0.0));
+    assert!(got[s.n..3 * s.n].iter().all(|v| v.is_nan()));
+    let want = product(&x[3 * s.k..], &w, GemmShape { m: 1, ..s });
+    assert_close(
+        &got[3 * s.n..],
+        &want,
+        1e-3,
+        1e-3,
+        "i16 gemm beside non-finite rows",
+    );
 }
 
 #[test]
@@ -229,8 +329,9 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
                     rf.linear(&w2, d, h, Some(&b2)).unwrap(),
                 );
                 backend::mlp(&rf, &mut want, &mut rh, &input, &r1, &r2, s, act).unwrap();
-                // bf16: three roundings of 2⁻⁹ on terms of order one, summed like a random walk.
-                let (atol, rtol) = if is_bf16(&cpu) {
+                // bf16: three roundings of 2⁻⁹ on terms of order one, summed like a random walk; i16 rounds
+                // less (steps of 2⁻¹¹ of a column's range, 2⁻¹⁵ of a row's), the same bound holds it.
+                let (atol, rtol) = if is_bf16(&cpu) || is_i16(&cpu) {
                     (2e-2, 1e-2)
                 } else {
                     (1e-5 * (h as f32).sqrt(), 1e-5)

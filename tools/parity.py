@@ -4,12 +4,13 @@ mask, the SentencePiece tokenizer of tests/fixtures/tokenizers/siglip, SiglipIma
 
     tools/.venv/bin/python tools/parity.py --arch vit-b-32 vit-b-16 vit-l-14 [--cliprt target/release/cliprt]
     tools/.venv/bin/python tools/parity.py --arch siglip-b-16 siglip-so400m-14-384 openclip-vit-h-14
-    tools/.venv/bin/python tools/parity.py --precision f32 bf16 [--engine amx-bf16-emu]
+    tools/.venv/bin/python tools/parity.py --precision f32 bf16 i16 [--engine amx-bf16-emu]
 
 Models are generated into tools/models/<arch> (not committed); images are harsh synthetic PNGs of assorted sizes
 and JPEGs (PIL-written: 4:2:0, progressive 4:4:4, 4:2:2, grey, CMYK), texts a mix of short and over-long prompts. Prints, per model and precision, the worst cosine and the worst
-max-abs difference of the L2-normalized embeddings against HF float64 (with the input of the worst cosine), and for bf16 also against cliprt's own f32
-(the bars: f32 cosine ≥ 0.99999 and max-abs ≤ 1e-4 to HF; bf16 cosine ≥ 0.9999 to f32 and ≥ 0.9995 to HF).
+max-abs difference of the L2-normalized embeddings against HF float64 (with the input of the worst cosine), and for bf16
+and i16 also against cliprt's own f32 (the bars: f32 cosine ≥ 0.99999 and max-abs ≤ 1e-4 to HF; bf16 and i16 cosine
+≥ 0.9999 to f32 and ≥ 0.9995 to HF).
 `--engine` runs the bf16 side on one CPU engine (`CLIPRT_CPU_ENGINE`), e.g. the AMX emulator.
 """
 
@@ -121,13 +122,14 @@ def main():
     ap.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS) + list(SIGLIP) + list(OPENCLIP))
     ap.add_argument("--cliprt", default="target/release/cliprt")
     ap.add_argument("--models", default=os.path.join(os.path.dirname(__file__), "models"))
-    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"])
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16", "i16"])
     ap.add_argument("--engine", help="CLIPRT_CPU_ENGINE for the bf16 run (e.g. amx-bf16-emu)")
     ap.add_argument("--torch-bf16", action="store_true",
                     help="also print PyTorch bf16 (model.to(torch.bfloat16)) against HF float64: the same "
                          "rounding in another runtime, to tell bf16's own error from cliprt's")
     args = ap.parse_args()
-    precisions = sorted(set(args.precision) | ({"f32"} if "bf16" in args.precision else set()), reverse=True)
+    # f32 first: the reduced precisions are measured against it too.
+    precisions = ["f32"] + sorted(set(args.precision) - {"f32"})
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         sizes = [(640, 480), (333, 1000), (224, 224), (150, 200)]
@@ -197,7 +199,7 @@ def main():
                                  "worst_max_abs": float(np.max(np.abs(g - refs[what]))),
                                  # Which input it was: an image file or a text.
                                  "worst_at": os.path.basename((paths if what == "image" else TEXTS)[int(np.argmin(cos))])}
-                    if precision == "bf16":
+                    if precision != "f32":
                         row[what]["worst_cosine_to_f32"] = float(np.min(np.sum(g * outs["f32"][what], axis=1)))
                 label = f"{arch} {precision}" + (f" ({args.engine})" if precision == "bf16" and args.engine else "")
                 results[label] = (precision, row)

@@ -150,7 +150,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     p.add_argument("--concurrency", type=int, default=1, help="cliprt actors (one model each)")
     p.add_argument("--threads", type=int, default=1, help="compute threads (and reserved CPUs) per actor")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass")
-    p.add_argument("--precision", default="f32", help="f32 or bf16")
+    p.add_argument("--precision", default="f32", help="f32, bf16 or i16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="redo shards that already have an output")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")

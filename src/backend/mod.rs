@@ -144,6 +144,9 @@ pub enum Precision {
     Bf16,
     /// fp16 storage with f32 accumulation: the CUDA backend's arithmetic (the CPU runs f32 when asked for it).
     F16,
+    /// 16-bit fixed-point products with f32 sums (`vpmaddwd`): weights scaled per output channel, activations per
+    /// row; the fast mode of CPUs without AVX-512 (`avx2-i16`). Other devices run their own precision.
+    I16,
 }
 
 impl Precision {
@@ -152,6 +155,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+            Precision::I16 => "i16",
         }
     }
 }
@@ -163,8 +167,9 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "f16" | "fp16" => Ok(Precision::F16),
+            "i16" | "int16" => Ok(Precision::I16),
             _ => Err(crate::error::Error::InvalidArgument(format!(
-                "unknown precision {s:?}: f32, bf16 or f16"
+                "unknown precision {s:?}: f32, bf16, f16 or i16"
             ))),
         }
     }

@@ -472,7 +472,7 @@ fn op_shares(
             let flops = times.flops(class);
             let gflops = (flops > 0.0 && share > 0.0).then(|| flops / (share * wall) / 1e9);
             let peak = match class {
-                OpClass::GemmBf16 => known(s.peak),
+                OpClass::GemmBf16 | OpClass::GemmI16 => known(s.peak),
                 OpClass::GemmF32 | OpClass::Attention => known(f32_peak),
                 OpClass::LayerNorm => None,
             };

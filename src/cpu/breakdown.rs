@@ -14,6 +14,8 @@ use std::time::Instant;
 pub enum OpClass {
     /// GEMMs (and fused MLPs) whose products are bf16: the `vdpbf16ps` and AMX kernels.
     GemmBf16,
+    /// GEMMs whose products are 16-bit fixed point: the `avx2-i16` kernel.
+    GemmI16,
     /// GEMMs with f32 products: every GEMM of an f32 engine, and the layers a bf16 engine keeps in f32
     /// (ARCHITECTURE §7.13).
     GemmF32,
@@ -22,11 +24,12 @@ pub enum OpClass {
     LayerNorm,
 }
 
-const CLASSES: usize = 4;
+const CLASSES: usize = 5;
 
 impl OpClass {
     pub const ALL: [OpClass; CLASSES] = [
         OpClass::GemmBf16,
+        OpClass::GemmI16,
         OpClass::GemmF32,
         OpClass::Attention,
         OpClass::LayerNorm,
@@ -35,6 +38,7 @@ impl OpClass {
     pub fn name(self) -> &'static str {
         match self {
             OpClass::GemmBf16 => "gemm bf16",
+            OpClass::GemmI16 => "gemm i16",
             OpClass::GemmF32 => "gemm f32",
             OpClass::Attention => "attention",
             OpClass::LayerNorm => "layernorm",

@@ -6,6 +6,7 @@
 //! | `avx512-bf16` | `vdpbf16ps` micro-kernel | bf16 asked, no AMX, AVX512_BF16 measured ≥ 1.3× the f32 FMA rate |
 //! | `avx512-f32` | f32 FMA micro-kernel | f32 asked, or bf16 does not pay off on this core |
 //! | `avx2` | 6 × 16 f32 FMA micro-kernel (`matmul::avx2`) | no AVX-512 (or the tier forced) |
+//! | `avx2-i16` | 6 × 16 fixed-point `vpmaddwd` micro-kernel (`matmul::avx2_i16`) | i16 asked, AVX2 present |
 //! | `scalar` | the `gemm` crate, scalar row ops | forced (`CLIPRT_CPU_ISA=scalar`) |
 //! | `amx-bf16-emu` | the AMX kernels on the tile emulator | only when asked (tests, `CLIPRT_CPU_ENGINE`) |
 //!
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 pub enum MatrixEngine {
     Scalar,
     Avx2,
+    Avx2I16,
     Avx512F32,
     Avx512Bf16,
     /// The AMX kernels on [`amx::tiles::Emulator`]: for tests and for checking the AMX path without AMX.
@@ -40,9 +42,10 @@ pub enum MatrixEngine {
 const BF16_MIN_SPEEDUP: f64 = 1.3;
 
 impl MatrixEngine {
-    pub const ALL: [MatrixEngine; 6] = [
+    pub const ALL: [MatrixEngine; 7] = [
         MatrixEngine::Scalar,
         MatrixEngine::Avx2,
+        MatrixEngine::Avx2I16,
         MatrixEngine::Avx512F32,
         MatrixEngine::Avx512Bf16,
         MatrixEngine::AmxBf16Emulated,
@@ -53,6 +56,7 @@ impl MatrixEngine {
         match self {
             MatrixEngine::Scalar => "scalar",
             MatrixEngine::Avx2 => "avx2",
+            MatrixEngine::Avx2I16 => "avx2-i16",
             MatrixEngine::Avx512F32 => "avx512-f32",
             MatrixEngine::Avx512Bf16 => "avx512-bf16",
             MatrixEngine::AmxBf16Emulated => "amx-bf16-emu",
@@ -66,6 +70,7 @@ impl MatrixEngine {
             MatrixEngine::Avx512Bf16 | MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
                 Precision::Bf16
             }
+            MatrixEngine::Avx2I16 => Precision::I16,
             _ => Precision::F32,
         }
     }
@@ -84,7 +89,7 @@ impl MatrixEngine {
     pub fn isa(self) -> Isa {
         match self {
             MatrixEngine::Scalar => Isa::Scalar,
-            MatrixEngine::Avx2 => Isa::Avx2,
+            MatrixEngine::Avx2 | MatrixEngine::Avx2I16 => Isa::Avx2,
             MatrixEngine::AmxBf16Emulated => Isa::best(),
             _ => Isa::Avx512,
         }
@@ -103,7 +108,7 @@ impl MatrixEngine {
     pub fn available(self) -> bool {
         match self {
             MatrixEngine::Scalar | MatrixEngine::AmxBf16Emulated => true,
-            MatrixEngine::Avx2 => Isa::Avx2.available(),
+            MatrixEngine::Avx2 | MatrixEngine::Avx2I16 => Isa::Avx2.available(),
             MatrixEngine::Avx512F32 => Isa::Avx512.available(),
             MatrixEngine::Avx512Bf16 => Isa::Avx512.available() && Unit::Dpbf16.available(),
             MatrixEngine::AmxBf16 => Isa::Avx512.available() && amx::support().bf16_usable(),
@@ -123,6 +128,7 @@ impl MatrixEngine {
         match self {
             MatrixEngine::Scalar => Some(Unit::Fma(Isa::Scalar)),
             MatrixEngine::Avx2 => Some(Unit::Fma(Isa::Avx2)),
+            MatrixEngine::Avx2I16 => Some(Unit::MaddI16),
             MatrixEngine::Avx512F32 => Some(Unit::Fma(Isa::Avx512)),
             MatrixEngine::Avx512Bf16 => Some(Unit::Dpbf16),
             MatrixEngine::AmxBf16 => Some(Unit::AmxBf16),
@@ -204,6 +210,9 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
         engine: vector,
         reason,
     };
+    if precision == Precision::I16 {
+        return choose_i16(isa, f32_choice);
+    }
     if precision != Precision::Bf16 {
         let why = match precision {
             Precision::F16 => "f16 asked: the CPU has no f16 arithmetic worth using, f32 runs",
@@ -241,6 +250,58 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
     }
 }
 
+/// `vpmaddwd` + `vpaddd` throughput over the f32 FMA throughput of tier `isa` (AVX2 or AVX-512), on one core,
+/// measured once per process (≈ 3 ms); `None` without AVX2.
+pub fn i16_speedup(isa: Isa) -> Option<f64> {
+    // Best of 5, interleaved: [vpmaddwd, FMA ymm, FMA zmm (NaN without AVX-512)].
+    static RATES: OnceLock<Option<[f64; 3]>> = OnceLock::new();
+    let rates = RATES.get_or_init(|| {
+        if !Unit::MaddI16.available() {
+            return None;
+        }
+        let units = [Unit::MaddI16, Unit::Fma(Isa::Avx2), Unit::Fma(Isa::Avx512)];
+        let mut best = [0f64; 3];
+        for _ in 0..5 {
+            for (b, u) in best.iter_mut().zip(units) {
+                *b = if u.available() {
+                    b.max(peak::rate(u, 20_000))
+                } else {
+                    f64::NAN
+                };
+            }
+        }
+        Some(best)
+    });
+    let [madd, ymm, zmm] = (*rates)?;
+    Some(madd / if isa == Isa::Avx512 { zmm } else { ymm })
+}
+
+/// The engine for i16: `avx2-i16` where its products beat the f32 FMAs by [`I16_MIN_SPEEDUP`] (AVX2-only CPUs:
+/// measured 1.6× on Zen 3); f32 where they do not (AVX-512's FMAs are as wide as its 16-bit pairs on ymm).
+fn choose_i16(isa: Isa, f32_choice: impl Fn(String) -> Choice) -> Choice {
+    if isa < Isa::Avx2 {
+        return f32_choice(format!(
+            "i16 asked, but the i16 engine needs AVX2 (tier {}): f32 runs",
+            isa.name()
+        ));
+    }
+    match i16_speedup(isa) {
+        Some(x) if x >= I16_MIN_SPEEDUP => Choice {
+            engine: MatrixEngine::Avx2I16,
+            reason: format!("i16 asked; vpmaddwd measured {x:.2}× the f32 FMA rate"),
+        },
+        Some(x) => f32_choice(format!(
+            "i16 asked; vpmaddwd measured only {x:.2}× the f32 FMA rate of tier {} (< {I16_MIN_SPEEDUP}): f32 \
+             is faster here",
+            isa.name()
+        )),
+        None => f32_choice("i16 asked, but the CPU has no AVX2: f32 runs".into()),
+    }
+}
+
+/// As [`BF16_MIN_SPEEDUP`], for i16: quantizing activations costs about what converting them to bf16 does.
+const I16_MIN_SPEEDUP: f64 = 1.3;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +319,12 @@ mod tests {
     #[test]
     fn choices_are_available_and_honour_the_precision() {
         for isa in Isa::ALL {
-            for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+            for p in [
+                Precision::F32,
+                Precision::Bf16,
+                Precision::F16,
+                Precision::I16,
+            ] {
                 let c = choose(isa, p);
                 assert!(c.engine.available(), "{c:?}");
                 assert!(
@@ -266,9 +332,13 @@ mod tests {
                     "{c:?}"
                 );
                 assert!(!c.reason.is_empty());
-                if p != Precision::Bf16 {
+                if p == Precision::F32 || p == Precision::F16 {
                     assert_eq!(c.engine.precision(), Precision::F32);
                 }
+                assert!(
+                    c.engine.precision() == p || c.engine.precision() == Precision::F32,
+                    "{c:?} for {p:?}"
+                );
                 assert_ne!(
                     c.engine,
                     MatrixEngine::AmxBf16Emulated,

@@ -17,6 +17,9 @@ pub enum Unit {
     Dpbf16,
     /// `tdpbf16ps` on the AMX tile unit: 16 × 16 × 32 bf16 products summed into f32.
     AmxBf16,
+    /// `vpmaddwd ymm` + `vpaddd ymm` (AVX2): 8 lanes × 2 i16 products summed into i32, the `avx2-i16` engine's
+    /// inner step; each product and its sum count as 2 operations, as an FMA's do.
+    MaddI16,
 }
 
 impl Unit {
@@ -26,6 +29,7 @@ impl Unit {
             Unit::Fma(isa) => isa.available(),
             Unit::Dpbf16 => super::isa::has_avx512_bf16(),
             Unit::AmxBf16 => super::amx::support().bf16_usable(),
+            Unit::MaddI16 => Isa::Avx2.available(),
         }
     }
 }
@@ -102,6 +106,12 @@ fn run(unit: Unit, iters: usize) -> f64 {
             }
             return (iters * 4 * 16 * 16 * 32 * 2) as f64;
         }
+        Unit::MaddI16 => {
+            // SAFETY: AVX2 is present; the asm touches only the registers it declares.
+            unsafe { madd_i16_avx2(iters) };
+            // 8 lanes × 2 products × 2 operations per pair of instructions.
+            return (iters * 8 * 8 * 2 * 2) as f64;
+        }
         Unit::Fma(Isa::Scalar) => {}
     }
     let mut acc = [1.0f32; 16];
@@ -174,6 +184,33 @@ unsafe fn fma_avx2(iters: usize) {
         "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
         "vfmadd231ps ymm8, ymm14, ymm15", "vfmadd231ps ymm9, ymm14, ymm15",
         "vfmadd231ps ymm10, ymm14, ymm15", "vfmadd231ps ymm11, ymm14, ymm15",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) iters.max(1) => _,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+        out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+        out("ymm14") _, out("ymm15") _,
+        options(nostack, nomem),
+    );
+}
+
+/// 8 independent `vpmaddwd` + `vpaddd` chains per iteration (the products go through ymm8–11, the sums into
+/// ymm0–7).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn madd_i16_avx2(iters: usize) {
+    std::arch::asm!(
+        "vpxor ymm14, ymm14, ymm14",
+        "vpxor ymm15, ymm15, ymm15",
+        "2:",
+        "vpmaddwd ymm8, ymm14, ymm15", "vpaddd ymm0, ymm0, ymm8",
+        "vpmaddwd ymm9, ymm14, ymm15", "vpaddd ymm1, ymm1, ymm9",
+        "vpmaddwd ymm10, ymm14, ymm15", "vpaddd ymm2, ymm2, ymm10",
+        "vpmaddwd ymm11, ymm14, ymm15", "vpaddd ymm3, ymm3, ymm11",
+        "vpmaddwd ymm8, ymm14, ymm15", "vpaddd ymm4, ymm4, ymm8",
+        "vpmaddwd ymm9, ymm14, ymm15", "vpaddd ymm5, ymm5, ymm9",
+        "vpmaddwd ymm10, ymm14, ymm15", "vpaddd ymm6, ymm6, ymm10",
+        "vpmaddwd ymm11, ymm14, ymm15", "vpaddd ymm7, ymm7, ymm11",
         "dec {n}",
         "jnz 2b",
         n = inout(reg) iters.max(1) => _,

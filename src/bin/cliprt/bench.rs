@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// cpu, reference or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// f32, or bf16 (bf16 GEMMs with f32 accumulation; needs AVX512_BF16, else f32 runs and is reported).
+    /// f32; bf16 (bf16 GEMMs with f32 accumulation; needs AVX512_BF16 or AMX); i16 (16-bit fixed-point GEMMs, AVX2
+    /// CPUs). Where the engine is missing or not faster, f32 runs and is reported.
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Untimed runs per measurement.

@@ -91,7 +91,7 @@ fn print_devices(device: Device) {
         .map(|e| e.name())
         .collect();
     println!("cpu engines:      {}", engines.join(", "));
-    for p in [Precision::F32, Precision::Bf16] {
+    for p in [Precision::F32, Precision::Bf16, Precision::I16] {
         let c = cliprt::cpu::engine::choose(isa, p);
         println!(
             "{:<18}{} ({})",

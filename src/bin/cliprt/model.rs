@@ -17,7 +17,8 @@ pub struct ModelArgs {
     /// Drop the alpha channel (OpenAI's transform) instead of compositing onto white (HF's).
     #[arg(long)]
     pub drop_alpha: bool,
-    /// GEMM precision: f32, or bf16 (needs AVX512_BF16 or AMX; f32 runs elsewhere).
+    /// GEMM precision: f32; bf16 (needs AVX512_BF16 or AMX; f32 runs elsewhere); i16 (16-bit fixed-point products,
+    /// the fast mode of AVX2-only CPUs; f32 runs where it is not faster).
     #[arg(long, default_value = "f32")]
     pub precision: String,
 }

@@ -55,7 +55,7 @@ pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Aligned<f32> {
 
 /// Adds C / bias, applies the activation and stores the first `cols` columns of an `R × 8V` accumulator tile.
 #[inline(always)]
-unsafe fn store_tile<const R: usize, const V: usize>(
+pub(super) unsafe fn store_tile<const R: usize, const V: usize>(
     acc: &[[__m256; V]; R],
     c: *mut f32,
     ldc: usize,

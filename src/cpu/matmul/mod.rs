@@ -30,6 +30,8 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_i16;
 
 use super::amx::{self, PackedB};
 use super::isa::{has_avx512_bf16, Isa};
@@ -66,6 +68,9 @@ enum Packed {
     Bf16(Aligned<u32>),
     /// `[panel][k][avx2::NR]` f32, for the AVX2 kernel.
     Avx2(Aligned<f32>),
+    /// Quantized 16-bit pairs and their column steps, for the AVX2 fixed-point kernel.
+    #[cfg(target_arch = "x86_64")]
+    I16(avx2_i16::PackedI16),
     /// `Wᵀ[k, n]` row-major for the `gemm` crate.
     Transposed(Vec<f32>),
     /// AMX B tiles (see `amx::gemm`).
@@ -211,8 +216,12 @@ impl PackedLinear {
             }
             #[cfg(target_arch = "x86_64")]
             MatrixEngine::Avx2 => Packed::Avx2(avx2::pack(w, n, k)),
+            #[cfg(target_arch = "x86_64")]
+            MatrixEngine::Avx2I16 => Packed::I16(avx2_i16::pack(w, n, k)),
             #[cfg(not(target_arch = "x86_64"))]
-            MatrixEngine::Avx2 => unreachable!("the avx2 engine exists only on x86_64"),
+            MatrixEngine::Avx2 | MatrixEngine::Avx2I16 => {
+                unreachable!("the avx2 engines exist only on x86_64")
+            }
             MatrixEngine::Scalar => {
                 let mut t = vec![0.0f32; n * k];
                 for (col, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
@@ -235,6 +244,8 @@ impl PackedLinear {
     pub fn op_class(&self) -> super::breakdown::OpClass {
         match self.w {
             Packed::Bf16(_) | Packed::Amx(_) => super::breakdown::OpClass::GemmBf16,
+            #[cfg(target_arch = "x86_64")]
+            Packed::I16(_) => super::breakdown::OpClass::GemmI16,
             Packed::F32(_) | Packed::Avx2(_) | Packed::Transposed(_) => {
                 super::breakdown::OpClass::GemmF32
             }
@@ -263,6 +274,8 @@ impl PackedLinear {
             }
             #[cfg(target_arch = "x86_64")]
             Packed::Avx2(p) => avx2::run(a, m, k, p.as_slice(), n, self.bias.as_deref(), out, ep),
+            #[cfg(target_arch = "x86_64")]
+            Packed::I16(p) => avx2_i16::run(a, m, k, p, n, self.bias.as_deref(), out, ep),
             Packed::Transposed(t) => {
                 run_fallback(engine.isa(), a, m, k, t, n, self.bias.as_deref(), out, ep)
             }

@@ -1,0 +1,420 @@
+//! The GEMM of the `avx2-i16` engine: 16-bit fixed-point products on AVX2 (`vpmaddwd`), the fast mode of CPUs
+//! without AVX-512 (ARCHITECTURE §3). On Zen 3 one `vpmaddwd` + `vpaddd` pair does 16 multiply-adds at 1.6× the
+//! rate of 8 f32 FMAs (measured: 80 against 50 G multiply-adds/s on one core), so the product runs at up to 3.2×
+//! the f32 arithmetic rate while bf16 products do not exist on these CPUs.
+//!
+//! **Numbers.** `C = (A_q · W_qᵀ) · s_row · s_col`:
+//! - each weight column (output channel) is scaled onto ±[`W_MAX`] = 2¹¹ − 1 once at load;
+//! - each activation row is scaled onto ±[`A_MAX`] = 2¹⁵ − 1 per call, after a pass that finds its largest |value|;
+//! - both rounded to nearest. An element's error is ≤ half a step of its row's or column's range: for rows whose
+//!   largest value is under 64× their typical value that is finer than bf16's 8-bit significand, and the tests hold
+//!   the engine to bf16's accuracy bar on rows with 100× outliers.
+//! - `vpmaddwd` sums the products of two k steps into i32 (≤ 2 · A_MAX · W_MAX < 2²⁷); [`STEPS`] = 16 such pairs
+//!   stay below 2³¹, then the sum moves into f32 accumulators, so no i32 ever overflows whatever the data.
+//! - Non-finite activations make their row's scale NaN, so the row's outputs are NaN (as f32 arithmetic would
+//!   give), never a silent wrong value. Rows whose largest |value| is below [`TINY`] contribute 0.
+//!
+//! **Kernel.** The f32 kernel's shape (6 rows × 16 columns, 12 accumulators; see [`avx2`](super::avx2)) on i32
+//! lanes: a panel step is 16 columns × one k pair (64 bytes, one cache line), an A step one broadcast pair per row.
+//! Weights live as `[panel][⌈k/2⌉][16]` u32 pairs (low half the even k) on 64-byte boundaries; a job quantizes its
+//! rows of A into micro-panels `[pair][6]` with the f32 kernel's transposing packer. Bias, activation and residual
+//! are fused into the store as everywhere.
+
+use std::arch::x86_64::*;
+
+use super::avx2::{pack_a, store_tile, MR, NR};
+use super::{
+    chunk_store, k_chunks, par_jobs, tile_span, zero_k, Aligned, Blocking, Jobs, TileStore,
+};
+use crate::backend::Epilogue;
+use crate::cpu::Isa;
+
+/// Largest |quantized weight|: 11 bits and a sign.
+const W_MAX: f32 = 2047.0;
+/// Largest |quantized activation|: 15 bits and a sign.
+const A_MAX: f32 = 32767.0;
+/// k pairs summed in i32 before the sum moves to f32.
+const STEPS: usize = 16;
+// The worst case of one i32 lane over STEPS pairs, a NaN's −32768 included, fits in i32.
+const _: () = assert!(STEPS as i64 * 2 * 32768 * (W_MAX as i64) <= i32::MAX as i64);
+/// Below this largest |value| a row of A is taken as zero: its reciprocal scale would overflow f32.
+const TINY: f32 = 1e-30;
+/// Longest k chunk (elements, even): a panel chunk is 384 pairs × 64 bytes = 24 KB, inside L1.
+const KC: usize = 768;
+
+/// The job shape: as the f32 AVX2 kernel's (the A block is half its bytes).
+pub(super) const BLOCKING: Blocking = super::avx2::BLOCKING;
+
+/// A weight packed for this kernel.
+pub(crate) struct PackedI16 {
+    /// `[panel][⌈k/2⌉][16]` quantized pairs.
+    panels: Aligned<u32>,
+    /// Per output column: the value of one quantization step; zero past `n` up to whole panels.
+    scales: Vec<f32>,
+}
+
+/// The largest |x| of `xs`, NaN if any is NaN.
+fn abs_max(xs: &[f32]) -> f32 {
+    xs.iter().fold(0f32, |m, &x| {
+        if m.is_nan() || x.is_nan() {
+            f32::NAN
+        } else {
+            m.max(x.abs())
+        }
+    })
+}
+
+/// (step, 1 / step) mapping |x| ≤ `max` onto |q| ≤ `limit`: (0, 0) for a row or column that is zero (or below
+/// [`TINY`]), (NaN, 0) for a non-finite one.
+fn steps(max: f32, limit: f32) -> (f32, f32) {
+    if !max.is_finite() {
+        (f32::NAN, 0.0)
+    } else if max < TINY {
+        (0.0, 0.0)
+    } else {
+        (max / limit, limit / max)
+    }
+}
+
+/// `x / step` rounded to nearest even (as `vcvtps2dq` does), clamped to i16.
+fn quantize(x: f32, inv_step: f32) -> i16 {
+    // Adding 1.5 · 2²³ moves |v| ≤ 2²² to where one ulp is 1, so the addition itself rounds to nearest even
+    // (`round_ties_even` is a libm call on baseline x86-64, a fifth of the load time of a model).
+    const SHIFT: f32 = 12_582_912.0;
+    let v = (x * inv_step).clamp(-32768.0, 32767.0);
+    ((v + SHIFT) - SHIFT) as i16
+}
+
+/// Two quantized values as one pair word, the first in the low half.
+fn pair(lo: i16, hi: i16) -> u32 {
+    u32::from(lo as u16) | u32::from(hi as u16) << 16
+}
+
+/// Quantizes `w[n, k]` (HF layout) per output column and packs it into panels.
+pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> PackedI16 {
+    let (panels, kp) = (n.div_ceil(NR), k.div_ceil(2));
+    let mut scales = vec![0f32; panels * NR];
+    let mut inv = vec![0f32; n];
+    for col in 0..n {
+        (scales[col], inv[col]) = steps(abs_max(&w[col * k..(col + 1) * k]), W_MAX);
+    }
+    let mut p = Aligned::<u32>::zeroed(panels * kp * NR);
+    super::fill_panels(p.as_mut_slice(), NR, kp, n, |panel, cols| {
+        for (t, out) in panel.chunks_exact_mut(NR).enumerate() {
+            for (o, col) in out.iter_mut().zip(cols.clone()) {
+                let q = |kk: usize| {
+                    if kk < k {
+                        quantize(w[col * k + kk], inv[col])
+                    } else {
+                        0
+                    }
+                };
+                *o = pair(q(2 * t), q(2 * t + 1));
+            }
+        }
+    });
+    PackedI16 { panels: p, scales }
+}
+
+/// Per row of `a[m, k]`: (step, 1 / step) onto ±[`A_MAX`].
+fn row_steps(a: &[f32], m: usize, k: usize) -> Vec<(f32, f32)> {
+    use rayon::prelude::*;
+    // 16 rows per task: ViT-B/32's 1600-row GEMMs make 100 tasks, batch 1's 50 rows 4.
+    a[..m * k]
+        .par_chunks(16 * k.max(1))
+        .flat_map_iter(|rows| {
+            rows.chunks_exact(k.max(1))
+                .map(|r| steps(abs_max_avx2(r), A_MAX))
+        })
+        .collect()
+}
+
+/// [`abs_max`] with AVX2 (the pass reads all of A once per GEMM).
+fn abs_max_avx2(xs: &[f32]) -> f32 {
+    // SAFETY: the avx2-i16 engine runs only where AVX2 is present (asserted in `run`); loads stay inside `xs`.
+    unsafe { abs_max_avx2_unchecked(xs) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn abs_max_avx2_unchecked(xs: &[f32]) -> f32 {
+    let (mut m, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut chunks = xs.chunks_exact(8);
+    for c in chunks.by_ref() {
+        let x = _mm256_loadu_ps(c.as_ptr());
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, x));
+        // vmaxps drops NaN operands: they are tracked on their own.
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    if _mm256_movemask_ps(nan) != 0 {
+        return f32::NAN;
+    }
+    abs_max(&lanes).max(abs_max(chunks.remainder()))
+}
+
+/// Quantizes `len` values from `src` (1 / step `inv`) into ⌈len/2⌉ pair words at `dst`.
+#[inline(always)]
+unsafe fn quantize_row(src: *const f32, len: usize, inv: f32, dst: *mut u32) {
+    let s = _mm256_set1_ps(inv);
+    let mut i = 0;
+    while i + 16 <= len {
+        let lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src.add(i)), s));
+        let hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src.add(i + 8)), s));
+        // vpackssdw saturates to i16 per 128-bit lane ([lo 0-3, hi 0-3 | lo 4-7, hi 4-7]); the permute restores
+        // k order.
+        let packed = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(lo, hi));
+        _mm256_storeu_si256(dst.add(i / 2) as *mut __m256i, packed);
+        i += 16;
+    }
+    while i < len {
+        let hi = if i + 1 < len {
+            quantize(*src.add(i + 1), inv)
+        } else {
+            0
+        };
+        *dst.add(i / 2) = pair(quantize(*src.add(i), inv), hi);
+        i += 2;
+    }
+}
+
+/// `C[R, cols] (+)= (A_q · B_q) · s_row · s_col` over `pairs` k pairs: A a packed micro-panel `[pairs][MR]`, B a
+/// panel chunk `[pairs][16]`, `row_steps` R row steps, `col_steps` 16 column steps.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    pairs: usize,
+    a: *const u32,
+    b: *const u32,
+    row_steps: *const f32,
+    col_steps: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    st: TileStore,
+) {
+    let mut sum = [[_mm256_setzero_ps(); 2]; R];
+    let mut p0 = 0;
+    while p0 < pairs {
+        let end = (p0 + STEPS).min(pairs);
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for p in p0..end {
+            let bp = b.add(p * NR) as *const __m256i;
+            let (b0, b1) = (_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_set1_epi32(*a.add(p * MR + i) as i32);
+                row[0] = _mm256_add_epi32(row[0], _mm256_madd_epi16(ai, b0));
+                row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(ai, b1));
+            }
+        }
+        for (s, r) in sum.iter_mut().zip(&acc) {
+            s[0] = _mm256_add_ps(s[0], _mm256_cvtepi32_ps(r[0]));
+            s[1] = _mm256_add_ps(s[1], _mm256_cvtepi32_ps(r[1]));
+        }
+        p0 = end;
+    }
+    let cs = [
+        _mm256_loadu_ps(col_steps),
+        _mm256_loadu_ps(col_steps.add(8)),
+    ];
+    for (i, s) in sum.iter_mut().enumerate() {
+        let rs = _mm256_set1_ps(*row_steps.add(i));
+        s[0] = _mm256_mul_ps(_mm256_mul_ps(s[0], rs), cs[0]);
+        s[1] = _mm256_mul_ps(_mm256_mul_ps(s[1], rs), cs[1]);
+    }
+    store_tile::<R, 2>(&sum, c, ldc, cols, st);
+}
+
+/// [`tile`] for a run-time height `rows` ≤ [`MR`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile(
+    rows: usize,
+    pairs: usize,
+    a: *const u32,
+    b: *const u32,
+    row_steps: *const f32,
+    col_steps: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    st: TileStore,
+) {
+    let args = (pairs, a, b, row_steps, col_steps, c, ldc, cols, st);
+    match rows {
+        6 => tile::<6>(
+            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+        ),
+        5 => tile::<5>(
+            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+        ),
+        4 => tile::<4>(
+            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+        ),
+        3 => tile::<3>(
+            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+        ),
+        2 => tile::<2>(
+            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+        ),
+        1 => tile::<1>(
+            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
+        ),
+        _ => unreachable!("tile height {rows} outside 1..={MR}"),
+    }
+}
+
+thread_local! {
+    /// A job's quantized and packed A block (pair words), reused across calls on this thread.
+    static A_BLOCK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn job(
+    jobs: &Jobs,
+    j: usize,
+    a: *const f32,
+    steps: &[(f32, f32)],
+    m: usize,
+    k: usize,
+    w: &PackedI16,
+    n: usize,
+    bias: *const f32,
+    c: *mut f32,
+    ep: Epilogue,
+) {
+    let (t0, nt, p0, np) = jobs.job(j);
+    let (chunks, kc) = k_chunks(k, 2, KC);
+    let (kp, kcp) = (k.div_ceil(2), kc / 2);
+    let (panels, col_steps) = (w.panels.as_slice().as_ptr(), w.scales.as_ptr());
+    let run = |ablock: &mut Vec<u32>| {
+        // One tile's rows quantized row-major, before the transposing packer turns them into a micro-panel.
+        let mut rows_q = [0u32; MR * KC / 2];
+        ablock.resize(nt * kcp * MR + 2, 0);
+        let mut row_step = [0f32; MR];
+        for ch in 0..chunks {
+            let (k0, klen) = (ch * kc, kc.min(k - ch * kc));
+            let pairs = klen.div_ceil(2);
+            for t in 0..nt {
+                let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
+                for i in 0..rows {
+                    let src = a.add((r0 + i) * k + k0);
+                    quantize_row(
+                        src,
+                        klen,
+                        steps[r0 + i].1,
+                        rows_q.as_mut_ptr().add(i * pairs),
+                    );
+                }
+                // The packer moves 32-bit words; as f32 it only loads, shuffles and stores their bits.
+                pack_a(
+                    rows_q.as_ptr() as *const f32,
+                    pairs,
+                    rows,
+                    pairs,
+                    ablock.as_mut_ptr().add(t * kcp * MR) as *mut f32,
+                );
+            }
+            let st = chunk_store(ep, ch, chunks, bias);
+            for p in p0..p0 + np {
+                let col = p * NR;
+                let (st, cols) = (st.at_column(col), NR.min(n - col));
+                let panel = panels.add(p * kp * NR + k0 / 2 * NR);
+                for t in 0..nt {
+                    let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
+                    for (i, s) in row_step.iter_mut().enumerate().take(rows) {
+                        *s = steps[r0 + i].0;
+                    }
+                    let ap = ablock.as_ptr().add(t * kcp * MR);
+                    let (rs, cs, cp) = (row_step.as_ptr(), col_steps.add(col), c.add(r0 * n + col));
+                    packed_tile(rows, pairs, ap, panel, rs, cs, cp, n, cols, st);
+                }
+            }
+        }
+    };
+    A_BLOCK.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        Err(_) => run(&mut Vec::new()),
+    });
+}
+
+/// `out[m, n] (+)= a[m, k] · Wᵀ` on the quantized panels of [`pack`], with the epilogue `ep` fused into the last k
+/// chunk's store.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    w: &PackedI16,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    ep: Epilogue,
+) {
+    assert!(Isa::Avx2.available());
+    assert!(a.len() >= m * k && out.len() >= m * n);
+    assert!(w.panels.as_slice().len() >= n.div_ceil(NR) * k.div_ceil(2) * NR);
+    assert!(w.scales.len() >= n.div_ceil(NR) * NR && bias.is_none_or(|b| b.len() >= n));
+    if k == 0 {
+        return zero_k(Isa::Avx2, out, m, n, bias, ep);
+    }
+    let steps = row_steps(a, m, k);
+    let (steps, wp) = (&steps, w);
+    // SAFETY: AVX2 asserted above; a, the panels, their steps, bias and out were bounds-checked for m, n, k; each
+    // job writes its own rectangle of out.
+    par_jobs(
+        BLOCKING,
+        m,
+        n,
+        a.as_ptr(),
+        std::ptr::null::<u32>(),
+        bias,
+        out.as_mut_ptr(),
+        |jobs, j, a, _, b, c| unsafe { job(jobs, j, a, steps, m, k, wp, n, b, c, ep) },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_rounds_to_nearest_and_keeps_the_sign() {
+        let (step, inv) = steps(2.0, A_MAX);
+        assert_eq!(step, 2.0 / A_MAX);
+        assert_eq!(quantize(2.0, inv), 32767);
+        assert_eq!(quantize(-2.0, inv), -32767);
+        assert_eq!(quantize(step * 2.5, inv), 2, "ties go to even");
+        assert_eq!(pair(-1, 1), 0x0001_FFFF);
+        assert_eq!(steps(0.0, A_MAX), (0.0, 0.0));
+        assert!(steps(f32::INFINITY, A_MAX).0.is_nan());
+        assert!(abs_max(&[1.0, f32::NAN, 3.0]).is_nan());
+    }
+
+    #[test]
+    fn vector_row_quantization_matches_the_scalar_rule() {
+        if !Isa::Avx2.available() {
+            return;
+        }
+        let x: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919 % 61) as f32 - 30.0) * 0.37)
+            .collect();
+        let (_, inv) = steps(abs_max(&x), A_MAX);
+        assert_eq!(abs_max_avx2(&x), abs_max(&x));
+        let mut got = vec![0u32; 19];
+        // SAFETY: AVX2 checked; 37 values into 19 pairs.
+        unsafe { quantize_row(x.as_ptr(), x.len(), inv, got.as_mut_ptr()) };
+        let want: Vec<u32> = x
+            .chunks(2)
+            .map(|p| {
+                pair(
+                    quantize(p[0], inv),
+                    p.get(1).map_or(0, |&v| quantize(v, inv)),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+}
