@@ -5,7 +5,9 @@
   CLIPImageProcessor, the transformers vision tower, normalized embeddings and metadata written per shard; with the
   decode either inline or in a torch DataLoader worker (clip-retrieval's layout), whichever is faster is its number.
 
-Each at f32 and at its fastest precision (cliprt bf16 where the CPU has AVX512_BF16 or AMX; PyTorch bf16 weights).
+Each at f32 and at its fastest precision (cliprt bf16 where the CPU has AVX512_BF16 or AMX, i16 on AVX2-only CPUs;
+PyTorch bf16 weights). `--precisions f32,i16` on CPUs without native bf16, where PyTorch's bf16 is emulated (a few
+images/s): there PyTorch's fastest mode is f32.
 Also, with --tower: the Python API's ViT image tower at batch 32 against `cliprt bench` on the same folder, and two
 Python threads sharing one model (one compute thread each) against one thread.
 
@@ -270,6 +272,8 @@ def main():
                                       prec, actors)
                 rows.append((f"cliprt Ray Data ({actors} actors × {a.threads // actors} threads)", prec, ran,
                              n / secs))
+        if prec not in ("f32", "bf16"):  # i16: PyTorch has no such mode; compared with its fastest below
+            continue
         best = 0.0
         for w in [int(x) for x in a.torch_workers.split(",")]:
             secs = run_torch(model_dir, paths, os.path.join(a.work, f"torch-{prec}-{w}"), a.threads, prec, w)
@@ -282,8 +286,8 @@ def main():
     best_torch = {r[1]: r[3] for r in rows if r[0] == "PyTorch best"}
     for r in rows:
         if r[0].startswith("cliprt"):
-            print(f"{r[0]} {r[1]}: {r[3] / best_torch[r[1]]:.2f}x PyTorch {r[1]}; "
-                  f"{r[3] / max(best_torch.values()):.2f}x PyTorch's fastest")
+            same = f"{r[3] / best_torch[r[1]]:.2f}x PyTorch {r[1]}; " if r[1] in best_torch else ""
+            print(f"{r[0]} {r[1]}: {same}{r[3] / max(best_torch.values(), default=float('nan')):.2f}x PyTorch's fastest")
     if a.tower:
         for prec in a.precisions.split(","):
             bench_ips, py_ips, scaling = tower(model_dir, a.threads, prec)
