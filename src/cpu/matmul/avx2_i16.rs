@@ -16,8 +16,9 @@
 //!
 //! **Kernel.** The f32 kernel's shape (6 rows × 16 columns, 12 accumulators; see [`avx2`](super::avx2)) on i32
 //! lanes: a panel step is 16 columns × one k pair (64 bytes, one cache line), an A step one broadcast pair per row.
-//! Weights live as `[panel][⌈k/2⌉][16]` u32 pairs (low half the even k) on 64-byte boundaries; a job quantizes its
-//! rows of A into micro-panels `[pair][6]` with the f32 kernel's transposing packer. Bias, activation and residual
+//! Weights live as `[panel][⌈k/2⌉][16]` u32 pairs (low half the even k) on 64-byte boundaries; A is quantized once
+//! per call into rows of pairs, which each job copies into micro-panels `[pair][6]` with the f32 kernel's
+//! transposing packer. Bias, activation and residual
 //! are fused into the store as everywhere.
 
 use std::arch::x86_64::*;
@@ -116,17 +117,25 @@ pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> PackedI16 {
     PackedI16 { panels: p, scales }
 }
 
-/// Per row of `a[m, k]`: (step, 1 / step) onto ±[`A_MAX`].
-fn row_steps(a: &[f32], m: usize, k: usize) -> Vec<(f32, f32)> {
+/// Quantizes `a[m, k]` once per call into `q` (`[m][⌈k/2⌉]` pair words) and each row's step into `row_steps`: one
+/// parallel pass, so the jobs of several panel groups that share rows only copy them.
+fn quantize_a(a: &[f32], m: usize, k: usize, q: &mut [u32], row_steps: &mut [f32]) {
     use rayon::prelude::*;
+    let kp = k.div_ceil(2);
     // 16 rows per task: ViT-B/32's 1600-row GEMMs make 100 tasks, batch 1's 50 rows 4.
+    const ROWS: usize = 16;
     a[..m * k]
-        .par_chunks(16 * k.max(1))
-        .flat_map_iter(|rows| {
-            rows.chunks_exact(k.max(1))
-                .map(|r| steps(abs_max_avx2(r), A_MAX))
-        })
-        .collect()
+        .par_chunks(ROWS * k)
+        .zip(q[..m * kp].par_chunks_mut(ROWS * kp))
+        .zip(row_steps[..m].par_chunks_mut(ROWS))
+        .for_each(|((rows, q), st)| {
+            for ((row, qrow), step) in rows.chunks_exact(k).zip(q.chunks_exact_mut(kp)).zip(st) {
+                let (s, inv) = steps(abs_max_avx2(row), A_MAX);
+                *step = s;
+                // SAFETY: AVX2 (asserted in `run`); k values into ⌈k/2⌉ pairs.
+                unsafe { quantize_row_avx2(row, inv, qrow) };
+            }
+        });
 }
 
 /// [`abs_max`] with AVX2 (the pass reads all of A once per GEMM).
@@ -154,7 +163,13 @@ unsafe fn abs_max_avx2_unchecked(xs: &[f32]) -> f32 {
     abs_max(&lanes).max(abs_max(chunks.remainder()))
 }
 
-/// Quantizes `len` values from `src` (1 / step `inv`) into ⌈len/2⌉ pair words at `dst`.
+/// Quantizes the values of `src` (1 / step `inv`) into its ⌈len/2⌉ pair words at the start of `dst`.
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(src: &[f32], inv: f32, dst: &mut [u32]) {
+    assert!(dst.len() >= src.len().div_ceil(2));
+    quantize_row(src.as_ptr(), src.len(), inv, dst.as_mut_ptr());
+}
+
 #[inline(always)]
 unsafe fn quantize_row(src: *const f32, len: usize, inv: f32, dst: *mut u32) {
     let s = _mm256_set1_ps(inv);
@@ -266,8 +281,16 @@ unsafe fn packed_tile(
 }
 
 thread_local! {
-    /// A job's quantized and packed A block (pair words), reused across calls on this thread.
+    /// A job's packed A block (pair words), reused across calls on this thread.
     static A_BLOCK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A call's quantized A (`[m][⌈k/2⌉]` pair words), reused across calls on this thread.
+    static A_QUANT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A's quantized rows and their steps, as the jobs read them.
+struct QuantA<'a> {
+    pairs: &'a [u32],
+    steps: &'a [f32],
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -275,8 +298,7 @@ thread_local! {
 unsafe fn job(
     jobs: &Jobs,
     j: usize,
-    a: *const f32,
-    steps: &[(f32, f32)],
+    a: &QuantA,
     m: usize,
     k: usize,
     w: &PackedI16,
@@ -290,28 +312,16 @@ unsafe fn job(
     let (kp, kcp) = (k.div_ceil(2), kc / 2);
     let (panels, col_steps) = (w.panels.as_slice().as_ptr(), w.scales.as_ptr());
     let run = |ablock: &mut Vec<u32>| {
-        // One tile's rows quantized row-major, before the transposing packer turns them into a micro-panel.
-        let mut rows_q = [0u32; MR * KC / 2];
         ablock.resize(nt * kcp * MR + 2, 0);
-        let mut row_step = [0f32; MR];
         for ch in 0..chunks {
             let (k0, klen) = (ch * kc, kc.min(k - ch * kc));
             let pairs = klen.div_ceil(2);
             for t in 0..nt {
                 let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
-                for i in 0..rows {
-                    let src = a.add((r0 + i) * k + k0);
-                    quantize_row(
-                        src,
-                        klen,
-                        steps[r0 + i].1,
-                        rows_q.as_mut_ptr().add(i * pairs),
-                    );
-                }
                 // The packer moves 32-bit words; as f32 it only loads, shuffles and stores their bits.
                 pack_a(
-                    rows_q.as_ptr() as *const f32,
-                    pairs,
+                    a.pairs.as_ptr().add(r0 * kp + k0 / 2) as *const f32,
+                    kp,
                     rows,
                     pairs,
                     ablock.as_mut_ptr().add(t * kcp * MR) as *mut f32,
@@ -324,11 +334,8 @@ unsafe fn job(
                 let panel = panels.add(p * kp * NR + k0 / 2 * NR);
                 for t in 0..nt {
                     let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
-                    for (i, s) in row_step.iter_mut().enumerate().take(rows) {
-                        *s = steps[r0 + i].0;
-                    }
                     let ap = ablock.as_ptr().add(t * kcp * MR);
-                    let (rs, cs, cp) = (row_step.as_ptr(), col_steps.add(col), c.add(r0 * n + col));
+                    let (rs, cs, cp) = (a.steps.as_ptr().add(r0), col_steps.add(col), c.add(r0 * n + col));
                     packed_tile(rows, pairs, ap, panel, rs, cs, cp, n, cols, st);
                 }
             }
@@ -360,20 +367,32 @@ pub(crate) fn run(
     if k == 0 {
         return zero_k(Isa::Avx2, out, m, n, bias, ep);
     }
-    let steps = row_steps(a, m, k);
-    let (steps, wp) = (&steps, w);
-    // SAFETY: AVX2 asserted above; a, the panels, their steps, bias and out were bounds-checked for m, n, k; each
-    // job writes its own rectangle of out.
-    par_jobs(
-        BLOCKING,
-        m,
-        n,
-        a.as_ptr(),
-        std::ptr::null::<u32>(),
-        bias,
-        out.as_mut_ptr(),
-        |jobs, j, a, _, b, c| unsafe { job(jobs, j, a, steps, m, k, wp, n, b, c, ep) },
-    );
+    let mut row_steps = vec![0f32; m];
+    let mut products = |q: &mut Vec<u32>| {
+        q.resize(m * k.div_ceil(2), 0);
+        quantize_a(a, m, k, q, &mut row_steps);
+        let qa = QuantA {
+            pairs: q,
+            steps: &row_steps,
+        };
+        // SAFETY: AVX2 asserted above; the quantized A, the panels, their steps, bias and out were bounds-checked
+        // for m, n, k; each job writes its own rectangle of out.
+        par_jobs(
+            BLOCKING,
+            m,
+            n,
+            std::ptr::null::<u32>(),
+            std::ptr::null::<u32>(),
+            bias,
+            out.as_mut_ptr(),
+            |jobs, j, _, _, b, c| unsafe { job(jobs, j, &qa, m, k, w, n, b, c, ep) },
+        );
+    };
+    // A nested call on this thread (rayon work stealing) finds the buffer borrowed: a fresh one.
+    A_QUANT.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => products(&mut buf),
+        Err(_) => products(&mut Vec::new()),
+    });
 }
 
 #[cfg(test)]
