@@ -48,7 +48,7 @@ fn to_f16(v: &[f32]) -> Vec<f32> {
 
 fn cpu_profile(cpu: &CpuBackend) -> Profile {
     let bf16 = cpu.precision() == Precision::Bf16;
-    // i16 rounds each activation row and weight column to its own grid (steps of 2⁻¹⁵ and 2⁻¹¹ of its range),
+    // i16 rounds each activation row and weight column to its own grid (steps of 2⁻¹⁴ and 2⁻¹¹ of its range),
     // which no elementwise rounding of the inputs reproduces: a tolerance instead. Weights at 1/√k put a column's
     // step near 2⁻¹¹/√k, so the error of a product stays ≈ 1e-4 whatever k; tests/ops.rs holds the kernel to its
     // exact grid.

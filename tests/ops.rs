@@ -29,7 +29,7 @@ fn is_i16(cpu: &CpuBackend) -> bool {
 }
 
 /// Each `len`-long row of `v` on the grid an i16 engine puts it on: steps of max|row| / `limit`, rounded to
-/// nearest even (activations: rows of A, limit 32767; weights: rows of W, i.e. output channels, limit 2047).
+/// nearest even (activations: rows of A, limit 16383; weights: rows of W, i.e. output channels, limit 2047).
 fn i16_rounded(v: &[f32], len: usize, limit: f32) -> Vec<f32> {
     v.chunks(len.max(1))
         .flat_map(|row| {
@@ -65,7 +65,7 @@ fn reference_gemm(
     let (x, w) = if is_bf16(cpu) {
         (bf16_rounded(x), bf16_rounded(w))
     } else if is_i16(cpu) {
-        (i16_rounded(x, s.k, 32767.0), i16_rounded(w, s.k, 2047.0))
+        (i16_rounded(x, s.k, 16383.0), i16_rounded(w, s.k, 2047.0))
     } else {
         (x.to_vec(), w.to_vec())
     };
@@ -330,7 +330,7 @@ fn mlp_equals_its_two_gemms_on_every_engine() {
                 );
                 backend::mlp(&rf, &mut want, &mut rh, &input, &r1, &r2, s, act).unwrap();
                 // bf16: three roundings of 2⁻⁹ on terms of order one, summed like a random walk; i16 rounds
-                // less (steps of 2⁻¹¹ of a column's range, 2⁻¹⁵ of a row's), the same bound holds it.
+                // less (steps of 2⁻¹¹ of a column's range, 2⁻¹⁴ of a row's), the same bound holds it.
                 let (atol, rtol) = if is_bf16(&cpu) || is_i16(&cpu) {
                     (2e-2, 1e-2)
                 } else {
