@@ -26,15 +26,11 @@ thread_local! {
 
 /// Runs `f` with a scratch buffer of `len` floats (contents unspecified).
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
+    super::with_thread_scratch(&SCRATCH, |buf| {
+        if buf.len() < len {
+            buf.resize(len, 0.0);
         }
-        // Re-entered on this thread through work stealing: use a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+        f(&mut buf[..len])
     })
 }
 

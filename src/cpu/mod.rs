@@ -28,6 +28,18 @@ pub use engine::MatrixEngine;
 pub use isa::Isa;
 pub use matmul::{PackedLinear, Precision};
 
+/// Runs `f` with this thread's buffer in `key`, reused across calls (no allocation per layer once warm), or with a
+/// fresh default one when a nested call on this thread (rayon work stealing) finds it borrowed.
+pub(crate) fn with_thread_scratch<T: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
 /// The multithreaded CPU backend.
 #[derive(Clone, Debug)]
 pub struct CpuBackend {

@@ -86,9 +86,5 @@ pub(crate) unsafe fn head<T: Tiles + Default>(
         );
         t.release();
     };
-    // Re-entered on this thread through work stealing: use fresh buffers.
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut sc) => run(&mut sc),
-        Err(_) => run(&mut HeadScratch::default()),
-    });
+    crate::cpu::with_thread_scratch(&SCRATCH, run);
 }

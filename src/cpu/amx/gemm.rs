@@ -495,7 +495,7 @@ pub fn mlp<T: Tiles + Default>(
         static HIDDEN: RefCell<PackedA> = RefCell::new(PackedA::default());
     }
     with_a_scratch(|packed| {
-        let mut run = |h: &mut PackedA| {
+        let run = |h: &mut PackedA| {
             packed.fill(m, d, true, |i| &input[i * d..(i + 1) * d]);
             h.prepare(m, hidden);
             let fc1 = TileStore {
@@ -509,20 +509,14 @@ pub fn mlp<T: Tiles + Default>(
                 gemm_packed::<T>(isa, h, m, w2, x.as_mut_ptr(), d, fc2);
             }
         };
-        HIDDEN.with(|s| match s.try_borrow_mut() {
-            Ok(mut h) => run(&mut h),
-            Err(_) => run(&mut PackedA::default()),
-        })
+        crate::cpu::with_thread_scratch(&HIDDEN, run)
     });
 }
 
 /// Runs `f` with this thread's bf16 A scratch (a fresh one when a nested call, through rayon work stealing, finds
 /// it borrowed).
 fn with_a_scratch<R>(f: impl FnOnce(&mut PackedA) -> R) -> R {
-    A_SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut buf) => f(&mut buf),
-        Err(_) => f(&mut PackedA::default()),
-    })
+    crate::cpu::with_thread_scratch(&A_SCRATCH, f)
 }
 
 /// `out (+)= a · wᵀ` over every block, jobs on rayon's threads, each with its own tile configuration.

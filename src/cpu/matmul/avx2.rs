@@ -253,10 +253,7 @@ unsafe fn job(
             }
         }
     };
-    A_BLOCK.with(|s| match s.try_borrow_mut() {
-        Ok(mut buf) => run(&mut buf),
-        Err(_) => run(&mut Vec::new()),
-    });
+    crate::cpu::with_thread_scratch(&A_BLOCK, run);
 }
 
 /// `out[m, n] (+)= a[m, k] · Wᵀ` on the panels of [`pack`], with the epilogue `ep` fused into the last k chunk's

@@ -197,31 +197,30 @@ unsafe fn quantize_row(src: *const f32, len: usize, inv: f32, dst: *mut u32) {
     }
 }
 
-/// `C[R, cols] (+)= (A_q · B_q) · s_row · s_col` over `pairs` k pairs: A a packed micro-panel `[pairs][MR]`, B a
-/// panel chunk `[pairs][16]`, `row_steps` R row steps, `col_steps` 16 column steps.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
+/// One tile's operands: `pairs` k pairs of A (a packed micro-panel `[pairs][MR]`) and of B (a panel chunk
+/// `[pairs][16]`), the tile's row steps and its panel's 16 column steps.
+#[derive(Clone, Copy)]
+struct Operands {
     pairs: usize,
     a: *const u32,
     b: *const u32,
     row_steps: *const f32,
     col_steps: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    st: TileStore,
-) {
+}
+
+/// `C[R, cols] (+)= (A_q · B_q) · s_row · s_col`.
+#[inline(always)]
+unsafe fn tile<const R: usize>(o: Operands, c: *mut f32, ldc: usize, cols: usize, st: TileStore) {
     let mut sum = [[_mm256_setzero_ps(); 2]; R];
     let mut p0 = 0;
-    while p0 < pairs {
-        let end = (p0 + STEPS).min(pairs);
+    while p0 < o.pairs {
+        let end = (p0 + STEPS).min(o.pairs);
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for p in p0..end {
-            let bp = b.add(p * NR) as *const __m256i;
+            let bp = o.b.add(p * NR) as *const __m256i;
             let (b0, b1) = (_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1)));
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_set1_epi32(*a.add(p * MR + i) as i32);
+                let ai = _mm256_set1_epi32(*o.a.add(p * MR + i) as i32);
                 row[0] = _mm256_add_epi32(row[0], _mm256_madd_epi16(ai, b0));
                 row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(ai, b1));
             }
@@ -233,11 +232,11 @@ unsafe fn tile<const R: usize>(
         p0 = end;
     }
     let cs = [
-        _mm256_loadu_ps(col_steps),
-        _mm256_loadu_ps(col_steps.add(8)),
+        _mm256_loadu_ps(o.col_steps),
+        _mm256_loadu_ps(o.col_steps.add(8)),
     ];
     for (i, s) in sum.iter_mut().enumerate() {
-        let rs = _mm256_set1_ps(*row_steps.add(i));
+        let rs = _mm256_set1_ps(*o.row_steps.add(i));
         s[0] = _mm256_mul_ps(_mm256_mul_ps(s[0], rs), cs[0]);
         s[1] = _mm256_mul_ps(_mm256_mul_ps(s[1], rs), cs[1]);
     }
@@ -246,39 +245,21 @@ unsafe fn tile<const R: usize>(
 
 /// [`tile`] for a run-time height `rows` ≤ [`MR`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn packed_tile(
     rows: usize,
-    pairs: usize,
-    a: *const u32,
-    b: *const u32,
-    row_steps: *const f32,
-    col_steps: *const f32,
+    o: Operands,
     c: *mut f32,
     ldc: usize,
     cols: usize,
     st: TileStore,
 ) {
-    let args = (pairs, a, b, row_steps, col_steps, c, ldc, cols, st);
     match rows {
-        6 => tile::<6>(
-            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
-        ),
-        5 => tile::<5>(
-            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
-        ),
-        4 => tile::<4>(
-            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
-        ),
-        3 => tile::<3>(
-            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
-        ),
-        2 => tile::<2>(
-            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
-        ),
-        1 => tile::<1>(
-            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8,
-        ),
+        6 => tile::<6>(o, c, ldc, cols, st),
+        5 => tile::<5>(o, c, ldc, cols, st),
+        4 => tile::<4>(o, c, ldc, cols, st),
+        3 => tile::<3>(o, c, ldc, cols, st),
+        2 => tile::<2>(o, c, ldc, cols, st),
+        1 => tile::<1>(o, c, ldc, cols, st),
         _ => unreachable!("tile height {rows} outside 1..={MR}"),
     }
 }
@@ -337,21 +318,19 @@ unsafe fn job(
                 let panel = panels.add(p * kp * NR + k0 / 2 * NR);
                 for t in 0..nt {
                     let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
-                    let ap = ablock.as_ptr().add(t * kcp * MR);
-                    let (rs, cs, cp) = (
-                        a.steps.as_ptr().add(r0),
-                        col_steps.add(col),
-                        c.add(r0 * n + col),
-                    );
-                    packed_tile(rows, pairs, ap, panel, rs, cs, cp, n, cols, st);
+                    let o = Operands {
+                        pairs,
+                        a: ablock.as_ptr().add(t * kcp * MR),
+                        b: panel,
+                        row_steps: a.steps.as_ptr().add(r0),
+                        col_steps: col_steps.add(col),
+                    };
+                    packed_tile(rows, o, c.add(r0 * n + col), n, cols, st);
                 }
             }
         }
     };
-    A_BLOCK.with(|s| match s.try_borrow_mut() {
-        Ok(mut buf) => run(&mut buf),
-        Err(_) => run(&mut Vec::new()),
-    });
+    crate::cpu::with_thread_scratch(&A_BLOCK, run);
 }
 
 /// `out[m, n] (+)= a[m, k] · Wᵀ` on the quantized panels of [`pack`], with the epilogue `ep` fused into the last k
@@ -375,7 +354,7 @@ pub(crate) fn run(
         return zero_k(Isa::Avx2, out, m, n, bias, ep);
     }
     let mut row_steps = vec![0f32; m];
-    let mut products = |q: &mut Vec<u32>| {
+    let products = |q: &mut Vec<u32>| {
         q.resize(m * k.div_ceil(2), 0);
         quantize_a(a, m, k, q, &mut row_steps);
         let qa = QuantA {
@@ -395,11 +374,7 @@ pub(crate) fn run(
             |jobs, j, _, _, b, c| unsafe { job(jobs, j, &qa, m, k, w, n, b, c, ep) },
         );
     };
-    // A nested call on this thread (rayon work stealing) finds the buffer borrowed: a fresh one.
-    A_QUANT.with(|s| match s.try_borrow_mut() {
-        Ok(mut buf) => products(&mut buf),
-        Err(_) => products(&mut Vec::new()),
-    });
+    crate::cpu::with_thread_scratch(&A_QUANT, products);
 }
 
 #[cfg(test)]

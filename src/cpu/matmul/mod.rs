@@ -332,7 +332,7 @@ pub fn fused_mlp(
             let (b1, b2) = (fc1.bias.as_deref(), fc2.bias.as_deref());
             avx512::with_bf16_scratch(|a| {
                 avx512::to_bf16_pairs(input, m, d, a);
-                let mut rest = |h: &mut Vec<u32>| {
+                let rest = |h: &mut Vec<u32>| {
                     h.resize(m * hidden.div_ceil(2), 0);
                     let fc1_out = avx512::Dest::Pairs(h);
                     avx512::run_bf16_pairs(
@@ -357,11 +357,7 @@ pub fn fused_mlp(
                         Epilogue::Accumulate,
                     );
                 };
-                // A nested call on this thread (rayon work stealing) finds the buffer borrowed: a fresh one.
-                HIDDEN_BF16.with(|s| match s.try_borrow_mut() {
-                    Ok(mut buf) => rest(&mut buf),
-                    Err(_) => rest(&mut Vec::new()),
-                });
+                crate::cpu::with_thread_scratch(&HIDDEN_BF16, rest);
             });
             true
         }
@@ -1305,10 +1301,7 @@ pub(crate) mod avx512 {
     /// Runs `f` with this thread's bf16 scratch (a fresh buffer when a nested call, through rayon work stealing,
     /// finds it borrowed).
     pub(super) fn with_bf16_scratch<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
-        BF16_SCRATCH.with(|s| match s.try_borrow_mut() {
-            Ok(mut buf) => f(&mut buf),
-            Err(_) => f(&mut Vec::new()),
-        })
+        crate::cpu::with_thread_scratch(&BF16_SCRATCH, f)
     }
 
     /// bf16 packed product: A is converted to bf16 pairs once (in parallel), then the tiles run `vdpbf16ps`.
