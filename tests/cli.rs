@@ -49,6 +49,26 @@ fn a_forced_cpu_engine_runs_and_an_unknown_one_is_a_clear_error() {
     assert_eq!(m["engine"], "amx-bf16-emu");
     assert_eq!(m["precision"], "bf16");
     assert!(m["peak_fraction"].is_null() || m["peak_fraction"].as_f64().is_none_or(f64::is_nan));
+    // The i16 engine reports its own precision and a fraction of its own (`vpmaddwd`) peak.
+    if cliprt::cpu::MatrixEngine::Avx2I16.available() {
+        let out = run("avx2-i16");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (&m["engine"], &m["precision"]),
+            (&"avx2-i16".into(), &"i16".into())
+        );
+        assert!(
+            m["peak_fraction"]
+                .as_f64()
+                .is_some_and(|f| f > 0.0 && f < 1.5),
+            "{m}"
+        );
+    }
     let out = run("tpu");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -389,6 +409,7 @@ fn info_reports_devices_and_a_missing_gpu_is_a_clear_error() {
         "amx-bf16-emu",
         "f32 engine:",
         "bf16 engine:",
+        "i16 engine:",
     ] {
         assert!(out.contains(line), "{line} missing in {out}");
     }

@@ -1,5 +1,5 @@
-//! The CPU backend: a matrix engine ([`MatrixEngine`]: AMX bf16 tiles, AVX-512 bf16 or f32 micro-kernels, an AVX2
-//! f32 micro-kernel, or the `gemm` crate on the forced scalar tier) for the GEMMs, with weights packed once at load for it; attention's products in f32
+//! The CPU backend: a matrix engine ([`MatrixEngine`]: AMX bf16 tiles, AVX-512 bf16 or f32 micro-kernels, AVX2 i16
+//! or f32 micro-kernels, or the `gemm` crate on the forced scalar tier) for the GEMMs, with weights packed once at load for it; attention's products in f32
 //! on the SIMD tier (on AMX tiles only when asked); hand-written SIMD for the row-wise ops; rayon threads.
 //!
 //! The engine is chosen once per backend ([`engine::choose`], with the reason kept for the bench);

@@ -23,7 +23,7 @@
 //!   still gives every core several jobs.
 //!
 //! On the AMX engines the weight is packed into tiles instead and `amx::gemm` runs the product. Without AVX-512 the
-//! `avx2` module's 6 × 16 kernel runs it on its own panels. Only the forced scalar tier runs the `gemm` crate on the
+//! `avx2` module's 6 × 16 kernel runs it on its own panels, or, for i16, `avx2_i16`'s fixed-point twin. Only the forced scalar tier runs the `gemm` crate on the
 //! pre-transposed weight, with a SIMD pass for bias and activation.
 
 use rayon::prelude::*;
