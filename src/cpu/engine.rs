@@ -6,7 +6,7 @@
 //! | `avx512-bf16` | `vdpbf16ps` micro-kernel | bf16 asked, no AMX, AVX512_BF16 measured ≥ 1.3× the f32 FMA rate |
 //! | `avx512-f32` | f32 FMA micro-kernel | f32 asked, or bf16 does not pay off on this core |
 //! | `avx2` | 6 × 16 f32 FMA micro-kernel (`matmul::avx2`) | no AVX-512 (or the tier forced) |
-//! | `avx2-i16` | 6 × 16 fixed-point `vpmaddwd` micro-kernel (`matmul::avx2_i16`) | i16 asked, AVX2 present |
+//! | `avx2-i16` | 6 × 16 fixed-point `vpmaddwd` micro-kernel (`matmul::avx2_i16`) | i16 asked, `vpmaddwd` ≥ 1.3× the widest FMA rate |
 //! | `scalar` | the `gemm` crate, scalar row ops | forced (`CLIPRT_CPU_ISA=scalar`) |
 //! | `amx-bf16-emu` | the AMX kernels on the tile emulator | only when asked (tests, `CLIPRT_CPU_ENGINE`) |
 //!
