@@ -46,9 +46,10 @@ pub fn peak_gflops(threads: usize, unit: Unit) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Rounds of the all-thread measurement. One round can read a single core's worth for the whole machine when two
-/// measuring threads share a core throughout it (seen once in session 15 on the 2-core Zen 3: 167 against the
-/// 315–329 G-operations/s every other process read), and that would double every `peak_fraction`.
+/// Rounds of the all-thread measurement. A round can read a single core's worth for the whole machine (seen in
+/// session 15 on the 2-core Zen 3 VM: 167–178 against the 307–329 G-operations/s of other processes), as if the host
+/// ran both virtual CPUs on one physical core. Three rounds outlast short disturbances; a longer one still reads
+/// low, which is why the bench prints the peak it measured and `--peak-gflops` overrides it.
 const ROUNDS: usize = 3;
 
 fn all_threads_once(threads: usize, unit: Unit) -> f64 {
