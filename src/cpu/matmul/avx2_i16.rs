@@ -169,12 +169,9 @@ unsafe fn abs_max_avx2_unchecked(xs: &[f32]) -> f32 {
 /// Quantizes the values of `src` (1 / step `inv`) into its ⌈len/2⌉ pair words at the start of `dst`.
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_row_avx2(src: &[f32], inv: f32, dst: &mut [u32]) {
-    assert!(dst.len() >= src.len().div_ceil(2));
-    quantize_row(src.as_ptr(), src.len(), inv, dst.as_mut_ptr());
-}
-
-#[inline(always)]
-unsafe fn quantize_row(src: *const f32, len: usize, inv: f32, dst: *mut u32) {
+    let len = src.len();
+    assert!(dst.len() >= len.div_ceil(2));
+    let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
     let s = _mm256_set1_ps(inv);
     let mut i = 0;
     while i + 16 <= len {
@@ -406,7 +403,7 @@ mod tests {
         assert_eq!(abs_max_avx2(&x), abs_max(&x));
         let mut got = vec![0u32; 19];
         // SAFETY: AVX2 checked; 37 values into 19 pairs.
-        unsafe { quantize_row(x.as_ptr(), x.len(), inv, got.as_mut_ptr()) };
+        unsafe { quantize_row_avx2(&x, inv, &mut got) };
         let want: Vec<u32> = x
             .chunks(2)
             .map(|p| {
