@@ -184,14 +184,25 @@ pub fn bf16_speedup() -> Option<f64> {
         if !(Unit::Dpbf16.available() && Unit::Fma(Isa::Avx512).available()) {
             return None;
         }
-        // Interleaved, best of 5 each: a busy neighbour core slows both alike.
-        let (mut fma, mut dp) = (0f64, 0f64);
-        for _ in 0..5 {
-            fma = fma.max(peak::rate(Unit::Fma(Isa::Avx512), 20_000));
-            dp = dp.max(peak::rate(Unit::Dpbf16, 20_000));
-        }
+        let [fma, dp] = best_rates([Unit::Fma(Isa::Avx512), Unit::Dpbf16]);
         Some(dp / fma)
     })
+}
+
+/// Each unit's rate on this thread, the units interleaved, best of 5 each (a busy neighbour core slows all alike);
+/// NaN for a unit this CPU lacks. ≈ 1 ms per unit.
+fn best_rates<const N: usize>(units: [Unit; N]) -> [f64; N] {
+    let mut best = [0f64; N];
+    for _ in 0..5 {
+        for (b, u) in best.iter_mut().zip(units) {
+            *b = if u.available() {
+                b.max(peak::rate(u, 20_000))
+            } else {
+                f64::NAN
+            };
+        }
+    }
+    best
 }
 
 /// The fastest engine for `precision` at vector tier `isa` or below, with the reason.
@@ -253,24 +264,12 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
 /// `vpmaddwd` + `vpaddd` throughput over the f32 FMA throughput of tier `isa` (AVX2 or AVX-512), on one core,
 /// measured once per process (≈ 3 ms); `None` without AVX2.
 pub fn i16_speedup(isa: Isa) -> Option<f64> {
-    // Best of 5, interleaved: [vpmaddwd, FMA ymm, FMA zmm (NaN without AVX-512)].
+    // [vpmaddwd, FMA ymm, FMA zmm (NaN without AVX-512)].
     static RATES: OnceLock<Option<[f64; 3]>> = OnceLock::new();
     let rates = RATES.get_or_init(|| {
-        if !Unit::MaddI16.available() {
-            return None;
-        }
-        let units = [Unit::MaddI16, Unit::Fma(Isa::Avx2), Unit::Fma(Isa::Avx512)];
-        let mut best = [0f64; 3];
-        for _ in 0..5 {
-            for (b, u) in best.iter_mut().zip(units) {
-                *b = if u.available() {
-                    b.max(peak::rate(u, 20_000))
-                } else {
-                    f64::NAN
-                };
-            }
-        }
-        Some(best)
+        Unit::MaddI16
+            .available()
+            .then(|| best_rates([Unit::MaddI16, Unit::Fma(Isa::Avx2), Unit::Fma(Isa::Avx512)]))
     });
     let [madd, ymm, zmm] = (*rates)?;
     Some(madd / if isa == Isa::Avx512 { zmm } else { ymm })
