@@ -25,10 +25,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{pack_a, store_tile, MR, NR};
-use super::{
-    chunk_store, k_chunks, par_jobs, tile_span, zero_k, Aligned, Blocking, Jobs, TileStore,
-};
+use super::avx2::{job_nest, store_tile, MR, NR};
+use super::{par_jobs, zero_k, Aligned, Blocking, Jobs, TileStore};
 use crate::backend::Epilogue;
 use crate::cpu::Isa;
 
@@ -262,8 +260,6 @@ unsafe fn packed_tile(
 }
 
 thread_local! {
-    /// A job's packed A block (pair words), reused across calls on this thread.
-    static A_BLOCK: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// A call's quantized A (`[m][⌈k/2⌉]` pair words), reused across calls on this thread.
     static A_QUANT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -288,46 +284,20 @@ unsafe fn job(
     c: *mut f32,
     ep: Epilogue,
 ) {
-    let (t0, nt, p0, np) = jobs.job(j);
-    let (chunks, kc) = k_chunks(k, 2, KC);
-    let (kp, kcp) = (k.div_ceil(2), kc / 2);
+    let kp = k.div_ceil(2);
     let (panels, col_steps) = (w.panels.as_slice().as_ptr(), w.scales.as_ptr());
-    let run = |ablock: &mut Vec<u32>| {
-        ablock.resize(nt * kcp * MR + 2, 0);
-        for ch in 0..chunks {
-            let (k0, klen) = (ch * kc, kc.min(k - ch * kc));
-            let pairs = klen.div_ceil(2);
-            for t in 0..nt {
-                let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
-                // The packer moves 32-bit words; as f32 it only loads, shuffles and stores their bits.
-                pack_a(
-                    a.pairs.as_ptr().add(r0 * kp + k0 / 2) as *const f32,
-                    kp,
-                    rows,
-                    pairs,
-                    ablock.as_mut_ptr().add(t * kcp * MR) as *mut f32,
-                );
-            }
-            let st = chunk_store(ep, ch, chunks, bias);
-            for p in p0..p0 + np {
-                let col = p * NR;
-                let (st, cols) = (st.at_column(col), NR.min(n - col));
-                let panel = panels.add(p * kp * NR + k0 / 2 * NR);
-                for t in 0..nt {
-                    let (r0, rows) = tile_span(m, jobs.tiles, t0 + t);
-                    let o = Operands {
-                        pairs,
-                        a: ablock.as_ptr().add(t * kcp * MR),
-                        b: panel,
-                        row_steps: a.steps.as_ptr().add(r0),
-                        col_steps: col_steps.add(col),
-                    };
-                    packed_tile(rows, o, c.add(r0 * n + col), n, cols, st);
-                }
-            }
-        }
-    };
-    crate::cpu::with_thread_scratch(&A_BLOCK, run);
+    // The pair words go through the f32 packer as bits.
+    let words = a.pairs.as_ptr() as *const f32;
+    job_nest(jobs, j, m, n, words, kp, KC / 2, ep, bias, |t| {
+        let o = Operands {
+            pairs: t.klen,
+            a: t.a as *const u32,
+            b: panels.add(t.p * kp * NR + t.k0 * NR),
+            row_steps: a.steps.as_ptr().add(t.r0),
+            col_steps: col_steps.add(t.col),
+        };
+        packed_tile(t.rows, o, c.add(t.r0 * n + t.col), n, t.cols, t.st);
+    });
 }
 
 /// `out[m, n] (+)= a[m, k] · Wᵀ` on the quantized panels of [`pack`], with the epilogue `ep` fused into the last k
