@@ -126,11 +126,12 @@ fn synthetic_prompts(c: &ClipConfig) -> Vec<Vec<u32>> {
     }
 }
 
-/// FLOPs of one encoder pass over `batch` sequences of `seq` tokens, as it runs: with `pooled`, the last layer's
-/// out-projection and MLP cover one row per sequence (`run_encoder_pooled`).
-fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize, pooled: bool) -> f64 {
+/// FLOPs of one encoder pass over `batch` sequences of `seq` tokens, as it runs: the row-wise products over `rows`
+/// rows (`batch · seq`, or fewer for a packed text batch, ARCHITECTURE §7.15), attention over every position; with
+/// `pooled`, the last layer's out-projection and MLP cover one row per sequence (`run_encoder_pooled`).
+fn encoder_flops(e: &EncoderConfig, batch: usize, seq: usize, rows: usize, pooled: bool) -> f64 {
     let (d, i) = (e.hidden_size as f64, e.intermediate_size as f64);
-    let rows = (batch * seq) as f64;
+    let rows = rows as f64;
     let attend = |rows: f64| 2.0 * rows * 3.0 * d * d;
     let residual = |rows: f64| 2.0 * rows * (d * d + 2.0 * d * i);
     // QKᵀ and P·V: 2 · seq² · D multiply–adds per sequence.
@@ -165,13 +166,16 @@ pub fn image_flops(c: &ClipConfig, batch: usize) -> f64 {
     };
     // CLIP reads the class token's row alone; SigLIP's head attends over every token.
     let pooled = c.family == Family::Clip;
-    embed + encoder_flops(&v.encoder, batch, v.seq_len(), pooled) + pool
+    let tokens = batch * v.seq_len();
+    embed + encoder_flops(&v.encoder, batch, v.seq_len(), tokens, pooled) + pool
 }
 
-/// FLOPs of the text tower for `batch` prompts run at `seq` tokens.
-pub fn text_flops(c: &ClipConfig, batch: usize, seq: usize) -> f64 {
+/// FLOPs of the text tower for `batch` prompts run at `seq` tokens, the row-wise products over the `rows` rows
+/// that reach a pooled row ([`TextBatch::needed_rows`]): the useful work. A causal batch with under 5 % padding runs
+/// unpacked, up to that much more than counted.
+pub fn text_flops(c: &ClipConfig, batch: usize, seq: usize, rows: usize) -> f64 {
     let d = c.text.encoder.hidden_size as f64;
-    encoder_flops(&c.text.encoder, batch, seq, true)
+    encoder_flops(&c.text.encoder, batch, seq, rows, true)
         + 2.0 * batch as f64 * d * c.projection_dim as f64
 }
 
@@ -376,7 +380,8 @@ fn measure(
                         let tokens = rows.iter().map(Vec::len).sum();
                         ops = Some(op_shares(cfg, s, (threads, &f32_peak), batch, tokens, run)?);
                     }
-                    (Some(tb.seq_len), text_flops(c, batch, tb.seq_len), t)
+                    let flops = text_flops(c, batch, tb.seq_len, tb.needed_rows());
+                    (Some(tb.seq_len), flops, t)
                 }
                 Workload::Similarity => {
                     let dim = c.projection_dim;

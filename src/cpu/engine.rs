@@ -176,7 +176,7 @@ pub struct Choice {
     pub reason: String,
 }
 
-/// `vdpbf16ps` throughput over f32 FMA throughput on one core, measured once per process (≈ 2 ms); `None` without
+/// `vdpbf16ps` throughput over f32 FMA throughput on one core, measured once per process (≈ 10 ms); `None` without
 /// AVX512_BF16.
 pub fn bf16_speedup() -> Option<f64> {
     static SPEEDUP: OnceLock<Option<f64>> = OnceLock::new();
@@ -184,27 +184,31 @@ pub fn bf16_speedup() -> Option<f64> {
         if !(Unit::Dpbf16.available() && Unit::Fma(Isa::Avx512).available()) {
             return None;
         }
-        let [fma, dp] = best_rates([Unit::Fma(Isa::Avx512), Unit::Dpbf16]);
-        Some(dp / fma)
+        Some(rate_ratio(
+            Unit::Dpbf16,
+            Unit::Fma(Isa::Avx512),
+            BF16_MIN_SPEEDUP,
+        ))
     })
 }
 
-/// Each unit's rate on this thread, the units interleaved, best of 15 each; NaN for a unit this CPU lacks. ≈ 1 ms
-/// per unit and round. A busy neighbour only ever slows a unit, so the best round is the unit's own rate; 15 rounds,
-/// not 5: on a shared 2-vCPU VM (Zen 3, session 16) 5 rounds read the `vpmaddwd` / FMA ratio anywhere from 1.39 to
-/// 1.61, close to the 1.3 bar of the choice.
-fn best_rates<const N: usize>(units: [Unit; N]) -> [f64; N] {
-    let mut best = [0f64; N];
-    for _ in 0..15 {
-        for (b, u) in best.iter_mut().zip(units) {
-            *b = if u.available() {
-                b.max(peak::rate(u, 20_000))
-            } else {
-                f64::NAN
-            };
+/// `num`'s throughput over `den`'s on this thread, each its best sample: blocks of 150 rounds of the two units back
+/// to back (≈ 35 µs each, ≈ 10 ms a block), a further block while the ratio stays under `enough`, at most 4. A
+/// busy neighbour only ever slows a unit, so the best samples are the units' own rates; but on a shared 2-vCPU
+/// Zen 3 (session 16) one unit was slowed through whole windows: 15 rounds read `vpmaddwd` / FMA anywhere from 1.40
+/// to 1.61 and once under the 1.3 bar, 300 rounds (22 ms) once 1.47 among readings of 1.61–1.63.
+fn rate_ratio(num: Unit, den: Unit, enough: f64) -> f64 {
+    let (mut best_num, mut best_den) = (0f64, 0f64);
+    for _ in 0..4 {
+        for _ in 0..150 {
+            best_num = best_num.max(peak::rate(num, 20_000));
+            best_den = best_den.max(peak::rate(den, 20_000));
+        }
+        if best_num / best_den >= enough {
+            break;
         }
     }
-    best
+    best_num / best_den
 }
 
 /// The fastest engine for `precision` at vector tier `isa` or below, with the reason.
@@ -264,17 +268,18 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
 }
 
 /// `vpmaddwd` + `vpaddd` throughput over the f32 FMA throughput of tier `isa` (AVX2 or AVX-512), on one core,
-/// measured once per process (≈ 3 ms); `None` without AVX2.
+/// measured once per process (≈ 10 ms); `None` without AVX2.
 pub fn i16_speedup(isa: Isa) -> Option<f64> {
-    // [vpmaddwd, FMA ymm, FMA zmm (NaN without AVX-512)].
-    static RATES: OnceLock<Option<[f64; 3]>> = OnceLock::new();
-    let rates = RATES.get_or_init(|| {
-        Unit::MaddI16
-            .available()
-            .then(|| best_rates([Unit::MaddI16, Unit::Fma(Isa::Avx2), Unit::Fma(Isa::Avx512)]))
-    });
-    let [madd, ymm, zmm] = (*rates)?;
-    Some(madd / if isa == Isa::Avx512 { zmm } else { ymm })
+    static YMM: OnceLock<Option<f64>> = OnceLock::new();
+    static ZMM: OnceLock<Option<f64>> = OnceLock::new();
+    let (cell, fma) = match isa {
+        Isa::Avx512 => (&ZMM, Unit::Fma(Isa::Avx512)),
+        _ => (&YMM, Unit::Fma(Isa::Avx2)),
+    };
+    *cell.get_or_init(|| {
+        (Unit::MaddI16.available() && fma.available())
+            .then(|| rate_ratio(Unit::MaddI16, fma, I16_MIN_SPEEDUP))
+    })
 }
 
 /// The engine for i16: `avx2-i16` where its products beat the f32 FMAs by [`I16_MIN_SPEEDUP`] (AVX2-only CPUs:

@@ -112,6 +112,16 @@ impl TextBatch {
             causal: false,
         })
     }
+
+    /// Rows whose values reach a pooled row: in a causal batch each row up to its pooled position (what the text
+    /// tower runs when it packs the batch, ARCHITECTURE §7.15), in a non-causal one every row.
+    pub fn needed_rows(&self) -> usize {
+        if self.causal {
+            self.pool.iter().map(|p| p + 1).sum()
+        } else {
+            self.batch * self.seq_len
+        }
+    }
 }
 
 /// Every row non-empty, within the context length and the vocabulary.

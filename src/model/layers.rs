@@ -143,12 +143,41 @@ impl<T> Reuse<T> {
 }
 
 /// One forward's layout: `batch` sequences of `seq` tokens, causal or not; with `key_lens`, item b attends only to
-/// its first `key_lens[b]` tokens (a padding mask).
+/// its first `key_lens[b]` tokens (a padding mask); with `packed`, the stream holds only some of those rows.
 pub struct Pass<'a, B: Backend> {
     pub batch: usize,
     pub seq: usize,
     pub causal: bool,
     pub key_lens: Option<&'a Rows<B>>,
+    pub packed: Option<Packed<'a, B>>,
+}
+
+impl<B: Backend> Pass<'_, B> {
+    /// Rows of the residual stream: the packed rows, or every `batch × seq` row.
+    pub fn rows(&self) -> usize {
+        self.packed
+            .as_ref()
+            .map_or(self.batch * self.seq, |p| p.rows)
+    }
+}
+
+/// A causal batch packed to the rows that matter (ARCHITECTURE §7.15): each item's tokens up to its pooled row,
+/// back to back, so the row-wise work (LayerNorm, the four products) skips the padding. Attention alone needs the
+/// `batch × seq` layout: its q|k|v are spread into it and its output packed back, two row copies per layer.
+pub struct Packed<'a, B: Backend> {
+    /// Rows of the packed stream.
+    pub rows: usize,
+    /// For each `batch × seq` row, the packed row it takes (a padding row: any row of its own item; causal
+    /// attention never lets it reach a kept row).
+    pub spread: &'a Rows<B>,
+    /// For each packed row, its `batch × seq` row.
+    pub pack: &'a Rows<B>,
+}
+
+/// Whether a workspace for `batch × seq` rows can run a packed pass: the spread q|k|v (`batch · seq × 3D`) borrows
+/// the MLP buffer (`batch · seq × I`), free during attention.
+pub fn can_pack(c: &EncoderConfig) -> bool {
+    c.intermediate_size >= 3 * c.hidden_size
 }
 
 /// Runs `layers` over the residual stream `ws.x` (`batch × seq` rows):
@@ -165,7 +194,7 @@ pub fn run_encoder<B: Backend>(
         let Workspace {
             x, norm, attn, mlp, ..
         } = ws;
-        residual_blocks(b, l, c, x, attn, norm, mlp, p.batch * p.seq)?;
+        residual_blocks(b, l, c, x, attn, norm, mlp, p.rows())?;
     }
     Ok(())
 }
@@ -203,7 +232,7 @@ pub fn run_encoder_pooled<B: Backend>(
     residual_blocks(b, last, c, pooled, qkv, norm, mlp, p.batch)
 }
 
-/// `ws.attn = attention(LN1(ws.x))` over all `batch × seq` rows.
+/// `ws.attn = attention(LN1(ws.x))` over the stream's rows.
 fn attend<B: Backend>(
     b: &B,
     l: &EncoderLayer<B>,
@@ -211,7 +240,7 @@ fn attend<B: Backend>(
     ws: &mut Workspace<B>,
     p: &Pass<B>,
 ) -> Result<()> {
-    let rows = p.batch * p.seq;
+    let rows = p.rows();
     let d = c.hidden_size;
     let shape = AttnShape {
         batch: p.batch,
@@ -242,9 +271,33 @@ fn attend<B: Backend>(
         },
         Epilogue::Store,
     )?;
-    match p.key_lens {
-        Some(k) => backend::attention_masked(b, &mut ws.attn, &ws.qkv, shape, k),
-        None => backend::attention(b, &mut ws.attn, &ws.qkv, shape),
+    let Some(packed) = &p.packed else {
+        return attention(b, &mut ws.attn, &ws.qkv, shape, p.key_lens);
+    };
+    if !can_pack(c) {
+        return Err(crate::error::Error::Shape(
+            "a packed pass needs an MLP at least 3× the width (layers::can_pack)".into(),
+        ));
+    }
+    // Spread into the batch × seq layout (in the MLP buffer), attend (into `norm`, spent after the q/k/v product),
+    // pack the output back.
+    let padded = p.batch * p.seq;
+    backend::gather_rows(b, &mut ws.mlp, &ws.qkv, packed.spread, padded, 3 * d)?;
+    attention(b, &mut ws.norm, &ws.mlp, shape, p.key_lens)?;
+    backend::gather_rows(b, &mut ws.attn, &ws.norm, packed.pack, rows, d)
+}
+
+/// Attention under the key padding mask `key_lens` where there is one.
+fn attention<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    qkv: &B::Buf,
+    shape: AttnShape,
+    key_lens: Option<&Rows<B>>,
+) -> Result<()> {
+    match key_lens {
+        Some(k) => backend::attention_masked(b, out, qkv, shape, k),
+        None => backend::attention(b, out, qkv, shape),
     }
 }
 
@@ -352,6 +405,7 @@ mod tests {
             seq,
             causal,
             key_lens: mask,
+            packed: None,
         };
         run_encoder(b, &layers, &c, &mut ws, &pass).unwrap();
         let mut full = b.alloc(batch * d).unwrap();
@@ -371,6 +425,80 @@ mod tests {
                 (f - p).abs() <= tol * (1.0 + f.abs()),
                 "{what}: value {i}: full encoder {f}, pooled {p}"
             );
+        }
+    }
+
+    /// A causal batch's pooled rows, run padded and run packed (each item's rows up to its pooled one).
+    fn padded_and_packed<B: Backend>(b: &B) -> (Vec<f32>, Vec<f32>) {
+        // 3 heads of 8; an MLP of 80 ≥ 3 × 24, as packing needs; 3 sequences of 7 pooled at 6, 2 and 4.
+        let c = EncoderConfig {
+            hidden_size: 24,
+            intermediate_size: 80,
+            num_layers: 3,
+            num_heads: 3,
+            layer_norm_eps: 1e-5,
+            activation: Activation::QuickGelu,
+        };
+        assert!(can_pack(&c));
+        let (batch, seq, d, lens) = (3, 7, 24, [7usize, 3, 5]);
+        let mut seed = 0xfeed;
+        let layers: Vec<_> = (0..c.num_layers)
+            .map(|index| {
+                let f32 = F32Products::for_layer(true, index);
+                EncoderLayer::new(b, &layer(&mut seed, d, 80), &c, f32).unwrap()
+            })
+            .collect();
+        let x = values(&mut seed, batch * seq * d, 1.0);
+        let run = |x: &[f32], pool: &[usize], packed: Option<Packed<B>>| {
+            let mut ws = Workspace::new(b, batch * seq, &c).unwrap();
+            ws.x = b
+                .upload(&[x, &vec![f32::NAN; (batch * seq) * d - x.len()]].concat())
+                .unwrap();
+            let pass = Pass {
+                batch,
+                seq,
+                causal: true,
+                key_lens: None,
+                packed,
+            };
+            let pool = backend::rows(b, pool).unwrap();
+            let mut pooled = b.upload(&vec![f32::NAN; batch * d]).unwrap();
+            run_encoder_pooled(b, &layers, &c, &mut ws, &pass, (&pool, &mut pooled)).unwrap();
+            b.download(&pooled).unwrap()
+        };
+        let padded = run(&x, &[6, seq + 2, 2 * seq + 4], None);
+
+        // The packed rows by hand: item i's first lens[i] rows, back to back; a padding row takes its item's last.
+        let (mut pack, mut spread, mut pool, mut first) = (vec![], vec![], vec![], 0);
+        for (i, &len) in lens.iter().enumerate() {
+            pack.extend((0..len).map(|t| i * seq + t));
+            spread.extend((0..seq).map(|t| first + t.min(len - 1)));
+            pool.push(first + len - 1);
+            first += len;
+        }
+        let xp: Vec<f32> = pack
+            .iter()
+            .flat_map(|&r| x[r * d..(r + 1) * d].to_vec())
+            .collect();
+        let (spread, pack_rows) = (
+            backend::rows(b, &spread).unwrap(),
+            backend::rows(b, &pack).unwrap(),
+        );
+        let packed = Packed {
+            rows: pack.len(),
+            spread: &spread,
+            pack: &pack_rows,
+        };
+        (padded, run(&xp, &pool, Some(packed)))
+    }
+
+    #[test]
+    fn packed_causal_pass_matches_the_padded_pass() {
+        assert_same("reference", padded_and_packed(&ReferenceBackend), 0.0);
+        for engine in MatrixEngine::ALL.into_iter().filter(|e| e.available()) {
+            let b = CpuBackend::with_engine(engine).unwrap();
+            // 15 rows instead of 21 tile differently: the same sums, within f32 rounding.
+            assert_same(engine.name(), padded_and_packed(&b), 1e-5);
         }
     }
 

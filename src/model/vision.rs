@@ -302,6 +302,7 @@ impl<B: Backend> VisionTower<B> {
                 seq,
                 causal: false,
                 key_lens: None,
+                packed: None,
             };
             match &self.pool {
                 Pool::ClassToken { projection } => {
