@@ -50,25 +50,40 @@ struct Scratch<B: Backend> {
 /// What a recorded forward depends on: texts, seq, causal, masked, reordered, and the packed rows (0: unpacked).
 type Layout = (usize, usize, bool, bool, bool, usize);
 
-/// The packed rows of a causal batch ([`Packed`]): `(spread, pack)`, or `None` where packing saves too little.
+/// A causal batch's row maps when packed ([`Packed`]), and each text's pooled row in the packed stream.
+#[derive(Debug, PartialEq)]
+struct PackedRows {
+    spread: Vec<u32>,
+    pack: Vec<u32>,
+    pool: Vec<u32>,
+}
+
+/// The packed layout of a causal batch pooled at `pool` in rows of `seq`, or `None` where packing saves too little.
 /// Only rows up to each text's pooled row matter, so a batch of texts of different lengths, cut at the longest,
 /// still holds padding: ≈ 20 % of the rows for `cliprt bench`'s 32 prompts (8–11 tokens). Under 5 % the two row
-/// copies per layer would cost about what the skipped rows save, so the batch runs as it is.
-fn packing(pool: &[usize], seq: usize) -> Option<(Vec<u32>, Vec<u32>)> {
+/// copies per layer would cost about what the skipped rows save, so the batch runs as it is. The caller checked
+/// that `pool.len() · seq` rows fit in u32.
+fn packing(pool: &[usize], seq: usize) -> Option<PackedRows> {
     let padded = pool.len() * seq;
     let kept: usize = pool.iter().map(|p| p + 1).sum();
     if kept * 20 > padded * 19 {
         return None;
     }
-    let (mut spread, mut pack) = (Vec::with_capacity(padded), Vec::with_capacity(kept));
+    let mut rows = PackedRows {
+        spread: Vec::with_capacity(padded),
+        pack: Vec::with_capacity(kept),
+        pool: Vec::with_capacity(pool.len()),
+    };
     let mut first = 0;
     for (item, &p) in pool.iter().enumerate() {
         // Rows past the pooled one take the pooled row's values: finite, and never attended by a kept row.
-        spread.extend((0..seq).map(|t| (first + t.min(p)) as u32));
-        pack.extend((0..=p).map(|t| (item * seq + t) as u32));
+        rows.spread
+            .extend((0..seq).map(|t| (first + t.min(p)) as u32));
+        rows.pack.extend((0..=p).map(|t| (item * seq + t) as u32));
+        rows.pool.push((first + p) as u32);
         first += p + 1;
     }
-    Some((spread, pack))
+    Some(rows)
 }
 
 impl<B: Backend> Scratch<B> {
@@ -152,17 +167,9 @@ impl<B: Backend> TextTower<B> {
             true if can_pack(c) => packing(&batch.pool, seq),
             _ => None,
         };
-        // The pooled rows, in the stream's layout: packed, item i's rows start after the rows of the items before.
+        // The pooled rows, in the stream's layout.
         let pool: Vec<u32> = match &packing {
-            Some(_) => batch
-                .pool
-                .iter()
-                .scan(0, |first, &p| {
-                    let row = *first + p;
-                    *first += p + 1;
-                    Some(row as u32)
-                })
-                .collect(),
+            Some(rows) => rows.pool.clone(),
             None => batch
                 .pool
                 .iter()
@@ -171,11 +178,11 @@ impl<B: Backend> TextTower<B> {
                 .collect(),
         };
         backend::write_rows(b, &mut s.pool, &pool)?;
-        if let Some((spread, pack)) = &packing {
-            backend::write_rows(b, &mut s.spread, spread)?;
-            backend::write_rows(b, &mut s.pack, pack)?;
+        if let Some(rows) = &packing {
+            backend::write_rows(b, &mut s.spread, &rows.spread)?;
+            backend::write_rows(b, &mut s.pack, &rows.pack)?;
         }
-        let packed_rows = packing.as_ref().map_or(0, |(_, pack)| pack.len());
+        let packed_rows = packing.as_ref().map_or(0, |rows| rows.pack.len());
         if let Some(lens) = &batch.key_lens {
             backend::write_rows(b, &mut s.key_lens, lens)?;
         }
@@ -263,10 +270,11 @@ mod tests {
     #[test]
     fn packing_keeps_each_text_up_to_its_pooled_row() {
         // Pooled at 3, 0 and 2 in rows of 4: 7 of 12 rows kept.
-        let (spread, pack) = packing(&[3, 0, 2], 4).expect("42 % of the rows saved");
-        assert_eq!(pack, [0, 1, 2, 3, 4, 8, 9, 10]);
+        let rows = packing(&[3, 0, 2], 4).expect("42 % of the rows saved");
+        assert_eq!(rows.pack, [0, 1, 2, 3, 4, 8, 9, 10]);
         // Padded row → packed row; padding takes its own text's pooled row.
-        assert_eq!(spread, [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 7, 7]);
+        assert_eq!(rows.spread, [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 7, 7]);
+        assert_eq!(rows.pool, [3, 4, 7]);
         // Every text at full length: nothing to save. One row of 40 short (2.5 %): not worth two copies per layer.
         assert_eq!(packing(&[3, 3], 4), None);
         assert_eq!(packing(&[9, 9, 9, 8], 10), None);
