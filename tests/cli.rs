@@ -4,6 +4,7 @@ mod common;
 
 use std::process::Command;
 
+use cliprt::cpu::MatrixEngine;
 use cliprt::{Clip, Device};
 use common::*;
 
@@ -49,9 +50,12 @@ fn a_forced_cpu_engine_runs_and_an_unknown_one_is_a_clear_error() {
     assert_eq!(m["engine"], "amx-bf16-emu");
     assert_eq!(m["precision"], "bf16");
     assert!(m["peak_fraction"].is_null() || m["peak_fraction"].as_f64().is_none_or(f64::is_nan));
-    // The i16 engine reports its own precision and a fraction of its own (`vpmaddwd`) peak.
-    if cliprt::cpu::MatrixEngine::Avx2I16.available() {
-        let out = run("avx2-i16");
+    // The i16 engines report their own precision and a fraction of their own (`vpmaddwd`, `vpdpwssd`) peak.
+    for engine in [MatrixEngine::Avx2I16, MatrixEngine::Avx512I16] {
+        if !engine.available() {
+            continue;
+        }
+        let out = run(engine.name());
         assert!(
             out.status.success(),
             "{}",
@@ -60,7 +64,7 @@ fn a_forced_cpu_engine_runs_and_an_unknown_one_is_a_clear_error() {
         let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             (&m["engine"], &m["precision"]),
-            (&"avx2-i16".into(), &"i16".into())
+            (&engine.name().into(), &"i16".into())
         );
         assert!(
             m["peak_fraction"]

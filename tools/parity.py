@@ -11,7 +11,8 @@ and JPEGs (PIL-written: 4:2:0, progressive 4:4:4, 4:2:2, grey, CMYK), texts a mi
 max-abs difference of the L2-normalized embeddings against HF float64 (with the input of the worst cosine), and for bf16
 and i16 also against cliprt's own f32 (the bars: f32 cosine ≥ 0.99999 and max-abs ≤ 1e-4 to HF; bf16 and i16 cosine
 ≥ 0.9999 to f32 and ≥ 0.9995 to HF).
-`--engine` runs the bf16 side on one CPU engine (`CLIPRT_CPU_ENGINE`), e.g. the AMX emulator.
+`--engine` runs the reduced precision of that engine (bf16, or i16 for an i16 engine) on it (`CLIPRT_CPU_ENGINE`),
+e.g. the AMX emulator, or avx2-i16 on an AVX-512 CPU.
 """
 
 import argparse
@@ -123,11 +124,13 @@ def main():
     ap.add_argument("--cliprt", default="target/release/cliprt")
     ap.add_argument("--models", default=os.path.join(os.path.dirname(__file__), "models"))
     ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16", "i16"])
-    ap.add_argument("--engine", help="CLIPRT_CPU_ENGINE for the bf16 run (e.g. amx-bf16-emu)")
+    ap.add_argument("--engine", help="CLIPRT_CPU_ENGINE for the run of its precision (e.g. amx-bf16-emu, avx2-i16)")
     ap.add_argument("--torch-bf16", action="store_true",
                     help="also print PyTorch bf16 (model.to(torch.bfloat16)) against HF float64: the same "
                          "rounding in another runtime, to tell bf16's own error from cliprt's")
     args = ap.parse_args()
+    # The precision whose run `--engine` forces (none without it).
+    engine_precision = ("i16" if "i16" in args.engine else "bf16") if args.engine else None
     # f32 first: the reduced precisions are measured against it too.
     precisions = ["f32"] + sorted(set(args.precision) - {"f32"})
     results = {}
@@ -169,7 +172,7 @@ def main():
                 for t in TEXTS:
                     cmd += ["--text", t]
                 env = dict(os.environ)
-                if precision == "bf16" and args.engine:
+                if precision == engine_precision:
                     env["CLIPRT_CPU_ENGINE"] = args.engine
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
                 outs[precision] = {"image": R.normalize(np.load(oi).astype(np.float64)),
@@ -201,7 +204,7 @@ def main():
                                  "worst_at": os.path.basename((paths if what == "image" else TEXTS)[int(np.argmin(cos))])}
                     if precision != "f32":
                         row[what]["worst_cosine_to_f32"] = float(np.min(np.sum(g * outs["f32"][what], axis=1)))
-                label = f"{arch} {precision}" + (f" ({args.engine})" if precision == "bf16" and args.engine else "")
+                label = f"{arch} {precision}" + (f" ({args.engine})" if precision == engine_precision else "")
                 results[label] = (precision, row)
                 print(label, json.dumps(row), flush=True)
 

@@ -4,6 +4,9 @@
 //!
 //! Shapes are validated here, once, by the free functions (`gemm`, `layernorm`, …) that the model calls; a backend's
 //! `*_unchecked` methods may assume valid shapes.
+//!
+//! (over ~700 lines: the one trait, its buffer and epilogue types, and the checking function of each op; split, an
+//! op's contract would sit apart from the check that enforces it.)
 
 pub mod host;
 pub mod reference;
@@ -257,9 +260,23 @@ pub trait Backend: Send + Sync {
         in_features: usize,
         bias: Option<&[f32]>,
     ) -> Result<Self::Linear>;
-    /// [`Backend::linear`] for a layer whose products must not be rounded to bf16: the patch embedding and each
-    /// tower's first q/k/v projection, whose rounding error every later layer carries (ARCHITECTURE §7.13). A CPU
-    /// engine that rounds to bf16 runs it in f32; every other backend prepares it as any linear.
+    /// [`Backend::linear`] for a layer whose products must not be rounded to bf16: the image tower's patch
+    /// embedding and first q/k/v projection, whose rounding error every later layer carries (ARCHITECTURE §7.13).
+    /// A CPU engine that rounds to bf16 runs it on `avx512-i16` where that pays, else in f32
+    /// (`MatrixEngine::precise_engine`); every other backend prepares it as any linear.
+    fn linear_precise(
+        &self,
+        w: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Self::Linear> {
+        self.linear(w, out_features, in_features, bias)
+    }
+    /// [`Backend::linear`] for a layer that keeps f32 products on every CPU engine, reduced ones included: the text
+    /// tower's first layer, whose inputs (token embeddings) can hold channels far above their row's typical value,
+    /// which a per-row fixed-point grid rounds coarsely (ARCHITECTURE §7.13). Every other backend prepares it as any
+    /// linear.
     fn linear_f32(
         &self,
         w: &[f32],

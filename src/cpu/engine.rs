@@ -5,6 +5,7 @@
 //! | `amx-bf16` | AMX tiles, `tdpbf16ps` | bf16 asked, CPUID has AMX-TILE + AMX-BF16, Linux granted the tile state |
 //! | `avx512-bf16` | `vdpbf16ps` micro-kernel | bf16 asked, no AMX, AVX512_BF16 measured ≥ 1.3× the f32 FMA rate |
 //! | `avx512-f32` | f32 FMA micro-kernel | f32 asked, or bf16 does not pay off on this core |
+//! | `avx512-i16` | 8 × 48 fixed-point `vpdpwssd` micro-kernel (`matmul::avx512_i16`) | i16 asked, AVX512_VNNI, `vpdpwssd` ≥ 1.3× the f32 FMA rate |
 //! | `avx2` | 6 × 16 f32 FMA micro-kernel (`matmul::avx2`) | no AVX-512 (or the tier forced) |
 //! | `avx2-i16` | 6 × 16 fixed-point `vpmaddwd` micro-kernel (`matmul::avx2_i16`) | i16 asked, `vpmaddwd` ≥ 1.3× the widest FMA rate |
 //! | `scalar` | the `gemm` crate, scalar row ops | forced (`CLIPRT_CPU_ISA=scalar`) |
@@ -31,6 +32,7 @@ pub enum MatrixEngine {
     Avx2,
     Avx2I16,
     Avx512F32,
+    Avx512I16,
     Avx512Bf16,
     /// The AMX kernels on [`amx::tiles::Emulator`]: for tests and for checking the AMX path without AMX.
     AmxBf16Emulated,
@@ -42,11 +44,12 @@ pub enum MatrixEngine {
 const BF16_MIN_SPEEDUP: f64 = 1.3;
 
 impl MatrixEngine {
-    pub const ALL: [MatrixEngine; 7] = [
+    pub const ALL: [MatrixEngine; 8] = [
         MatrixEngine::Scalar,
         MatrixEngine::Avx2,
         MatrixEngine::Avx2I16,
         MatrixEngine::Avx512F32,
+        MatrixEngine::Avx512I16,
         MatrixEngine::Avx512Bf16,
         MatrixEngine::AmxBf16Emulated,
         MatrixEngine::AmxBf16,
@@ -58,6 +61,7 @@ impl MatrixEngine {
             MatrixEngine::Avx2 => "avx2",
             MatrixEngine::Avx2I16 => "avx2-i16",
             MatrixEngine::Avx512F32 => "avx512-f32",
+            MatrixEngine::Avx512I16 => "avx512-i16",
             MatrixEngine::Avx512Bf16 => "avx512-bf16",
             MatrixEngine::AmxBf16Emulated => "amx-bf16-emu",
             MatrixEngine::AmxBf16 => "amx-bf16",
@@ -70,7 +74,7 @@ impl MatrixEngine {
             MatrixEngine::Avx512Bf16 | MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated => {
                 Precision::Bf16
             }
-            MatrixEngine::Avx2I16 => Precision::I16,
+            MatrixEngine::Avx2I16 | MatrixEngine::Avx512I16 => Precision::I16,
             _ => Precision::F32,
         }
     }
@@ -82,6 +86,21 @@ impl MatrixEngine {
             Isa::Avx512 => MatrixEngine::Avx512F32,
             Isa::Avx2 => MatrixEngine::Avx2,
             Isa::Scalar => MatrixEngine::Scalar,
+        }
+    }
+
+    /// The engine of the layers whose products must not be rounded to bf16 (ARCHITECTURE §7.13): on the bf16
+    /// engines `avx512-i16` where it runs and pays (a grid ≈ 8× finer than bf16's at the `vdpbf16ps` rate), else
+    /// the f32 twin; the i16 engines run them themselves; the f32 engines are their own.
+    pub fn precise_engine(self) -> MatrixEngine {
+        match self {
+            MatrixEngine::Avx2I16 | MatrixEngine::Avx512I16 => self,
+            MatrixEngine::Avx512Bf16 | MatrixEngine::AmxBf16 | MatrixEngine::AmxBf16Emulated
+                if vnni_pays() =>
+            {
+                MatrixEngine::Avx512I16
+            }
+            _ => self.f32_engine(),
         }
     }
 
@@ -110,6 +129,7 @@ impl MatrixEngine {
             MatrixEngine::Scalar | MatrixEngine::AmxBf16Emulated => true,
             MatrixEngine::Avx2 | MatrixEngine::Avx2I16 => Isa::Avx2.available(),
             MatrixEngine::Avx512F32 => Isa::Avx512.available(),
+            MatrixEngine::Avx512I16 => Isa::Avx512.available() && Unit::Dpwssd.available(),
             MatrixEngine::Avx512Bf16 => Isa::Avx512.available() && Unit::Dpbf16.available(),
             MatrixEngine::AmxBf16 => Isa::Avx512.available() && amx::support().bf16_usable(),
         }
@@ -130,6 +150,7 @@ impl MatrixEngine {
             MatrixEngine::Avx2 => Some(Unit::Fma(Isa::Avx2)),
             MatrixEngine::Avx2I16 => Some(Unit::MaddI16),
             MatrixEngine::Avx512F32 => Some(Unit::Fma(Isa::Avx512)),
+            MatrixEngine::Avx512I16 => Some(Unit::Dpwssd),
             MatrixEngine::Avx512Bf16 => Some(Unit::Dpbf16),
             MatrixEngine::AmxBf16 => Some(Unit::AmxBf16),
             MatrixEngine::AmxBf16Emulated => None,
@@ -267,42 +288,62 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
     }
 }
 
-/// `vpmaddwd` + `vpaddd` throughput over the f32 FMA throughput of tier `isa` (AVX2 or AVX-512), on one core,
-/// measured once per process (≈ 10 ms); `None` without AVX2.
-pub fn i16_speedup(isa: Isa) -> Option<f64> {
-    static YMM: OnceLock<Option<f64>> = OnceLock::new();
-    static ZMM: OnceLock<Option<f64>> = OnceLock::new();
-    let (cell, fma) = match isa {
-        Isa::Avx512 => (&ZMM, Unit::Fma(Isa::Avx512)),
-        _ => (&YMM, Unit::Fma(Isa::Avx2)),
+/// The throughput of the i16 unit `unit` (`vpmaddwd` + `vpaddd`, or `vpdpwssd`) over the f32 FMA throughput of
+/// tier `isa` (AVX2 or AVX-512), on one core, measured once per process and pair (≈ 10 ms); `None` where the CPU
+/// lacks either.
+pub fn i16_speedup(isa: Isa, unit: Unit) -> Option<f64> {
+    static CELLS: [OnceLock<Option<f64>>; 4] = [const { OnceLock::new() }; 4];
+    let fma = match isa {
+        Isa::Avx512 => Unit::Fma(Isa::Avx512),
+        _ => Unit::Fma(Isa::Avx2),
     };
-    *cell.get_or_init(|| {
-        (Unit::MaddI16.available() && fma.available())
-            .then(|| rate_ratio(Unit::MaddI16, fma, I16_MIN_SPEEDUP))
+    let cell = 2 * usize::from(isa == Isa::Avx512) + usize::from(unit == Unit::Dpwssd);
+    *CELLS[cell].get_or_init(|| {
+        (unit.available() && fma.available()).then(|| rate_ratio(unit, fma, I16_MIN_SPEEDUP))
     })
 }
 
-/// The engine for i16: `avx2-i16` where its products beat the f32 FMAs by [`I16_MIN_SPEEDUP`] (AVX2-only CPUs:
-/// measured 1.6× on Zen 3); f32 where they do not (AVX-512's FMAs are as wide as its 16-bit pairs on ymm).
+/// Whether `avx512-i16` runs here and its `vpdpwssd` beats the AVX-512 FMAs by [`I16_MIN_SPEEDUP`].
+fn vnni_pays() -> bool {
+    MatrixEngine::Avx512I16.available()
+        && i16_speedup(Isa::Avx512, Unit::Dpwssd).is_some_and(|x| x >= I16_MIN_SPEEDUP)
+}
+
+/// The engine for i16: the first fixed-point kernel, widest first, whose products beat the f32 FMAs of tier `isa`
+/// by [`I16_MIN_SPEEDUP`]: `avx512-i16` (`vpdpwssd`: 2.0× on Zen 4), then `avx2-i16` (`vpmaddwd`: 1.6× on Zen 3,
+/// and 1.6× AVX-512's FMAs on Zen 4, which double-pumps them); f32 where none does.
 fn choose_i16(isa: Isa, f32_choice: impl Fn(String) -> Choice) -> Choice {
     if isa < Isa::Avx2 {
         return f32_choice(format!(
-            "i16 asked, but the i16 engine needs AVX2 (tier {}): f32 runs",
+            "i16 asked, but the i16 engines need AVX2 (tier {}): f32 runs",
             isa.name()
         ));
     }
-    match i16_speedup(isa) {
-        Some(x) if x >= I16_MIN_SPEEDUP => Choice {
-            engine: MatrixEngine::Avx2I16,
-            reason: format!("i16 asked; vpmaddwd measured {x:.2}× the f32 FMA rate"),
-        },
-        Some(x) => f32_choice(format!(
-            "i16 asked; vpmaddwd measured only {x:.2}× the f32 FMA rate of tier {} (< {I16_MIN_SPEEDUP}): f32 \
-             is faster here",
-            isa.name()
-        )),
-        None => f32_choice("i16 asked, but the CPU has no AVX2: f32 runs".into()),
+    let kernels = [
+        (MatrixEngine::Avx512I16, Unit::Dpwssd, "vpdpwssd"),
+        (MatrixEngine::Avx2I16, Unit::MaddI16, "vpmaddwd"),
+    ];
+    let mut slow = Vec::new();
+    for (engine, unit, name) in kernels {
+        if engine.isa() > isa {
+            continue;
+        }
+        match i16_speedup(isa, unit) {
+            Some(x) if x >= I16_MIN_SPEEDUP => {
+                return Choice {
+                    engine,
+                    reason: format!("i16 asked; {name} measured {x:.2}× the f32 FMA rate"),
+                }
+            }
+            Some(x) => slow.push(format!("{name} {x:.2}×")),
+            None => {}
+        }
     }
+    f32_choice(format!(
+        "i16 asked; measured only {} the f32 FMA rate of tier {} (< {I16_MIN_SPEEDUP}): f32 is faster here",
+        slow.join(", "),
+        isa.name()
+    ))
 }
 
 /// As [`BF16_MIN_SPEEDUP`], for i16: quantizing activations costs about what converting them to bf16 does.

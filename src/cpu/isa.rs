@@ -92,6 +92,18 @@ pub fn has_avx512_bf16() -> bool {
     }
 }
 
+/// Whether the CPU has AVX-512 with VNNI (`vpdpwssd`), which the `avx512-i16` GEMM needs.
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The CPU's model name from /proc/cpuinfo (Linux), e.g. "AMD EPYC 9B45"; `None` elsewhere.
 pub fn cpu_model_name() -> Option<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;

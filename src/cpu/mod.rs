@@ -201,6 +201,22 @@ impl Backend for CpuBackend {
         check_linear(w, n, k, bias)?;
         Ok(PackedLinear::new(w, n, k, bias, self.engine))
     }
+    fn linear_precise(
+        &self,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<PackedLinear> {
+        check_linear(w, n, k, bias)?;
+        Ok(PackedLinear::new(
+            w,
+            n,
+            k,
+            bias,
+            self.engine.precise_engine(),
+        ))
+    }
     fn linear_f32(
         &self,
         w: &[f32],

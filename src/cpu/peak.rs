@@ -20,6 +20,9 @@ pub enum Unit {
     /// `vpmaddwd ymm` + `vpaddd ymm` (AVX2): 8 lanes × 2 i16 products summed into i32, the `avx2-i16` engine's
     /// inner step; each product and its sum count as 2 operations, as an FMA's do.
     MaddI16,
+    /// `vpdpwssd zmm` (AVX512_VNNI): 16 lanes × 2 i16 products summed into i32, the `avx512-i16` engine's inner
+    /// step; counted as `vdpbf16ps` is.
+    Dpwssd,
 }
 
 impl Unit {
@@ -30,6 +33,7 @@ impl Unit {
             Unit::Dpbf16 => super::isa::has_avx512_bf16(),
             Unit::AmxBf16 => super::amx::support().bf16_usable(),
             Unit::MaddI16 => Isa::Avx2.available(),
+            Unit::Dpwssd => super::isa::has_avx512_vnni(),
         }
     }
 }
@@ -119,6 +123,11 @@ fn run(unit: Unit, iters: usize) -> f64 {
             }
             return (iters * 4 * 16 * 16 * 32 * 2) as f64;
         }
+        Unit::Dpwssd => {
+            // SAFETY: AVX512_VNNI is present; the asm touches only the registers it declares.
+            unsafe { dpwssd_avx512(iters) };
+            return (iters * 20 * 16 * 2 * 2) as f64;
+        }
         Unit::MaddI16 => {
             // SAFETY: AVX2 is present; the asm touches only the registers it declares.
             unsafe { madd_i16_avx2(iters) };
@@ -181,6 +190,13 @@ unsafe fn fma_avx512(iters: usize) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn dpbf16_avx512(iters: usize) {
     zmm_chains!(iters, "vdpbf16ps");
+}
+
+/// 20 independent `vpdpwssd zmm` chains per iteration, the i16 twin of [`dpbf16_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpwssd_avx512(iters: usize) {
+    zmm_chains!(iters, "vpdpwssd");
 }
 
 /// 12 independent `vfmadd231ps ymm` chains per iteration.
@@ -246,6 +262,7 @@ mod tests {
             Unit::Fma(Isa::Avx512),
             Unit::MaddI16,
             Unit::Dpbf16,
+            Unit::Dpwssd,
         ] {
             let p = peak_gflops(1, unit);
             if unit.available() {

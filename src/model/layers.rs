@@ -17,49 +17,57 @@ pub struct EncoderLayer<B: Backend> {
     fc2: B::Linear,
 }
 
-/// Which of a layer's products keep f32 on the CPU's bf16 engines (`Backend::linear_f32`, ARCHITECTURE §7.13).
+/// Which of a layer's products must not be rounded to bf16 (ARCHITECTURE §7.13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum F32Products {
+pub enum PreciseProducts {
     /// Every linear as the engine runs it.
     None,
-    /// The q/k/v projection: a tower's first layer.
+    /// The q/k/v projection through [`Backend::linear_precise`] (no bf16; i16 where it pays): the image tower's
+    /// first layer.
     Qkv,
-    /// All four linears: the text tower's first layer.
+    /// All four linears through [`Backend::linear_f32`] (f32 on every engine): the text tower's first layer.
     All,
 }
 
-impl F32Products {
+impl PreciseProducts {
     /// Layer `index` of the image tower (`text` false) or the text tower.
     pub fn for_layer(text: bool, index: usize) -> Self {
         match (text, index) {
-            (true, 0) => F32Products::All,
-            (false, 0) => F32Products::Qkv,
-            _ => F32Products::None,
+            (true, 0) => PreciseProducts::All,
+            (false, 0) => PreciseProducts::Qkv,
+            _ => PreciseProducts::None,
         }
     }
 }
 
 impl<B: Backend> EncoderLayer<B> {
-    /// One layer, its products in f32 where `f32` says (ARCHITECTURE §7.13).
-    pub fn new(b: &B, w: &LayerWeights, c: &EncoderConfig, f32: F32Products) -> Result<Self> {
+    /// One layer, its products prepared as `precise` says (ARCHITECTURE §7.13).
+    pub fn new(
+        b: &B,
+        w: &LayerWeights,
+        c: &EncoderConfig,
+        precise: PreciseProducts,
+    ) -> Result<Self> {
         let (d, i) = (c.hidden_size, c.intermediate_size);
-        let linear = |w: &[f32], n, k, bias: &[f32], keep_f32: bool| {
-            if keep_f32 {
-                b.linear_f32(w, n, k, Some(bias))
-            } else {
-                b.linear(w, n, k, Some(bias))
-            }
+        let linear = |w: &[f32], n, k, bias: &[f32], kept: PreciseProducts| match kept {
+            PreciseProducts::None => b.linear(w, n, k, Some(bias)),
+            PreciseProducts::Qkv => b.linear_precise(w, n, k, Some(bias)),
+            PreciseProducts::All => b.linear_f32(w, n, k, Some(bias)),
         };
-        let (qkv_f32, rest_f32) = (f32 != F32Products::None, f32 == F32Products::All);
+        // The q/k/v projection as `precise` says; the other three only in the text tower's first layer.
+        let rest = match precise {
+            PreciseProducts::All => PreciseProducts::All,
+            _ => PreciseProducts::None,
+        };
         Ok(EncoderLayer {
             ln1_g: b.upload(&w.ln1_g)?,
             ln1_b: b.upload(&w.ln1_b)?,
-            qkv: linear(&w.qkv_w, 3 * d, d, &w.qkv_b, qkv_f32)?,
-            out: linear(&w.out_w, d, d, &w.out_b, rest_f32)?,
+            qkv: linear(&w.qkv_w, 3 * d, d, &w.qkv_b, precise)?,
+            out: linear(&w.out_w, d, d, &w.out_b, rest)?,
             ln2_g: b.upload(&w.ln2_g)?,
             ln2_b: b.upload(&w.ln2_b)?,
-            fc1: linear(&w.fc1_w, i, d, &w.fc1_b, rest_f32)?,
-            fc2: linear(&w.fc2_w, d, i, &w.fc2_b, rest_f32)?,
+            fc1: linear(&w.fc1_w, i, d, &w.fc1_b, rest)?,
+            fc2: linear(&w.fc2_w, d, i, &w.fc2_b, rest)?,
         })
     }
 }
@@ -389,8 +397,8 @@ mod tests {
         let mut seed = 0x5eed;
         let layers: Vec<_> = (0..c.num_layers)
             .map(|index| {
-                let f32 = F32Products::for_layer(causal, index);
-                EncoderLayer::new(b, &layer(&mut seed, d, 72), &c, f32).unwrap()
+                let precise = PreciseProducts::for_layer(causal, index);
+                EncoderLayer::new(b, &layer(&mut seed, d, 72), &c, precise).unwrap()
             })
             .collect();
         let x = values(&mut seed, batch * seq * d, 1.0);
@@ -444,8 +452,8 @@ mod tests {
         let mut seed = 0xfeed;
         let layers: Vec<_> = (0..c.num_layers)
             .map(|index| {
-                let f32 = F32Products::for_layer(true, index);
-                EncoderLayer::new(b, &layer(&mut seed, d, 80), &c, f32).unwrap()
+                let precise = PreciseProducts::for_layer(true, index);
+                EncoderLayer::new(b, &layer(&mut seed, d, 80), &c, precise).unwrap()
             })
             .collect();
         let x = values(&mut seed, batch * seq * d, 1.0);

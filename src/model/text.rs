@@ -10,7 +10,7 @@ use crate::backend::{self, Backend, Epilogue, GemmShape, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::model::layers::{
-    can_pack, run_encoder_pooled, EncoderLayer, F32Products, Packed, Pass, Reuse, Workspace,
+    can_pack, run_encoder_pooled, EncoderLayer, Packed, Pass, PreciseProducts, Reuse, Workspace,
 };
 
 /// The text tower prepared for backend `B`.
@@ -124,8 +124,8 @@ impl<B: Backend> TextTower<B> {
                 .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
                 .map(|(index, l)| {
-                    let f32 = F32Products::for_layer(true, index);
-                    EncoderLayer::new(b, &l, &config.encoder, f32)
+                    let precise = PreciseProducts::for_layer(true, index);
+                    EncoderLayer::new(b, &l, &config.encoder, precise)
                 })
                 .collect::<Result<_>>()?,
             final_ln: (b.upload(&w.final_ln_g)?, b.upload(&w.final_ln_b)?),

@@ -9,7 +9,7 @@ use crate::backend::{self, AttnShape, Backend, Epilogue, GemmShape, MlpShape, Pa
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::model::layers::{
-    run_encoder, run_encoder_pooled, EncoderLayer, F32Products, Pass, Reuse, Workspace,
+    run_encoder, run_encoder_pooled, EncoderLayer, Pass, PreciseProducts, Reuse, Workspace,
 };
 
 /// The image tower prepared for backend `B`.
@@ -161,9 +161,9 @@ impl<B: Backend> VisionTower<B> {
         };
         Ok(VisionTower {
             config: config.clone(),
-            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows; f32 products on the
-            // CPU's bf16 engines too (ARCHITECTURE §7.13).
-            patch_embedding: b.linear_f32(
+            // The conv kernel [D, C, p, p] is exactly a [D, C·p·p] matrix over im2col rows; never rounded to bf16
+            // (ARCHITECTURE §7.13).
+            patch_embedding: b.linear_precise(
                 &w.patch_embedding,
                 d,
                 config.patch_dim(),
@@ -185,8 +185,8 @@ impl<B: Backend> VisionTower<B> {
                 .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
                 .map(|(index, l)| {
-                    let f32 = F32Products::for_layer(false, index);
-                    EncoderLayer::new(b, &l, &config.encoder, f32)
+                    let precise = PreciseProducts::for_layer(false, index);
+                    EncoderLayer::new(b, &l, &config.encoder, precise)
                 })
                 .collect::<Result<_>>()?,
             post_ln: (b.upload(&w.post_ln_g)?, b.upload(&w.post_ln_b)?),

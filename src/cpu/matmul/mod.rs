@@ -22,8 +22,9 @@
 //! - **Threads.** Jobs go to rayon; the N split is made finer when there are few row blocks, so batch 1 (50 rows)
 //!   still gives every core several jobs.
 //!
-//! On the AMX engines the weight is packed into tiles instead and `amx::gemm` runs the product. Without AVX-512 the
-//! `avx2` module's 6 × 16 kernel runs it on its own panels, or, for i16, `avx2_i16`'s fixed-point twin. Only the forced scalar tier runs the `gemm` crate on the
+//! On the AMX engines the weight is packed into tiles instead and `amx::gemm` runs the product. The i16 engines
+//! quantize to 16-bit fixed point (`fixed16`): `avx512_i16` runs this kernel's shape with `vpdpwssd`. Without
+//! AVX-512 the `avx2` module's 6 × 16 kernel runs it on its own panels, or, for i16, `avx2_i16`'s fixed-point twin. Only the forced scalar tier runs the `gemm` crate on the
 //! pre-transposed weight, with a SIMD pass for bias and activation.
 
 use rayon::prelude::*;
@@ -32,6 +33,10 @@ use rayon::prelude::*;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2_i16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_i16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod fixed16;
 
 use super::amx::{self, PackedB};
 use super::isa::{has_avx512_bf16, Isa};
@@ -68,9 +73,12 @@ enum Packed {
     Bf16(Aligned<u32>),
     /// `[panel][k][avx2::NR]` f32, for the AVX2 kernel.
     Avx2(Aligned<f32>),
-    /// Quantized 16-bit pairs and their column steps, for the AVX2 fixed-point kernel.
+    /// Quantized 16-bit pairs and their column steps, in the AVX2 fixed-point kernel's 16-column panels.
     #[cfg(target_arch = "x86_64")]
-    I16(avx2_i16::PackedI16),
+    I16Avx2(fixed16::PackedI16),
+    /// The same in the `vpdpwssd` kernel's 48-column panels.
+    #[cfg(target_arch = "x86_64")]
+    I16Vnni(fixed16::PackedI16),
     /// `Wᵀ[k, n]` row-major for the `gemm` crate.
     Transposed(Vec<f32>),
     /// AMX B tiles (see `amx::gemm`).
@@ -217,10 +225,12 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             MatrixEngine::Avx2 => Packed::Avx2(avx2::pack(w, n, k)),
             #[cfg(target_arch = "x86_64")]
-            MatrixEngine::Avx2I16 => Packed::I16(avx2_i16::pack(w, n, k)),
+            MatrixEngine::Avx2I16 => Packed::I16Avx2(avx2_i16::pack(w, n, k)),
+            #[cfg(target_arch = "x86_64")]
+            MatrixEngine::Avx512I16 => Packed::I16Vnni(avx512_i16::pack(w, n, k)),
             #[cfg(not(target_arch = "x86_64"))]
-            MatrixEngine::Avx2 | MatrixEngine::Avx2I16 => {
-                unreachable!("the avx2 engines exist only on x86_64")
+            MatrixEngine::Avx2 | MatrixEngine::Avx2I16 | MatrixEngine::Avx512I16 => {
+                unreachable!("the avx2 and i16 engines exist only on x86_64")
             }
             MatrixEngine::Scalar => {
                 let mut t = vec![0.0f32; n * k];
@@ -245,7 +255,7 @@ impl PackedLinear {
         match self.w {
             Packed::Bf16(_) | Packed::Amx(_) => super::breakdown::OpClass::GemmBf16,
             #[cfg(target_arch = "x86_64")]
-            Packed::I16(_) => super::breakdown::OpClass::GemmI16,
+            Packed::I16Avx2(_) | Packed::I16Vnni(_) => super::breakdown::OpClass::GemmI16,
             Packed::F32(_) | Packed::Avx2(_) | Packed::Transposed(_) => {
                 super::breakdown::OpClass::GemmF32
             }
@@ -275,7 +285,9 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             Packed::Avx2(p) => avx2::run(a, m, k, p.as_slice(), n, self.bias.as_deref(), out, ep),
             #[cfg(target_arch = "x86_64")]
-            Packed::I16(p) => avx2_i16::run(a, m, k, p, n, self.bias.as_deref(), out, ep),
+            Packed::I16Avx2(p) => avx2_i16::run(a, m, k, p, n, self.bias.as_deref(), out, ep),
+            #[cfg(target_arch = "x86_64")]
+            Packed::I16Vnni(p) => avx512_i16::run(a, m, k, p, n, self.bias.as_deref(), out, ep),
             Packed::Transposed(t) => {
                 run_fallback(engine.isa(), a, m, k, t, n, self.bias.as_deref(), out, ep)
             }
@@ -677,7 +689,7 @@ pub(crate) mod avx512 {
 
     /// Adds C / bias, applies the activation, stores the first `cols` columns of an `R × NR` accumulator tile.
     #[inline(always)]
-    unsafe fn store_tile<const R: usize, const V: usize>(
+    pub(super) unsafe fn store_tile<const R: usize, const V: usize>(
         acc: &[[__m512; V]; R],
         c: *mut f32,
         ldc: usize,
@@ -777,7 +789,7 @@ pub(crate) mod avx512 {
     /// best of 5 × 10 runs, alternated with the old kernel 3 times): bf16 1600×768→3072 Store 421–427 → 486–489
     /// GFLOP/s, the other CLIP shapes unchanged within noise; f32 Accumulate (out, fc2, fc1) +3–5 %.
     #[inline(always)]
-    unsafe fn prefetch_tile<const R: usize>(c: *const f32, ldc: usize) {
+    pub(super) unsafe fn prefetch_tile<const R: usize>(c: *const f32, ldc: usize) {
         for i in 0..R {
             for j in 0..NV {
                 _mm_prefetch::<_MM_HINT_ET0>(c.wrapping_add(i * ldc + 16 * j) as *const i8);
@@ -1007,26 +1019,26 @@ pub(crate) mod avx512 {
 
     /// One tile of a job, as [`for_each_tile`] hands it out. `k` counts k units (floats, or bf16 pairs).
     #[derive(Clone, Copy)]
-    struct Tile {
+    pub(super) struct Tile {
         /// First row and height.
-        r0: usize,
-        rows: usize,
+        pub r0: usize,
+        pub rows: usize,
         /// k range of this chunk.
-        k0: usize,
-        klen: usize,
+        pub k0: usize,
+        pub klen: usize,
         /// Panel index, its first column and its width.
-        p: usize,
-        col: usize,
-        cols: usize,
+        pub p: usize,
+        pub col: usize,
+        pub cols: usize,
         /// Whether the job's next panel exists (to prefetch it).
-        has_next: bool,
-        st: TileStore,
+        pub has_next: bool,
+        pub st: TileStore,
     }
 
     /// Walks job `j`'s tiles in cache order: k chunks, then panels (one panel chunk stays in L2), then row tiles.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn for_each_tile(
+    pub(super) unsafe fn for_each_tile(
         jobs: &Jobs,
         j: usize,
         m: usize,
