@@ -150,6 +150,18 @@ const MIN_PART_ROWS: usize = 192;
 /// Rows per rayon task for the memory-bound row-wise ops: large enough to amortize scheduling.
 const ROWS_PER_TASK: usize = 8;
 
+/// `w[n, k]` (and its bias) checked and packed for `engine`.
+fn prepare(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    engine: MatrixEngine,
+) -> Result<PackedLinear> {
+    check_linear(w, n, k, bias)?;
+    Ok(PackedLinear::new(w, n, k, bias, engine))
+}
+
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Index = Vec<u32>;
@@ -198,34 +210,19 @@ impl Backend for CpuBackend {
     host::host_buffer_ops!();
 
     fn linear(&self, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<PackedLinear> {
-        check_linear(w, n, k, bias)?;
-        Ok(PackedLinear::new(w, n, k, bias, self.engine))
+        prepare(w, n, k, bias, self.engine)
     }
     fn linear_precise(
         &self,
         w: &[f32],
         n: usize,
         k: usize,
-        bias: Option<&[f32]>,
+        b: Option<&[f32]>,
     ) -> Result<PackedLinear> {
-        check_linear(w, n, k, bias)?;
-        Ok(PackedLinear::new(
-            w,
-            n,
-            k,
-            bias,
-            self.engine.precise_engine(),
-        ))
+        prepare(w, n, k, b, self.engine.precise_engine())
     }
-    fn linear_f32(
-        &self,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        bias: Option<&[f32]>,
-    ) -> Result<PackedLinear> {
-        check_linear(w, n, k, bias)?;
-        Ok(PackedLinear::new(w, n, k, bias, self.engine.f32_engine()))
+    fn linear_f32(&self, w: &[f32], n: usize, k: usize, b: Option<&[f32]>) -> Result<PackedLinear> {
+        prepare(w, n, k, b, self.engine.f32_engine())
     }
     fn linear_dims(&self, lin: &PackedLinear) -> (usize, usize, bool) {
         (lin.n, lin.k, lin.has_bias())

@@ -15,8 +15,8 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{for_each_tile, prefetch_tile, store_tile};
-use super::fixed16::{with_quantized, PackedI16, QuantA, STEPS};
-use super::{par_jobs, zero_k, TileStore, BLOCKING, NR, NV};
+use super::fixed16::{run_jobs, PackedI16, QuantA, STEPS};
+use super::{TileStore, BLOCKING, NR, NV};
 use crate::backend::Epilogue;
 use crate::cpu::isa::has_avx512_vnni;
 use crate::cpu::Isa;
@@ -143,23 +143,10 @@ pub(crate) fn run(
     ep: Epilogue,
 ) {
     assert!(Isa::Avx512.available() && has_avx512_vnni());
-    assert!(a.len() >= m * k && out.len() >= m * n);
-    assert!(w.holds(n, k, NR) && bias.is_none_or(|b| b.len() >= n));
-    if k == 0 {
-        return zero_k(Isa::Avx512, out, m, n, bias, ep);
-    }
-    with_quantized(a, m, k, |qa| {
-        // SAFETY: AVX-512F and AVX512_VNNI asserted above; the quantized A, the panels, their steps, bias and out
-        // were bounds-checked for m, n, k; each job writes its own rectangle of out.
-        par_jobs(
-            BLOCKING,
-            m,
-            n,
-            std::ptr::null::<u32>(),
-            std::ptr::null::<u32>(),
-            bias,
-            out.as_mut_ptr(),
-            |jobs, j, _, _, b, c| unsafe { job(jobs, j, qa, m, k, w, n, b, c, ep) },
-        );
+    let shape = (Isa::Avx512, BLOCKING);
+    run_jobs(shape, a, m, k, w, n, bias, out, ep, |jobs, j, qa, b, c| {
+        // SAFETY: AVX-512F and AVX512_VNNI asserted above; `run_jobs` checked the quantized A, the panels, their steps, bias and
+        // out for m, n, k; each job writes its own rectangle of out.
+        unsafe { job(jobs, j, qa, m, k, w, n, b, c, ep) }
     });
 }

@@ -21,7 +21,9 @@
 
 use std::arch::x86_64::*;
 
-use super::Aligned;
+use super::{par_jobs, zero_k, Aligned, Blocking, Jobs};
+use crate::backend::Epilogue;
+use crate::cpu::Isa;
 
 /// Largest |quantized weight|: 11 bits and a sign.
 pub(super) const W_MAX: f32 = 2047.0;
@@ -200,8 +202,43 @@ pub(super) struct QuantA<'a> {
     pub steps: &'a [f32],
 }
 
+/// `out[m, n] (+)= a[m, k] · Wᵀ` for an i16 kernel of tier `isa` and job shape `blocking`: checks the operands,
+/// handles k = 0, quantizes A once and runs `job(jobs, j, A, bias, out)` for every job, in parallel (each job
+/// writes its own rectangle of `out`). The caller asserted its kernel's instructions (AVX2 at least).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_jobs(
+    (isa, blocking): (Isa, Blocking),
+    a: &[f32],
+    m: usize,
+    k: usize,
+    w: &PackedI16,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    ep: Epilogue,
+    job: impl Fn(&Jobs, usize, &QuantA, *const f32, *mut f32) + Sync,
+) {
+    assert!(a.len() >= m * k && out.len() >= m * n);
+    assert!(w.holds(n, k, blocking.nr) && bias.is_none_or(|b| b.len() >= n));
+    if k == 0 {
+        return zero_k(isa, out, m, n, bias, ep);
+    }
+    with_quantized(a, m, k, |qa| {
+        par_jobs(
+            blocking,
+            m,
+            n,
+            std::ptr::null::<u32>(),
+            std::ptr::null::<u32>(),
+            bias,
+            out.as_mut_ptr(),
+            |jobs, j, _, _, b, c| job(jobs, j, qa, b, c),
+        )
+    });
+}
+
 /// Runs `f` on `a[m, k]` quantized ([`quantize_a`]) into this thread's scratch. The caller asserted AVX2.
-pub(super) fn with_quantized<R>(a: &[f32], m: usize, k: usize, f: impl FnOnce(&QuantA) -> R) -> R {
+fn with_quantized<R>(a: &[f32], m: usize, k: usize, f: impl FnOnce(&QuantA) -> R) -> R {
     let mut row_steps = vec![0f32; m];
     crate::cpu::with_thread_scratch(&A_QUANT, |q| {
         q.resize(m * k.div_ceil(2), 0);
@@ -216,7 +253,6 @@ pub(super) fn with_quantized<R>(a: &[f32], m: usize, k: usize, f: impl FnOnce(&Q
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::Isa;
 
     #[test]
     fn quantization_rounds_to_nearest_and_keeps_the_sign() {
