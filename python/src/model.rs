@@ -17,7 +17,8 @@ use crate::pools::Pools;
 ///
 /// - device: "cpu", "cuda", "cuda:N", "reference" (the slow f64 oracle) or "cuda-sim".
 /// - precision: "f32", "bf16" (AVX512_BF16 or AMX CPUs; f32 runs elsewhere) or "i16" (16-bit fixed-point
-///   products: the fast mode of AVX2-only CPUs; f32 runs where it would not be faster); CUDA always runs fp16.
+///   products: the fast mode of AVX2-only CPUs, and of AVX-512 CPUs with VNNI at bf16's speed with a finer grid;
+///   f32 runs where it would not be faster); CUDA always runs fp16.
 /// - threads: compute threads per call; None uses all cores. Calls from several Python threads run at once,
 ///   each on its own `threads` threads.
 /// - drop_alpha: drop transparency (OpenAI's transform) instead of compositing onto white (HF's).
