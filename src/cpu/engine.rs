@@ -264,11 +264,17 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
             isa.name()
         ));
     }
+    // Where the layers bf16 must not round run (ARCHITECTURE §7.13).
+    let first = if vnni_pays() {
+        "; the image tower's first layers on avx512-i16"
+    } else {
+        "; the image tower's first layers in f32"
+    };
     let amx = amx::support();
     if amx.bf16_usable() {
         return Choice {
             engine: MatrixEngine::AmxBf16,
-            reason: "bf16 asked; AMX-BF16 tiles usable (1024 FLOP/cycle/core)".into(),
+            reason: format!("bf16 asked; AMX-BF16 tiles usable (1024 FLOP/cycle/core){first}"),
         };
     }
     let no_amx = match &amx.permission {
@@ -279,7 +285,9 @@ pub fn choose(isa: Isa, precision: Precision) -> Choice {
         None => f32_choice(format!("bf16 asked; {no_amx}, no AVX512_BF16: f32 runs")),
         Some(x) if x >= BF16_MIN_SPEEDUP => Choice {
             engine: MatrixEngine::Avx512Bf16,
-            reason: format!("bf16 asked; {no_amx}; vdpbf16ps measured {x:.2}× the f32 FMA rate"),
+            reason: format!(
+                "bf16 asked; {no_amx}; vdpbf16ps measured {x:.2}× the f32 FMA rate{first}"
+            ),
         },
         Some(x) => f32_choice(format!(
             "bf16 asked; {no_amx}; vdpbf16ps measured only {x:.2}× the f32 FMA rate \
