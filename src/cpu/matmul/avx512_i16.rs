@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{for_each_tile, prefetch_tile, store_tile};
+use super::avx512::{for_each_tile, prefetch_tile, store_tile, PanelPrefetch};
 use super::fixed16::{run_jobs, PackedI16, QuantA, STEPS};
 use super::{TileStore, BLOCKING, NR, NV};
 use crate::backend::Epilogue;
@@ -36,7 +36,7 @@ struct Operands {
     b: *const u32,
     row_steps: *const f32,
     col_steps: *const f32,
-    next: *const u32,
+    next: PanelPrefetch,
 }
 
 /// `C[R, cols] (+)= (A_q · B_q) · s_row · s_col`.
@@ -52,11 +52,8 @@ unsafe fn tile<const R: usize>(o: Operands, c: *mut f32, ldc: usize, cols: usize
         }
         let mut acc = [[_mm512_setzero_si512(); NV]; R];
         for kk in p0..end {
-            // The next panel, three cache lines per k step, into L1 ahead of its first tile (as the bf16 kernel).
-            let next = o.next.wrapping_add(kk * NR) as *const i8;
-            for j in 0..NV {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * j));
-            }
+            // This tile's share of the next panel (as the bf16 kernel).
+            o.next.step(kk);
             let bp = o.b.add(kk * NR) as *const __m512i;
             let bv: [__m512i; NV] = std::array::from_fn(|j| _mm512_loadu_si512(bp.add(j)));
             for (i, row) in acc.iter_mut().enumerate() {
@@ -108,11 +105,7 @@ unsafe fn job(
             b: panel,
             row_steps: qa.steps.as_ptr().add(t.r0),
             col_steps: col_steps.add(t.col),
-            next: if t.has_next {
-                panel.add(kp * NR)
-            } else {
-                panel
-            },
+            next: t.prefetch(panel.wrapping_add(kp * NR) as *const u8),
         };
         let (cp, cols, st) = (c.add(t.r0 * n + t.col), t.cols, t.st);
         match t.rows {
