@@ -274,9 +274,9 @@ pub trait Backend: Send + Sync {
         self.linear(w, out_features, in_features, bias)
     }
     /// [`Backend::linear`] for a layer that keeps f32 products on every CPU engine, reduced ones included: the text
-    /// tower's first layer, whose inputs (token embeddings) can hold channels far above their row's typical value,
-    /// which a per-row fixed-point grid rounds coarsely (ARCHITECTURE §7.13). Every other backend prepares it as any
-    /// linear.
+    /// tower's first layer on the bf16 engines, whose error budget has no room for its inputs' (token embeddings')
+    /// outlier channels (ARCHITECTURE §7.13; the i16 engines run that layer as any other,
+    /// `layers::PreciseProducts::for_layer`). Every other backend prepares it as any linear.
     fn linear_f32(
         &self,
         w: &[f32],

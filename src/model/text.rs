@@ -124,7 +124,7 @@ impl<B: Backend> TextTower<B> {
                 .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
                 .map(|(index, l)| {
-                    let precise = PreciseProducts::for_layer(true, index);
+                    let precise = PreciseProducts::for_layer(true, index, b.precision());
                     EncoderLayer::new(b, &l, &config.encoder, precise)
                 })
                 .collect::<Result<_>>()?,

@@ -185,7 +185,7 @@ impl<B: Backend> VisionTower<B> {
                 .enumerate()
                 // Each raw layer is dropped once packed: peak memory stays ≈ one copy of the weights.
                 .map(|(index, l)| {
-                    let precise = PreciseProducts::for_layer(false, index);
+                    let precise = PreciseProducts::for_layer(false, index, b.precision());
                     EncoderLayer::new(b, &l, &config.encoder, precise)
                 })
                 .collect::<Result<_>>()?,

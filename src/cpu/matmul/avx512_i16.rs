@@ -105,7 +105,7 @@ unsafe fn job(
             b: panel,
             row_steps: qa.steps.as_ptr().add(t.r0),
             col_steps: col_steps.add(t.col),
-            next: t.prefetch(panel.wrapping_add(kp * NR) as *const u8),
+            next: t.prefetch(panels as *const u8, kp),
         };
         let (cp, cols, st) = (c.add(t.r0 * n + t.col), t.cols, t.st);
         match t.rows {
