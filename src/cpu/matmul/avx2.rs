@@ -12,6 +12,10 @@
 //!   chunks of ≤ [`KC`] = 768. Measured on one Zen 3 core (best of 5, chunk lengths alternated in one process):
 //!   256 (the panel chunk in L1) 82–90 GFLOP/s on the ViT-B/32 shapes, 768 86–92: fewer passes over C pay more than
 //!   an L1-resident panel (the L2 streams a panel chunk fast enough).
+//! - **No software prefetch.** A panel is one cache line per k step, a stream the hardware prefetchers follow. The
+//!   AVX-512 kernels' spread prefetch of the next panel ([`super::PanelPrefetch`]) made this kernel slower, measured
+//!   on Zen 4 with `CLIPRT_CPU_ISA=avx2` (throwaway probe, ViT-B/32's GEMMs, 2 threads, alternated): f32 at 50 rows
+//!   171–179 → 132–155 GFLOP/s, at 400 rows 199–202 → 162–176; i16 at 50 rows 263–266 → 208–240.
 //!
 //! Replaces the `gemm` crate on these CPUs: its packing of A and B on every call, and the separate bias and
 //! activation pass over C, cost more than our prepacked panels and fused store (see BENCHMARKS.md, AVX2 section).

@@ -14,9 +14,9 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{for_each_tile, prefetch_tile, store_tile, PanelPrefetch};
+use super::avx512::{for_each_tile, prefetch_tile, store_tile};
 use super::fixed16::{run_jobs, PackedI16, QuantA, STEPS};
-use super::{TileStore, BLOCKING, NR, NV};
+use super::{PanelPrefetch, TileStore, BLOCKING, NR, NV};
 use crate::backend::Epilogue;
 use crate::cpu::isa::has_avx512_vnni;
 use crate::cpu::Isa;

@@ -672,6 +672,116 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// What a thread runs after panel `p` of k chunk `ch` (of `chunks`, `kc` long, over depth `k`) in job (`p0`, `np`
+/// panels) of `jobs`, to prefetch: (panel, first k, k length) of the next panel chunk. The job's next panel; else its
+/// first panel's next k chunk; else, with one row block (the jobs are then consecutive panel groups), the next job's
+/// first panel, as rayon runs a thread's share of the jobs in index order. Measured on Zen 4 against the job's own
+/// panels only (throwaway probe, 2 threads, alternated): bf16 ViT-B/32 GEMMs at 400 rows 357–410 → 375–421
+/// GFLOP/s, at 1600 rows 384–403 → 396–419; at 50 rows within noise (347–412 both).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn next_panel_chunk(
+    jobs: &Jobs,
+    (p0, np, p): (usize, usize, usize),
+    (ch, chunks, kc, k): (usize, usize, usize, usize),
+) -> Option<(usize, usize, usize)> {
+    let k0 = ch * kc;
+    if p + 1 < p0 + np {
+        Some((p + 1, k0))
+    } else if ch + 1 < chunks {
+        Some((p0, k0 + kc))
+    } else if jobs.row_blocks == 1 && p + 1 < jobs.panels {
+        Some((p + 1, 0))
+    } else {
+        None
+    }
+    .map(|(p, k0)| (p, k0, kc.min(k - k0)))
+}
+
+/// Brings the next panel chunk toward L1 while the current panel's tiles run, its lines spread evenly over all of
+/// those tiles' k steps: tile `slot` of `slots` fetches the `slot`-th share, one or a few lines per step.
+/// Fetching the whole next panel during the first tile (three lines every step) asked DRAM for 9 bytes per
+/// cycle and stalled that tile; at batch 1 (7 tiles per panel) this cost about two tiles per panel. Measured on
+/// Zen 4, ViT-B/32's four GEMMs over 12 layers of distinct weights (throwaway probe, old/new alternated): bf16 at
+/// 50 rows 150–165 → 183–202 GFLOP/s on one core, 190–262 → 300–365 on two; 400 rows unchanged (203–213 on
+/// one core); the f32 tower at batch 1 went from 63–80 % to 85–88 % of its peak (`cliprt bench`, 3 rounds).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct PanelPrefetch {
+    base: *const u8,
+    /// The share's first line; lines per step in 16.16 fixed point; lines fetched per step (≥ the rate, so no
+    /// line is skipped).
+    start: usize,
+    rate: usize,
+    per_step: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelPrefetch {
+    /// Nothing to fetch.
+    pub(crate) const NONE: PanelPrefetch = PanelPrefetch {
+        base: std::ptr::null(),
+        start: 0,
+        rate: 0,
+        per_step: 0,
+    };
+
+    /// Tile `slot` of `slots`' share of panel chunk `next` ([`next_panel_chunk`]) of packed weight `w` (panels of
+    /// `nr` 4-byte words per k row, `depth` rows each: f32, bf16 pairs or i16 pairs), spread over `steps` k steps.
+    #[inline(always)]
+    pub(crate) fn of_chunk(
+        w: *const u8,
+        (nr, depth): (usize, usize),
+        next: Option<(usize, usize, usize)>,
+        (slot, slots): (usize, usize),
+        steps: usize,
+    ) -> Self {
+        match next {
+            Some((p, k0, klen)) => {
+                let base = w.wrapping_add((p * depth + k0) * nr * 4);
+                PanelPrefetch::share(base, (klen * nr * 4).div_ceil(64), slot, slots, steps)
+            }
+            None => PanelPrefetch::NONE,
+        }
+    }
+
+    /// Share `slot` of `slots` of `lines` cache lines from `base`, spread over `steps` k steps.
+    #[inline(always)]
+    pub(crate) fn share(
+        base: *const u8,
+        lines: usize,
+        slot: usize,
+        slots: usize,
+        steps: usize,
+    ) -> Self {
+        let each = lines.div_ceil(slots.max(1));
+        let start = (slot * each).min(lines);
+        let count = each.min(lines - start);
+        PanelPrefetch {
+            base,
+            start,
+            rate: (count << 16).div_ceil(steps.max(1)),
+            per_step: count.div_ceil(steps.max(1)),
+        }
+    }
+
+    /// The lines (from `base`) that k step `kk` fetches.
+    #[inline(always)]
+    fn lines(self, kk: usize) -> std::ops::Range<usize> {
+        let first = self.start + ((kk * self.rate) >> 16);
+        first..first + self.per_step
+    }
+
+    /// The prefetches of k step `kk`. Prefetches never fault, so any address is allowed.
+    #[inline(always)]
+    pub(crate) unsafe fn step(self, kk: usize) {
+        for line in self.lines(kk) {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                self.base.wrapping_add(64 * line) as *const i8,
+            );
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use super::*;
@@ -1033,100 +1143,16 @@ pub(crate) mod avx512 {
     }
 
     impl Tile {
-        /// The prefetch of this tile's share of the next panel chunk, in packed weight `w` of `depth` rows per panel
-        /// (rows of `NR` 4-byte values: f32, bf16 pairs or i16 pairs).
+        /// The prefetch of this tile's share of the next panel chunk, in packed weight `w` of `depth` rows per panel.
         #[inline(always)]
         pub(super) fn prefetch(&self, w: *const u8, depth: usize) -> PanelPrefetch {
-            let (at, lines) = match self.next {
-                Some((p, k0, klen)) => ((p * depth + k0) * NR * 4, klen * NR * 4 / 64),
-                None => (0, 0),
-            };
-            PanelPrefetch::share(w.wrapping_add(at), lines, self.slot, self.slots, self.klen)
-        }
-    }
-
-    /// Brings the next panel chunk toward L1 while the current panel's tiles run, its lines spread evenly over all of
-    /// those tiles' k steps: tile `slot` of `slots` fetches the `slot`-th share, one or a few lines per step.
-    /// Fetching the whole next panel during the first tile (three lines every step) asked DRAM for 9 bytes per
-    /// cycle and stalled that tile; at batch 1 (7 tiles per panel) this cost about two tiles per panel. Measured on
-    /// Zen 4, ViT-B/32's four GEMMs over 12 layers of distinct weights (throwaway probe, old/new alternated): bf16 at
-    /// 50 rows 150–165 → 183–202 GFLOP/s on one core, 190–262 → 300–365 on two; 400 rows unchanged (203–213 on
-    /// one core); the f32 tower at batch 1 went from 63–80 % to 85–88 % of its peak (`cliprt bench`, 3 rounds).
-    #[derive(Clone, Copy)]
-    pub(super) struct PanelPrefetch {
-        base: *const u8,
-        /// The share's first line; lines per step in 16.16 fixed point; lines fetched per step (≥ the rate, so no
-        /// line is skipped).
-        start: usize,
-        rate: usize,
-        per_step: usize,
-    }
-
-    impl PanelPrefetch {
-        /// Share `slot` of `slots` of `lines` cache lines from `base`, spread over `steps` k steps.
-        #[inline(always)]
-        fn share(base: *const u8, lines: usize, slot: usize, slots: usize, steps: usize) -> Self {
-            let each = lines.div_ceil(slots.max(1));
-            let start = (slot * each).min(lines);
-            let count = each.min(lines - start);
-            PanelPrefetch {
-                base,
-                start,
-                rate: (count << 16).div_ceil(steps.max(1)),
-                per_step: count.div_ceil(steps.max(1)),
-            }
-        }
-
-        /// The lines (from `base`) that k step `kk` fetches.
-        #[inline(always)]
-        fn lines(self, kk: usize) -> std::ops::Range<usize> {
-            let first = self.start + ((kk * self.rate) >> 16);
-            first..first + self.per_step
-        }
-
-        /// The prefetches of k step `kk`. Prefetches never fault, so any address is allowed.
-        #[inline(always)]
-        pub(super) unsafe fn step(self, kk: usize) {
-            for line in self.lines(kk) {
-                _mm_prefetch::<_MM_HINT_T0>(self.base.wrapping_add(64 * line) as *const i8);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn panel_prefetch_shares_cover_the_next_panel_spread_over_the_steps() {
-        // (lines, slots, steps): batch 1 (7 tiles), one tile, two tiles, more tiles than lines, a short k chunk.
-        for (lines, slots, steps) in [
-            (1152, 7, 384),
-            (1152, 1, 384),
-            (768, 2, 256),
-            (5, 9, 3),
-            (30, 4, 7),
-            (0, 3, 5),
-        ] {
-            let mut seen = vec![0usize; lines + 8];
-            let mut most_per_step = 0;
-            for slot in 0..slots {
-                let pf = PanelPrefetch::share(std::ptr::null(), lines, slot, slots, steps);
-                for kk in 0..steps {
-                    let r = pf.lines(kk);
-                    most_per_step = most_per_step.max(r.len());
-                    for l in r {
-                        assert!(
-                            l <= lines + 1,
-                            "line {l} past the panel ({lines} lines, {slots} slots)"
-                        );
-                        seen[l] += 1;
-                    }
-                }
-            }
-            assert!(
-                seen[..lines].iter().all(|&c| c > 0),
-                "a line never fetched: {lines} lines, {slots} slots"
-            );
-            // Spread: no step fetches more than its even share of the panel (rounded up).
-            assert!(most_per_step <= lines.div_ceil(slots * steps).max(usize::from(lines > 0)) + 1);
+            PanelPrefetch::of_chunk(
+                w,
+                (NR, depth),
+                self.next,
+                (self.slot, self.slots),
+                self.klen,
+            )
         }
     }
 
@@ -1151,21 +1177,7 @@ pub(crate) mod avx512 {
             for p in p0..p0 + np {
                 let col = p * NR;
                 let st = st.at_column(col);
-                // What this thread runs next: the job's next panel, else its first panel's next k chunk, else (one
-                // row block: the jobs are consecutive panel groups) the next job's first panel, as rayon runs a
-                // thread's share of the jobs in index order. Measured on Zen 4 against the job's own panels only
-                // (throwaway probe, 2 threads, alternated): bf16 ViT-B/32 GEMMs at 400 rows 357–410 → 375–421
-                // GFLOP/s, at 1600 rows 384–403 → 396–419; at 50 rows within noise (347–412 both).
-                let next = if p + 1 < p0 + np {
-                    Some((p + 1, k0))
-                } else if ch + 1 < chunks {
-                    Some((p0, k0 + kc))
-                } else if jobs.row_blocks == 1 && p + 1 < jobs.panels {
-                    Some((p + 1, 0))
-                } else {
-                    None
-                }
-                .map(|(p, k0)| (p, k0, kc.min(k - k0)));
+                let next = next_panel_chunk(jobs, (p0, np, p), (ch, chunks, kc, k));
                 for t in t0..t0 + nt {
                     let (r0, rows) = tile_span(m, jobs.tiles, t);
                     f(Tile {
@@ -1446,6 +1458,43 @@ pub(crate) mod avx512 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn panel_prefetch_shares_cover_the_next_panel_spread_over_the_steps() {
+        // (lines, slots, steps): batch 1 (7 tiles), one tile, two tiles, more tiles than lines, a short k chunk.
+        for (lines, slots, steps) in [
+            (1152, 7, 384),
+            (1152, 1, 384),
+            (768, 2, 256),
+            (5, 9, 3),
+            (30, 4, 7),
+            (0, 3, 5),
+        ] {
+            let mut seen = vec![0usize; lines + 8];
+            let mut most_per_step = 0;
+            for slot in 0..slots {
+                let pf = PanelPrefetch::share(std::ptr::null(), lines, slot, slots, steps);
+                for kk in 0..steps {
+                    let r = pf.lines(kk);
+                    most_per_step = most_per_step.max(r.len());
+                    for l in r {
+                        assert!(
+                            l <= lines + 1,
+                            "line {l} past the panel ({lines} lines, {slots} slots)"
+                        );
+                        seen[l] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen[..lines].iter().all(|&c| c > 0),
+                "a line never fetched: {lines} lines, {slots} slots"
+            );
+            // Spread: no step fetches more than its even share of the panel (rounded up).
+            assert!(most_per_step <= lines.div_ceil(slots * steps).max(usize::from(lines > 0)) + 1);
+        }
+    }
 
     /// Every (tile, panel) pair belongs to exactly one job, and jobs differ by at most one tile and one panel.
     #[test]
