@@ -17,7 +17,7 @@
 //!   block of ≈144 rows × a few panels of C; inside it, k runs in chunks of ≤ 768 so one panel chunk (144 KB) and the
 //!   A block chunk (≈ 440 KB) stay in L2 while every tile × panel pair of the block consumes them. The next panel is
 //!   prefetched while the current one is in use, its lines spread over all of the current panel's tiles
-//!   ([`avx512::PanelPrefetch`]), and panels live on huge pages where the OS allows.
+//!   ([`PanelPrefetch`]), and panels live on huge pages where the OS allows.
 //! - **Epilogue.** On the last k chunk the tile adds the bias, applies the activation, or adds into C (the residual),
 //!   before its single store: no second pass over C.
 //! - **Threads.** Jobs go to rayon; the N split is made finer when there are few row blocks, so batch 1 (50 rows)
@@ -678,7 +678,7 @@ impl<T> SendPtr<T> {
 /// first panel, as rayon runs a thread's share of the jobs in index order. Measured on Zen 4 against the job's own
 /// panels only (throwaway probe, 2 threads, alternated): bf16 ViT-B/32 GEMMs at 400 rows 357–410 → 375–421
 /// GFLOP/s, at 1600 rows 384–403 → 396–419; at 50 rows within noise (347–412 both).
-#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn next_panel_chunk(
     jobs: &Jobs,
     (p0, np, p): (usize, usize, usize),
@@ -1493,6 +1493,47 @@ mod tests {
             );
             // Spread: no step fetches more than its even share of the panel (rounded up).
             assert!(most_per_step <= lines.div_ceil(slots * steps).max(usize::from(lines > 0)) + 1);
+        }
+    }
+
+    /// The prefetch target after each panel chunk is the chunk the job's walk (`avx512::for_each_tile`: k chunks,
+    /// then panels) visits next, and after a job's last one the next job's first where the jobs are consecutive
+    /// panel groups of one row block.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_prefetched_panel_chunk_is_the_one_the_walk_runs_next() {
+        for (m, n, k) in [
+            (50, 768, 384),
+            (50, 768, 1536),
+            (400, 3072, 384),
+            (1, 100, 1000),
+            (97, 17, 5),
+        ] {
+            let jobs = Jobs::new(m, n, BLOCKING);
+            let (chunks, kc) = k_chunks(k, 1, KC);
+            // Each job's walk: (panel, first k, k length) in visiting order.
+            let walks: Vec<Vec<(usize, usize, usize)>> = (0..jobs.count())
+                .map(|j| {
+                    let (_, _, p0, np) = jobs.job(j);
+                    (0..chunks)
+                        .flat_map(|ch| {
+                            (p0..p0 + np).map(move |p| (p, ch * kc, kc.min(k - ch * kc)))
+                        })
+                        .collect()
+                })
+                .collect();
+            for (j, walk) in walks.iter().enumerate() {
+                let (_, _, p0, np) = jobs.job(j);
+                for (i, &(p, k0, _)) in walk.iter().enumerate() {
+                    let got = next_panel_chunk(&jobs, (p0, np, p), (k0 / kc, chunks, kc, k));
+                    let want = match walk.get(i + 1) {
+                        Some(&next) => Some(next),
+                        None if jobs.row_blocks == 1 => walks.get(j + 1).map(|w| w[0]),
+                        None => None,
+                    };
+                    assert_eq!(got, want, "{m}×{n}×{k}, job {j}, step {i}");
+                }
+            }
         }
     }
 
