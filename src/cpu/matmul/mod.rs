@@ -17,7 +17,7 @@
 //!   block of ≈144 rows × a few panels of C; inside it, k runs in chunks of ≤ 768 so one panel chunk (144 KB) and the
 //!   A block chunk (≈ 440 KB) stay in L2 while every tile × panel pair of the block consumes them. The next panel is
 //!   prefetched while the current one is in use, its lines spread over all of the current panel's tiles
-//!   ([`PanelPrefetch`]), and panels live on huge pages where the OS allows.
+//!   (`PanelPrefetch`), and panels live on huge pages where the OS allows.
 //! - **Epilogue.** On the last k chunk the tile adds the bias, applies the activation, or adds into C (the residual),
 //!   before its single store: no second pass over C.
 //! - **Threads.** Jobs go to rayon; the N split is made finer when there are few row blocks, so batch 1 (50 rows)
