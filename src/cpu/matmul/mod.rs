@@ -726,19 +726,19 @@ impl PanelPrefetch {
     };
 
     /// Tile `slot` of `slots`' share of panel chunk `next` ([`next_panel_chunk`]) of packed weight `w` (panels of
-    /// `nr` 4-byte words per k row, `depth` rows each: f32, bf16 pairs or i16 pairs), spread over `steps` k steps.
+    /// [`NR`] 4-byte words per k row, `depth` rows each: f32, bf16 pairs or i16 pairs), spread over `steps` k steps.
     #[inline(always)]
     pub(crate) fn of_chunk(
         w: *const u8,
-        (nr, depth): (usize, usize),
+        depth: usize,
         next: Option<(usize, usize, usize)>,
         (slot, slots): (usize, usize),
         steps: usize,
     ) -> Self {
         match next {
             Some((p, k0, klen)) => {
-                let base = w.wrapping_add((p * depth + k0) * nr * 4);
-                PanelPrefetch::share(base, (klen * nr * 4).div_ceil(64), slot, slots, steps)
+                let base = w.wrapping_add((p * depth + k0) * NR * 4);
+                PanelPrefetch::share(base, (klen * NR * 4).div_ceil(64), slot, slots, steps)
             }
             None => PanelPrefetch::NONE,
         }
@@ -1146,13 +1146,7 @@ pub(crate) mod avx512 {
         /// The prefetch of this tile's share of the next panel chunk, in packed weight `w` of `depth` rows per panel.
         #[inline(always)]
         pub(super) fn prefetch(&self, w: *const u8, depth: usize) -> PanelPrefetch {
-            PanelPrefetch::of_chunk(
-                w,
-                (NR, depth),
-                self.next,
-                (self.slot, self.slots),
-                self.klen,
-            )
+            PanelPrefetch::of_chunk(w, depth, self.next, (self.slot, self.slots), self.klen)
         }
     }
 
@@ -1459,7 +1453,6 @@ pub(crate) mod avx512 {
 mod tests {
     use super::*;
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn panel_prefetch_shares_cover_the_next_panel_spread_over_the_steps() {
         // (lines, slots, steps): batch 1 (7 tiles), one tile, two tiles, more tiles than lines, a short k chunk.
@@ -1499,7 +1492,6 @@ mod tests {
     /// The prefetch target after each panel chunk is the chunk the job's walk (`avx512::for_each_tile`: k chunks,
     /// then panels) visits next, and after a job's last one the next job's first where the jobs are consecutive
     /// panel groups of one row block.
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_prefetched_panel_chunk_is_the_one_the_walk_runs_next() {
         for (m, n, k) in [
