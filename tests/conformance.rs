@@ -340,7 +340,61 @@ fn attention<B: Backend>(b: &B, p: &Profile) {
             p.attn.1,
             &format!("{} masked attention {s:?} key lengths {lens:?}", p.name),
         );
+        if causal && b.attends_packed() {
+            packed_attention(b, p, s, &qkv, &lens, i);
+        }
     }
+}
+
+/// Causal attention on a packed stream (each item's first `lens[j]` rows, back to back) against the reference's
+/// padded attention, whose first rows of an item see only those rows.
+fn packed_attention<B: Backend>(
+    b: &B,
+    p: &Profile,
+    s: AttnShape,
+    qkv: &[f32],
+    lens: &[usize],
+    case: usize,
+) {
+    let (r, d) = (ReferenceBackend, s.width());
+    let mut padded = vec![0.0; s.batch * s.seq * d];
+    backend::attention(&r, &mut padded, &qkv.to_vec(), s).unwrap();
+    let kept = |x: &[f32], w: usize| -> Vec<f32> {
+        (0..s.batch)
+            .flat_map(|j| x[j * s.seq * w..(j * s.seq + lens[j]) * w].to_vec())
+            .collect()
+    };
+    let rows: usize = lens.iter().sum();
+    // Poison past the packed rows too: nothing may be read or written there.
+    let mut qkv_packed = kept(qkv, 3 * d);
+    qkv_packed.extend(vec![f32::NAN; 3 * d]);
+    let mut out = poisoned(b, (rows + 1) * d);
+    let lens_rows = backend::rows(b, lens).unwrap();
+    let what = format!(
+        "{} packed attention {s:?} lengths {lens:?} (case {case})",
+        p.name
+    );
+    backend::attention_packed(
+        b,
+        &mut out,
+        &b.upload(&qkv_packed).unwrap(),
+        s,
+        &lens_rows,
+        rows,
+    )
+    .unwrap();
+    let got = b.download(&out).unwrap();
+    assert!(
+        got[rows * d..].iter().all(|v| v.is_nan()),
+        "{what}: wrote past the stream"
+    );
+    assert_close(
+        &got[..rows * d],
+        &kept(&padded, d),
+        p.attn.0,
+        p.attn.1,
+        &what,
+    );
 }
 
 /// im2col, the vision and text embeddings and the row gather: data movement, so exact up to the input rounding.
@@ -567,6 +621,23 @@ fn rejects_bad_shapes<B: Backend>(b: &B) {
         let lens = backend::rows(b, lens).unwrap();
         assert!(backend::attention_masked(b, &mut out, &qkv, s, &lens).is_err());
     }
+    // Packed attention: the same bounds, lengths that sum to the stream's rows, and only where the backend has it.
+    for (lens, rows) in [
+        (&[0usize][..], 0),
+        (&[3], 3),
+        (&[1, 1], 2),
+        (&[1], 2),
+        (&[2], 1),
+        (&[2], 3),
+    ] {
+        let lens = backend::rows(b, lens).unwrap();
+        assert!(backend::attention_packed(b, &mut out, &qkv, s, &lens, rows).is_err());
+    }
+    let one = backend::rows(b, &[2]).unwrap();
+    assert_eq!(
+        backend::attention_packed(b, &mut out, &qkv, s, &one, 2).is_ok(),
+        b.attends_packed()
+    );
     let mut ln = b.alloc(8).unwrap();
     assert!(backend::layernorm(
         b,

@@ -335,6 +335,28 @@ pub trait Backend: Send + Sync {
         s: AttnShape,
         key_lens: Option<&Self::Index>,
     ) -> Result<()>;
+    /// Whether [`Backend::attention_packed_unchecked`] runs here. Where not, a packed pass spreads q|k|v into the
+    /// `batch × seq` layout, attends there and packs the output back: two row copies per layer.
+    fn attends_packed(&self) -> bool {
+        false
+    }
+    /// Causal attention straight on a packed stream (ARCHITECTURE §7.15): item b's rows are the `lens[b]` rows
+    /// after item b − 1's, in `qkv` and `out` alike; each row attends to its own item's rows up to itself. The
+    /// lengths are in 1..=`s.seq`; the backend checks that they sum to `rows`. Only called where
+    /// [`Backend::attends_packed`] holds.
+    fn attention_packed_unchecked(
+        &self,
+        _out: &mut Self::Buf,
+        _qkv: &Self::Buf,
+        _s: AttnShape,
+        _lens: &Self::Index,
+        _rows: usize,
+    ) -> Result<()> {
+        Err(Error::InvalidArgument(format!(
+            "the {} backend has no packed attention",
+            self.name()
+        )))
+    }
     fn im2col_unchecked(
         &self,
         out: &mut Self::Buf,
@@ -576,6 +598,44 @@ pub fn attention<B: Backend>(b: &B, out: &mut B::Buf, qkv: &B::Buf, s: AttnShape
         return Ok(());
     }
     b.attention_unchecked(out, qkv, s, None)
+}
+
+/// Checked causal attention on a packed stream of `rows` rows ([`Backend::attention_packed_unchecked`]): one
+/// length per batch item, each in 1..=seq, summing to `rows`.
+pub fn attention_packed<B: Backend>(
+    b: &B,
+    out: &mut B::Buf,
+    qkv: &B::Buf,
+    s: AttnShape,
+    lens: &Rows<B>,
+    rows: usize,
+) -> Result<()> {
+    if !b.attends_packed() {
+        return Err(Error::InvalidArgument(format!(
+            "the {} backend has no packed attention",
+            b.name()
+        )));
+    }
+    need(b, qkv, rows * 3 * s.width(), "attention qkv")?;
+    need(b, out, rows * s.width(), "attention output")?;
+    if lens.len != s.batch {
+        return Err(Error::Shape(format!(
+            "{} sequence lengths for a batch of {}",
+            lens.len, s.batch
+        )));
+    }
+    // The bounds keep each item within seq; the sum (which `Rows` does not keep) is checked by the backend,
+    // which holds the lengths.
+    if lens.min.is_some_and(|m| m == 0) || lens.max.is_some_and(|m| m > s.seq) {
+        return Err(Error::Shape(format!(
+            "sequence lengths must be in 1..={}, got {:?}..={:?}",
+            s.seq, lens.min, lens.max
+        )));
+    }
+    if s.width() == 0 {
+        return Ok(());
+    }
+    b.attention_packed_unchecked(out, qkv, s, &lens.index, rows)
 }
 
 /// Checked attention under a key padding mask: the queries of batch item `b` attend only to its first

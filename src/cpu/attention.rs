@@ -60,62 +60,120 @@ pub fn attention(
     s: AttnShape,
     key_lens: Option<&[u32]>,
 ) {
-    let (d, seq) = (s.width(), s.seq);
-    assert!(qkv.len() >= s.batch * seq * 3 * d && out.len() >= s.batch * seq * d);
+    let items: Vec<Item> = (0..s.batch)
+        .map(|b| Item {
+            first: b * s.seq,
+            rows: s.seq,
+            valid: key_lens.map_or(s.seq, |k| (k[b] as usize).clamp(1, s.seq)),
+        })
+        .collect();
+    attend_items(isa, tiles, out, qkv, s, &items);
+}
+
+/// Causal attention straight on a packed stream (ARCHITECTURE §7.15): item b's rows are the `lens[b]` rows after
+/// item b − 1's, in `qkv` and `out` alike, each row attending to its own item's rows up to itself. `s.seq` is not
+/// read. The caller checked that every length is ≥ 1 and that their sum fits both buffers (backend::attention_packed).
+pub fn attention_packed(
+    isa: Isa,
+    tiles: Option<TileMode>,
+    out: &mut [f32],
+    qkv: &[f32],
+    s: AttnShape,
+    lens: &[u32],
+) {
+    let mut first = 0;
+    let items: Vec<Item> = lens
+        .iter()
+        .map(|&len| {
+            let rows = len as usize;
+            first += rows;
+            Item {
+                first: first - rows,
+                rows,
+                valid: rows,
+            }
+        })
+        .collect();
+    let s = AttnShape { causal: true, ..s };
+    attend_items(isa, tiles, out, qkv, s, &items);
+}
+
+/// One sequence of a batch: its rows `first..first + rows` of `qkv` and `out`, and the keys its queries may see.
+#[derive(Clone, Copy)]
+struct Item {
+    first: usize,
+    rows: usize,
+    valid: usize,
+}
+
+impl Item {
+    /// The head kernels' view of this item: one sequence of its own length.
+    fn shape(self, s: AttnShape) -> AttnShape {
+        AttnShape {
+            batch: 1,
+            seq: self.rows,
+            ..s
+        }
+    }
+}
+
+/// Attention over `items` (of width `s.width()`, heads of `s.head_dim`, `s.causal`): one rayon task per (item,
+/// head).
+fn attend_items(
+    isa: Isa,
+    tiles: Option<TileMode>,
+    out: &mut [f32],
+    qkv: &[f32],
+    s: AttnShape,
+    items: &[Item],
+) {
+    let d = s.width();
+    let rows = items.last().map_or(0, |it| it.first + it.rows);
+    assert!(qkv.len() >= rows * 3 * d && out.len() >= rows * d);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let avx512 = cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && isa.available();
     let avx2 = cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && isa.available();
-    (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        let head = &qkv[b * seq * 3 * d + h * s.head_dim..];
-        let valid = key_lens.map_or(seq, |k| (k[b] as usize).clamp(1, seq));
+    (0..items.len() * s.heads).into_par_iter().for_each(|bh| {
+        let (item, h) = (items[bh / s.heads], bh % s.heads);
+        let head = &qkv[item.first * 3 * d + h * s.head_dim..];
+        let out = out_ptr.get().wrapping_add(item.first * d + h * s.head_dim);
+        let (si, valid) = (item.shape(s), item.valid);
         if let Some(mode) = tiles {
             // SAFETY: as below; a tile mode is only handed out where its tiles can run.
-            unsafe {
-                super::amx::attention_head(
-                    mode,
-                    isa,
-                    out_ptr.get().add(b * seq * d + h * s.head_dim),
-                    head,
-                    s,
-                    valid,
-                )
-            }
+            unsafe { super::amx::attention_head(mode, isa, out, head, si, valid) }
         } else if avx512 || avx2 {
             #[cfg(target_arch = "x86_64")]
             {
-                prefetch_head(qkv, s, bh + 1);
-                let out = out_ptr.get().wrapping_add(b * seq * d + h * s.head_dim);
-                // SAFETY: the tier was checked available above; the asserts bound every row this head touches.
+                prefetch_head(qkv, s, items, bh + 1);
+                // SAFETY: the tier was checked available above; the assert bounds every row this head touches.
                 unsafe {
                     if avx512 {
-                        head_avx512(out, head, s, valid)
+                        head_avx512(out, head, si, valid)
                     } else {
-                        head_avx2(out, head, s, valid)
+                        head_avx2(out, head, si, valid)
                     }
                 }
             }
         } else {
-            head_fallback(isa, out_ptr.get(), b, h, head, s, valid)
+            head_fallback(isa, out, head, si, valid)
         }
     });
 }
 
-/// Asks for head `bh`'s q, k and v rows in L2, where the next task on this thread (rayon hands each thread a
-/// contiguous range of heads) will find them. Each row of a head is `head_dim` floats out of `3·width`: a stride
+/// Asks for task `bh`'s q, k and v rows in L2, where the next task on this thread (rayon hands each thread a
+/// contiguous range of tasks) will find them. Each row of a head is `head_dim` floats out of `3·width`: a stride
 /// of 3–12 KB that the hardware prefetchers do not follow, so without this every head started by waiting on
 /// DRAM for its rows (the packing of Kᵀ alone took 9 % of ViT-L/14's attention).
 #[cfg(target_arch = "x86_64")]
-fn prefetch_head(qkv: &[f32], s: AttnShape, bh: usize) {
+fn prefetch_head(qkv: &[f32], s: AttnShape, items: &[Item], bh: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-    if bh >= s.batch * s.heads {
+    let Some(item) = items.get(bh / s.heads) else {
         return;
-    }
-    let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
-    let (b, h) = (bh / s.heads, bh % s.heads);
-    let head = qkv[b * seq * 3 * d + h * hd..].as_ptr() as *const i8;
+    };
+    let (d, hd) = (s.width(), s.head_dim);
+    let head = qkv[item.first * 3 * d + (bh % s.heads) * hd..].as_ptr() as *const i8;
     let bytes = hd * std::mem::size_of::<f32>();
-    for j in 0..seq {
+    for j in 0..item.rows {
         for part in 0..3 {
             let row = head.wrapping_add((j * 3 * d + part * d) * std::mem::size_of::<f32>());
             // Every line the row touches, its last byte's included (rows need not start on a line).
@@ -382,16 +440,9 @@ unsafe fn pack_keys_avx2(kt: &mut [f32], k: *const f32, ldk: usize, hd: usize, v
     }
 }
 
-/// One head on the other tiers: the products through the `gemm` crate, the softmax on the chosen tier.
-fn head_fallback(
-    isa: Isa,
-    out: *mut f32,
-    b: usize,
-    h: usize,
-    head: &[f32],
-    s: AttnShape,
-    valid: usize,
-) {
+/// One head on the other tiers: the products through the `gemm` crate, the softmax on the chosen tier. `out` starts
+/// at the item's first row, in the head's columns.
+fn head_fallback(isa: Isa, out: *mut f32, head: &[f32], s: AttnShape, valid: usize) {
     let (d, hd, seq) = (s.width(), s.head_dim, s.seq);
     with_scratch(seq * seq + seq * hd, |buf| {
         let (scores, o) = buf.split_at_mut(seq * seq);
@@ -432,10 +483,8 @@ fn head_fallback(
             gemm::Parallelism::None,
         );
         for (i, row) in o.chunks_exact(hd).enumerate() {
-            // SAFETY: row (b·seq + i) of out exists (asserted by the caller); this task owns columns h·hd..(h+1)·hd.
-            unsafe {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), out.add((b * seq + i) * d + h * hd), hd)
-            };
+            // SAFETY: the item's row i of out exists (asserted by the caller); this task owns its head's columns.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(i * d), hd) };
         }
     })
 }

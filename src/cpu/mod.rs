@@ -311,4 +311,31 @@ impl Backend for CpuBackend {
         });
         Ok(())
     }
+    fn attends_packed(&self) -> bool {
+        true
+    }
+    fn attention_packed_unchecked(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        s: AttnShape,
+        lens: &Vec<u32>,
+        rows: usize,
+    ) -> Result<()> {
+        let lens = &lens[..s.batch];
+        let sum: usize = lens.iter().map(|&l| l as usize).sum();
+        if sum != rows {
+            return Err(crate::error::Error::Shape(format!(
+                "sequence lengths sum to {sum}, the packed stream has {rows} rows"
+            )));
+        }
+        // Each item's causal products over its own rows, as `cliprt bench` counts them (per item, every query
+        // against every key).
+        let flops = 4.0 * lens.iter().map(|&l| (l as f64).powi(2)).sum::<f64>() * s.width() as f64;
+        timed(OpClass::Attention, flops, || {
+            let tiles = self.engine.tiles().filter(|_| self.tile_attention);
+            attention::attention_packed(self.engine.isa(), tiles, out, qkv, s, lens)
+        });
+        Ok(())
+    }
 }

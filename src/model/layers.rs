@@ -174,11 +174,14 @@ impl<B: Backend> Pass<'_, B> {
 }
 
 /// A causal batch packed to the rows that matter (ARCHITECTURE §7.15): each item's tokens up to its pooled row,
-/// back to back, so the row-wise work (LayerNorm, the four products) skips the padding. Attention alone needs the
-/// `batch × seq` layout: its q|k|v are spread into it and its output packed back, two row copies per layer.
+/// back to back, so the row-wise work (LayerNorm, the four products) skips the padding. Attention runs on the
+/// packed rows where the backend can ([`Backend::attends_packed`]); elsewhere its q|k|v are spread into the
+/// `batch × seq` layout and its output packed back, two row copies per layer.
 pub struct Packed<'a, B: Backend> {
     /// Rows of the packed stream.
     pub rows: usize,
+    /// Each item's packed rows (its tokens up to its pooled row).
+    pub lens: &'a Rows<B>,
     /// For each `batch × seq` row, the packed row it takes (a padding row: any row of its own item; causal
     /// attention never lets it reach a kept row).
     pub spread: &'a Rows<B>,
@@ -286,6 +289,9 @@ fn attend<B: Backend>(
     let Some(packed) = &p.packed else {
         return attention(b, &mut ws.attn, &ws.qkv, shape, p.key_lens);
     };
+    if b.attends_packed() {
+        return backend::attention_packed(b, &mut ws.attn, &ws.qkv, shape, packed.lens, rows);
+    }
     if !can_pack(c) {
         return Err(crate::error::Error::Shape(
             "a packed pass needs an MLP at least 3× the width (layers::can_pack)".into(),
@@ -492,12 +498,14 @@ mod tests {
             .iter()
             .flat_map(|&r| x[r * d..(r + 1) * d].to_vec())
             .collect();
-        let (spread, pack_rows) = (
+        let (spread, pack_rows, lens) = (
             backend::rows(b, &spread).unwrap(),
             backend::rows(b, &pack).unwrap(),
+            backend::rows(b, &lens).unwrap(),
         );
         let packed = Packed {
             rows: pack.len(),
+            lens: &lens,
             spread: &spread,
             pack: &pack_rows,
         };
@@ -506,6 +514,8 @@ mod tests {
 
     #[test]
     fn packed_causal_pass_matches_the_padded_pass() {
+        // The reference spreads q|k|v and packs the output back; the CPU engines attend on the packed rows.
+        assert!(!ReferenceBackend.attends_packed());
         assert_same("reference", padded_and_packed(&ReferenceBackend), 0.0);
         for engine in MatrixEngine::ALL.into_iter().filter(|e| e.available()) {
             let b = CpuBackend::with_engine(engine).unwrap();

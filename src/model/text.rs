@@ -36,9 +36,10 @@ struct Scratch<B: Backend> {
     key_lens: Rows<B>,
     /// A left-padded batch's packing order (rows of `ids` in the tower's order).
     order: Rows<B>,
-    /// A packed causal batch's two row maps ([`Packed`]).
+    /// A packed causal batch's two row maps and each text's packed rows ([`Packed`]).
     spread: Rows<B>,
     pack: Rows<B>,
+    packed_lens: Rows<B>,
     /// Pooled rows, after the final LayerNorm `[texts, D]`; projections `[texts, projection_dim]`.
     pooled: B::Buf,
     normed: B::Buf,
@@ -50,29 +51,38 @@ struct Scratch<B: Backend> {
 /// What a recorded forward depends on: texts, seq, causal, masked, reordered, and the packed rows (0: unpacked).
 type Layout = (usize, usize, bool, bool, bool, usize);
 
-/// A causal batch's row maps when packed ([`Packed`]), and each text's pooled row in the packed stream.
+/// A causal batch's row maps when packed ([`Packed`]), each text's pooled row in the packed stream and its packed
+/// rows.
 #[derive(Debug, PartialEq)]
 struct PackedRows {
     spread: Vec<u32>,
     pack: Vec<u32>,
     pool: Vec<u32>,
+    lens: Vec<u32>,
 }
 
 /// The packed layout of a causal batch pooled at `pool` in rows of `seq`, or `None` where packing saves too little.
 /// Only rows up to each text's pooled row matter, so a batch of texts of different lengths, cut at the longest,
-/// still holds padding: ≈ 20 % of the rows for `cliprt bench`'s 32 prompts (8–11 tokens). Under 5 % the two row
-/// copies per layer would cost about what the skipped rows save, so the batch runs as it is. The caller checked
-/// that `pool.len() · seq` rows fit in u32.
-fn packing(pool: &[usize], seq: usize) -> Option<PackedRows> {
+/// still holds padding: ≈ 20 % of the rows for `cliprt bench`'s 32 prompts (8–11 tokens). Where the backend
+/// attends on packed rows (`in_place`), any padding is worth skipping; elsewhere, under 5 % the two row copies per
+/// layer would cost about what the skipped rows save, so the batch runs as it is. The caller checked that
+/// `pool.len() · seq` rows fit in u32.
+fn packing(pool: &[usize], seq: usize, in_place: bool) -> Option<PackedRows> {
     let padded = pool.len() * seq;
     let kept: usize = pool.iter().map(|p| p + 1).sum();
-    if kept * 20 > padded * 19 {
+    let worth = if in_place {
+        kept < padded
+    } else {
+        kept * 20 <= padded * 19
+    };
+    if !worth {
         return None;
     }
     let mut rows = PackedRows {
         spread: Vec::with_capacity(padded),
         pack: Vec::with_capacity(kept),
         pool: Vec::with_capacity(pool.len()),
+        lens: Vec::with_capacity(pool.len()),
     };
     let mut first = 0;
     for (item, &p) in pool.iter().enumerate() {
@@ -81,6 +91,7 @@ fn packing(pool: &[usize], seq: usize) -> Option<PackedRows> {
             .extend((0..seq).map(|t| (first + t.min(p)) as u32));
         rows.pack.extend((0..=p).map(|t| (item * seq + t) as u32));
         rows.pool.push((first + p) as u32);
+        rows.lens.push((p + 1) as u32);
         first += p + 1;
     }
     Some(rows)
@@ -104,6 +115,7 @@ impl<B: Backend> Scratch<B> {
             order: backend::rows(b, &vec![0; rows])?,
             spread: backend::rows(b, &vec![0; rows])?,
             pack: backend::rows(b, &vec![0; rows])?,
+            packed_lens: backend::rows(b, &vec![1; texts])?,
             pooled: b.alloc(texts * d)?,
             normed: b.alloc(texts * d)?,
             out: b.alloc(texts * projection_dim)?,
@@ -164,7 +176,10 @@ impl<B: Backend> TextTower<B> {
             return Err(Error::Shape("text rows past 32 bits".into()));
         }
         let packing = match batch.causal && batch.key_lens.is_none() && batch.order.is_none() {
-            true if can_pack(c) => packing(&batch.pool, seq),
+            // Attention on the packed rows needs no room for the spread q|k|v.
+            true if b.attends_packed() || can_pack(c) => {
+                packing(&batch.pool, seq, b.attends_packed())
+            }
             _ => None,
         };
         // The pooled rows, in the stream's layout.
@@ -181,6 +196,7 @@ impl<B: Backend> TextTower<B> {
         if let Some(rows) = &packing {
             backend::write_rows(b, &mut s.spread, &rows.spread)?;
             backend::write_rows(b, &mut s.pack, &rows.pack)?;
+            backend::write_rows(b, &mut s.packed_lens, &rows.lens)?;
         }
         let packed_rows = packing.as_ref().map_or(0, |rows| rows.pack.len());
         if let Some(lens) = &batch.key_lens {
@@ -198,6 +214,7 @@ impl<B: Backend> TextTower<B> {
             order,
             spread,
             pack,
+            packed_lens,
             pooled,
             normed,
             out,
@@ -234,6 +251,7 @@ impl<B: Backend> TextTower<B> {
                 key_lens: mask,
                 packed: (packed_rows > 0).then_some(Packed {
                     rows: packed_rows,
+                    lens: packed_lens,
                     spread,
                     pack,
                 }),
@@ -269,15 +287,20 @@ mod tests {
 
     #[test]
     fn packing_keeps_each_text_up_to_its_pooled_row() {
-        // Pooled at 3, 0 and 2 in rows of 4: 7 of 12 rows kept.
-        let rows = packing(&[3, 0, 2], 4).expect("42 % of the rows saved");
-        assert_eq!(rows.pack, [0, 1, 2, 3, 4, 8, 9, 10]);
-        // Padded row → packed row; padding takes its own text's pooled row.
-        assert_eq!(rows.spread, [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 7, 7]);
-        assert_eq!(rows.pool, [3, 4, 7]);
-        // Every text at full length: nothing to save. One row of 40 short (2.5 %): not worth two copies per layer.
-        assert_eq!(packing(&[3, 3], 4), None);
-        assert_eq!(packing(&[9, 9, 9, 8], 10), None);
-        assert!(packing(&[9, 9, 8, 8], 10).is_some());
+        for in_place in [false, true] {
+            // Pooled at 3, 0 and 2 in rows of 4: 7 of 12 rows kept.
+            let rows = packing(&[3, 0, 2], 4, in_place).expect("42 % of the rows saved");
+            assert_eq!(rows.pack, [0, 1, 2, 3, 4, 8, 9, 10]);
+            // Padded row → packed row; padding takes its own text's pooled row.
+            assert_eq!(rows.spread, [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 7, 7]);
+            assert_eq!(rows.pool, [3, 4, 7]);
+            assert_eq!(rows.lens, [4, 1, 3]);
+            // Every text at full length: nothing to save.
+            assert_eq!(packing(&[3, 3], 4, in_place), None);
+            assert!(packing(&[9, 9, 8, 8], 10, in_place).is_some());
+        }
+        // One row of 40 short (2.5 %): worth it only without the two row copies per layer.
+        assert_eq!(packing(&[9, 9, 9, 8], 10, false), None);
+        assert!(packing(&[9, 9, 9, 8], 10, true).is_some());
     }
 }
