@@ -29,16 +29,33 @@ fn is_i16(cpu: &CpuBackend) -> bool {
 }
 
 /// Each `len`-long row of `v` on the grid an i16 engine puts it on: steps of max|row| / `limit`, rounded to
-/// nearest even (activations: rows of A, limit 16383; weights: rows of W, i.e. output channels, limit 2047).
+/// nearest even (activations: rows of A, limit 16383; weights: rows of W, i.e. output channels, limit 2047). A
+/// weight row whose 128 consecutive quantized values could sum past 131 071 − 65 in magnitude (the i32 bound of the
+/// kernels' 64-pair sums, src/cpu/matmul/fixed16.rs) takes the coarser step that keeps them under it.
 fn i16_rounded(v: &[f32], len: usize, limit: f32) -> Vec<f32> {
     v.chunks(len.max(1))
         .flat_map(|row| {
             let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let (step, inv) = if max < 1e-30 {
+            let (mut step, mut inv) = if max < 1e-30 {
                 (0.0, 0.0)
             } else {
                 (max / limit, limit / max)
             };
+            if limit == 2047.0 && inv > 0.0 {
+                let abs: Vec<f64> = row.iter().map(|&x| f64::from(x.abs())).collect();
+                let widest = if abs.len() <= 128 {
+                    abs.iter().sum()
+                } else {
+                    abs.windows(128)
+                        .map(|w| w.iter().sum::<f64>())
+                        .fold(0.0, f64::max)
+                };
+                let room = 131_071.0 - 65.0;
+                if f64::from(inv) * widest > room {
+                    inv = (room / widest) as f32;
+                    step = 1.0 / inv;
+                }
+            }
             row.iter().map(move |&x| (x * inv).round_ties_even() * step)
         })
         .collect()
@@ -203,7 +220,8 @@ fn i16_gemm_checks(cpu: &CpuBackend) {
             "i16 gemm with outliers",
         );
     }
-    // The worst case of the i32 sums: |x| and |w| at their largest everywhere, all products of one sign.
+    // The worst case of the i32 sums: |x| and |w| at their largest everywhere, all products of one sign. A flat
+    // weight row takes the coarser step that bounds its window sums, so the product is that of its grid value.
     let s = GemmShape {
         m: 7,
         n: 17,
@@ -213,7 +231,9 @@ fn i16_gemm_checks(cpu: &CpuBackend) {
         let x = vec![sign * 3.5; s.m * s.k];
         let w = vec![0.25f32; s.n * s.k];
         let got = run(&x, &w, s);
-        let want = sign * 3.5 * 0.25 * s.k as f32;
+        let on_grid = i16_rounded(&w[..s.k], s.k, 2047.0)[0];
+        assert!((on_grid - 0.25).abs() < 1e-3);
+        let want = sign * 3.5 * on_grid * s.k as f32;
         assert!(
             got.iter().all(|&v| (v - want).abs() <= 1e-5 * want.abs()),
             "{:?} vs {want}",

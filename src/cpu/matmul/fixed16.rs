@@ -3,16 +3,22 @@
 //! f32 sums.
 //!
 //! **Numbers.** `C = (A_q · W_qᵀ) · s_row · s_col`:
-//! - each weight column (output channel) is scaled onto ±[`W_MAX`] = 2¹¹ − 1 once at load;
 //! - each activation row is scaled onto ±[`A_MAX`] = 2¹⁴ − 1 per call, after a pass that finds its largest |value|;
+//! - each weight column (output channel) is scaled once at load onto ±[`W_MAX`] = 2¹¹ − 1, or finer where that
+//!   is needed to bound its window sums (below);
 //! - both rounded to nearest. An element's error is ≤ half a step of its row's or column's range. For an activation
 //!   that is finer than bf16's half ulp (2⁻⁹ of the value) while the row's largest |value| is under 64× it; a
 //!   weight column's largest |value| is ≈ 4× its typical one, so its grid is ≈ 8× finer than bf16. Measured: the
-//!   fixtures' embeddings at cosine ≥ 0.999994 to f32 (bf16: 0.99991), and tests/ops.rs holds the kernel to bf16's
+//!   fixtures' embeddings at cosine ≥ 0.99997 to f32 (bf16: 0.99991), and tests/ops.rs holds the kernel to bf16's
 //!   error bound on rows with 100× outliers.
-//! - `vpmaddwd` sums the products of two k steps into i32 (≤ 2 · 2¹⁴ · 2¹¹ = 2²⁶); [`STEPS`] = 32 such pairs stay
-//!   within 2³¹, then the sum moves into f32 accumulators, so no i32 ever overflows, whatever the data. Against 16
-//!   steps of 15-bit activations: +2–4 % speed (fewer moves to f32), the same fixture and ViT-B/32 cosines.
+//! - The kernels sum the products of [`STEPS`] = 64 k pairs into i32 lanes, then move the sum into f32
+//!   accumulators. A lane's sum is at most (A_MAX + 1) · Σ|w_q| over the window's 128 weights, so every column's
+//!   step is chosen so that any 128 consecutive |w_q| sum to ≤ [`WINDOW_SUM`] (`column_steps`): no i32 ever
+//!   overflows, whatever the activations. Real weights (near-Gaussian, largest ≈ 3–4× the typical) stay on the
+//!   full ±2047 grid; only flat columns (uniform random weights: the bench's synthetic model) get a step up to
+//!   ≈ 2× coarser. 32 pairs at the full grid for every column (the earlier bound) moved the 24 i32 accumulators of
+//!   an AVX-512 tile to their f32 sums (on the stack) twice as often: measured on Zen 4, ViT-B/32's text GEMMs
+//!   (2 threads, best of 6 alternated rounds) 363–393 → 377–406 GFLOP/s.
 //! - Non-finite activations make their row's step NaN, so the row's outputs are NaN (as f32 arithmetic would
 //!   give), never a silent wrong value. Rows whose largest |value| is below [`TINY`] contribute 0.
 //!
@@ -30,10 +36,11 @@ pub(super) const W_MAX: f32 = 2047.0;
 /// Largest |quantized activation|: 14 bits and a sign.
 pub(super) const A_MAX: f32 = 16383.0;
 /// k pairs summed in i32 before the sum moves to f32.
-pub(super) const STEPS: usize = 32;
-// The worst case of one i32 lane over STEPS pairs fits in i32. (A NaN quantizes to −32768 and may wrap, but its
-// row's step is NaN: those outputs are NaN whatever the sum.)
-const _: () = assert!(STEPS as i64 * 2 * (A_MAX as i64 + 1) * (W_MAX as i64) <= i32::MAX as i64);
+pub(super) const STEPS: usize = 64;
+/// Largest Σ|w_q| over any `2 · STEPS` consecutive weights of a column: with |a_q| ≤ A_MAX + 1 a window's i32 sum
+/// stays within i32 (A NaN quantizes to −32768 and may wrap, but its row's step is NaN: those outputs are NaN
+/// whatever the sum).
+pub(super) const WINDOW_SUM: f64 = (i32::MAX as i64 / (A_MAX as i64 + 1)) as f64;
 /// Below this largest |value| a row of A is taken as zero: its reciprocal scale would overflow f32.
 const TINY: f32 = 1e-30;
 
@@ -77,6 +84,35 @@ fn steps(max: f32, limit: f32) -> (f32, f32) {
     }
 }
 
+/// A weight column's (step, 1 / step): ±[`W_MAX`] over its largest |value|, or a coarser step where needed so that
+/// its quantized values over any `2 · STEPS` consecutive k sum to ≤ [`WINDOW_SUM`] in magnitude. Rounding adds ≤ ½
+/// per value (`STEPS` per window), f32's products ≪ 1 more, hence the margin of `STEPS + 1`.
+fn column_steps(col: &[f32]) -> (f32, f32) {
+    let (step, inv) = steps(abs_max(col), W_MAX);
+    if inv == 0.0 {
+        return (step, inv);
+    }
+    let widest = window_abs_sum(col, 2 * STEPS);
+    let room = WINDOW_SUM - (STEPS + 1) as f64;
+    if f64::from(inv) * widest <= room {
+        return (step, inv);
+    }
+    let inv = (room / widest) as f32;
+    (1.0 / inv, inv)
+}
+
+/// The largest Σ|x| over `len` consecutive values of `xs` (all of them where shorter), in f64.
+fn window_abs_sum(xs: &[f32], len: usize) -> f64 {
+    let abs = |i: usize| f64::from(xs[i].abs());
+    let mut sum: f64 = (0..len.min(xs.len())).map(abs).sum();
+    let mut widest = sum;
+    for i in len..xs.len() {
+        sum += abs(i) - abs(i - len);
+        widest = widest.max(sum);
+    }
+    widest
+}
+
 /// `x / step` rounded to nearest even (as `vcvtps2dq` does), clamped to i16.
 fn quantize(x: f32, inv_step: f32) -> i16 {
     // Adding 1.5 · 2²³ moves |v| ≤ 2²² to where one ulp is 1, so the addition itself rounds to nearest even
@@ -97,7 +133,7 @@ pub(crate) fn pack(w: &[f32], n: usize, k: usize, nr: usize) -> PackedI16 {
     let mut scales = vec![0f32; panels * nr];
     let mut inv = vec![0f32; n];
     for col in 0..n {
-        (scales[col], inv[col]) = steps(abs_max(&w[col * k..(col + 1) * k]), W_MAX);
+        (scales[col], inv[col]) = column_steps(&w[col * k..(col + 1) * k]);
     }
     let mut p = Aligned::<u32>::zeroed(panels * kp * nr);
     super::fill_panels(p.as_mut_slice(), nr, kp, n, |panel, cols| {
@@ -265,6 +301,66 @@ mod tests {
         assert_eq!(steps(0.0, A_MAX), (0.0, 0.0));
         assert!(steps(f32::INFINITY, A_MAX).0.is_nan());
         assert!(abs_max(&[1.0, f32::NAN, 3.0]).is_nan());
+    }
+
+    /// Every window of `2 · STEPS` quantized weights of every column, read back from the panels, sums to
+    /// ≤ WINDOW_SUM in magnitude, and no |w_q| passes W_MAX; near-Gaussian columns keep the full ±W_MAX grid.
+    #[test]
+    fn weight_windows_cannot_overflow_i32_and_real_weights_keep_the_full_grid() {
+        let (k, nr) = (300, 16);
+        let flat = vec![0.7f32; k];
+        let mut alternating: Vec<f32> = (0..k)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        alternating[5] = 1.0000001;
+        // A uniform column (the synthetic model's weights) and a near-Gaussian one: a sum of four uniforms.
+        let mut seed = 12345u64;
+        let mut uniform = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let flat_random: Vec<f32> = (0..k).map(|_| uniform()).collect();
+        let gaussian: Vec<f32> = (0..k)
+            .map(|_| (0..4).map(|_| uniform()).sum::<f32>())
+            .collect();
+        let cols = [flat, alternating, flat_random, gaussian.clone()];
+        let w: Vec<f32> = cols.concat();
+        let packed = pack(&w, cols.len(), k, nr);
+        let kp = k.div_ceil(2);
+        for (c, col) in cols.iter().enumerate() {
+            let q: Vec<i32> = (0..kp)
+                .flat_map(|t| {
+                    let word = packed.panels.as_slice()[t * nr + c];
+                    [
+                        i32::from(word as u16 as i16),
+                        i32::from((word >> 16) as u16 as i16),
+                    ]
+                })
+                .take(k)
+                .collect();
+            assert!(q.iter().all(|v| v.abs() <= W_MAX as i32), "column {c}");
+            let widest = q
+                .windows(2 * STEPS)
+                .map(|win| win.iter().map(|v| f64::from(v.abs())).sum::<f64>())
+                .fold(0.0, f64::max);
+            assert!(
+                widest <= WINDOW_SUM,
+                "column {c}: a window sums to {widest}"
+            );
+            // The grid still reproduces the column to half a step.
+            let step = packed.scales[c];
+            for (v, x) in q.iter().zip(col) {
+                assert!((*v as f32 * step - x).abs() <= 0.5001 * step, "column {c}");
+            }
+        }
+        assert_eq!(
+            packed.scales[3],
+            abs_max(&gaussian) / W_MAX,
+            "near-Gaussian: full grid"
+        );
+        assert!(packed.scales[0] > 0.7 / W_MAX, "flat: a coarser step");
     }
 
     #[test]
