@@ -1000,19 +1000,36 @@ pub(crate) mod avx512 {
         st: TileStore,
         pf: PanelPrefetch,
     ) {
+        tile_bf16_narrow::<R, LDA, NV>(kp, a, lda, b, c, ldc, cols, st, pf)
+    }
+
+    /// [`tile_bf16_lda`] over the panel's first `V` vectors of 16 columns only (`cols` ≤ 16·V).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_bf16_narrow<const R: usize, const LDA: usize, const V: usize>(
+        kp: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+        pf: PanelPrefetch,
+    ) {
         let lda = if LDA > 0 { LDA } else { lda };
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
         macro_rules! step {
             ($kk:expr) => {{
                 let kk = $kk;
                 pf.step(kk);
                 let bp = b.add(kk * NR) as *const __m512i;
-                let bv: [__m512bh; NV] =
+                let bv: [__m512bh; V] =
                     std::array::from_fn(|j| std::mem::transmute(_mm512_loadu_si512(bp.add(j))));
                 for (i, row) in acc.iter_mut().enumerate() {
                     let ai: __m512bh =
                         std::mem::transmute(_mm512_set1_epi32(*a.add(i * lda + kk) as i32));
-                    for j in 0..NV {
+                    for j in 0..V {
                         row[j] = _mm512_dpbf16_ps(row[j], ai, bv[j]);
                     }
                 }
@@ -1020,9 +1037,53 @@ pub(crate) mod avx512 {
         }
         k_loop!(kp, step, prefetch_tile::<R>(c, ldc));
         if st.to_bf16 {
-            store_tile_pairs::<R>(acc, c as *mut u32, ldc, cols, st);
+            // The pairs' store takes a full panel's registers: zero past the tile's vectors, as past `cols`.
+            let full: [[__m512; NV]; R] = std::array::from_fn(|i| {
+                std::array::from_fn(|j| acc[i].get(j).copied().unwrap_or(_mm512_setzero_ps()))
+            });
+            store_tile_pairs::<R>(full, c as *mut u32, ldc, cols, st);
         } else {
-            store_tile::<R, NV>(&acc, c, ldc, cols, st);
+            store_tile::<R, V>(&acc, c, ldc, cols, st);
+        }
+    }
+
+    /// A tile of a GEMM's last panel when it is 16 or 32 columns wide (ViT-L's width 1024 ends on 16 of 48, the
+    /// text's 512 on 32): its products over the missing vectors would cost as much as the real ones, 3 % of those
+    /// GEMMs. Out of line, so that the full-panel kernels inlined into the job keep their code.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_bf16_last_panel(
+        rows: usize,
+        kp: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        st: TileStore,
+        pf: PanelPrefetch,
+    ) {
+        macro_rules! narrow {
+            ($v:literal) => {
+                match rows {
+                    1 => tile_bf16_narrow::<1, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    2 => tile_bf16_narrow::<2, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    3 => tile_bf16_narrow::<3, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    4 => tile_bf16_narrow::<4, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    5 => tile_bf16_narrow::<5, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    6 => tile_bf16_narrow::<6, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    7 => tile_bf16_narrow::<7, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    8 => tile_bf16_narrow::<8, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    rows => unreachable!("tile height {rows} outside 1..=8"),
+                }
+            };
+        }
+        if cols <= 16 {
+            narrow!(1)
+        } else {
+            narrow!(2)
         }
     }
 
@@ -1323,6 +1384,11 @@ pub(crate) mod avx512 {
             };
             let ap = a.add(t.r0 * kp + t.k0);
             let n = ldc;
+            if t.cols <= 32 && t.rows <= 8 {
+                return tile_bf16_last_panel(
+                    t.rows, t.klen, ap, kp, panel, cp, n, t.cols, t.st, next,
+                );
+            }
             // CLIP's common (tile height, K/2) pairs get a compile-time stride, as in job_f32.
             macro_rules! fixed {
                 ($r:literal, $kp:literal) => {
