@@ -983,30 +983,14 @@ pub(crate) mod avx512 {
         st: TileStore,
         pf: PanelPrefetch,
     ) {
-        tile_bf16_lda::<R, 0>(kp, a, lda, b, c, ldc, cols, st, pf)
+        tile_bf16_lda::<R, 0, NV>(kp, a, lda, b, c, ldc, cols, st, pf)
     }
 
-    /// [`tile_bf16`] with the A row stride (in pairs) known at compile time when `LDA > 0`, as [`tile_f32_lda`].
+    /// [`tile_bf16`] with the A row stride (in pairs) known at compile time when `LDA > 0`, as [`tile_f32_lda`],
+    /// over the panel's first `V` vectors of 16 columns (`cols` ≤ 16·V; `NV` but in a narrow last panel).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_bf16_lda<const R: usize, const LDA: usize>(
-        kp: usize,
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        st: TileStore,
-        pf: PanelPrefetch,
-    ) {
-        tile_bf16_narrow::<R, LDA, NV>(kp, a, lda, b, c, ldc, cols, st, pf)
-    }
-
-    /// [`tile_bf16_lda`] over the panel's first `V` vectors of 16 columns only (`cols` ≤ 16·V).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_bf16_narrow<const R: usize, const LDA: usize, const V: usize>(
+    unsafe fn tile_bf16_lda<const R: usize, const LDA: usize, const V: usize>(
         kp: usize,
         a: *const u32,
         lda: usize,
@@ -1068,14 +1052,14 @@ pub(crate) mod avx512 {
         macro_rules! narrow {
             ($v:literal) => {
                 match rows {
-                    1 => tile_bf16_narrow::<1, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    2 => tile_bf16_narrow::<2, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    3 => tile_bf16_narrow::<3, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    4 => tile_bf16_narrow::<4, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    5 => tile_bf16_narrow::<5, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    6 => tile_bf16_narrow::<6, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    7 => tile_bf16_narrow::<7, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
-                    8 => tile_bf16_narrow::<8, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    1 => tile_bf16_lda::<1, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    2 => tile_bf16_lda::<2, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    3 => tile_bf16_lda::<3, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    4 => tile_bf16_lda::<4, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    5 => tile_bf16_lda::<5, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    6 => tile_bf16_lda::<6, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    7 => tile_bf16_lda::<7, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
+                    8 => tile_bf16_lda::<8, 0, $v>(kp, a, lda, b, c, ldc, cols, st, pf),
                     rows => unreachable!("tile height {rows} outside 1..=8"),
                 }
             };
@@ -1392,7 +1376,7 @@ pub(crate) mod avx512 {
             // CLIP's common (tile height, K/2) pairs get a compile-time stride, as in job_f32.
             macro_rules! fixed {
                 ($r:literal, $kp:literal) => {
-                    tile_bf16_lda::<$r, $kp>(t.klen, ap, kp, panel, cp, n, t.cols, t.st, next)
+                    tile_bf16_lda::<$r, $kp, NV>(t.klen, ap, kp, panel, cp, n, t.cols, t.st, next)
                 };
             }
             match (t.rows, kp) {
