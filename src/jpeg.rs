@@ -13,7 +13,7 @@
 //! - four are CMYK, read inverted as Adobe writes them (PIL's rawmode "CMYK;I"), then PIL's `cmyk2rgb`.
 //!
 //! libjpeg reports errors through `error_exit`, which must not return; ours unwinds (the C code is compiled with
-//! unwind tables) with `resume_unwind`, which skips the panic hook, and [`decode`] catches it: a bad file is a typed
+//! unwind tables) with `resume_unwind`, which skips the panic hook, and `decode` catches it: a bad file is a typed
 //! error, never a panic or a message on stderr. Warnings (corrupt entropy data that libjpeg recovers from) are
 //! ignored, as PIL ignores them. libjpeg's memory is capped by the decode budget.
 

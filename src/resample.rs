@@ -332,7 +332,7 @@ fn pass_order(w: usize, h: usize, width: usize, height: usize) -> Vec<bool> {
     passes.iter().filter(|p| p.1).map(|p| p.0).collect()
 }
 
-/// Resizes with a PIL convolution filter, in Pillow 13's pass order ([`pass_order`]).
+/// Resizes with a PIL convolution filter, in Pillow 13's pass order (`pass_order`).
 pub fn resize_convolution(
     img: &RgbImage,
     width: usize,
@@ -354,7 +354,7 @@ pub fn resize_convolution(
 /// PIL's resize of a 16-bit grey image (mode "I;16", `width × height` values, row-major) with a convolution
 /// filter (`ImagingResample*_16bpc`): each value is `Σ input · weight` in `f64` with the normalized weights (no
 /// fixed point), rounded half away from zero and clamped to 0..=65535 (held to Pillow 13's own output, sums above
-/// 65535 included, by tests/openclip.rs). The passes run in [`pass_order`].
+/// 65535 included, by tests/openclip.rs). The passes run in `pass_order`.
 ///
 /// # Panics
 /// When `plane` holds fewer than `w · h` values (callers check the plane against its image first).

@@ -1,5 +1,5 @@
 //! Throughput measurement behind `cliprt bench`: the configuration, the measurement record, timing and the table.
-//! The workloads live in [`models`] (image, text, similarity through one [`crate::Engine`]) and [`search`] (top-k
+//! The workloads live in `models` (image, text, similarity through one [`crate::Engine`]) and [`search`] (top-k
 //! over a random gallery), both timed with warm-up and repetitions and reported with FLOP rates against the peak of
 //! the engine that ran.
 
@@ -226,7 +226,7 @@ pub(crate) fn time_runs(
 }
 
 /// Checks `cfg` against every rule and limit before anything is built: sizes, run counts and the estimated memory
-/// (see [`check_memory`]). [`run`] calls it first; `cliprt bench` arguments can be vetted with it alone.
+/// (see `check_memory`). [`run`] calls it first; `cliprt bench` arguments can be vetted with it alone.
 pub fn check(cfg: &BenchConfig) -> Result<()> {
     if cfg.batches.is_empty() || cfg.batches.contains(&0) {
         return Err(Error::InvalidArgument("batch sizes must be ≥ 1".into()));

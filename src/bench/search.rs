@@ -25,7 +25,7 @@ pub struct SearchBench {
     pub peak_gflops: Option<f64>,
     /// Any device but the simulator (its timings mean nothing).
     pub device: Device,
-    /// Bytes the sweep may allocate (see [`super::check_memory`]).
+    /// Bytes the sweep may allocate (see `bench::check_memory`).
     pub max_memory: u64,
 }
 
@@ -103,7 +103,7 @@ impl Point {
 }
 
 /// Runs the sweep, calling `report` after each measurement.
-/// The sweep's sizes are ≥ 1 and its largest allocation fits `max_memory` (see [`super::check_memory`]).
+/// The sweep's sizes are ≥ 1 and its largest allocation fits `max_memory` (see `bench::check_memory`).
 pub(super) fn check_sizes(s: &super::SearchSizes, max_memory: u64) -> Result<()> {
     for (what, v) in [
         ("--gallery", &s.galleries),

@@ -195,7 +195,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    /// One part per thread, each of at least [`MIN_PART_ROWS`] rows: a forward's GEMMs, attention and row-wise ops
+    /// One part per thread, each of at least `MIN_PART_ROWS` rows: a forward's GEMMs, attention and row-wise ops
     /// then run on their own part without waiting for each other at every op.
     fn batch_parts(&self, rows: usize) -> usize {
         (rows / MIN_PART_ROWS).clamp(1, rayon::current_num_threads())

@@ -38,8 +38,8 @@ impl Unit {
     }
 }
 
-/// The unit's peak GFLOP/s on `threads` threads: each thread runs the loop [`RUNS`] times, all threads at once so
-/// the all-core clock applies; each thread keeps its best run and the rates add up; of [`ROUNDS`] such rounds the
+/// The unit's peak GFLOP/s on `threads` threads: each thread runs the loop `RUNS` times, all threads at once so
+/// the all-core clock applies; each thread keeps its best run and the rates add up; of `ROUNDS` such rounds the
 /// best sum is kept. NaN when the unit is missing.
 pub fn peak_gflops(threads: usize, unit: Unit) -> f64 {
     if !unit.available() {

@@ -6,7 +6,7 @@ use half::f16;
 
 use super::sim;
 
-/// Device memory: a CUDA allocation, or the simulator's ([`CudaBackend::simulated`]). Untyped: the kernels'
+/// Device memory: a CUDA allocation, or the simulator's ([`CudaBackend::simulated`](crate::cuda::CudaBackend::simulated)). Untyped: the kernels'
 /// parameter lists give it a type.
 pub struct Mem {
     pub(crate) inner: MemInner,

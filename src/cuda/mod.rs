@@ -6,7 +6,7 @@
 //! reason, never a panic (cudarc panics on a missing library, so the driver is probed before cudarc touches it),
 //! and the CPU backend keeps working in the same process.
 //!
-//! Buffers hold f16 on the device; [`Backend::upload`]/[`Backend::download`] convert at the boundary (round to
+//! Buffers hold f16 on the device; [`Backend::upload`](crate::backend::Backend::upload)/[`Backend::download`](crate::backend::Backend::download) convert at the boundary (round to
 //! nearest even). Weights are converted and uploaded once, when the model is prepared.
 
 mod backend;

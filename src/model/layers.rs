@@ -110,7 +110,7 @@ impl<B: Backend> Workspace<B> {
 /// Values kept from one forward pass to the next (a tower's activation buffers), so that repeated calls at the
 /// same or a smaller shape allocate and page-fault nothing: at ViT-B/32 batch 32 that is ≈ 100 MB per call, a few
 /// percent of the forward. Concurrent forwards (parts of one batch, or callers on several threads) each take their
-/// own; at most one per rayon thread (and never fewer than [`Reuse::MIN_KEPT`]) are kept.
+/// own; at most one per rayon thread (and never fewer than `Reuse::MIN_KEPT`) are kept.
 pub struct Reuse<T>(std::sync::Mutex<Vec<T>>);
 
 impl<T> Default for Reuse<T> {
