@@ -174,10 +174,12 @@ fn native_amx_matches_the_emulator_and_the_f64_product() {
         );
         backend::attention(&native, &mut got, &qkv, s).unwrap();
         backend::attention(&emu, &mut emulated, &qkv, s).unwrap();
+        // As for the GEMMs, the tolerance grows with the length of the sums (the hardware's order of adds inside
+        // one `tdpbf16ps` is its own: 1.5e-5 apart at seq 77 on a Xeon with AMX, session 21).
         assert_close(
             &got,
             &emulated,
-            1e-5,
+            1e-5 * (s.seq.max(s.head_dim) as f32).sqrt(),
             1e-5,
             &format!("amx attention {s:?} vs emulator"),
         );

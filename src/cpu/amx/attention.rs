@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use super::gemm::{run_blocks, PackedA, PackedB, BLOCK};
+use super::gemm::{run_blocks, Dest, PackedA, PackedB, BLOCK};
 use super::tiles::{TileConfig, Tiles};
 use crate::backend::AttnShape;
 use crate::cpu::matmul::TileStore;
@@ -61,8 +61,10 @@ pub(crate) unsafe fn head<T: Tiles + Default>(
             &sc.k,
             row_blocks.clone(),
             0..seq.div_ceil(BLOCK),
-            sc.scores.as_mut_ptr(),
-            lds,
+            Dest::Rows {
+                ptr: sc.scores.as_mut_ptr(),
+                ld: lds,
+            },
             TileStore::PLAIN,
         );
         let scale = 1.0 / (hd as f32).sqrt();
@@ -80,8 +82,7 @@ pub(crate) unsafe fn head<T: Tiles + Default>(
             &sc.v,
             row_blocks,
             0..hd.div_ceil(BLOCK),
-            out,
-            d,
+            Dest::Rows { ptr: out, ld: d },
             TileStore::PLAIN,
         );
         t.release();

@@ -6,18 +6,26 @@
 //! - **Register blocking.** A 32 × 32 block of C lives in 4 accumulators (tmm0–3); each k step of 32 loads 2 A
 //!   tiles (tmm4–5) and 2 B tiles (tmm6–7) and issues 4 `tdpbf16ps`, so each loaded tile feeds two products. With 8
 //!   tile registers this 2 × 2 block is the largest that still leaves room for the operands.
-//! - **Packing.** Weights are packed once at load ([`PackedB`]): per 16-column tile, its k steps back to back, each
-//!   1 KB step a contiguous B tile (stride 64 B), zero past n and k. Columns are padded to 32 (a whole 2-tile panel;
-//!   CLIP's widths are multiples of 32, so nothing is wasted there). A is converted to bf16 per call into a
-//!   thread-local buffer, rows padded to 32 and k to 32 with zeros (the padding of k must be zero: it meets B's zero
-//!   rows and must add nothing; padded rows are computed and never stored).
+//! - **Packing: every tile a contiguous 1 KB.** Weights are packed once at load ([`PackedB`]): per 32-column panel,
+//!   its k steps back to back, each step the panel's two B tiles side by side (2 KB), zero past n and k. Columns are
+//!   padded to 32 (CLIP's widths are multiples of 32, so nothing is wasted there). A is converted to bf16 per call
+//!   into a thread-local [`PackedA`] of the same shape: per 32-row block, its k steps back to back, each step the
+//!   block's two A tiles (rows padded to 32 and k to 32 with zeros: the padding of k meets B's zero rows and must add
+//!   nothing; padded rows are computed and never stored). So a block's k loop reads two sequential 2 KB streams, and
+//!   every `tileloadd` has stride 64 B: 16 consecutive cache lines, which the hardware prefetchers follow. Row-major
+//!   A (stride 2k bytes) made each tile load touch 16 lines 1.5 KB apart, and the tower ran at 17 % of the AMX peak
+//!   on the Xeon of the CPU-engines issue (BENCHMARKS.md, session 21).
 //! - **Epilogue.** Accumulators are stored to a 4 KB block on the stack, then each valid row gets C added (the
 //!   residual), the bias and the activation before it is written: one pass over C, as in the f32 kernel; in
 //!   AVX-512 on AMX hosts (two vectors a row), portably elsewhere (the emulator on other machines). A fused MLP's
-//!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]).
-//! - **Threads.** A job is a group of ≤ `ROW_BLOCKS_PER_JOB` (4) row blocks × a group of panels, sized so the jobs
-//!   split evenly over the threads. Inside a job, panels are the outer loop: a panel's B (32 columns × k) is read
-//!   once per job and the job's A rows (≤ 128 × k bf16, 196 KB at k = 768) stay in L2 across panels.
+//!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]): a 32 × 32 block of fc1's output is
+//!   exactly one k step of one row block of fc2's A, 2 KB in place ([`Dest::Tiles`]).
+//! - **Threads and caches.** A job is a rectangle of row blocks × panels; inside it, row blocks go in chunks whose
+//!   A (≤ `L2_A_BYTES`) stays in L2 while each panel of the job's group (≤ `L2_B_BYTES` of B, also in L2) runs
+//!   over the chunk. The grid is chosen per GEMM ([`job_grid`]): first the most even split over the threads, then
+//!   the least traffic from L3 (every row split reads B once more, every panel group A once more). Small fixed jobs
+//!   (4 row blocks × ≤ 8 panels) refetched A and B from L3 for every job: 67 MB for a 5.6 GFLOP ViT-B/32 b32 qkv
+//!   GEMM that needs 6.
 
 use std::cell::RefCell;
 
@@ -36,10 +44,17 @@ pub const K_STEP: usize = 32;
 pub const TILE_COLS: usize = 16;
 /// Rows and columns of the 2 × 2 register block.
 pub const BLOCK: usize = 32;
-/// u32 (bf16 pairs) per packed B tile: 16 pair-rows × 16 columns.
+/// u32 (bf16 pairs) per packed tile, A or B: 16 rows × 64 bytes.
 const B_TILE_U32: usize = (K_STEP / 2) * TILE_COLS;
-/// Most row blocks per job (128 rows).
-const ROW_BLOCKS_PER_JOB: usize = 4;
+/// u32 per k step of a 32-row block or a 32-column panel: its two tiles.
+const STEP_U32: usize = 2 * B_TILE_U32;
+/// bf16 pairs per row of an A tile (the row stride inside a packed A step).
+const A_ROW_PAIRS: usize = K_STEP / 2;
+/// B a job keeps in L2 (its panel group): half of a 2 MB L2, the size of every AMX core so far (Sapphire Rapids,
+/// Emerald Rapids, Granite Rapids), leaving room for the A chunk.
+const L2_B_BYTES: usize = 1 << 20;
+/// A a job keeps in L2 (its row chunk).
+const L2_A_BYTES: usize = 512 << 10;
 
 /// The u32 of a bf16 pair, low element first.
 #[inline(always)]
@@ -74,10 +89,46 @@ unsafe fn bf16_chunks_avx512(src: &[f32], dst: &mut [u16]) -> usize {
     whole
 }
 
+/// One 64-byte tile row, aligned to a cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+struct Line([u32; 16]);
+// SAFETY: 16 u32 with the alignment of their size: no padding, every bit pattern valid.
+unsafe impl bytemuck::Zeroable for Line {}
+unsafe impl bytemuck::Pod for Line {}
+
+/// Tile storage: u32 words (bf16 pairs) on cache-line boundaries. Every tile row must start on a line: a
+/// `tileloadd` whose 16 rows each straddle two lines ran 4.5× slower on the Xeon of session 21 (12 → 55 cycles a
+/// tile from L1), and the allocator only promises 16 bytes.
+#[derive(Clone, Debug, Default)]
+struct Lines(Vec<Line>);
+
+impl Lines {
+    /// `words` words (a multiple of 16); new words zero, old ones kept.
+    fn resize(&mut self, words: usize) {
+        debug_assert!(words.is_multiple_of(16));
+        self.0.resize(words / 16, Line::default());
+    }
+
+    /// `words` zero words.
+    fn zeroed(&mut self, words: usize) {
+        self.0.clear();
+        self.resize(words);
+    }
+
+    fn words(&self) -> &[u32] {
+        bytemuck::cast_slice(&self.0)
+    }
+
+    fn words_mut(&mut self) -> &mut [u32] {
+        bytemuck::cast_slice_mut(&mut self.0)
+    }
+}
+
 /// A matrix `W[n, k]` packed into B tiles (see the module docs), ready for the tile kernels.
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
-    data: Vec<u32>,
+    data: Lines,
     pub n: usize,
     pub k: usize,
     /// k steps of 32.
@@ -96,16 +147,16 @@ impl PackedB {
     /// Zeroed room for `W[n, k]`, reusing the allocation (attention repacks K and V per head).
     fn reset(&mut self, n: usize, k: usize) {
         let ksteps = k.div_ceil(K_STEP);
-        let tiles = n.next_multiple_of(BLOCK) / TILE_COLS;
-        self.data.clear();
-        self.data.resize(tiles * ksteps * B_TILE_U32, 0);
+        self.data.zeroed(n.div_ceil(BLOCK) * ksteps * STEP_U32);
         (self.n, self.k, self.ksteps) = (n, k, ksteps);
     }
 
-    /// Where pair `pair` (k indices 2·pair, 2·pair + 1) of column `j` lives.
+    /// Where pair `pair` (k indices 2·pair, 2·pair + 1) of column `j` lives: panel, k step, which of the step's two
+    /// tiles, pair-row, column.
     #[inline(always)]
     fn at(&self, j: usize, pair: usize) -> usize {
-        let tile = (j / TILE_COLS) * self.ksteps + pair / (K_STEP / 2);
+        let step = (j / BLOCK) * self.ksteps + pair / (K_STEP / 2);
+        let tile = step * 2 + (j / TILE_COLS) % 2;
         tile * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS + j % TILE_COLS
     }
 
@@ -118,7 +169,7 @@ impl PackedB {
             row_to_bf16_pairs(&row(j)[..k], &mut pairs);
             for (pair, &v) in pairs.iter().enumerate() {
                 let at = self.at(j, pair);
-                self.data[at] = v;
+                self.data.words_mut()[at] = v;
             }
         }
     }
@@ -137,7 +188,7 @@ impl PackedB {
             }
             for j in 0..n {
                 let at = self.at(j, pair);
-                self.data[at] = pair_bits(lo[j], hi[j]);
+                self.data.words_mut()[at] = pair_bits(lo[j], hi[j]);
             }
         }
     }
@@ -147,21 +198,28 @@ impl PackedB {
         self.n.div_ceil(BLOCK)
     }
 
-    /// The first B tile of panel `p` (its second tile follows `ksteps` tiles later).
+    /// Panel `p`'s first k step (its two tiles; the next step follows [`STEP_U32`] later).
     fn panel(&self, p: usize) -> *const u32 {
-        self.data[2 * p * self.ksteps * B_TILE_U32..].as_ptr()
+        self.data.words()[p * self.ksteps * STEP_U32..].as_ptr()
     }
 }
 
-/// `m` rows of bf16 A for the tile kernels: `[m padded to 32][ksteps · 16]` bf16 pairs, zero padded.
+/// `m` rows of bf16 A for the tile kernels, in tiles (see the module docs): per 32-row block, per k step, 32 rows
+/// × 16 bf16 pairs (the block's two A tiles, 2 KB), zero padded.
 #[derive(Default)]
 pub struct PackedA {
-    data: Vec<u32>,
-    /// Pairs per row (`ksteps · 16`).
-    pairs: usize,
+    data: Lines,
+    /// k steps of 32.
+    ksteps: usize,
 }
 
 impl PackedA {
+    /// Room for `m` rows of `k` values (contents not yet set).
+    fn shape(&mut self, m: usize, k: usize) {
+        self.ksteps = k.div_ceil(K_STEP);
+        self.data.resize(m.div_ceil(BLOCK) * self.ksteps * STEP_U32);
+    }
+
     /// Converts `m` rows of `k` values, row `i` read from `row(i)`, rounding to nearest even; on rayon's threads when
     /// `parallel`. A caller holding a loaded tile configuration must pass `false`: a rayon wait could run another
     /// task on this thread, whose `tilerelease` would wipe the caller's tiles.
@@ -172,84 +230,129 @@ impl PackedA {
         parallel: bool,
         row: impl Fn(usize) -> &'a [f32] + Sync,
     ) {
-        let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
-        let rows = m.next_multiple_of(BLOCK);
-        self.pairs = pairs;
-        self.data.resize(rows * pairs, 0);
-        let convert = |i: usize, dst: &mut [u32]| {
-            if i >= m {
-                return dst.fill(0);
+        self.shape(m, k);
+        let ksteps = self.ksteps;
+        // One 32-row block: each row's k steps to their 64-byte slots, pairs past k and rows past m zero.
+        let convert = |rb: usize, dst: &mut [u32]| {
+            for r in 0..BLOCK {
+                let i = rb * BLOCK + r;
+                let src = if i < m { &row(i)[..k] } else { &[][..] };
+                for (s, step) in dst.chunks_exact_mut(STEP_U32).enumerate() {
+                    let d = &mut step[r * A_ROW_PAIRS..(r + 1) * A_ROW_PAIRS];
+                    let chunk = src.get(s * K_STEP..).unwrap_or(&[]);
+                    let chunk = &chunk[..chunk.len().min(K_STEP)];
+                    row_to_bf16_pairs(chunk, d);
+                    d[chunk.len().div_ceil(2)..].fill(0);
+                }
             }
-            row_to_bf16_pairs(&row(i)[..k], dst);
-            dst[k.div_ceil(2)..].fill(0);
         };
+        let block_u32 = ksteps * STEP_U32;
         // Large A (a GEMM's activations) converts in parallel; a few rows do not pay for the fork.
-        if parallel && rows * pairs >= 1 << 16 {
-            self.data
-                .par_chunks_mut(pairs)
+        let data = self.data.words_mut();
+        if parallel && data.len() >= 1 << 16 {
+            data.par_chunks_mut(block_u32)
                 .enumerate()
-                .for_each(|(i, d)| convert(i, d));
+                .for_each(|(rb, d)| convert(rb, d));
         } else {
-            self.data
-                .chunks_mut(pairs)
+            data.chunks_mut(block_u32)
                 .enumerate()
-                .for_each(|(i, d)| convert(i, d));
+                .for_each(|(rb, d)| convert(rb, d));
         }
     }
 
-    /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs (a fused MLP's fc1,
-    /// `TileStore::to_bf16`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to
-    /// the stores.
+    /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs (a fused MLP's fc1 through
+    /// [`Dest::Tiles`]): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the
+    /// stores.
     pub fn prepare(&mut self, m: usize, k: usize) {
-        let pairs = k.div_ceil(K_STEP) * (K_STEP / 2);
-        let rows = m.next_multiple_of(BLOCK);
-        self.pairs = pairs;
-        self.data.resize(rows * pairs, 0);
-        let written = k.div_ceil(2);
-        for (i, row) in self.data.chunks_mut(pairs).enumerate() {
-            row[if i < m { written } else { 0 }..].fill(0);
+        self.shape(m, k);
+        let (ksteps, written) = (self.ksteps, k.div_ceil(2));
+        let last_step_pairs = written - (ksteps.max(1) - 1) * A_ROW_PAIRS;
+        for (rb, block) in self.data.words_mut().chunks_mut(ksteps * STEP_U32).enumerate() {
+            for (s, step) in block.chunks_exact_mut(STEP_U32).enumerate() {
+                for (r, row) in step.chunks_exact_mut(A_ROW_PAIRS).enumerate() {
+                    if rb * BLOCK + r >= m {
+                        row.fill(0);
+                    } else if s + 1 == ksteps {
+                        row[last_step_pairs..].fill(0);
+                    }
+                }
+            }
         }
     }
 
-    fn row(&self, i: usize) -> *const u32 {
-        self.data[i * self.pairs..].as_ptr()
+    /// Row block `rb`'s first k step (its two tiles; the next step follows [`STEP_U32`] later).
+    fn block(&self, rb: usize) -> *const u32 {
+        self.data.words()[rb * self.ksteps * STEP_U32..].as_ptr()
     }
 
-    fn row_mut(&mut self, i: usize) -> *mut u32 {
-        self.data[i * self.pairs..].as_mut_ptr()
+    /// Where a GEMM stores into this operand (fc1 → fc2).
+    fn dest(&mut self) -> Dest {
+        Dest::Tiles {
+            ptr: self.data.words_mut().as_mut_ptr(),
+            ksteps: self.ksteps,
+        }
+    }
+}
+
+/// Where a tile GEMM writes its product.
+#[derive(Clone, Copy)]
+pub(crate) enum Dest {
+    /// f32 rows: element (i, j) at `ptr[i·ld + j]`.
+    Rows { ptr: *mut f32, ld: usize },
+    /// bf16 pairs in the layout of a [`PackedA`] with `ksteps` k steps (the next GEMM's operand).
+    Tiles { ptr: *mut u32, ksteps: usize },
+}
+
+// SAFETY: jobs write disjoint rectangles through the pointer (see `gemm_packed`).
+unsafe impl Send for Dest {}
+unsafe impl Sync for Dest {}
+
+impl Dest {
+    /// The first element of the 32 × 32 block at row block `rb`, panel `p`, and its row stride (in f32, or in
+    /// pairs for tiles).
+    ///
+    /// # Safety
+    /// The block must lie inside the destination.
+    unsafe fn block(self, rb: usize, p: usize) -> (*mut f32, usize) {
+        match self {
+            Dest::Rows { ptr, ld } => (ptr.add(rb * BLOCK * ld + p * BLOCK), ld),
+            // A panel of 32 output columns is one k step of the next GEMM's A.
+            Dest::Tiles { ptr, ksteps } => (
+                ptr.add((rb * ksteps + p) * STEP_U32) as *mut f32,
+                A_ROW_PAIRS,
+            ),
+        }
     }
 }
 
 /// The single tile configuration of every kernel here.
 static CONFIG: TileConfig = TileConfig::full();
 
-/// One 32 × 32 block: `c[32][32] = A[a.., 32 rows] · B panel` over `ksteps` k steps (configuration loaded).
+/// One 32 × 32 block into the accumulators tmm0–3: `A block · B panel` over `ksteps` k steps (configuration
+/// loaded); `a` and `b` point at the first step of a [`PackedA`] row block and a [`PackedB`] panel.
 #[inline(always)]
-unsafe fn block<T: Tiles>(
-    t: &mut T,
-    a: *const u32,
-    lda_pairs: usize,
-    b: *const u32,
-    ksteps: usize,
-    c: &mut [f32; BLOCK * BLOCK],
-) {
-    let lda = lda_pairs * 4;
-    let b1 = b.add(ksteps * B_TILE_U32);
+unsafe fn multiply<T: Tiles>(t: &mut T, a: *const u32, b: *const u32, ksteps: usize) {
+    const TILE_STRIDE: usize = 64;
     t.zero::<0>();
     t.zero::<1>();
     t.zero::<2>();
     t.zero::<3>();
     for s in 0..ksteps {
-        let a0 = a.add(s * K_STEP / 2) as *const u8;
-        t.load::<4>(a0, lda);
-        t.load::<5>(a0.add(TILE_ROWS * lda), lda);
-        t.load::<6>(b.add(s * B_TILE_U32) as *const u8, 64);
-        t.load::<7>(b1.add(s * B_TILE_U32) as *const u8, 64);
+        let (a0, b0) = (a.add(s * STEP_U32), b.add(s * STEP_U32));
+        t.load::<4>(a0 as *const u8, TILE_STRIDE);
+        t.load::<5>(a0.add(B_TILE_U32) as *const u8, TILE_STRIDE);
+        t.load::<6>(b0 as *const u8, TILE_STRIDE);
+        t.load::<7>(b0.add(B_TILE_U32) as *const u8, TILE_STRIDE);
         t.dpbf16ps::<0, 4, 6>();
         t.dpbf16ps::<1, 4, 7>();
         t.dpbf16ps::<2, 5, 6>();
         t.dpbf16ps::<3, 5, 7>();
     }
+}
+
+/// The accumulators tmm0–3 to `c` (32 rows × 32 f32).
+#[inline(always)]
+unsafe fn store_accumulators<T: Tiles>(t: &mut T, c: &mut [f32; BLOCK * BLOCK]) {
     let c = c.as_mut_ptr();
     let ldc = BLOCK * 4;
     t.store::<0>(c as *mut u8, ldc);
@@ -365,11 +468,11 @@ unsafe fn store_block_avx512(
 }
 
 /// `out[rows, n] (+)= A · B` for row blocks `row_blocks` and panels `panels`, single-threaded, with a loaded
-/// configuration. `m` bounds the rows stored. With `st.to_bf16`, `out` holds bf16 pairs and `ldo` counts pairs.
+/// configuration. `m` bounds the rows stored. `st.to_bf16` must hold exactly when `out` is [`Dest::Tiles`].
 ///
 /// # Safety
-/// `out` must be valid for `m` rows of stride `ldo` covering `b.n` columns (⌈b.n/2⌉ pairs with `to_bf16`);
-/// `st.bias`, when set, for `b.n` values.
+/// `out` must be valid for `m` rows covering `b.n` columns (as f32 rows, or as a [`PackedA`] of `b.n` k values
+/// prepared for `m` rows); `st.bias`, when set, for `b.n` values.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_blocks<T: Tiles>(
     t: &mut T,
@@ -379,26 +482,44 @@ pub(crate) unsafe fn run_blocks<T: Tiles>(
     b: &PackedB,
     row_blocks: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
-    out: *mut f32,
-    ldo: usize,
+    out: Dest,
     st: TileStore,
 ) {
-    let mut c = [0f32; BLOCK * BLOCK];
-    for p in panels {
-        let (col, cols) = (p * BLOCK, BLOCK.min(b.n - p * BLOCK));
-        let st = st.at_column(col);
-        for rb in row_blocks.clone() {
-            let r0 = rb * BLOCK;
-            block(t, a.row(r0), a.pairs, b.panel(p), b.ksteps, &mut c);
-            // Panels start at even columns, so a pair never straddles two of them.
-            let at = if st.to_bf16 {
-                (out as *mut u32).add(r0 * ldo + col / 2) as *mut f32
-            } else {
-                out.add(r0 * ldo + col)
-            };
-            store_block(isa, &c, at, ldo, BLOCK.min(m - r0), cols, st);
+    debug_assert_eq!(st.to_bf16, matches!(out, Dest::Tiles { .. }));
+    /// The accumulators' landing place, its rows on cache lines like every tile row (see [`Lines`]).
+    #[repr(C, align(64))]
+    struct Acc([f32; BLOCK * BLOCK]);
+    /// A stored block whose epilogue is still to run: its buffer, destination, rows, columns and store rule.
+    type Pending = (usize, *mut f32, usize, usize, usize, TileStore);
+    let mut acc = [Acc([0f32; BLOCK * BLOCK]), Acc([0f32; BLOCK * BLOCK])];
+    let mut pending: Option<Pending> = None;
+    let flush = |acc: &[Acc; 2], p: Option<Pending>| {
+        if let Some((i, at, ldo, rows, cols, st)) = p {
+            store_block(isa, &acc[i].0, at, ldo, rows, cols, st);
+        }
+    };
+    // Rows in chunks whose A stays in L2 while every panel runs over them (see the module docs).
+    let chunk = (L2_A_BYTES / (a.ksteps * STEP_U32 * 4).max(1)).max(1);
+    let mut next = 0;
+    for first in row_blocks.clone().step_by(chunk) {
+        let chunk = first..(first + chunk).min(row_blocks.end);
+        for p in panels.clone() {
+            let (col, cols) = (p * BLOCK, BLOCK.min(b.n - p * BLOCK));
+            let st = st.at_column(col);
+            for rb in chunk.clone() {
+                multiply(t, a.block(rb), b.panel(p), b.ksteps);
+                // The previous block's epilogue runs on the vector units while the tile unit works on this one:
+                // only its `tdpbf16ps` wait for the tile unit, and the front end runs ahead of them.
+                flush(&acc, pending.take());
+                store_accumulators(t, &mut acc[next].0);
+                // Panels start at even columns, so a pair never straddles two of them.
+                let (at, ldo) = out.block(rb, p);
+                pending = Some((next, at, ldo, BLOCK.min(m - rb * BLOCK), cols, st));
+                next ^= 1;
+            }
         }
     }
+    flush(&acc, pending);
 }
 
 thread_local! {
@@ -406,30 +527,33 @@ thread_local! {
     static A_SCRATCH: RefCell<PackedA> = RefCell::new(PackedA::default());
 }
 
-/// A raw pointer that jobs may share: each job writes a disjoint rectangle of C.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used for disjoint writes, one job per rectangle of C.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// (row blocks per job, panels per job) for `row_blocks × panels` blocks on the pool's threads: among panel-group
-/// sizes ≤ 8, the one whose jobs split most evenly (the slowest thread sets the time), larger on ties.
-fn job_shape(row_blocks: usize, panels: usize) -> (usize, usize) {
+/// (row blocks per job, panels per job) for `row_blocks × panels` blocks of `ksteps` k steps on the pool's threads:
+/// the smallest makespan (jobs per thread × blocks per job), then the least L3 traffic (row splits × B + panel
+/// groups × A), with a panel group's B within [`L2_B_BYTES`].
+fn job_grid(row_blocks: usize, panels: usize, ksteps: usize) -> (usize, usize) {
     let threads = rayon::current_num_threads().max(1);
-    let rows_per = ROW_BLOCKS_PER_JOB.min(row_blocks).max(1);
-    let row_groups = row_blocks.div_ceil(rows_per);
-    let cost = |per: usize| (row_groups * panels.div_ceil(per)).div_ceil(threads) * per;
-    let per = (1..=8usize.min(panels).max(1))
-        .rev()
-        .min_by_key(|&p| cost(p))
-        .unwrap_or(1);
-    (rows_per, per)
+    // A row block's A and a panel's B have the same size: ksteps steps of two 1 KB tiles.
+    let panel_bytes = (ksteps * STEP_U32 * 4).max(1);
+    let max_per = (L2_B_BYTES / panel_bytes).clamp(1, panels.max(1));
+    // Each distinct size of a split once: per = ⌈n / parts⌉ over parts = 1..=n.
+    let sizes = |n: usize, largest: usize| {
+        let mut v: Vec<usize> = (1..=n.max(1))
+            .map(|parts| n.max(1).div_ceil(parts))
+            .filter(|&per| per <= largest)
+            .collect();
+        v.dedup();
+        v
+    };
+    let mut best = ((usize::MAX, usize::MAX), (row_blocks.max(1), max_per));
+    for rows_per in sizes(row_blocks, usize::MAX) {
+        for per in sizes(panels, max_per) {
+            let (row_splits, groups) = (row_blocks.div_ceil(rows_per), panels.div_ceil(per));
+            let makespan = (row_splits * groups).div_ceil(threads) * rows_per * per;
+            let traffic = row_splits * panels + groups * row_blocks;
+            best = best.min(((makespan, traffic), (rows_per, per)));
+        }
+    }
+    best.1
 }
 
 /// The store rule of epilogue `ep` with `bias`.
@@ -467,8 +591,12 @@ pub fn gemm<T: Tiles + Default>(
     }
     with_a_scratch(|packed| {
         packed.fill(m, k, true, |i| &a[i * k..(i + 1) * k]);
+        let out = Dest::Rows {
+            ptr: out.as_mut_ptr(),
+            ld: n,
+        };
         // SAFETY: out holds m·n values (asserted).
-        unsafe { gemm_packed::<T>(isa, packed, m, w, out.as_mut_ptr(), n, store_rule(ep, bias)) };
+        unsafe { gemm_packed::<T>(isa, packed, m, w, out, store_rule(ep, bias)) };
     });
 }
 
@@ -502,11 +630,15 @@ pub fn mlp<T: Tiles + Default>(
                 to_bf16: true,
                 ..store_rule(crate::backend::Epilogue::Activation(act), b1)
             };
-            // SAFETY: h holds m (padded) rows of h.pairs pairs, x m·d values (asserted).
+            let x = Dest::Rows {
+                ptr: x.as_mut_ptr(),
+                ld: d,
+            };
+            // SAFETY: h was prepared for m rows of `hidden` values, x holds m·d values (asserted).
             unsafe {
-                gemm_packed::<T>(isa, packed, m, w1, h.row_mut(0) as *mut f32, h.pairs, fc1);
+                gemm_packed::<T>(isa, packed, m, w1, h.dest(), fc1);
                 let fc2 = store_rule(Epilogue::Accumulate, b2);
-                gemm_packed::<T>(isa, h, m, w2, x.as_mut_ptr(), d, fc2);
+                gemm_packed::<T>(isa, h, m, w2, x, fc2);
             }
         };
         crate::cpu::with_thread_scratch(&HIDDEN, run)
@@ -522,25 +654,23 @@ fn with_a_scratch<R>(f: impl FnOnce(&mut PackedA) -> R) -> R {
 /// `out (+)= a · wᵀ` over every block, jobs on rayon's threads, each with its own tile configuration.
 ///
 /// # Safety
-/// `out` must be valid for `m` rows of stride `ldo` (f32, or bf16 pairs with `st.to_bf16`) covering `w.n` columns;
-/// `st.bias` for `w.n` values; `a` must hold `m` rows of `w.k` values; `T = Native` only where AMX is usable.
+/// As [`run_blocks`] for every block; `a` must hold `m` rows of `w.k` values; `T = Native` only where AMX is usable.
 unsafe fn gemm_packed<T: Tiles + Default>(
     isa: Isa,
     a: &PackedA,
     m: usize,
     w: &PackedB,
-    out: *mut f32,
-    ldo: usize,
+    out: Dest,
     st: TileStore,
 ) {
     if m == 0 || w.n == 0 {
         return;
     }
     let (row_blocks, panels) = (m.div_ceil(BLOCK), w.panels());
-    let (rows_per, panels_per) = job_shape(row_blocks, panels);
+    let (rows_per, panels_per) = job_grid(row_blocks, panels, w.ksteps);
     let row_groups = row_blocks.div_ceil(rows_per);
     let jobs = row_groups * panels.div_ceil(panels_per);
-    let (c, st) = (SendPtr(out), SendStore(st));
+    let st = SendStore(st);
     (0..jobs).into_par_iter().for_each(|j| {
         let (rg, pg) = (j % row_groups, j / row_groups);
         let rows = rg * rows_per..((rg + 1) * rows_per).min(row_blocks);
@@ -549,7 +679,7 @@ unsafe fn gemm_packed<T: Tiles + Default>(
         // SAFETY: the caller's contract bounds every row and column written; jobs write disjoint rectangles.
         unsafe {
             t.configure(&CONFIG);
-            run_blocks(&mut t, isa, a, m, w, rows, cols, c.get(), ldo, st.get());
+            run_blocks(&mut t, isa, a, m, w, rows, cols, out, st.get());
             t.release();
         }
     });
