@@ -246,7 +246,8 @@ impl PackedA {
                 }
             }
         };
-        let block_u32 = ksteps * STEP_U32;
+        // (k = 0 leaves no data: the chunk size only has to be non-zero.)
+        let block_u32 = (ksteps * STEP_U32).max(1);
         // Large A (a GEMM's activations) converts in parallel; a few rows do not pay for the fork.
         let data = self.data.words_mut();
         if parallel && data.len() >= 1 << 16 {
@@ -267,7 +268,8 @@ impl PackedA {
         self.shape(m, k);
         let (ksteps, written) = (self.ksteps, k.div_ceil(2));
         let last_step_pairs = written - (ksteps.max(1) - 1) * A_ROW_PAIRS;
-        for (rb, block) in self.data.words_mut().chunks_mut(ksteps * STEP_U32).enumerate() {
+        let block_u32 = (ksteps * STEP_U32).max(1);
+        for (rb, block) in self.data.words_mut().chunks_mut(block_u32).enumerate() {
             for (s, step) in block.chunks_exact_mut(STEP_U32).enumerate() {
                 for (r, row) in step.chunks_exact_mut(A_ROW_PAIRS).enumerate() {
                     if rb * BLOCK + r >= m {
@@ -706,6 +708,35 @@ mod tests {
         (0..n)
             .map(|i| (((i + seed) * 7919) % 997) as f32 / 250.0 - 2.0)
             .collect()
+    }
+
+    /// The job grid covers every block with sizes ≥ 1, keeps a panel group's B within its L2 budget (unless one
+    /// panel alone exceeds it), and splits CLIP's large GEMMs evenly over the threads.
+    #[test]
+    fn job_grid_is_valid_and_even() {
+        let threads = rayon::current_num_threads().max(1);
+        for (row_blocks, panels, ksteps) in [
+            (0, 0, 0),
+            (1, 1, 1),
+            (2, 24, 24),
+            (50, 72, 24),
+            (50, 24, 96),
+            (65, 128, 32),
+            (3, 1, 400),
+        ] {
+            let (rows_per, per) = job_grid(row_blocks, panels, ksteps);
+            assert!(rows_per >= 1 && per >= 1, "{row_blocks} {panels} {ksteps}");
+            assert!(per == 1 || per * ksteps * STEP_U32 * 4 <= L2_B_BYTES);
+            if row_blocks * panels >= 64 * threads {
+                let jobs = row_blocks.div_ceil(rows_per) * panels.div_ceil(per);
+                let makespan = jobs.div_ceil(threads) * rows_per * per;
+                let ideal = (row_blocks * panels).div_ceil(threads);
+                assert!(
+                    makespan as f64 <= 1.1 * ideal as f64,
+                    "{row_blocks}×{panels}: makespan {makespan}, ideal {ideal}"
+                );
+            }
+        }
     }
 
     /// The AVX-512 block store (what AMX machines run) and the portable one (the emulator on other hosts) agree on
