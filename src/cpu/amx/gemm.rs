@@ -19,10 +19,10 @@
 //!   residual), the bias and the activation before it is written: one pass over C, as in the f32 kernel; in
 //!   AVX-512 on AMX hosts (two vectors a row), portably elsewhere (the emulator on other machines). A fused MLP's
 //!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]): a 32 × 32 block of fc1's output is
-//!   exactly one k step of one row block of fc2's A, 2 KB in place ([`Dest::Tiles`]).
+//!   exactly one k step of one row block of fc2's A, 2 KB in place (`Dest::Tiles`).
 //! - **Threads and caches.** A job is a rectangle of row blocks × panels; inside it, row blocks go in chunks whose
 //!   A (≤ `L2_A_BYTES`) stays in L2 while each panel of the job's group (≤ `L2_B_BYTES` of B, also in L2) runs
-//!   over the chunk. The grid is chosen per GEMM ([`job_grid`]): first the most even split over the threads, then
+//!   over the chunk. The grid is chosen per GEMM (`job_grid`): first the most even split over the threads, then
 //!   the least traffic from L3 (every row split reads B once more, every panel group A once more). Small fixed jobs
 //!   (4 row blocks × ≤ 8 panels) refetched A and B from L3 for every job: 67 MB for a 5.6 GFLOP ViT-B/32 b32 qkv
 //!   GEMM that needs 6.
@@ -262,7 +262,7 @@ impl PackedA {
     }
 
     /// Makes room for `m` rows of `k` values that a GEMM will store as bf16 pairs (a fused MLP's fc1 through
-    /// [`Dest::Tiles`]): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the
+    /// `Dest::Tiles`): the padding (rows past `m`, pairs past ⌈k/2⌉) is zeroed here, the rest is left to the
     /// stores.
     pub fn prepare(&mut self, m: usize, k: usize) {
         self.shape(m, k);
