@@ -12,14 +12,16 @@
 //!   into a thread-local [`PackedA`] of the same shape: per 32-row block, its k steps back to back, each step the
 //!   block's two A tiles (rows padded to 32 and k to 32 with zeros: the padding of k meets B's zero rows and must add
 //!   nothing; padded rows are computed and never stored). So a block's k loop reads two sequential 2 KB streams, and
-//!   every `tileloadd` has stride 64 B: 16 consecutive cache lines, which the hardware prefetchers follow. Row-major
-//!   A (stride 2k bytes) made each tile load touch 16 lines 1.5 KB apart, and the tower ran at 17 % of the AMX peak
-//!   on the Xeon of the CPU-engines issue (BENCHMARKS.md, session 21).
+//!   every `tileloadd` has stride 64 B: 16 consecutive cache lines, which the hardware prefetchers follow (row-major
+//!   A touched 16 lines 1.5 KB apart per tile). Every tile row starts on a cache line (`Lines`): the first version's
+//!   16-byte-aligned tiles, each row straddling two lines, kept the tower at 17 % of the AMX peak on the Xeon of
+//!   BENCHMARKS.md's session 21.
 //! - **Epilogue.** Accumulators are stored to a 4 KB block on the stack, then each valid row gets C added (the
 //!   residual), the bias and the activation before it is written: one pass over C, as in the f32 kernel; in
 //!   AVX-512 on AMX hosts (two vectors a row), portably elsewhere (the emulator on other machines). A fused MLP's
 //!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]): a 32 × 32 block of fc1's output is
-//!   exactly one k step of one row block of fc2's A, 2 KB in place (`Dest::Tiles`).
+//!   exactly one k step of one row block of fc2's A, 2 KB in place (`Dest::Tiles`). A block's epilogue runs after
+//!   the next block's tile work is issued, so the vector units work while the tile unit does (`run_blocks`).
 //! - **Threads and caches.** A job is a rectangle of row blocks × panels; inside it, row blocks go in chunks whose
 //!   A (≤ `L2_A_BYTES`) stays in L2 while each panel of the job's group (≤ `L2_B_BYTES` of B, also in L2) runs
 //!   over the chunk. The grid is chosen per GEMM (`job_grid`): first the most even split over the threads, then
