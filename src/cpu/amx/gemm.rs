@@ -153,11 +153,11 @@ impl PackedB {
         (self.n, self.k, self.ksteps) = (n, k, ksteps);
     }
 
-    /// Where pair `pair` (k indices 2·pair, 2·pair + 1) of column `j` lives: panel, k step, which of the step's two
-    /// tiles, pair-row, column.
+    /// Where pair `pair` (k indices 2·pair, 2·pair + 1) of column `j` lives in a packing of `ksteps` k steps: panel,
+    /// k step, which of the step's two tiles, pair-row, column.
     #[inline(always)]
-    fn at(&self, j: usize, pair: usize) -> usize {
-        let step = (j / BLOCK) * self.ksteps + pair / (K_STEP / 2);
+    fn at(ksteps: usize, j: usize, pair: usize) -> usize {
+        let step = (j / BLOCK) * ksteps + pair / (K_STEP / 2);
         let tile = step * 2 + (j / TILE_COLS) % 2;
         tile * B_TILE_U32 + (pair % (K_STEP / 2)) * TILE_COLS + j % TILE_COLS
     }
@@ -166,12 +166,12 @@ impl PackedB {
     /// pairs are placed (one column of every B tile it spans).
     pub fn repack_rows<'a>(&mut self, n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
         self.reset(n, k);
+        let (ksteps, words) = (self.ksteps, self.data.words_mut());
         let mut pairs = vec![0u32; k.div_ceil(2)];
         for j in 0..n {
             row_to_bf16_pairs(&row(j)[..k], &mut pairs);
             for (pair, &v) in pairs.iter().enumerate() {
-                let at = self.at(j, pair);
-                self.data.words_mut()[at] = v;
+                words[Self::at(ksteps, j, pair)] = v;
             }
         }
     }
@@ -180,6 +180,7 @@ impl PackedB {
     /// keys along k): two of them make one pair-row of every B tile they span.
     pub fn repack_cols<'a>(&mut self, n: usize, k: usize, col: impl Fn(usize) -> &'a [f32]) {
         self.reset(n, k);
+        let (ksteps, words) = (self.ksteps, self.data.words_mut());
         let (mut lo, mut hi) = (vec![0u16; n], vec![0u16; n]);
         for pair in 0..k.div_ceil(2) {
             bf16_row(&col(2 * pair)[..n], &mut lo);
@@ -189,8 +190,7 @@ impl PackedB {
                 hi.fill(0);
             }
             for j in 0..n {
-                let at = self.at(j, pair);
-                self.data.words_mut()[at] = pair_bits(lo[j], hi[j]);
+                words[Self::at(ksteps, j, pair)] = pair_bits(lo[j], hi[j]);
             }
         }
     }
@@ -472,7 +472,7 @@ unsafe fn store_block_avx512(
 }
 
 /// `out[rows, n] (+)= A · B` for row blocks `row_blocks` and panels `panels`, single-threaded, with a loaded
-/// configuration. `m` bounds the rows stored. `st.to_bf16` must hold exactly when `out` is [`Dest::Tiles`].
+/// configuration. `m` bounds the rows stored; `out` decides whether they are stored as f32 or as bf16 pairs.
 ///
 /// # Safety
 /// `out` must be valid for `m` rows covering `b.n` columns (as f32 rows, or as a [`PackedA`] of `b.n` k values
@@ -489,7 +489,10 @@ pub(crate) unsafe fn run_blocks<T: Tiles>(
     out: Dest,
     st: TileStore,
 ) {
-    debug_assert_eq!(st.to_bf16, matches!(out, Dest::Tiles { .. }));
+    let st = TileStore {
+        to_bf16: matches!(out, Dest::Tiles { .. }),
+        ..st
+    };
     /// The accumulators' landing place, its rows on cache lines like every tile row (see [`Lines`]).
     #[repr(C, align(64))]
     struct Acc([f32; BLOCK * BLOCK]);
@@ -630,10 +633,7 @@ pub fn mlp<T: Tiles + Default>(
         let run = |h: &mut PackedA| {
             packed.fill(m, d, true, |i| &input[i * d..(i + 1) * d]);
             h.prepare(m, hidden);
-            let fc1 = TileStore {
-                to_bf16: true,
-                ..store_rule(crate::backend::Epilogue::Activation(act), b1)
-            };
+            let fc1 = store_rule(Epilogue::Activation(act), b1);
             let x = Dest::Rows {
                 ptr: x.as_mut_ptr(),
                 ld: d,
