@@ -185,3 +185,72 @@ fn native_amx_matches_the_emulator_and_the_f64_product() {
         );
     }
 }
+
+/// The layers an AMX engine keeps at f32 precision (`Backend::linear_f32`, ARCHITECTURE §7.13) run as split bf16
+/// products: against the f64 product of the unrounded inputs, at awkward shapes (k off the 32-wide tile steps, so
+/// the hi and lo segments meet inside a step) and every epilogue, their error must be f32-grade, far below what
+/// plain bf16 products make on the same data. The emulator runs everywhere; the real tiles where the CPU has them.
+#[test]
+fn split_products_are_f32_grade() {
+    let rf = ReferenceBackend;
+    let mut seed = 70;
+    for engine in [MatrixEngine::AmxBf16Emulated, MatrixEngine::AmxBf16] {
+        if !engine.available() {
+            println!("skipped {}: not on this machine", engine.name());
+            continue;
+        }
+        let cpu = CpuBackend::with_engine(engine).unwrap();
+        for &(m, n, k) in &[
+            (1usize, 1usize, 1usize),
+            (11, 40, 17),
+            (45, 96, 588),
+            (33, 130, 512),
+        ] {
+            for ep in [
+                Epilogue::Store,
+                Epilogue::Accumulate,
+                Epilogue::Activation(Activation::QuickGelu),
+            ] {
+                seed += 4;
+                let (w, b, x) = (
+                    random(n * k, seed, 0.5),
+                    random(n, seed + 1, 0.5),
+                    random(m * k, seed + 2, 1.0),
+                );
+                let init = random(m * n, seed + 3, 1.0);
+                let s = GemmShape { m, n, k };
+                let start = || {
+                    if ep == Epilogue::Accumulate {
+                        init.clone()
+                    } else {
+                        vec![f32::NAN; m * n]
+                    }
+                };
+                let mut want = init.clone();
+                let lin = rf.linear(&w, n, k, Some(&b)).unwrap();
+                backend::gemm(&rf, &mut want, &x, &lin, s, ep).unwrap();
+                let (mut split, mut plain) = (start(), start());
+                let lin = cpu.linear_f32(&w, n, k, Some(&b)).unwrap();
+                backend::gemm(&cpu, &mut split, &x, &lin, s, ep).unwrap();
+                let lin = cpu.linear(&w, n, k, Some(&b)).unwrap();
+                backend::gemm(&cpu, &mut plain, &x, &lin, s, ep).unwrap();
+                let worst = |got: &[f32]| {
+                    got.iter()
+                        .zip(&want)
+                        .map(|(g, w)| (g - w).abs())
+                        .fold(0f32, f32::max)
+                };
+                let (e_split, e_plain) = (worst(&split), worst(&plain));
+                let what = format!("{} split {s:?} {ep:?}", engine.name());
+                println!("{what}: worst error {e_split:.2e} (plain bf16 {e_plain:.2e})");
+                // Each product is carried to ≈ 2⁻¹⁶ relative (lo·lo left out, lo rounded): |a·w| ≤ 0.5 here, so
+                // the sum of k errors of random sign stays within 2⁻¹⁶·0.5·√k with a margin of 4.
+                assert_close(&split, &want, 3e-5 * (k as f32).sqrt(), 1e-6, &what);
+                assert!(
+                    k < 32 || e_split * 20.0 < e_plain,
+                    "{what}: split {e_split} is not far below plain bf16 {e_plain}"
+                );
+            }
+        }
+    }
+}

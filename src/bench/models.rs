@@ -478,6 +478,8 @@ fn op_shares(
             let gflops = (flops > 0.0 && share > 0.0).then(|| flops / (share * wall) / 1e9);
             let peak = match class {
                 OpClass::GemmBf16 | OpClass::GemmI16 => known(s.peak),
+                // Three tile products per product.
+                OpClass::GemmBf16x3 => known(s.peak / 3.0),
                 OpClass::GemmF32 | OpClass::Attention => known(f32_peak),
                 OpClass::LayerNorm => None,
             };

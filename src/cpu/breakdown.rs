@@ -14,6 +14,9 @@ use std::time::Instant;
 pub enum OpClass {
     /// GEMMs (and fused MLPs) whose products are bf16: the `vdpbf16ps` and AMX kernels.
     GemmBf16,
+    /// GEMMs with split bf16 products on AMX tiles (three per product, `amx::gemm::Split`): the layers an AMX
+    /// engine keeps at f32-grade precision (ARCHITECTURE §7.13).
+    GemmBf16x3,
     /// GEMMs whose products are 16-bit fixed point: the `avx2-i16` kernel.
     GemmI16,
     /// GEMMs with f32 products: every GEMM of an f32 engine, and the layers a bf16 engine keeps in f32
@@ -24,11 +27,12 @@ pub enum OpClass {
     LayerNorm,
 }
 
-const CLASSES: usize = 5;
+const CLASSES: usize = 6;
 
 impl OpClass {
     pub const ALL: [OpClass; CLASSES] = [
         OpClass::GemmBf16,
+        OpClass::GemmBf16x3,
         OpClass::GemmI16,
         OpClass::GemmF32,
         OpClass::Attention,
@@ -38,6 +42,7 @@ impl OpClass {
     pub fn name(self) -> &'static str {
         match self {
             OpClass::GemmBf16 => "gemm bf16",
+            OpClass::GemmBf16x3 => "gemm bf16x3",
             OpClass::GemmI16 => "gemm i16",
             OpClass::GemmF32 => "gemm f32",
             OpClass::Attention => "attention",

@@ -89,6 +89,14 @@ impl MatrixEngine {
         }
     }
 
+    /// Whether this engine runs the layers kept at f32 precision (`Backend::linear_f32`, ARCHITECTURE §7.13)
+    /// itself, as split products (`amx::gemm::Split`: three tile products per product, f32-grade): the AMX
+    /// engines, whose tiles do them at a third of the bf16 rate, ≈ 1.4× the f32 vector kernel on the Xeon of
+    /// BENCHMARKS.md's session 22 at the text tower's shapes.
+    pub fn splits_f32_layers(self) -> bool {
+        self.tiles().is_some()
+    }
+
     /// The engine of the layers whose products must not be rounded to bf16 (ARCHITECTURE §7.13): on the bf16
     /// engines `avx512-i16` where it runs and pays (a grid ≈ 8× finer than bf16's at the `vdpbf16ps` rate), else
     /// the f32 twin; the i16 engines run them themselves; the f32 engines are their own.

@@ -22,6 +22,9 @@
 //!   fc1 writes its block as bf16 pairs straight into fc2's A operand ([`mlp`]): a 32 × 32 block of fc1's output is
 //!   exactly one k step of one row block of fc2's A, 2 KB in place (`Dest::Tiles`). A block's epilogue runs after
 //!   the next block's tile work is issued, so the vector units work while the tile unit does (`run_blocks`).
+//! - **Split products.** Weights packed by [`PackedB::from_rows_split`] carry each value as two bf16 halves along
+//!   a tripled k, and [`gemm`] splits A to match ([`Split`]): the same kernel then computes f32-grade products,
+//!   for the layers kept out of bf16 (ARCHITECTURE §7.13). They never enter the fused MLP.
 //! - **Threads and caches.** A job is a rectangle of row blocks × panels; inside it, row blocks go in chunks whose
 //!   A (≤ `L2_A_BYTES`) stays in L2 while each panel of the job's group (≤ `L2_B_BYTES` of B, also in L2) runs
 //!   over the chunk. The grid is chosen per GEMM (`job_grid`): first the most even split over the threads, then
@@ -127,22 +130,100 @@ impl Lines {
     }
 }
 
+/// The two halves of split products: A rows as `[hi | hi | lo]`, B rows as `[hi | lo | hi]`, each segment k long,
+/// where hi is a value rounded to bf16 and lo the bf16 rounding of what hi leaves. Along the tripled k, A·Bᵀ then
+/// sums hi·hi + hi·lo + lo·hi: every value is carried to ≈ 16 significant bits, and only lo·lo (≈ 2⁻¹⁶ of a
+/// product) is left out. ARCHITECTURE §7.13 says which layers need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    A,
+    B,
+}
+
+/// One row of `x` as its split row of `3 · x.len()` values (see [`Split`]); the segments are exact in bf16 except
+/// lo, which the packing rounds.
+pub fn split_row(x: &[f32], side: Split) -> Vec<f32> {
+    let k = x.len();
+    let mut v = vec![0f32; 3 * k];
+    let (first, rest) = v.split_at_mut(k);
+    let (second, third) = rest.split_at_mut(k);
+    match side {
+        Split::A => {
+            split_bf16(x, first, third);
+            second.copy_from_slice(first);
+        }
+        Split::B => {
+            split_bf16(x, first, second);
+            third.copy_from_slice(first);
+        }
+    }
+    v
+}
+
+/// `hi[i]` = `x[i]` rounded to bf16 (to nearest even), `lo[i] = x[i] − hi[i]` (exact in f32); where hi is not
+/// finite (x infinite or NaN, or rounded past bf16's largest value), lo is 0 so the products keep hi's value.
+fn split_bf16(x: &[f32], hi: &mut [f32], lo: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::isa::has_avx512_bf16() {
+        // SAFETY: AVX512_BF16 detected; the call reads and writes whole chunks of 16 inside the three slices.
+        done = unsafe { split_chunks_avx512(x, hi, lo) };
+    }
+    for ((&v, h), l) in x[done..].iter().zip(&mut hi[done..]).zip(&mut lo[done..]) {
+        *h = half::bf16::from_f32(v).to_f32();
+        *l = if h.is_finite() { v - *h } else { 0.0 };
+    }
+}
+
+/// The whole chunks of 16 of [`split_bf16`]; returns how many values it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn split_chunks_avx512(x: &[f32], hi: &mut [f32], lo: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let whole = x.len().min(hi.len()).min(lo.len()) / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        let v = _mm512_loadu_ps(x.as_ptr().add(i));
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        let h = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+        // Exponent all ones: infinite or NaN.
+        let exp_mask = _mm512_set1_epi32(0x7f80_0000);
+        let not_finite =
+            _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(h), exp_mask), exp_mask);
+        let l = _mm512_maskz_sub_ps(!not_finite, v, h);
+        _mm512_storeu_ps(hi.as_mut_ptr().add(i), h);
+        _mm512_storeu_ps(lo.as_mut_ptr().add(i), l);
+    }
+    whole
+}
+
 /// A matrix `W[n, k]` packed into B tiles (see the module docs), ready for the tile kernels.
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
     data: Lines,
     pub n: usize,
+    /// The packed depth: the weight's k, or 3·k for split products ([`PackedB::from_rows_split`]).
     pub k: usize,
     /// k steps of 32.
     pub ksteps: usize,
+    /// Split products: A must come as [`Split::A`] rows of `k / 3` values.
+    pub split: bool,
 }
 
 impl PackedB {
     /// Packs `W[n, k]` given by its rows: `row(j)` holds the k values of output column j (a weight in HF layout,
     /// or attention's K with the keys as columns).
-    pub fn from_rows<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
+    pub fn from_rows<R: AsRef<[f32]>>(n: usize, k: usize, row: impl Fn(usize) -> R) -> PackedB {
         let mut p = PackedB::default();
         p.repack_rows(n, k, row);
+        p
+    }
+
+    /// Packs `W[n, k]` for split products (ARCHITECTURE §7.13): each row as [`Split::B`] along a k three times as
+    /// deep, so that a GEMM with A split as [`Split::A`] sums hi·hi + hi·lo + lo·hi, which leaves out only lo·lo
+    /// (≈ 2⁻¹⁶ of each product): f32-grade products at a third of the bf16 rate.
+    pub fn from_rows_split<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
+        let mut p = PackedB::from_rows(n, 3 * k, |j| split_row(&row(j)[..k], Split::B));
+        p.split = true;
         p
     }
 
@@ -150,7 +231,7 @@ impl PackedB {
     fn reset(&mut self, n: usize, k: usize) {
         let ksteps = k.div_ceil(K_STEP);
         self.data.zeroed(n.div_ceil(BLOCK) * ksteps * STEP_U32);
-        (self.n, self.k, self.ksteps) = (n, k, ksteps);
+        (self.n, self.k, self.ksteps, self.split) = (n, k, ksteps, false);
     }
 
     /// Where pair `pair` (k indices 2·pair, 2·pair + 1) of column `j` lives in a packing of `ksteps` k steps: panel,
@@ -164,12 +245,12 @@ impl PackedB {
 
     /// [`PackedB::from_rows`] into this buffer: each row is converted to bf16 pairs in one vector pass, then the
     /// pairs are placed (one column of every B tile it spans).
-    pub fn repack_rows<'a>(&mut self, n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) {
+    pub fn repack_rows<R: AsRef<[f32]>>(&mut self, n: usize, k: usize, row: impl Fn(usize) -> R) {
         self.reset(n, k);
         let (ksteps, words) = (self.ksteps, self.data.words_mut());
         let mut pairs = vec![0u32; k.div_ceil(2)];
         for j in 0..n {
-            row_to_bf16_pairs(&row(j)[..k], &mut pairs);
+            row_to_bf16_pairs(&row(j).as_ref()[..k], &mut pairs);
             for (pair, &v) in pairs.iter().enumerate() {
                 words[Self::at(ksteps, j, pair)] = v;
             }
@@ -225,12 +306,12 @@ impl PackedA {
     /// Converts `m` rows of `k` values, row `i` read from `row(i)`, rounding to nearest even; on rayon's threads when
     /// `parallel`. A caller holding a loaded tile configuration must pass `false`: a rayon wait could run another
     /// task on this thread, whose `tilerelease` would wipe the caller's tiles.
-    pub fn fill<'a>(
+    pub fn fill<R: AsRef<[f32]>>(
         &mut self,
         m: usize,
         k: usize,
         parallel: bool,
-        row: impl Fn(usize) -> &'a [f32] + Sync,
+        row: impl Fn(usize) -> R + Sync,
     ) {
         self.shape(m, k);
         let ksteps = self.ksteps;
@@ -238,7 +319,8 @@ impl PackedA {
         let convert = |rb: usize, dst: &mut [u32]| {
             for r in 0..BLOCK {
                 let i = rb * BLOCK + r;
-                let src = if i < m { &row(i)[..k] } else { &[][..] };
+                let owned = (i < m).then(|| row(i));
+                let src = owned.as_ref().map_or(&[][..], |v| &v.as_ref()[..k]);
                 for (s, step) in dst.chunks_exact_mut(STEP_U32).enumerate() {
                     let d = &mut step[r * A_ROW_PAIRS..(r + 1) * A_ROW_PAIRS];
                     let chunk = src.get(s * K_STEP..).unwrap_or(&[]);
@@ -590,14 +672,20 @@ pub fn gemm<T: Tiles + Default>(
     ep: Epilogue,
 ) {
     let n = w.n;
+    let depth = if w.split { 3 * k } else { k };
     assert!(
-        w.k == k && a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n)
+        w.k == depth && a.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n)
     );
     if m == 0 || n == 0 {
         return;
     }
     with_a_scratch(|packed| {
-        packed.fill(m, k, true, |i| &a[i * k..(i + 1) * k]);
+        let row = |i: usize| &a[i * k..(i + 1) * k];
+        if w.split {
+            packed.fill(m, depth, true, |i| split_row(row(i), Split::A));
+        } else {
+            packed.fill(m, k, true, row);
+        }
         let out = Dest::Rows {
             ptr: out.as_mut_ptr(),
             ld: n,
@@ -621,6 +709,8 @@ pub fn mlp<T: Tiles + Default>(
     x: &mut [f32],
 ) {
     let (d, hidden) = (w1.k, w1.n);
+    // Split weights run as two GEMMs: fc1's bf16 hidden store would undo fc2's split.
+    assert!(!w1.split && !w2.split);
     assert!(w2.k == hidden && w2.n == d && input.len() >= m * d && x.len() >= m * d);
     assert!(b1.is_none_or(|b| b.len() >= hidden) && b2.is_none_or(|b| b.len() >= d));
     if m == 0 || d == 0 {

@@ -251,9 +251,21 @@ impl PackedLinear {
         }
     }
 
-    /// The breakdown class of this layer's products: bf16 (`vdpbf16ps` or AMX tiles) or f32.
+    /// Packs `w[n, k]` (HF layout) for split products on an AMX engine (`amx::gemm::Split`): the layers that must
+    /// not be rounded to bf16 (ARCHITECTURE §7.13). Shapes are checked by the caller.
+    pub fn new_split(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        PackedLinear {
+            w: Packed::Amx(PackedB::from_rows_split(n, k, |j| &w[j * k..(j + 1) * k])),
+            bias: bias.map(<[f32]>::to_vec),
+            n,
+            k,
+        }
+    }
+
+    /// The breakdown class of this layer's products: bf16 (`vdpbf16ps` or AMX tiles), split bf16, i16 or f32.
     pub fn op_class(&self) -> super::breakdown::OpClass {
-        match self.w {
+        match &self.w {
+            Packed::Amx(p) if p.split => super::breakdown::OpClass::GemmBf16x3,
             Packed::Bf16(_) | Packed::Amx(_) => super::breakdown::OpClass::GemmBf16,
             #[cfg(target_arch = "x86_64")]
             Packed::I16Avx2(_) | Packed::I16Vnni(_) => super::breakdown::OpClass::GemmI16,
@@ -332,7 +344,7 @@ pub fn fused_mlp(
     let (d, hidden) = (fc1.k, fc1.n);
     assert!(fc2.k == hidden && fc2.n == d && input.len() >= m * d && x.len() >= m * d);
     match (&fc1.w, &fc2.w) {
-        (Packed::Amx(w1), Packed::Amx(w2)) => {
+        (Packed::Amx(w1), Packed::Amx(w2)) if !w1.split && !w2.split => {
             let Some(mode) = engine.tiles() else {
                 return false;
             };
