@@ -21,6 +21,43 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// The epilogues every GEMM check runs.
+const EPILOGUES: [Epilogue; 3] = [
+    Epilogue::Store,
+    Epilogue::Accumulate,
+    Epilogue::Activation(Activation::QuickGelu),
+];
+
+/// One GEMM check's random operands: weights and bias at scale 0.5, inputs and the accumulated C at 1.
+struct GemmCase {
+    s: GemmShape,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    x: Vec<f32>,
+    init: Vec<f32>,
+}
+
+impl GemmCase {
+    fn new(m: usize, n: usize, k: usize, seed: u64) -> Self {
+        GemmCase {
+            s: GemmShape { m, n, k },
+            w: random(n * k, seed, 0.5),
+            b: random(n, seed + 1, 0.5),
+            x: random(m * k, seed + 2, 1.0),
+            init: random(m * n, seed + 3, 1.0),
+        }
+    }
+
+    /// The output before the GEMM: C for `Accumulate`, else poisoned with NaN.
+    fn start(&self, ep: Epilogue) -> Vec<f32> {
+        if ep == Epilogue::Accumulate {
+            self.init.clone()
+        } else {
+            vec![f32::NAN; self.s.m * self.s.n]
+        }
+    }
+}
+
 /// Random-weight ViT-B/32 at the real shapes, 2 images and 4 prompts: every bf16 engine here (the AMX emulator
 /// always) within cosine 0.9999 of the f32 engine.
 #[test]
@@ -99,48 +136,21 @@ fn native_amx_matches_the_emulator_and_the_f64_product() {
         (77, 2048, 512),
         (33, 768, 3072),
     ] {
-        for ep in [
-            Epilogue::Store,
-            Epilogue::Accumulate,
-            Epilogue::Activation(Activation::QuickGelu),
-        ] {
+        for ep in EPILOGUES {
             seed += 1;
-            let (w, b, x) = (
-                random(n * k, seed, 0.5),
-                random(n, seed + 1, 0.5),
-                random(m * k, seed + 2, 1.0),
-            );
-            let init = random(m * n, seed + 3, 1.0);
-            let s = GemmShape { m, n, k };
+            let c = GemmCase::new(m, n, k, seed);
+            let (s, w, b) = (c.s, &c.w, &c.b);
             let run = |cpu: &CpuBackend| {
-                let mut out = if ep == Epilogue::Accumulate {
-                    init.clone()
-                } else {
-                    vec![f32::NAN; m * n]
-                };
-                backend::gemm(
-                    cpu,
-                    &mut out,
-                    &x,
-                    &cpu.linear(&w, n, k, Some(&b)).unwrap(),
-                    s,
-                    ep,
-                )
-                .unwrap();
+                let mut out = c.start(ep);
+                let lin = cpu.linear(w, n, k, Some(b)).unwrap();
+                backend::gemm(cpu, &mut out, &c.x, &lin, s, ep).unwrap();
                 out
             };
             let rf = ReferenceBackend;
-            let mut want = init.clone();
-            let (xr, wr) = (round(&x), round(&w));
-            backend::gemm(
-                &rf,
-                &mut want,
-                &xr,
-                &rf.linear(&wr, n, k, Some(&b)).unwrap(),
-                s,
-                ep,
-            )
-            .unwrap();
+            let mut want = c.init.clone();
+            let (xr, wr) = (round(&c.x), round(w));
+            let lin = rf.linear(&wr, n, k, Some(b)).unwrap();
+            backend::gemm(&rf, &mut want, &xr, &lin, s, ep).unwrap();
             let (got, emulated) = (run(&native), run(&emu));
             let what = format!("amx {s:?} {ep:?}");
             assert_close(
@@ -206,34 +216,18 @@ fn split_products_are_f32_grade() {
             (45, 96, 588),
             (33, 130, 512),
         ] {
-            for ep in [
-                Epilogue::Store,
-                Epilogue::Accumulate,
-                Epilogue::Activation(Activation::QuickGelu),
-            ] {
+            for ep in EPILOGUES {
                 seed += 4;
-                let (w, b, x) = (
-                    random(n * k, seed, 0.5),
-                    random(n, seed + 1, 0.5),
-                    random(m * k, seed + 2, 1.0),
-                );
-                let init = random(m * n, seed + 3, 1.0);
-                let s = GemmShape { m, n, k };
-                let start = || {
-                    if ep == Epilogue::Accumulate {
-                        init.clone()
-                    } else {
-                        vec![f32::NAN; m * n]
-                    }
-                };
-                let mut want = init.clone();
-                let lin = rf.linear(&w, n, k, Some(&b)).unwrap();
-                backend::gemm(&rf, &mut want, &x, &lin, s, ep).unwrap();
-                let (mut split, mut plain) = (start(), start());
-                let lin = cpu.linear_f32(&w, n, k, Some(&b)).unwrap();
-                backend::gemm(&cpu, &mut split, &x, &lin, s, ep).unwrap();
-                let lin = cpu.linear(&w, n, k, Some(&b)).unwrap();
-                backend::gemm(&cpu, &mut plain, &x, &lin, s, ep).unwrap();
+                let c = GemmCase::new(m, n, k, seed);
+                let (s, w, b) = (c.s, &c.w, &c.b);
+                let mut want = c.init.clone();
+                let lin = rf.linear(w, n, k, Some(b)).unwrap();
+                backend::gemm(&rf, &mut want, &c.x, &lin, s, ep).unwrap();
+                let (mut split, mut plain) = (c.start(ep), c.start(ep));
+                let lin = cpu.linear_f32(w, n, k, Some(b)).unwrap();
+                backend::gemm(&cpu, &mut split, &c.x, &lin, s, ep).unwrap();
+                let lin = cpu.linear(w, n, k, Some(b)).unwrap();
+                backend::gemm(&cpu, &mut plain, &c.x, &lin, s, ep).unwrap();
                 let worst = |got: &[f32]| {
                     got.iter()
                         .zip(&want)
