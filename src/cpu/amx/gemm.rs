@@ -23,7 +23,7 @@
 //!   exactly one k step of one row block of fc2's A, 2 KB in place (`Dest::Tiles`). A block's epilogue runs after
 //!   the next block's tile work is issued, so the vector units work while the tile unit does (`run_blocks`).
 //! - **Split products.** Weights packed by [`PackedB::from_rows_split`] carry each value as two bf16 halves along
-//!   a tripled k, and [`gemm`] splits A to match ([`Split`]): the same kernel then computes f32-grade products,
+//!   a tripled k, and [`gemm()`] splits A to match ([`Split`]): the same kernel then computes f32-grade products,
 //!   for the layers kept out of bf16 (ARCHITECTURE §7.13). They never enter the fused MLP.
 //! - **Threads and caches.** A job is a rectangle of row blocks × panels; inside it, row blocks go in chunks whose
 //!   A (≤ `L2_A_BYTES`) stays in L2 while each panel of the job's group (≤ `L2_B_BYTES` of B, also in L2) runs
