@@ -162,12 +162,6 @@ fn prepare(
     Ok(PackedLinear::new(w, n, k, bias, engine))
 }
 
-/// [`prepare`] for split products on the AMX engines (`MatrixEngine::splits_f32_layers`).
-fn prepare_split(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Result<PackedLinear> {
-    check_linear(w, n, k, bias)?;
-    Ok(PackedLinear::new_split(w, n, k, bias))
-}
-
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Index = Vec<u32>;
@@ -229,7 +223,9 @@ impl Backend for CpuBackend {
     }
     fn linear_f32(&self, w: &[f32], n: usize, k: usize, b: Option<&[f32]>) -> Result<PackedLinear> {
         if self.engine.splits_f32_layers() {
-            return prepare_split(w, n, k, b);
+            // Split products on the tiles (`MatrixEngine::splits_f32_layers`).
+            check_linear(w, n, k, b)?;
+            return Ok(PackedLinear::new_split(w, n, k, b));
         }
         prepare(w, n, k, b, self.engine.f32_engine())
     }
